@@ -1,0 +1,27 @@
+"""qcompiler's IR: SSA values, nodes, graphs and models, with ONNX files at the boundary."""
+
+from ._core import CAPTURE_INDEX, Graph, Model, Node, Usage, Value
+from .printer import format_graph, format_model, format_node
+from .quant import QuantSpec, integer_range, storage_dtype
+from .serde import from_proto, load, save, to_proto
+from .verify import verify
+
+__all__ = [
+    "CAPTURE_INDEX",
+    "Graph",
+    "Model",
+    "Node",
+    "QuantSpec",
+    "Usage",
+    "Value",
+    "format_graph",
+    "format_model",
+    "format_node",
+    "from_proto",
+    "integer_range",
+    "load",
+    "save",
+    "storage_dtype",
+    "to_proto",
+    "verify",
+]

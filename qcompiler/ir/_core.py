@@ -1,0 +1,443 @@
+"""The core IR types: Value, Node, Graph, Model.
+
+The vocabulary and invariants follow onnx-ir (``onnx/ir-py``): values are SSA, compared by identity
+and hashable; each value has at most one producer; use lists are kept in sync by the IR itself, so a
+pass never edits a raw list of inputs. Subgraphs (``If``/``Loop``/``Scan`` bodies) are kept as opaque
+``onnx.GraphProto`` attributes: they round-trip unchanged, and the outer values they read are
+recorded as *captures* of the node (uses with index ``-1``) so that no pass removes or renames them
+behind the subgraph's back.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnx
+
+from ..errors import InternalError
+
+CAPTURE_INDEX = -1
+"""Use index of a value read implicitly by a subgraph of the using node."""
+
+
+class Usage(NamedTuple):
+    """One use of a value: ``node.inputs[index] is value`` (or a capture when index is -1)."""
+
+    node: Node
+    index: int
+
+
+class Value:
+    """An SSA value: a graph input, an initializer (``const`` set) or a node output.
+
+    Attributes:
+        name: unique name within the model.
+        dtype: ``onnx.TensorProto`` element type (an int) or None when unknown.
+        shape: tuple of ints (static), strings (symbolic) or None (unknown), or None for unknown rank.
+        const: the constant data of an initializer, else None.
+        quant: the quantization decision (:class:`qcompiler.ir.QuantSpec`) or None.
+        type_proto: the full ``onnx.TypeProto`` for non-tensor values (sequences, optionals, maps).
+        doc_string: kept from the file.
+        meta: scratch data for analyses; never serialized.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dtype: int | None = None,
+        shape: Sequence[int | str | None] | None = None,
+        const: np.ndarray | None = None,
+        *,
+        type_proto: onnx.TypeProto | None = None,
+        doc_string: str = "",
+    ):
+        self.name = name
+        self.const = const
+        if const is not None and dtype is None:
+            dtype = onnx.helper.np_dtype_to_tensor_dtype(const.dtype)
+        if const is not None and shape is None:
+            shape = const.shape
+        self.dtype = dtype
+        self.shape = None if shape is None else tuple(shape)
+        self.type_proto = type_proto
+        self.doc_string = doc_string
+        self.quant = None
+        self.meta: dict[str, Any] = {}
+        self._producer: Node | None = None
+        self._output_index: int | None = None
+        self._uses: dict[Usage, None] = {}
+
+    def __repr__(self) -> str:
+        return f"Value({self.name!r})"
+
+    def producer(self) -> Node | None:
+        """The node that computes this value, or None for graph inputs and initializers."""
+        return self._producer
+
+    def output_index(self) -> int | None:
+        """Position of this value in its producer's outputs."""
+        return self._output_index
+
+    def uses(self) -> tuple[Usage, ...]:
+        """A snapshot of every (node, input index) reading this value, captures included."""
+        return tuple(self._uses)
+
+    def consumers(self) -> tuple[Node, ...]:
+        """The distinct nodes reading this value, in first-use order."""
+        return tuple(dict.fromkeys(use.node for use in self._uses))
+
+    def is_constant(self) -> bool:
+        return self.const is not None
+
+    def replace_all_uses_with(self, other: Value) -> None:
+        """Make every node that reads this value read ``other`` instead.
+
+        Graph outputs are not touched (use :meth:`Graph.replace_output`). A capture by a subgraph is
+        rewritten by renaming the reference inside the subgraph.
+        """
+        if other is self:
+            return
+        for node, index in self.uses():
+            if index == CAPTURE_INDEX:
+                node._replace_capture(self, other)
+            else:
+                node.set_input(index, other)
+
+    def _add_use(self, node: Node, index: int) -> None:
+        self._uses[Usage(node, index)] = None
+
+    def _remove_use(self, node: Node, index: int) -> None:
+        self._uses.pop(Usage(node, index), None)
+
+
+def _subgraph_references(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
+    """Names a GraphProto reads and names it defines (recursively, through nested subgraphs)."""
+    read: set[str] = set()
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    for node in graph.node:
+        read.update(name for name in node.input if name)
+        defined.update(name for name in node.output if name)
+        for attr in node.attribute:
+            for sub in _attr_graphs(attr):
+                sub_read, sub_defined = _subgraph_references(sub)
+                read |= sub_read - sub_defined
+    read.update(v.name for v in graph.output)
+    return read, defined
+
+
+def _attr_graphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return [attr.g]
+    if attr.type == onnx.AttributeProto.GRAPHS:
+        return list(attr.graphs)
+    return []
+
+
+def _rename_in_graph(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for attr in node.attribute:
+            for sub in _attr_graphs(attr):
+                _rename_in_graph(sub, old, new)
+    for out in graph.output:
+        if out.name == old:
+            out.name = new
+
+
+def subgraphs_of(attrs: dict[str, Any]) -> list[onnx.GraphProto]:
+    """Every GraphProto held by a node's attributes."""
+    graphs: list[onnx.GraphProto] = []
+    for value in attrs.values():
+        if isinstance(value, onnx.GraphProto):
+            graphs.append(value)
+        elif isinstance(value, list) and value and isinstance(value[0], onnx.GraphProto):
+            graphs.extend(value)
+    return graphs
+
+
+def captured_names(attrs: dict[str, Any]) -> list[str]:
+    """Outer-scope names read by the subgraphs in ``attrs``, sorted."""
+    names: set[str] = set()
+    for graph in subgraphs_of(attrs):
+        read, defined = _subgraph_references(graph)
+        names |= read - defined
+    return sorted(names)
+
+
+class Node:
+    """One operator application.
+
+    ``inputs`` and ``outputs`` are tuples; ``None`` stands for an omitted optional input or output.
+    Rewire with :meth:`set_input`; the IR keeps use lists in sync. ``attrs`` maps attribute names to
+    Python values (ints, floats, strings as ``str``, lists, numpy arrays for tensors, ``onnx.GraphProto``
+    for subgraphs). ``attr_types`` remembers the ONNX attribute type of loaded attributes so that, e.g.,
+    an empty list round-trips with its type.
+    """
+
+    def __init__(
+        self,
+        op_type: str,
+        inputs: Sequence[Value | None],
+        outputs: Sequence[Value | None] | int = 1,
+        *,
+        attrs: dict[str, Any] | None = None,
+        domain: str = "",
+        name: str = "",
+        doc_string: str = "",
+        attr_types: dict[str, int] | None = None,
+        captures: Sequence[Value] = (),
+    ):
+        self.op_type = op_type
+        self.domain = domain
+        self.name = name
+        self.doc_string = doc_string
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.attr_types: dict[str, int] = dict(attr_types or {})
+        self.meta: dict[str, Any] = {}
+        self.graph: Graph | None = None
+        if isinstance(outputs, int):
+            outputs = [Value("") for _ in range(outputs)]
+        for index, out in enumerate(outputs):
+            if out is None:
+                continue
+            if out._producer is not None:
+                raise InternalError(
+                    f"value {out.name!r} already has a producer ({out._producer.op_type}); "
+                    f"a value can be produced by one node only"
+                )
+            out._producer, out._output_index = self, index
+        self._outputs: tuple[Value | None, ...] = tuple(outputs)
+        self._inputs: tuple[Value | None, ...] = tuple(inputs)
+        for index, value in enumerate(self._inputs):
+            if value is not None:
+                value._add_use(self, index)
+        self._captures: tuple[Value, ...] = tuple(captures)
+        for value in self._captures:
+            value._add_use(self, CAPTURE_INDEX)
+
+    def __repr__(self) -> str:
+        return f"Node({self.op_type}, name={self.name!r})"
+
+    @property
+    def inputs(self) -> tuple[Value | None, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[Value | None, ...]:
+        return self._outputs
+
+    @property
+    def captures(self) -> tuple[Value, ...]:
+        """Outer values read by this node's subgraphs."""
+        return self._captures
+
+    def set_input(self, index: int, value: Value | None) -> None:
+        """Make input ``index`` read ``value`` (None omits an optional input)."""
+        old = self._inputs[index]
+        if old is value:
+            return
+        if old is not None:
+            old._remove_use(self, index)
+        inputs = list(self._inputs)
+        inputs[index] = value
+        self._inputs = tuple(inputs)
+        if value is not None:
+            value._add_use(self, index)
+
+    def _replace_capture(self, old: Value, new: Value) -> None:
+        for graph in subgraphs_of(self.attrs):
+            _rename_in_graph(graph, old.name, new.name)
+        old._remove_use(self, CAPTURE_INDEX)
+        self._captures = tuple(new if v is old else v for v in self._captures)
+        new._add_use(self, CAPTURE_INDEX)
+
+    def _detach(self) -> None:
+        """Drop this node's uses of its inputs (called when removed from a graph)."""
+        for index, value in enumerate(self._inputs):
+            if value is not None:
+                value._remove_use(self, index)
+        for value in self._captures:
+            value._remove_use(self, CAPTURE_INDEX)
+
+    def has_subgraphs(self) -> bool:
+        return bool(subgraphs_of(self.attrs))
+
+
+class Graph:
+    """A computation graph: inputs, initializers, nodes in topological order, outputs.
+
+    Iterating a graph yields a snapshot of its nodes, so passes may edit it while they iterate.
+    """
+
+    def __init__(self, name: str = "graph", doc_string: str = ""):
+        self.name = name
+        self.doc_string = doc_string
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.initializers: dict[str, Value] = {}
+        self.value_info: dict[str, Value] = {}
+        self.metadata: dict[str, str] = {}
+        self._nodes: list[Node] = []
+        self._name_counter = itertools.count()
+        self._taken_names: set[str] | None = None
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(tuple(self._nodes))
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(self._nodes)
+
+    def index(self, node: Node) -> int:
+        return self._nodes.index(node)
+
+    def values(self) -> Iterator[Value]:
+        """Every value: inputs, initializers, then node outputs in order."""
+        seen: set[int] = set()
+        for value in itertools.chain(self.inputs, self.initializers.values()):
+            if id(value) not in seen:
+                seen.add(id(value))
+                yield value
+        for node in self._nodes:
+            for value in node.outputs:
+                if value is not None and id(value) not in seen:
+                    seen.add(id(value))
+                    yield value
+
+    # -- naming --------------------------------------------------------------------------------
+    def unique_name(self, base: str) -> str:
+        """A name not used by any value or node of this graph, derived from ``base``."""
+        taken = {v.name for v in self.values()} | {n.name for n in self._nodes}
+        if base and base not in taken:
+            return base
+        while True:
+            candidate = f"{base or 'v'}__{next(self._name_counter)}"
+            if candidate not in taken:
+                return candidate
+
+    # -- editing -------------------------------------------------------------------------------
+    def _adopt(self, nodes: Iterable[Node]) -> list[Node]:
+        nodes = list(nodes)
+        for node in nodes:
+            if node.graph is not None:
+                raise InternalError(f"{node!r} already belongs to a graph")
+            node.graph = self
+        return nodes
+
+    def append(self, *nodes: Node) -> None:
+        self._nodes.extend(self._adopt(nodes))
+
+    def insert_before(self, anchor: Node, *nodes: Node) -> None:
+        position = self._nodes.index(anchor)
+        self._nodes[position:position] = self._adopt(nodes)
+
+    def insert_after(self, anchor: Node, *nodes: Node) -> None:
+        position = self._nodes.index(anchor) + 1
+        self._nodes[position:position] = self._adopt(nodes)
+
+    def remove(self, nodes: Node | Iterable[Node], *, safe: bool = True) -> None:
+        """Remove nodes. With ``safe``, refuse when an output is still used outside the removed set
+        or is a graph output."""
+        nodes = [nodes] if isinstance(nodes, Node) else list(nodes)
+        removing = set(nodes)
+        if safe:
+            outputs = set(map(id, self.outputs))
+            for node in nodes:
+                for value in node.outputs:
+                    if value is None:
+                        continue
+                    if id(value) in outputs:
+                        raise InternalError(f"cannot remove {node!r}: {value.name!r} is a graph output")
+                    users = [use.node for use in value.uses() if use.node not in removing]
+                    if users:
+                        raise InternalError(
+                            f"cannot remove {node!r}: {value.name!r} is still used by {users[0]!r}"
+                        )
+        for node in nodes:
+            self._nodes.remove(node)
+            node._detach()
+            node.graph = None
+
+    def add_initializer(self, value: Value) -> Value:
+        """Register a constant value as an initializer (its name must be unique)."""
+        if value.const is None:
+            raise InternalError(f"initializer {value.name!r} has no data")
+        if value.name in self.initializers:
+            raise InternalError(f"an initializer named {value.name!r} already exists")
+        self.initializers[value.name] = value
+        return value
+
+    def remove_unused_initializers(self) -> int:
+        """Drop initializers nothing reads; returns how many were removed."""
+        output_ids = set(map(id, self.outputs)) | set(map(id, self.inputs))
+        unused = [n for n, v in self.initializers.items() if not v.uses() and id(v) not in output_ids]
+        for name in unused:
+            del self.initializers[name]
+        return len(unused)
+
+    def replace_output(self, old: Value, new: Value) -> None:
+        """Make the graph output ``old`` be ``new``; ``new`` takes over ``old``'s name."""
+        position = next(i for i, v in enumerate(self.outputs) if v is old)
+        name = old.name
+        old.name = self.unique_name(name + "_replaced")
+        new.name = name
+        self.outputs[position] = new
+
+    def sort(self) -> None:
+        """Stable topological sort: keeps the current order wherever it is already valid."""
+        from .analysis import topological_order
+
+        self._nodes = topological_order(self)
+
+
+class Model:
+    """An ONNX model: a graph plus opset imports, metadata and model-local functions.
+
+    ``functions`` are kept as ``onnx.FunctionProto`` objects and written back unchanged.
+    """
+
+    def __init__(self, graph: Graph, opset_imports: dict[str, int] | None = None):
+        self.graph = graph
+        self.opset_imports: dict[str, int] = dict(opset_imports or {"": 13})
+        self.ir_version: int = onnx.IR_VERSION
+        self.producer_name = "qcompiler"
+        self.producer_version = ""
+        self.domain = ""
+        self.model_version = 0
+        self.doc_string = ""
+        self.metadata: dict[str, str] = {}
+        self.functions: list[onnx.FunctionProto] = []
+        self.meta: dict[str, Any] = {}
+
+    @property
+    def opset(self) -> int:
+        """The opset version of the default ONNX domain."""
+        return self.opset_imports.get("", self.opset_imports.get("ai.onnx", 1))
+
+    def clone(self) -> Model:
+        """A deep copy (through the serialized form, so nothing is shared)."""
+        from .serde import from_proto, to_proto
+
+        copy = from_proto(to_proto(self))
+        copy.meta = dict(self.meta)
+        for value in copy.graph.values():
+            original = self.find_value(value.name)
+            if original is not None:
+                value.quant = original.quant
+        return copy
+
+    def find_value(self, name: str) -> Value | None:
+        """The value of the main graph with this name, or None."""
+        for value in self.graph.values():
+            if value.name == name:
+                return value
+        return None
