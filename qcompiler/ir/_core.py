@@ -250,6 +250,12 @@ class Node:
         if value is not None:
             value._add_use(self, index)
 
+    def append_input(self, value: Value | None) -> None:
+        """Add an input at the end (e.g. a bias for a Conv that had none)."""
+        self._inputs = self._inputs + (value,)
+        if value is not None:
+            value._add_use(self, len(self._inputs) - 1)
+
     def _replace_capture(self, old: Value, new: Value) -> None:
         for graph in subgraphs_of(self.attrs):
             _rename_in_graph(graph, old.name, new.name)
@@ -258,7 +264,10 @@ class Node:
         new._add_use(self, CAPTURE_INDEX)
 
     def _detach(self) -> None:
-        """Drop this node's uses of its inputs (called when removed from a graph)."""
+        """Drop this node's uses of its inputs and its claim on its outputs (on removal)."""
+        for value in self._outputs:
+            if value is not None and value._producer is self:
+                value._producer, value._output_index = None, None
         for index, value in enumerate(self._inputs):
             if value is not None:
                 value._remove_use(self, index)
@@ -429,11 +438,24 @@ class Model:
 
         copy = from_proto(to_proto(self))
         copy.meta = dict(self.meta)
+        specs = {v.name: v.quant for v in self.graph.values() if v.quant is not None}
         for value in copy.graph.values():
-            original = self.find_value(value.name)
-            if original is not None:
-                value.quant = original.quant
+            value.quant = specs.get(value.name)
         return copy
+
+    def update_from(self, other: Model) -> None:
+        """Take ``other``'s graph, opsets, IR version and functions (keeping metadata and meta).
+
+        Used by passes that rebuild the model through another tool (opset conversion, constant
+        folding); quantization specs are carried over by value name.
+        """
+        specs = {v.name: v.quant for v in self.graph.values() if v.quant is not None}
+        self.graph = other.graph
+        self.opset_imports = dict(other.opset_imports)
+        self.ir_version = other.ir_version
+        self.functions = list(other.functions)
+        for value in self.graph.values():
+            value.quant = specs.get(value.name, value.quant)
 
     def find_value(self, name: str) -> Value | None:
         """The value of the main graph with this name, or None."""

@@ -52,7 +52,7 @@ def _shape_of(tensor_type: onnx.TypeProto.Tensor) -> tuple[int | str | None, ...
     return tuple(dims)
 
 
-def _fill_type(value: Value, info: onnx.ValueInfoProto) -> None:
+def apply_value_info(value: Value, info: onnx.ValueInfoProto) -> None:
     """Copy the type of a ValueInfoProto onto a value."""
     value.doc_string = info.doc_string or value.doc_string
     kind = info.type.WhichOneof("value")
@@ -127,7 +127,7 @@ def _graph_from_proto(proto: onnx.GraphProto, where: str) -> Graph:
         graph.initializers[tensor.name] = value
     for info in proto.input:
         value = value_named(info.name)
-        _fill_type(value, info)
+        apply_value_info(value, info)
         graph.inputs.append(value)
     for node_proto in proto.node:
         inputs = [value_named(name) if name else None for name in node_proto.input]
@@ -149,11 +149,11 @@ def _graph_from_proto(proto: onnx.GraphProto, where: str) -> Graph:
         graph.append(node)
     for info in proto.value_info:
         value = value_named(info.name)
-        _fill_type(value, info)
+        apply_value_info(value, info)
         graph.value_info[info.name] = value
     for info in proto.output:
         value = value_named(info.name)
-        _fill_type(value, info)
+        apply_value_info(value, info)
         graph.outputs.append(value)
     return graph
 

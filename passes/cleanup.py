@@ -1,0 +1,85 @@
+"""Clean-up passes: Identity and inference-mode Dropout removal, dead-node elimination.
+
+None of them looks inside subgraphs (If/Loop/Scan bodies are kept as they are).
+"""
+
+from __future__ import annotations
+
+from qcompiler.ir import Graph, Model, Node
+from qcompiler.pass_manager import Pass, PassResult, register_pass
+
+
+def bypass(graph: Graph, node: Node) -> bool:
+    """Make the readers of ``node.outputs[0]`` read ``node.inputs[0]`` and remove the node.
+
+    When the output is a graph output, the input takes over its name (so the model's interface is
+    unchanged); that is impossible when the input is itself a graph input, initializer or output, and
+    then the node is kept. Returns whether the node was removed.
+    """
+    source, result = node.inputs[0], node.outputs[0]
+    if any(out is not None and out is not result and out.uses() for out in node.outputs):
+        return False
+    if any(v is result for v in graph.outputs):
+        boundary = any(v is source for v in graph.inputs + graph.outputs) or source.const is not None
+        if boundary:
+            return False
+        graph.replace_output(result, source)
+        if source.shape is None:
+            source.shape = result.shape
+        source.dtype = source.dtype or result.dtype
+    result.replace_all_uses_with(source)
+    graph.remove(node)
+    return True
+
+
+@register_pass("remove-identity")
+class RemoveIdentity(Pass):
+    """Remove Identity nodes, rewiring their readers to the Identity's input."""
+
+    preserves_semantics = True
+
+    def call(self, model: Model) -> PassResult:
+        graph = model.graph
+        removed = [bypass(graph, n) for n in graph if n.op_type == "Identity" and n.domain in ("", "ai.onnx")]
+        return PassResult(model, any(removed))
+
+
+def _is_inference_dropout(node: Node) -> bool:
+    if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
+        return False
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        mode = node.inputs[2].const
+        if mode is None or bool(mode):
+            return False  # training mode, or decided at run time
+    return len(node.outputs) < 2 or node.outputs[1] is None or not node.outputs[1].uses()
+
+
+@register_pass("remove-dropout")
+class RemoveDropout(Pass):
+    """Remove Dropout in inference mode (an identity there) when its mask output is unused."""
+
+    preserves_semantics = True
+
+    def call(self, model: Model) -> PassResult:
+        graph = model.graph
+        removed = [bypass(graph, n) for n in graph if _is_inference_dropout(n)]
+        return PassResult(model, any(removed))
+
+
+@register_pass("eliminate-dead-nodes")
+class EliminateDeadNodes(Pass):
+    """Remove nodes none of whose outputs is read or returned, and unused initializers."""
+
+    preserves_semantics = True
+
+    def call(self, model: Model) -> PassResult:
+        graph = model.graph
+        outputs = set(map(id, graph.outputs))
+        removed = 0
+        for node in reversed(graph.nodes):
+            live = any(v is not None and (v.uses() or id(v) in outputs) for v in node.outputs)
+            if not live:
+                graph.remove(node)
+                removed += 1
+        removed += graph.remove_unused_initializers()
+        return PassResult(model, removed > 0)

@@ -1,0 +1,49 @@
+"""Constant folding with onnx-graphsurgeon.
+
+Every node whose inputs are all constant is evaluated once (graphsurgeon runs the constant subgraph
+in onnxruntime) and replaced by an initializer; ``Shape`` of a statically shaped tensor folds too.
+Results larger than ``size_threshold`` bytes are not folded, so a small ``Expand`` does not become a
+huge initializer. Nodes left dead are removed. Subgraphs are left as they are.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from qcompiler.ir import Model, from_proto, to_proto
+from qcompiler.pass_manager import Pass, PassResult, register_pass
+
+
+@register_pass("fold-constants")
+class FoldConstants(Pass):
+    """Evaluate nodes whose inputs are all constant and replace them by initializers."""
+
+    size_threshold: int = 16 << 20
+    preserves_semantics = True
+
+    def call(self, model: Model) -> PassResult:
+        if not any(_foldable(node, model) for node in model.graph):
+            return PassResult(model, False)
+        graph = gs.import_onnx(to_proto(model))
+        graph.fold_constants(size_threshold=self.size_threshold, recurse_subgraphs=False,
+                             error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        folded = from_proto(gs.export_onnx(graph, do_type_check=False))
+        if len(folded.graph) >= len(model.graph):
+            return PassResult(model, False)
+        docs = {node.name: node.doc_string for node in model.graph if node.doc_string}
+        for node in folded.graph:
+            node.doc_string = docs.get(node.name, "")
+        opsets, functions = dict(model.opset_imports), list(model.functions)
+        model.update_from(folded)
+        model.opset_imports, model.functions = opsets, functions
+        return PassResult(model, True)
+
+
+def _foldable(node, model: Model) -> bool:
+    """Cheap pre-check: all inputs constant, or a Shape of a fully static tensor."""
+    if node.has_subgraphs():
+        return False
+    inputs = [v for v in node.inputs if v is not None]
+    if node.op_type == "Shape" and inputs and inputs[0].shape is not None:
+        return all(isinstance(d, int) for d in inputs[0].shape)
+    return bool(inputs) and all(v.const is not None for v in inputs) or node.op_type == "Constant"

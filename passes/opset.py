@@ -1,0 +1,42 @@
+"""Opset upgrade: bring the default ONNX domain to at least a given version (13 by default).
+
+Per-channel QuantizeLinear/DequantizeLinear (the ``axis`` attribute) exist from opset 13 on, so a
+per-channel quantizer needs at least 13; int16 and int4 QDQ need 21. The conversion is done by
+``onnx.version_converter``; a model it cannot convert gets a clear error naming the reason.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx.version_converter
+
+from qcompiler.errors import UnsupportedModelError
+from qcompiler.ir import Model, from_proto, to_proto
+from qcompiler.pass_manager import Pass, PassResult, register_pass
+
+
+@register_pass("upgrade-opset")
+class UpgradeOpset(Pass):
+    """Upgrade the default-domain opset to at least ``target`` (never downgrades)."""
+
+    target: int = 13
+    preserves_semantics = True
+
+    def call(self, model: Model) -> PassResult:
+        if model.opset >= self.target:
+            return PassResult(model, False)
+        names = {node.name: node.doc_string for node in model.graph if node.doc_string}
+        try:
+            converted = onnx.version_converter.convert_version(to_proto(model), self.target)
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedModelError(
+                f"cannot upgrade the model from opset {model.opset} to {self.target}: {first_line}"
+            ) from exc
+        upgraded = from_proto(converted)
+        for node in upgraded.graph:
+            node.doc_string = node.doc_string or names.get(node.name, "")
+        model.update_from(upgraded)
+        model.opset_imports[""] = self.target
+        model.opset_imports.pop("ai.onnx", None)
+        return PassResult(model, True)

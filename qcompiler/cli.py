@@ -1,0 +1,151 @@
+"""The ``qcompiler`` command line.
+
+Subcommands: ``show`` (printed IR and a summary), ``passes`` (registered passes and named pipelines),
+``optimize`` (run a pipeline and write the result). A user mistake prints one line
+``qcompiler: error: ...`` and exits with status 2, without a traceback; the input model is never
+modified and outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import ir
+from .errors import ModelSaveError, PassError, UserError
+from .instruments import CheckIdempotent, CheckModifiedFlag, DumpIR, Progress, Timing
+from .pass_manager import PassManager, default_registry, load_plugin
+from .pipelines import NAMED_PIPELINES, resolve
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+def _summary(model: ir.Model) -> str:
+    graph = model.graph
+    lines = [f"model: {len(graph)} nodes, {len(graph.initializers)} initializers, "
+             f"{sum(v.const.size for v in graph.initializers.values()):,} parameters"]
+    opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(model.opset_imports.items()))
+    lines.append(f"opsets: {opsets}")
+    for title, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
+        lines.append(f"{title}:")
+        lines += [f"  {v.name}: {ir.printer.format_type(v)}" for v in values]
+    if model.metadata:
+        lines.append("metadata: " + ", ".join(sorted(model.metadata)))
+    histogram = collections.Counter(n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in graph)
+    lines.append("ops: " + ", ".join(f"{op} {count}" for op, count in histogram.most_common()))
+    return "\n".join(lines)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    model = ir.load(args.model)
+    print(_summary(model))
+    if not args.summary:
+        print()
+        print(ir.format_model(model))
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    for module in args.plugin:
+        load_plugin(module)
+    print("passes:")
+    for name in default_registry.names():
+        print(f"  {name:<28} {default_registry.get(name).summary()}")
+    print("pipelines:")
+    for name, function in sorted(NAMED_PIPELINES.items()):
+        doc = (function.__doc__ or "").strip().splitlines()
+        print(f"  {name:<28} {doc[0] if doc else ''}")
+        print(f"  {'':<28} = " + " -> ".join(p.display_name() for p in function()))
+    return 0
+
+
+def check_output_path(model_path: str, output: str, overwrite: bool) -> None:
+    """Refuse to write over the input unless asked, and check the output's directory exists."""
+    source, target = Path(model_path), Path(output)
+    if target.exists() and source.exists() and os.path.samefile(source, target) and not overwrite:
+        raise ModelSaveError(f"{output}: is the input model; choose another -o or pass --overwrite")
+    if target.is_dir():
+        raise ModelSaveError(f"{output}: is a directory, expected a file name")
+    directory = target.parent
+    if not directory.is_dir():
+        raise ModelSaveError(f"{output}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise ModelSaveError(f"{output}: directory {directory} is not writable")
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    for module in args.plugin:
+        load_plugin(module)
+    check_output_path(args.model, args.output, args.overwrite)
+    pipeline = resolve(args.pipeline)
+    start = time.perf_counter()
+    model = ir.load(args.model)
+    before = len(model.graph)
+    instruments = [] if args.quiet else [Progress(len(pipeline.passes))]
+    timing = Timing()
+    instruments.append(timing)
+    if args.dump_ir:
+        instruments.append(DumpIR(args.dump_ir, model))
+    if args.check:
+        instruments += [CheckModifiedFlag(), CheckIdempotent()]
+    PassManager(pipeline.passes, instruments=instruments, verify=args.verify or pipeline.verify)(model)
+    ir.save(model, args.output)
+    if args.time_passes:
+        print(timing.table(), file=sys.stderr)
+    print(f"wrote {args.output}: {before} -> {len(model.graph)} nodes in {time.perf_counter() - start:.2f}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qcompiler", description="A graph-level ONNX quantization compiler.")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    show = sub.add_parser("show", help="print a model's IR, op histogram, inputs and outputs")
+    show.add_argument("model")
+    show.add_argument("--summary", action="store_true", help="only the summary, not every node")
+    show.set_defaults(run=cmd_show)
+
+    listing = sub.add_parser("passes", help="list registered passes and named pipelines")
+    listing.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                         help="import MODULE first (it registers passes); repeatable")
+    listing.set_defaults(run=cmd_passes)
+
+    optimize = sub.add_parser("optimize", help="run a pipeline over a model and write the result")
+    optimize.add_argument("model")
+    optimize.add_argument("-o", "--output", required=True, help="output .onnx file")
+    optimize.add_argument("--pipeline", default="canonicalize",
+                          help="a named pipeline or a TOML pipeline file (default: canonicalize)")
+    optimize.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                          help="import MODULE first (it registers passes); repeatable")
+    optimize.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
+    optimize.add_argument("--time-passes", action="store_true", help="print the time of every pass")
+    optimize.add_argument("--verify", choices=("each", "end", "off"), help="when to verify the IR")
+    optimize.add_argument("--check", action="store_true",
+                          help="also check every pass's modified flag and idempotence (slower)")
+    optimize.add_argument("--overwrite", action="store_true", help="allow -o to be the input file")
+    optimize.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    optimize.set_defaults(run=cmd_optimize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as exc:
+        print(f"qcompiler: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except PassError as exc:
+        if args.traceback:
+            raise
+        print(f"qcompiler: internal error: {exc} (run with --traceback for details)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+    except KeyboardInterrupt:
+        print("qcompiler: interrupted", file=sys.stderr)
+        return 130

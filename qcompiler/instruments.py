@@ -1,0 +1,166 @@
+"""Instruments: hooks the PassManager calls around every pass.
+
+Concerns that cut across passes live here rather than inside passes (TVM's PassInstrument):
+
+* :class:`Timing` — wall time per pass (``--time-passes``).
+* :class:`Progress` — one line per pass on stderr, so long pipelines show where they are.
+* :class:`DumpIR` — the canonical printed IR after every pass (``--dump-ir DIR``).
+* :class:`CheckModifiedFlag` — a pass that says ``modified=False`` must not have changed the IR,
+  and one that says True must have.
+* :class:`CheckIdempotent` — running an idempotent pass a second time changes nothing.
+* :class:`CheckNumerics` — passes that claim to preserve semantics keep onnxruntime's outputs
+  within a relative tolerance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from .errors import InternalError, UserError
+from .ir import Model, format_model
+from .ir.testing import run_onnxruntime
+from .pass_manager import Instrument, Pass, PassRecord
+
+
+def fingerprint(model: Model) -> str:
+    """A hash of the canonical printed IR (constants included through their content digests)."""
+    return hashlib.sha256(format_model(model).encode()).hexdigest()
+
+
+class Timing(Instrument):
+    """Collects the wall time of every pass; :meth:`table` renders them, slowest first."""
+
+    def __init__(self) -> None:
+        self.records: list[PassRecord] = []
+
+    def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
+        self.records.append(record)
+
+    def table(self) -> str:
+        total = sum(r.seconds for r in self.records) or 1e-12
+        lines = [f"{'pass':<32} {'seconds':>9} {'share':>6}  modified"]
+        for r in sorted(self.records, key=lambda r: -r.seconds):
+            lines.append(f"{r.name:<32} {r.seconds:9.3f} {100 * r.seconds / total:5.1f}%  {r.modified}")
+        lines.append(f"{'total':<32} {total:9.3f}")
+        return "\n".join(lines)
+
+
+class Progress(Instrument):
+    """Prints ``[i/n] pass-name ... seconds`` to a stream as passes run."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr):
+        self.total, self.stream, self.count = total, stream, 0
+
+    def before(self, pass_: Pass, model: Model) -> None:
+        self.count += 1
+        print(f"[{self.count}/{self.total}] {pass_.display_name()} ...", end="", file=self.stream, flush=True)
+
+    def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
+        change = "changed" if record.modified else "no change"
+        print(f" {record.seconds:.2f}s, {change}, {len(model.graph)} nodes", file=self.stream, flush=True)
+
+
+class DumpIR(Instrument):
+    """Writes ``NN_<pass>.txt`` (canonical IR) after every pass into a directory.
+
+    The directory must be new or empty (or hold only earlier dumps), so nothing else is overwritten.
+    """
+
+    def __init__(self, directory: str | Path, model: Model | None = None):
+        self.directory = Path(directory)
+        if self.directory.exists():
+            foreign = [p for p in self.directory.iterdir() if not p.name.endswith(".txt")]
+            if not self.directory.is_dir() or foreign:
+                raise UserError(f"--dump-ir {self.directory}: not an empty directory of IR dumps")
+            for old in self.directory.glob("*.txt"):
+                old.unlink()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        if model is not None:
+            (self.directory / "00_input.txt").write_text(format_model(model) + "\n")
+
+    def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
+        self.count += 1
+        path = self.directory / f"{self.count:02d}_{pass_.display_name()}.txt"
+        path.write_text(format_model(model) + "\n")
+
+
+class CheckModifiedFlag(Instrument):
+    """Raises when a pass's ``modified`` flag disagrees with what it did to the IR."""
+
+    def before(self, pass_: Pass, model: Model) -> None:
+        self._before = fingerprint(model)
+
+    def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
+        changed = fingerprint(model) != self._before
+        if changed != record.modified:
+            raise InternalError(
+                f"pass {record.name!r} reported modified={record.modified} but "
+                f"{'changed' if changed else 'did not change'} the IR"
+            )
+
+
+class CheckIdempotent(Instrument):
+    """Runs each idempotent pass a second time on a copy and requires that it changes nothing."""
+
+    def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
+        if not type(pass_).idempotent:
+            return
+        copy = model.clone()
+        before = fingerprint(copy)
+        again = pass_(copy)
+        if again.modified or fingerprint(copy) != before:
+            raise InternalError(f"pass {record.name!r} is not idempotent: a second run changed the IR")
+
+
+class CheckNumerics(Instrument):
+    """Compares onnxruntime outputs before and after each pass that declares ``preserves_semantics``.
+
+    Args:
+        feeds: the inputs, or a function that makes them from the model.
+        rtol: allowed ``max|after - before| / max|before|`` per output.
+    """
+
+    def __init__(self, feeds: dict[str, np.ndarray] | Callable[[Model], dict[str, np.ndarray]],
+                 rtol: float = 1e-4):
+        self.feeds, self.rtol = feeds, rtol
+        self.worst: dict[str, float] = {}
+
+    def before(self, pass_: Pass, model: Model) -> None:
+        if type(pass_).preserves_semantics:
+            feeds = self.feeds(model) if callable(self.feeds) else self.feeds
+            self._feeds = feeds
+            self._expected = run_onnxruntime(model, feeds)
+
+    def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
+        if not type(pass_).preserves_semantics:
+            return
+        actual = run_onnxruntime(model, self._feeds)
+        worst = max((relative_difference(a, e) for a, e in zip(actual, self._expected)), default=0.0)
+        self.worst[record.name] = max(worst, self.worst.get(record.name, 0.0))
+        if worst > self.rtol:
+            raise InternalError(
+                f"pass {record.name!r} claims to preserve semantics but changed outputs by {worst:.3g} "
+                f"(relative, allowed {self.rtol:g})"
+            )
+
+
+def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
+    """``max|actual - expected| / max|expected|`` (absolute when expected is all zero)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        return float("inf")
+    if expected.size == 0:
+        return 0.0
+    if expected.dtype.kind not in "fc":
+        return float(not np.array_equal(actual, expected))
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    diff = np.where(np.isnan(actual) & np.isnan(expected), 0.0, diff)
+    scale = float(np.nanmax(np.abs(expected))) if np.isfinite(expected).any() else 0.0
+    return float(np.nanmax(diff)) / (scale if scale > 0 else 1.0)

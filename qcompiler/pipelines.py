@@ -1,0 +1,148 @@
+"""Pipelines: explicit lists of passes, named in Python or written in a TOML file.
+
+Named pipelines are plain functions returning a list of passes (as TVM's ``relax/pipeline.py``);
+``qcompiler.pipelines.canonicalize()`` is the default of ``qcompiler optimize``. A TOML pipeline
+file lists passes by registry name with their fields::
+
+    [pipeline]
+    verify = "each"            # each | end | off
+
+    [[pipeline.passes]]
+    include = "canonicalize"   # splice in a named pipeline
+
+    [[pipeline.passes]]
+    name = "upgrade-opset"
+    target = 17
+
+Field names and types are checked against the pass dataclass; a value ``"@name"`` is replaced by the
+resource ``name`` the caller supplies (e.g. calibration data), never read as a path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import PipelineConfigError
+from .pass_manager import Pass, default_registry
+
+NAMED_PIPELINES: dict[str, Callable[[], list[Pass]]] = {}
+
+
+def named_pipeline(name: str) -> Callable[[Callable[[], list[Pass]]], Callable[[], list[Pass]]]:
+    """Register a function returning a pass list under ``name`` (an error if taken)."""
+
+    def decorate(function: Callable[[], list[Pass]]) -> Callable[[], list[Pass]]:
+        if name in NAMED_PIPELINES:
+            raise PipelineConfigError(f"pipeline name {name!r} is already registered")
+        NAMED_PIPELINES[name] = function
+        return function
+
+    return decorate
+
+
+@named_pipeline("canonicalize")
+def canonicalize() -> list[Pass]:
+    """Bring any FP32 model into the form the quantization passes expect, without changing its outputs."""
+    from qcompiler import passes as lib
+
+    return [
+        lib.UpgradeOpset(target=13),
+        lib.ConstantToInitializer(),
+        lib.RemoveIdentity(),
+        lib.RemoveDropout(),
+        lib.FoldConstants(),
+        lib.FoldBatchNorm(),
+        lib.EliminateDeadNodes(),
+        lib.InferShapes(),
+    ]
+
+
+@dataclass
+class Pipeline:
+    """A resolved pipeline: its passes and the verification mode it asks for."""
+
+    passes: list[Pass]
+    verify: str = "each"
+    source: str = ""
+
+
+def resolve(spec: str, resources: dict[str, Any] | None = None) -> Pipeline:
+    """A named pipeline, or a TOML pipeline file when ``spec`` is a path to one."""
+    if spec in NAMED_PIPELINES:
+        return Pipeline(NAMED_PIPELINES[spec](), source=spec)
+    path = Path(spec)
+    if path.suffix == ".toml" or path.exists():
+        return load_pipeline(path, resources)
+    known = ", ".join(sorted(NAMED_PIPELINES))
+    raise PipelineConfigError(f"unknown pipeline {spec!r}: not a named pipeline ({known}) nor a .toml file")
+
+
+def load_pipeline(path: str | Path, resources: dict[str, Any] | None = None) -> Pipeline:
+    """Read a TOML pipeline file (format in the module docstring)."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineConfigError(f"{path}: no such pipeline file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineConfigError(f"{path}: cannot read pipeline file ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineConfigError(f"{path}: invalid TOML ({exc})") from None
+    table = document.get("pipeline")
+    if not isinstance(table, dict) or not isinstance(table.get("passes"), list) or not table["passes"]:
+        raise PipelineConfigError(f"{path}: expected a [pipeline] table with at least one [[pipeline.passes]] entry")
+    unknown = set(table) - {"passes", "verify"}
+    if unknown:
+        raise PipelineConfigError(f"{path}: unknown [pipeline] key(s) {sorted(unknown)}; valid: passes, verify")
+    passes: list[Pass] = []
+    for position, entry in enumerate(table["passes"], 1):
+        where = f"{path}: pass #{position}"
+        if "include" in entry:
+            if set(entry) != {"include"} or entry["include"] not in NAMED_PIPELINES:
+                raise PipelineConfigError(f"{where}: 'include' takes one of {sorted(NAMED_PIPELINES)} and nothing else")
+            passes += NAMED_PIPELINES[entry["include"]]()
+            continue
+        if "name" not in entry:
+            raise PipelineConfigError(f"{where}: missing 'name' (or 'include')")
+        fields = {k: v for k, v in entry.items() if k != "name"}
+        try:
+            passes.append(build_pass(entry["name"], fields, resources or {}))
+        except PipelineConfigError as exc:
+            raise PipelineConfigError(f"{where}: {exc}") from None
+    verify = table.get("verify", "each")
+    if verify not in ("each", "end", "off"):
+        raise PipelineConfigError(f"{path}: verify must be 'each', 'end' or 'off', not {verify!r}")
+    return Pipeline(passes, verify, source=str(path))
+
+
+_SIMPLE_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def build_pass(name: str, fields: dict[str, Any], resources: dict[str, Any]) -> Pass:
+    """Instantiate the registered pass ``name`` with ``fields``, checking names and simple types."""
+    cls = default_registry.get(name)
+    declared = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    arguments = {}
+    for key, value in fields.items():
+        if key not in declared:
+            valid = ", ".join(sorted(declared)) or "(none)"
+            raise PipelineConfigError(f"pass {name!r} has no field {key!r}; valid fields: {valid}")
+        if isinstance(value, str) and value.startswith("@"):
+            if value[1:] not in resources:
+                raise PipelineConfigError(f"pass {name!r} field {key!r}: no resource named {value!r} was supplied")
+            value = resources[value[1:]]
+        else:
+            expected = hints.get(key)
+            allowed = _SIMPLE_TYPES.get(expected)
+            if allowed and (not isinstance(value, allowed) or (expected is not bool and isinstance(value, bool))):
+                raise PipelineConfigError(
+                    f"pass {name!r} field {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+        arguments[key] = value
+    return cls(**arguments)
