@@ -67,7 +67,7 @@ def main() -> int:
     parser.add_argument("--only", default="*", help="shell pattern on the relative model name")
     args = parser.parse_args()
     paths = sorted(p for p in args.models_dir.rglob("*.onnx")
-                   if not any(part.startswith(".") for part in p.parts) and "data" not in p.relative_to(args.models_dir).parts)
+                   if not any(part.startswith(".") or part == "data" for part in p.relative_to(args.models_dir).parts))
     rows = []
     header = f"{'model':<34} {'nodes':>11} {'Const':>5} {'BN':>3} {'fold.BN':>7} {'max rel diff':>12} {'time s':>7}"
     print(header)

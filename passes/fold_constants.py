@@ -3,7 +3,9 @@
 Every node whose inputs are all constant is evaluated once (graphsurgeon runs the constant subgraph
 in onnxruntime) and replaced by an initializer; ``Shape`` of a statically shaped tensor folds too.
 Results larger than ``size_threshold`` bytes are not folded, so a small ``Expand`` does not become a
-huge initializer. Nodes left dead are removed. Subgraphs are left as they are.
+huge initializer. Nodes left dead are removed. Subgraphs are left as they are. Initializers count as
+constants even when they are also listed as graph inputs (an IR >= 4 overridable default), which is
+what every quantizer assumes of weights; the graph inputs themselves are kept.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class FoldConstants(Pass):
         docs = {node.name: node.doc_string for node in model.graph if node.doc_string}
         for node in folded.graph:
             node.doc_string = docs.get(node.name, "")
+        # graphsurgeon drops initializers from the graph inputs; keep the interface as it was
+        kept = {v.name: v for v in folded.graph.values()}
+        folded.graph.inputs = [kept[v.name] for v in model.graph.inputs if v.name in kept]
         opsets, functions = dict(model.opset_imports), list(model.functions)
         model.update_from(folded)
         model.opset_imports, model.functions = opsets, functions

@@ -2,7 +2,8 @@
 
 Per-channel QuantizeLinear/DequantizeLinear (the ``axis`` attribute) exist from opset 13 on, so a
 per-channel quantizer needs at least 13; int16 and int4 QDQ need 21. The conversion is done by
-``onnx.version_converter``; a model it cannot convert gets a clear error naming the reason.
+``onnx.version_converter``; a model it cannot convert gets a clear error naming the reason. Models
+older than IR version 7 are raised to 7, the IR version of opset 13.
 """
 
 from __future__ import annotations
@@ -39,4 +40,17 @@ class UpgradeOpset(Pass):
         model.update_from(upgraded)
         model.opset_imports[""] = self.target
         model.opset_imports.pop("ai.onnx", None)
+        if model.ir_version < MIN_IR_VERSION:
+            _drop_initializer_inputs(model)
+            model.ir_version = MIN_IR_VERSION
         return PassResult(model, True)
+
+
+MIN_IR_VERSION = 7
+"""The IR version opset 13 belongs to (onnx.helper.VERSION_TABLE)."""
+
+
+def _drop_initializer_inputs(model: Model) -> None:
+    """IR < 4 had to list every initializer among the graph inputs; from IR 4 on that makes them
+    overridable inputs, which they never were meant to be, so they are dropped from the inputs."""
+    model.graph.inputs = [v for v in model.graph.inputs if v.const is None]

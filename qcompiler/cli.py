@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"qcompiler: internal error: {exc} (run with --traceback for details)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("qcompiler: interrupted", file=sys.stderr)
         return 130

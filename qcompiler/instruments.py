@@ -54,8 +54,13 @@ class Timing(Instrument):
 class Progress(Instrument):
     """Prints ``[i/n] pass-name ... seconds`` to a stream as passes run."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr):
-        self.total, self.stream, self.count = total, stream, 0
+    def __init__(self, total: int, stream: TextIO | None = None):
+        self.total, self.count = total, 0
+        self._stream = stream
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stderr
 
     def before(self, pass_: Pass, model: Model) -> None:
         self.count += 1
