@@ -6,9 +6,12 @@ Public API::
     model = qcompiler.load("model.onnx")
     qcompiler.PassManager(qcompiler.pipelines.canonicalize())(model)
     qcompiler.save(model, "out.onnx")
+
+    qcompiler.compile("model.onnx", "model.int8.onnx", calib="calib_npz_dir/")
 """
 
 from . import ir, pipelines
+from .compiler import compile
 from .errors import PassError, QcompilerError, UserError, VerificationError
 from .ir import Model, load, save, verify
 from .pass_manager import (Instrument, Pass, PassManager, PassRecord, PassRegistry, PassResult, PipelineResult,
@@ -29,6 +32,7 @@ __all__ = [
     "QcompilerError",
     "UserError",
     "VerificationError",
+    "compile",
     "default_registry",
     "ir",
     "load",

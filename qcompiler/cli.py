@@ -86,18 +86,48 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = ir.load(args.model)
     before = len(model.graph)
-    instruments = [] if args.quiet else [Progress(len(pipeline.passes))]
-    timing = Timing()
-    instruments.append(timing)
-    if args.dump_ir:
-        instruments.append(DumpIR(args.dump_ir, model))
-    if args.check:
-        instruments += [CheckModifiedFlag(), CheckIdempotent()]
+    instruments, timing = _run_instruments(args, len(pipeline.passes), model)
     PassManager(pipeline.passes, instruments=instruments, verify=args.verify or pipeline.verify)(model)
     ir.save(model, args.output)
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     print(f"wrote {args.output}: {before} -> {len(model.graph)} nodes in {time.perf_counter() - start:.2f}s")
+    return 0
+
+
+def _run_instruments(args: argparse.Namespace, total: int, model: ir.Model | None = None) -> tuple[list, Timing]:
+    instruments = [] if args.quiet else [Progress(total)]
+    timing = Timing()
+    instruments.append(timing)
+    if args.dump_ir:
+        instruments.append(DumpIR(args.dump_ir, model))
+    if getattr(args, "check", False):
+        instruments += [CheckModifiedFlag(), CheckIdempotent()]
+    return instruments, timing
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compiler import compile as compile_model
+    from .pipelines import resolve
+    from .targets import get_target
+
+    for module in args.plugin:
+        load_plugin(module)
+    check_output_path(args.model, args.output, args.overwrite)
+    target = get_target(args.target)
+    start = time.perf_counter()
+    model = ir.load(args.model)
+    before = len(model.graph)
+    total = len(resolve(args.pipeline, {"target": target.name}).passes)
+    instruments, timing = _run_instruments(args, total, model)
+    compile_model(model, args.output, calib=args.calib, pipeline=args.pipeline, target=target.name,
+                  calibration=args.calibration, percentile=args.percentile, per_tensor=args.per_tensor,
+                  exclude=args.exclude, instruments=instruments)
+    if args.time_passes:
+        print(timing.table(), file=sys.stderr)
+    quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
+    print(f"wrote {args.output}: target {target.name}, {before} -> {len(model.graph)} nodes, "
+          f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
     return 0
 
 
@@ -131,6 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--overwrite", action="store_true", help="allow -o to be the input file")
     optimize.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     optimize.set_defaults(run=cmd_optimize)
+
+    comp = sub.add_parser("compile", help="quantize a model to int8 QDQ with calibration data")
+    comp.add_argument("model")
+    comp.add_argument("-o", "--output", required=True, help="output .onnx file")
+    comp.add_argument("--calib", required=True, metavar="DATA",
+                      help="calibration data: a directory of .npz files (keys = input names) or one .npz")
+    comp.add_argument("--pipeline", default="int8", help="a named pipeline or a TOML file (default: int8)")
+    comp.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni or arm64")
+    comp.add_argument("--calibration", default="minmax", choices=("minmax", "percentile", "entropy", "mse"))
+    comp.add_argument("--percentile", type=float, default=99.999, help="for --calibration percentile")
+    comp.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
+    comp.add_argument("--exclude", action="append", default=[], metavar="NAME|OPTYPE",
+                      help="keep nodes (name, shell pattern) or an op type in float; repeatable")
+    comp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
+    comp.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
+    comp.add_argument("--time-passes", action="store_true", help="print the time of every pass")
+    comp.add_argument("--overwrite", action="store_true", help="allow -o to be the input file")
+    comp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    comp.set_defaults(run=cmd_compile)
     return parser
 
 

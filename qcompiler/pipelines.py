@@ -21,6 +21,7 @@ resource ``name`` the caller supplies (e.g. calibration data), never read as a p
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import tomllib
 import typing
 from collections.abc import Callable
@@ -63,6 +64,22 @@ def canonicalize() -> list[Pass]:
     ]
 
 
+@named_pipeline("int8")
+def int8(calibration: Any = None, target: str = "auto", method: str = "minmax", percentile: float = 99.999,
+         per_tensor: bool = False, exclude: tuple[str, ...] = ()) -> list[Pass]:
+    """Static int8 post-training quantization for a target: canonicalize, assign, calibrate, QDQ, fold."""
+    from qcompiler import passes as lib
+    from qcompiler.targets import get_target
+
+    name = get_target(target).name
+    return canonicalize() + [
+        lib.AssignPrecision(target=name, exclude=list(exclude), per_channel=not per_tensor),
+        lib.Calibrate(data=calibration, method=method, percentile=percentile, target=name),
+        lib.InsertQDQ(),
+        lib.FoldQuantizedWeights(),
+    ]
+
+
 @dataclass
 class Pipeline:
     """A resolved pipeline: its passes and the verification mode it asks for."""
@@ -72,10 +89,17 @@ class Pipeline:
     source: str = ""
 
 
+def call_named(name: str, resources: dict[str, Any]) -> list[Pass]:
+    """Build a named pipeline, passing it the resources its function takes by name."""
+    function = NAMED_PIPELINES[name]
+    accepted = inspect.signature(function).parameters
+    return function(**{k: v for k, v in resources.items() if k in accepted})
+
+
 def resolve(spec: str, resources: dict[str, Any] | None = None) -> Pipeline:
     """A named pipeline, or a TOML pipeline file when ``spec`` is a path to one."""
     if spec in NAMED_PIPELINES:
-        return Pipeline(NAMED_PIPELINES[spec](), source=spec)
+        return Pipeline(call_named(spec, resources or {}), source=spec)
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
         return load_pipeline(path, resources)
@@ -106,7 +130,7 @@ def load_pipeline(path: str | Path, resources: dict[str, Any] | None = None) -> 
         if "include" in entry:
             if set(entry) != {"include"} or entry["include"] not in NAMED_PIPELINES:
                 raise PipelineConfigError(f"{where}: 'include' takes one of {sorted(NAMED_PIPELINES)} and nothing else")
-            passes += NAMED_PIPELINES[entry["include"]]()
+            passes += call_named(entry["include"], resources or {})
             continue
         if "name" not in entry:
             raise PipelineConfigError(f"{where}: missing 'name' (or 'include')")

@@ -76,6 +76,7 @@ def format_node(node: Node) -> str:
     if attrs:
         line += f" {{{attrs}}}"
     notes = [node.name] if node.name else []
+    notes += [flag for flag in ("quantize", "absorbed") if node.meta.get(flag)]
     notes += [f"%{v.name}{format_quant(v)}" for v in node.outputs if v is not None and v.quant is not None]
     if notes:
         line += "  # " + "; ".join(notes)

@@ -110,8 +110,9 @@ class QuantSpec:
         """The spec that maps [lo, hi] onto the integer range of ``dtype``.
 
         The range is first widened to include 0 (so zero is exactly representable, as padding and
-        ReLU need). Symmetric: ``scale = max(|lo|, |hi|) / ((qmax - qmin) / 2)`` and the zero point is
-        the middle of the range. Asymmetric: ``scale = (hi - lo) / (qmax - qmin)`` and
+        ReLU need). Symmetric: ``scale = max(|lo|, |hi|) / ((qmax - qmin) // 2)`` (127 for int8, so
+        the values use the restricted range [-127, 127]) and the zero point is the middle of the
+        range. Asymmetric: ``scale = (hi - lo) / (qmax - qmin)`` and
         ``zero_point = round(qmin - lo / scale)``. ``reduce_range`` uses one bit less (7-bit values in
         an 8-bit type), the setting that avoids int16 saturation on x86 without VNNI.
         """
@@ -121,7 +122,7 @@ class QuantSpec:
         lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
         hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
         if symmetric:
-            half = (qmax - qmin) / 2.0
+            half = (qmax - qmin) // 2  # 127 for int8: the restricted range [-127, 127]
             scale = np.maximum(np.abs(lo), np.abs(hi)) / half
             zero_point = np.full(scale.shape, 0 if qmin < 0 else (qmin + qmax + 1) // 2)
         else:

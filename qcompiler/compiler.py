@@ -1,0 +1,57 @@
+"""``qcompiler.compile``: FP32 ONNX model + calibration data -> QDQ int8 ONNX model.
+
+The Python API behind ``qcompiler compile``. It resolves the pipeline (the named ``int8`` pipeline by
+default, or a TOML file whose passes may name the ``@calibration`` resource), runs it with
+verification after every pass, and writes the result atomically without touching the input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from . import ir
+from .pass_manager import Instrument, PassManager
+from .pipelines import resolve
+
+
+def compile(  # noqa: A001 - the natural name of the API
+    model: str | os.PathLike | ir.Model,
+    output: str | os.PathLike | None = None,
+    *,
+    calib: Any,
+    pipeline: str = "int8",
+    target: str = "auto",
+    calibration: str = "minmax",
+    percentile: float = 99.999,
+    per_tensor: bool = False,
+    exclude: Sequence[str] = (),
+    instruments: Iterable[Instrument] = (),
+    verify: str | None = None,
+) -> ir.Model:
+    """Quantize ``model`` and return it (and write it to ``output`` when given).
+
+    Args:
+        model: an ONNX file or an IR model (which is modified in place).
+        output: where to write the quantized model (atomically), or None.
+        calib: calibration data: a directory of ``.npz`` files (keys = input names), one ``.npz``,
+            an iterable of feed dicts, or an onnxruntime ``CalibrationDataReader``.
+        pipeline: a named pipeline or a TOML pipeline file.
+        target: ``auto`` (this CPU) or a target name from ``qcompiler.targets.TARGETS``.
+        calibration: ``minmax``, ``percentile``, ``entropy`` or ``mse``.
+        percentile: the percentile for ``calibration="percentile"``.
+        per_tensor: per-tensor instead of per-channel weights.
+        exclude: node names (shell patterns) or op types to keep in float.
+        instruments: extra PassManager instruments (progress, timing, dumps).
+        verify: IR verification mode; default: what the pipeline asks for ("each").
+    """
+    resources = {"calibration": calib, "target": target, "method": calibration, "percentile": percentile,
+                 "per_tensor": per_tensor, "exclude": tuple(exclude)}
+    resolved = resolve(pipeline, resources)
+    if not isinstance(model, ir.Model):
+        model = ir.load(model)
+    PassManager(resolved.passes, instruments=instruments, verify=verify or resolved.verify)(model)
+    if output is not None:
+        ir.save(model, output)
+    return model
