@@ -4,7 +4,7 @@ One module per family:
 
 * ``opset`` — UpgradeOpset
 * ``constants`` — ConstantToInitializer
-* ``cleanup`` — RemoveIdentity, RemoveDropout, EliminateDeadNodes
+* ``cleanup`` — RemoveIdentity, RemoveDropout, SumToAdd, EliminateDeadNodes
 * ``fold_constants`` — FoldConstants (onnx-graphsurgeon)
 * ``fold_batchnorm`` — FoldBatchNorm
 * ``shape_inference`` — InferShapes
@@ -12,16 +12,18 @@ One module per family:
 * ``calibrate`` — Calibrate (activation specs from observed ranges)
 * ``insert_qdq`` — InsertQDQ (QuantizeLinear/DequantizeLinear, int32 biases)
 * ``fold_weights`` — FoldQuantizedWeights (integer weight initializers)
+* ``latency_guard`` — KeepFloatReference, LatencyGuard (keep int8 only where it is faster)
 """
 
 from .assign_precision import AssignPrecision
 from .calibrate import Calibrate
-from .cleanup import EliminateDeadNodes, RemoveDropout, RemoveIdentity
+from .cleanup import EliminateDeadNodes, RemoveDropout, RemoveIdentity, SumToAdd
 from .constants import ConstantToInitializer
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .fold_weights import FoldQuantizedWeights
 from .insert_qdq import InsertQDQ
+from .latency_guard import KeepFloatReference, LatencyGuard
 from .opset import UpgradeOpset
 from .shape_inference import InferShapes
 
@@ -30,6 +32,8 @@ __all__ = [
     "Calibrate",
     "FoldQuantizedWeights",
     "InsertQDQ",
+    "KeepFloatReference",
+    "LatencyGuard",
     "ConstantToInitializer",
     "EliminateDeadNodes",
     "FoldBatchNorm",
@@ -37,5 +41,6 @@ __all__ = [
     "InferShapes",
     "RemoveDropout",
     "RemoveIdentity",
+    "SumToAdd",
     "UpgradeOpset",
 ]

@@ -1,4 +1,4 @@
-"""Clean-up passes: Identity and inference-mode Dropout removal, dead-node elimination.
+"""Clean-up passes: Identity and inference-mode Dropout removal, Sum of two inputs to Add, dead nodes.
 
 None of them looks inside subgraphs (If/Loop/Scan bodies are kept as they are).
 """
@@ -83,3 +83,27 @@ class EliminateDeadNodes(Pass):
                 removed += 1
         removed += graph.remove_unused_initializers()
         return PassResult(model, removed > 0)
+
+
+@register_pass("sum-to-add")
+class SumToAdd(Pass):
+    """Rewrite Sum of two inputs as Add (old exports use Sum for residuals; Add has int8 kernels)."""
+
+    preserves_semantics = True
+
+    def call(self, model: Model) -> PassResult:
+        graph = model.graph
+        changed = False
+        for node in graph:
+            if node.op_type == "Sum" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+                add = Node("Add", list(node.inputs), 1, name=node.name, doc_string=node.doc_string)
+                graph.insert_before(node, add)
+                result, old = add.outputs[0], node.outputs[0]
+                result.name, result.dtype, result.shape = old.name, old.dtype, old.shape
+                old.name = graph.unique_name(old.name + "_sum")
+                if any(v is old for v in graph.outputs):
+                    graph.outputs[[id(v) for v in graph.outputs].index(id(old))] = result
+                old.replace_all_uses_with(result)
+                graph.remove(node)
+                changed = True
+        return PassResult(model, changed)

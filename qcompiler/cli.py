@@ -118,14 +118,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = ir.load(args.model)
     before = len(model.graph)
-    total = len(resolve(args.pipeline, {"target": target.name}).passes)
+    total = len(resolve(args.pipeline, {"target": target.name, "objective": args.objective}).passes)
     instruments, timing = _run_instruments(args, total, model)
     compile_model(model, args.output, calib=args.calib, pipeline=args.pipeline, target=target.name,
                   calibration=args.calibration, percentile=args.percentile, per_tensor=args.per_tensor,
-                  exclude=args.exclude, instruments=instruments)
+                  exclude=args.exclude, objective=args.objective, instruments=instruments)
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
+    guard = model.meta.get("latency_guard")
+    if guard:
+        print(f"latency on this CPU: float {guard['float_ms']:.2f} ms, int8 {guard['int8_ms']:.2f} ms "
+              f"({guard['speedup']:.2f}x): kept {guard['kept']}"
+              + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
     print(f"wrote {args.output}: target {target.name}, {before} -> {len(model.graph)} nodes, "
           f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
     return 0
@@ -174,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
     comp.add_argument("--exclude", action="append", default=[], metavar="NAME|OPTYPE",
                       help="keep nodes (name, shell pattern) or an op type in float; repeatable")
+    comp.add_argument("--objective", default="latency", choices=("latency", "size"),
+                      help="latency: keep int8 only if onnxruntime runs it faster here (default); size: always int8")
     comp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
     comp.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
     comp.add_argument("--time-passes", action="store_true", help="print the time of every pass")

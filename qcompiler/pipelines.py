@@ -57,6 +57,7 @@ def canonicalize() -> list[Pass]:
         lib.ConstantToInitializer(),
         lib.RemoveIdentity(),
         lib.RemoveDropout(),
+        lib.SumToAdd(),
         lib.FoldConstants(),
         lib.FoldBatchNorm(),
         lib.EliminateDeadNodes(),
@@ -66,18 +67,23 @@ def canonicalize() -> list[Pass]:
 
 @named_pipeline("int8")
 def int8(calibration: Any = None, target: str = "auto", method: str = "minmax", percentile: float = 99.999,
-         per_tensor: bool = False, exclude: tuple[str, ...] = ()) -> list[Pass]:
-    """Static int8 post-training quantization for a target: canonicalize, assign, calibrate, QDQ, fold."""
+         per_tensor: bool = False, exclude: tuple[str, ...] = (), objective: str = "latency") -> list[Pass]:
+    """Static int8 post-training quantization for a target: canonicalize, assign, calibrate, QDQ, fold.
+
+    With ``objective="latency"`` the result stays int8 only where onnxruntime runs it faster than the
+    float model (``latency-guard``); ``objective="size"`` always keeps int8.
+    """
     from qcompiler import passes as lib
     from qcompiler.targets import get_target
 
     name = get_target(target).name
-    return canonicalize() + [
+    guarded = objective == "latency"
+    return canonicalize() + ([lib.KeepFloatReference()] if guarded else []) + [
         lib.AssignPrecision(target=name, exclude=list(exclude), per_channel=not per_tensor),
         lib.Calibrate(data=calibration, method=method, percentile=percentile, target=name),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ]
+    ] + ([lib.LatencyGuard(data=calibration)] if guarded else [])
 
 
 @dataclass

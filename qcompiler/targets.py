@@ -15,6 +15,10 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
   80.68 % on the real kernels). Weights limited to 7 bits (``reduce_range``: -64..63) cannot
   overflow (255·64·2 = 32640) and keep the accuracy (97.38 %).
 * With VNNI (``vpdpbusd``) products are accumulated in int32 directly: no saturation, full range.
+* ``--target auto`` does not trust CPU flags: :func:`runtime_saturates_u8s8` runs a QLinearConv whose
+  pair sums overflow int16 and checks onnxruntime's answer. On this project's 2-core AMD EPYC
+  machines (flags: avx2, avx512_vnni, avx_vnni) onnxruntime 1.32 answered exactly (measured
+  2026-11-22), so auto picks ``x86-vnni`` there.
 * onnxruntime fuses ``DequantizeLinear -> op -> QuantizeLinear`` into integer kernels for Conv,
   MatMul, Gemm, Add, Mul, Concat, average pooling, Sigmoid, LeakyRelu, and drops Q/DQ pairs around
   data-movement ops (Reshape, Transpose, MaxPool, ...) when input and output scales are equal.
@@ -22,9 +26,9 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
 
 from __future__ import annotations
 
+import functools
 import platform
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from onnx import TensorProto
 
@@ -81,27 +85,45 @@ TARGETS: dict[str, Target] = {
 }
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of this machine (empty where /proc/cpuinfo is not available)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+@functools.cache
+def runtime_saturates_u8s8() -> bool:
+    """Whether this machine's onnxruntime sums u8·s8 products pairwise into a saturating int16.
+
+    Measured, not guessed from CPU flags: a QLinearConv with x = 255 and w = 127 over 64 input
+    channels sums to 64·255·127 = 2,072,640 with int32 accumulation (output 207 at y_scale 10^4)
+    but to 32·32767 = 1,048,544 with pair saturation (output 105). CPU flags are not enough: the
+    runtime picks its kernels itself (on this project's AMD EPYC machines, which report
+    ``avx512_vnni``, onnxruntime 1.32 accumulates exactly).
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    channels = 64
+    params = {"xs": np.array(1.0, np.float32), "xz": np.array(0, np.uint8),
+              "w": np.full((8, channels, 1, 1), 127, np.int8), "ws": np.ones(8, np.float32),
+              "wz": np.zeros(8, np.int8), "ys": np.array(10000.0, np.float32), "yz": np.array(0, np.uint8)}
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
+    graph = helper.make_graph(
+        [node], "saturation_probe",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, channels, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+        [numpy_helper.from_array(v, k) for k, v in params.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.full((1, channels, 2, 2), 255, np.uint8)
+    got = int(session.run(None, {"x": x})[0].flat[0])
+    exact = round(channels * 255 * 127 / 10000.0)
+    return got != exact
 
 
 def detect_target() -> Target:
-    """The target of the CPU this runs on."""
+    """The target of the CPU this runs on, decided by probing onnxruntime's int8 arithmetic."""
     machine = platform.machine().lower()
     if machine in ("aarch64", "arm64"):
         return TARGETS["arm64"]
-    flags = cpu_flags()
-    if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
-        return TARGETS["x86-vnni"]
-    return TARGETS["x86-avx2"]
+    return TARGETS["x86-avx2"] if runtime_saturates_u8s8() else TARGETS["x86-vnni"]
 
 
 def get_target(name: str) -> Target:

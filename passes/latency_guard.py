@@ -1,0 +1,69 @@
+"""The latency guard: quantize only when the quantized model is actually faster.
+
+int8 is not always faster. On x86 without VNNI, a MobileNetV3-style network whose convolutions are
+separated by float hardswish activations spends more time in DequantizeLinear/QuantizeLinear and
+layout transposes than the integer convolutions save (PP-OCR's direction classifier: 0.47x of FP32
+with every convolution quantized, measured by ``benchmarks/compare_quantizers.py``). A tiny model
+(the digits networks, 0.1 ms) pays the per-op overhead of Q/DQ with nothing to gain.
+
+``keep-float-reference`` stores a copy of the float model (after canonicalization); ``latency-guard``,
+at the end of the pipeline, measures both in onnxruntime on one calibration feed (median of
+``runs`` runs after warm-up, ``threads`` intra-op threads) and, when the quantized model is not at
+least ``min_speedup`` times as fast, restores the float model. The decision and both latencies are
+kept in ``model.meta["latency_guard"]``; the compile command prints them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qcompiler.errors import PreconditionError
+from qcompiler.ir import Model, to_proto
+from qcompiler.latency import measure_latency
+from qcompiler.pass_manager import Pass, PassResult, register_pass
+
+
+@register_pass("keep-float-reference")
+class KeepFloatReference(Pass):
+    """Keep a copy of the float model for later comparison (latency guard, analysis)."""
+
+    def call(self, model: Model) -> PassResult:
+        model.meta["float_reference"] = model.clone()
+        return PassResult(model, False)
+
+
+@register_pass("latency-guard")
+class LatencyGuard(Pass):
+    """Restore the float model when the quantized one is not faster in onnxruntime."""
+
+    data: Any = None
+    threads: int = 2
+    runs: int = 5
+    min_speedup: float = 1.0
+    idempotent = False
+
+    def requires(self, model: Model) -> None:
+        if "float_reference" not in model.meta:
+            raise PreconditionError("latency-guard needs keep-float-reference earlier in the pipeline")
+
+    def call(self, model: Model) -> PassResult:
+        from qcompiler.calibration import open_calibration
+
+        from .calibrate import model_inputs
+
+        reference: Model = model.meta.pop("float_reference")
+        feed = next(iter(open_calibration(self.data, model_inputs(reference))))
+        quantized_bytes = to_proto(model).SerializeToString()
+        float_bytes = to_proto(reference).SerializeToString()
+        quantized = measure_latency(quantized_bytes, feed, threads=self.threads, runs=self.runs)
+        floating = measure_latency(float_bytes, feed, threads=self.threads, runs=self.runs)
+        speedup = floating.median_ms / quantized.median_ms
+        keep = speedup >= self.min_speedup
+        model.meta["latency_guard"] = {"float_ms": floating.median_ms, "int8_ms": quantized.median_ms,
+                                       "speedup": speedup, "kept": "int8" if keep else "float"}
+        if keep:
+            return PassResult(model, False)
+        model.update_from(reference)
+        for value in model.graph.values():
+            value.quant = None
+        return PassResult(model, True)
