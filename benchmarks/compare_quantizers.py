@@ -9,8 +9,8 @@ layout of the realmodels kit), this compiles:
 
 each in a child process, measuring compile wall time and the child's peak resident memory (its own
 VmHWM). Then it measures onnxruntime latency (ORT_ENABLE_ALL, ``--threads`` intra-op
-threads, warm-up runs, then the median / p90 / min of ``--runs`` runs on the first calibration batch)
-of FP32 and every candidate, and file sizes. Outputs: ``OUT/<config>/<name>.onnx`` (ready for
+threads, a warm-up run, then the median / p90 / min of ``--runs`` runs on the first calibration batch)
+of FP32 and every candidate (``qcompiler.latency``), and file sizes. Outputs: ``OUT/<config>/<name>.onnx`` (ready for
 ``realmodels/evaluate.py MODELS_DIR --cand OUT/<config>``), ``OUT/results.json`` and
 ``OUT/results.md``.
 
@@ -151,24 +151,12 @@ def run_compile(config: str, model: Path, calib: Path, output: Path) -> dict:
 # -- latency --------------------------------------------------------------------------------------
 
 
-def latency(model: Path, feeds: dict, threads: int, runs: int, warmup: int = 3) -> dict:
-    import onnxruntime as ort
+def latency(model: Path, feeds: dict, threads: int, runs: int) -> dict:
+    from qcompiler.latency import measure_latency  # not imported by the compile children
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    feeds = {k: v for k, v in feeds.items() if k in names}
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": round(float(np.median(times)), 3), "p90_ms": round(float(np.percentile(times, 90)), 3),
-            "min_ms": round(float(np.min(times)), 3)}
+    measured = measure_latency(str(model), feeds, threads=threads, runs=runs)
+    return {"median_ms": round(measured.median_ms, 3), "p90_ms": round(measured.p90_ms, 3),
+            "min_ms": round(measured.min_ms, 3)}
 
 
 def first_feed(calib: Path) -> dict:

@@ -19,22 +19,40 @@ class Latency:
     threads: int
 
 
-def measure_latency(model: bytes | str, feeds: dict[str, np.ndarray], *, threads: int = 2, runs: int = 10,
-                    warmup: int = 2) -> Latency:
-    """Run an onnxruntime CPU session (all graph optimizations) ``warmup + runs`` times."""
+def measure_latency(model: bytes | str, feeds: dict[str, np.ndarray], *, threads: int = 2,
+                    runs: int = 20) -> Latency:
+    """Latency of one model: one warm-up run, then the median of ``runs`` runs."""
+    return measure_latencies([model], feeds, threads=threads, runs=runs, min_seconds=0.0, rounds=1)[0]
+
+
+def measure_latencies(models: list[bytes | str], feeds: dict[str, np.ndarray], *, threads: int = 2,
+                      runs: int = 5, min_seconds: float = 0.2, rounds: int = 3) -> list[Latency]:
+    """Latency of several models measured in alternation, so drift of the machine hits all alike.
+
+    Each of ``rounds`` rounds runs every model for at least ``runs`` runs and ``min_seconds``; the
+    result per model is the median over all its runs.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    feeds = {k: v for k, v in feeds.items() if k in names}
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return Latency(float(np.median(times)), float(np.percentile(times, 90)), float(np.min(times)), runs, threads)
+    sessions = []
+    for model in models:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        fed = {k: v for k, v in feeds.items() if k in names}
+        session.run(None, fed)
+        sessions.append((session, fed))
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for (session, fed), record in zip(sessions, times):
+            start_round = time.perf_counter()
+            count = 0
+            while count < runs or time.perf_counter() - start_round < min_seconds / rounds:
+                start = time.perf_counter()
+                session.run(None, fed)
+                record.append((time.perf_counter() - start) * 1000.0)
+                count += 1
+    return [Latency(float(np.median(t)), float(np.percentile(t, 90)), float(np.min(t)), len(t), threads)
+            for t in times]
