@@ -33,7 +33,10 @@ class CalibrationDataError(UserError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input as a feed must provide it: name, numpy dtype, shape (int, symbol or None)."""
+    """A model input as a feed must provide it: name, numpy dtype, shape (int, symbol or None).
+
+    A negative dimension (Paddle exports write -1) counts as dynamic, like a symbol.
+    """
 
     name: str
     dtype: np.dtype
@@ -42,7 +45,8 @@ class InputSpec:
     def describe_shape(self) -> str:
         if self.shape is None:
             return "any shape"
-        return "(" + ", ".join("?" if d is None else str(d) for d in self.shape) + ")"
+        return "(" + ", ".join("?" if d is None or (isinstance(d, int) and d < 0) else str(d)
+                               for d in self.shape) + ")"
 
 
 def check_feed(feed: Any, inputs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
@@ -64,7 +68,7 @@ def check_feed(feed: Any, inputs: list[InputSpec], where: str) -> dict[str, np.n
                                        f"the model expects {np.dtype(spec.dtype).name}")
         if spec.shape is not None:
             mismatch = len(spec.shape) != array.ndim or any(
-                isinstance(d, int) and d != n for d, n in zip(spec.shape, array.shape))
+                isinstance(d, int) and d >= 0 and d != n for d, n in zip(spec.shape, array.shape))
             if mismatch:
                 raise CalibrationDataError(f"{where}: input {spec.name!r} has shape {tuple(array.shape)}, "
                                            f"the model expects {spec.describe_shape()}")

@@ -1,0 +1,116 @@
+"""qcompiler.compile and `qcompiler compile` end to end on a small CNN with real onnxruntime runs."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import qcompiler
+from qcompiler import ir
+from qcompiler.cli import main
+
+TEXT = """
+<ir_version: 8, opset_import: ["" : 13]>
+cnn (float[N,3,16,16] image) => (float[N,10] logits) {
+  c1 = Conv <pads = [1,1,1,1]> (image, w1, b1)
+  r1 = Relu(c1)
+  p1 = MaxPool <kernel_shape = [2,2], strides = [2,2]> (r1)
+  c2 = Conv <pads = [1,1,1,1]> (p1, w2, b2)
+  r2 = Relu(c2)
+  g = GlobalAveragePool(r2)
+  f = Flatten(g)
+  logits = Gemm <transB = 1> (f, w3, b3)
+}
+"""
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model(TEXT)
+    shapes = {"w1": (32, 3, 3, 3), "b1": (32,), "w2": (64, 32, 3, 3), "b2": (64,), "w3": (10, 64), "b3": (10,)}
+    proto.graph.initializer.extend(
+        onnx.numpy_helper.from_array((rng.standard_normal(s) * 0.2).astype(np.float32), n) for n, s in shapes.items())
+    proto.metadata_props.add(key="labels", value="0,1,2,3,4,5,6,7,8,9")
+    path = tmp_path / "cnn.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture
+def calib_dir(tmp_path):
+    rng = np.random.default_rng(1)
+    directory = tmp_path / "calib"
+    directory.mkdir()
+    for i in range(4):
+        np.savez(directory / f"batch_{i}.npz", image=rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
+    return directory
+
+
+def run(path, feeds):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def test_compile_quantizes_and_stays_accurate(model_path, calib_dir, tmp_path):
+    out = tmp_path / "cnn.int8.onnx"
+    model = qcompiler.compile(model_path, out, calib=calib_dir, objective="size", target="x86-vnni")
+    onnx.checker.check_model(str(out), full_check=True)
+    proto = onnx.load(str(out))
+    assert {p.key for p in proto.metadata_props} == {"labels"}
+    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits"]
+    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
+    assert len(int8_weights) == 3
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1 for t in proto.graph.initializer)
+    feeds = {"image": np.random.default_rng(2).standard_normal((8, 3, 16, 16)).astype(np.float32)}
+    expected, actual = run(model_path, feeds), run(out, feeds)
+    sqnr = 10 * np.log10(np.sum(expected**2) / np.sum((actual - expected) ** 2))
+    assert sqnr > 25, sqnr
+    assert out.stat().st_size < 0.4 * model_path.stat().st_size
+    assert model.meta.get("latency_guard") is None  # objective size: no guard
+
+
+def test_compile_is_deterministic(model_path, calib_dir, tmp_path):
+    digests = set()
+    for i in range(2):
+        out = tmp_path / f"out{i}.onnx"
+        qcompiler.compile(model_path, out, calib=calib_dir, objective="size", target="x86-avx2")
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
+def test_calibration_from_python_feeds_matches_directory(model_path, calib_dir):
+    feeds = [dict(np.load(p)) for p in sorted(calib_dir.glob("*.npz"))]
+    from_list = qcompiler.compile(model_path, calib=feeds, objective="size", target="x86-vnni")
+    from_dir = qcompiler.compile(model_path, calib=calib_dir, objective="size", target="x86-vnni")
+    assert ir.format_model(from_list) == ir.format_model(from_dir)
+
+
+def test_latency_guard_keeps_a_tiny_model_float(model_path, calib_dir):
+    model = qcompiler.compile(model_path, calib=calib_dir, target="x86-vnni")
+    guard = model.meta["latency_guard"]
+    assert set(guard) == {"float_ms", "int8_ms", "speedup", "kept"}
+    if guard["kept"] == "float":
+        assert not any(n.op_type == "QuantizeLinear" for n in model.graph)
+    else:
+        assert guard["speedup"] >= 1.05
+
+
+def test_cli_compile_and_bad_calibration(model_path, calib_dir, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main(["compile", str(model_path), "-o", str(out), "--calib", str(calib_dir), "-q",
+                 "--objective", "size", "--calibration", "percentile"]) == 0
+    assert "quantized activations" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.savez(bad / "b.npz", image=np.zeros((1, 3, 8, 8), np.float32))
+    out2 = tmp_path / "o2.onnx"
+    assert main(["compile", str(model_path), "-o", str(out2), "--calib", str(bad), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "b.npz: input 'image' has shape (1, 3, 8, 8), the model expects (N, 3, 16, 16)" in err
+    assert not out2.exists()
+    assert main(["compile", str(model_path), "-o", str(out2), "--calib", str(calib_dir), "--target", "tpu"]) == 2
+    assert "unknown target 'tpu'" in capsys.readouterr().err
