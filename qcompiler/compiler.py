@@ -24,7 +24,7 @@ def compile(  # noqa: A001 - the natural name of the API
     calib: Any,
     pipeline: str = "int8",
     target: str = "auto",
-    calibration: str = "minmax",
+    calibration: str = "mse",
     percentile: float = 99.999,
     per_tensor: bool = False,
     exclude: Sequence[str] = (),
@@ -41,7 +41,9 @@ def compile(  # noqa: A001 - the natural name of the API
             an iterable of feed dicts, or an onnxruntime ``CalibrationDataReader``.
         pipeline: a named pipeline or a TOML pipeline file.
         target: ``auto`` (this CPU) or a target name from ``qcompiler.targets.TARGETS``.
-        calibration: ``minmax``, ``percentile``, ``entropy`` or ``mse``.
+        calibration: ``mse`` (default), ``minmax``, ``percentile`` or ``entropy``. MSE was the most
+            accurate on the realmodels set (OCR recognizer line accuracy 0.920 vs 0.867 min/max,
+            0.857 percentile, 0.000 entropy; see the benchmarks README).
         percentile: the percentile for ``calibration="percentile"``.
         per_tensor: per-tensor instead of per-channel weights.
         exclude: node names (shell patterns) or op types to keep in float.

@@ -66,7 +66,7 @@ def canonicalize() -> list[Pass]:
 
 
 @named_pipeline("int8")
-def int8(calibration: Any = None, target: str = "auto", method: str = "minmax", percentile: float = 99.999,
+def int8(calibration: Any = None, target: str = "auto", method: str = "mse", percentile: float = 99.999,
          per_tensor: bool = False, exclude: tuple[str, ...] = (), objective: str = "latency") -> list[Pass]:
     """Static int8 post-training quantization for a target: canonicalize, assign, calibrate, QDQ, fold.
 

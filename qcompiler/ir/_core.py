@@ -295,6 +295,7 @@ class Graph:
         self._nodes: list[Node] = []
         self._name_counter = itertools.count()
         self._taken_names: set[str] | None = None
+        self._taken_generation: tuple[int, ...] = ()
 
     def __iter__(self) -> Iterator[Node]:
         return iter(tuple(self._nodes))
@@ -324,14 +325,21 @@ class Graph:
 
     # -- naming --------------------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
-        """A name not used by any value or node of this graph, derived from ``base``."""
-        taken = {v.name for v in self.values()} | {n.name for n in self._nodes}
-        if base and base not in taken:
-            return base
-        while True:
+        """A name not used by any value or node of this graph, derived from ``base``.
+
+        The set of taken names is cached and rebuilt whenever the graph's size changed since; names
+        handed out are added to it, so a pass that creates many values stays linear.
+        """
+        generation = (len(self._nodes), len(self.initializers), len(self.inputs), len(self.outputs))
+        if self._taken_names is None or self._taken_generation != generation:
+            self._taken_names = {v.name for v in self.values()} | {n.name for n in self._nodes}
+            self._taken_generation = generation
+        taken = self._taken_names
+        candidate = base
+        while not candidate or candidate in taken:
             candidate = f"{base or 'v'}__{next(self._name_counter)}"
-            if candidate not in taken:
-                return candidate
+        taken.add(candidate)
+        return candidate
 
     # -- editing -------------------------------------------------------------------------------
     def _adopt(self, nodes: Iterable[Node]) -> list[Node]:
