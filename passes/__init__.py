@@ -7,6 +7,7 @@ One module per family:
 * ``cleanup`` — RemoveIdentity, RemoveDropout, SumToAdd, EliminateDeadNodes
 * ``fold_constants`` — FoldConstants (onnx-graphsurgeon)
 * ``fold_batchnorm`` — FoldBatchNorm
+* ``fuse_activations`` — FuseHardSwish
 * ``shape_inference`` — InferShapes
 * ``assign_precision`` — AssignPrecision (which nodes run in int8, weight specs)
 * ``calibrate`` — Calibrate (activation specs from observed ranges)
@@ -22,6 +23,7 @@ from .constants import ConstantToInitializer
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .fold_weights import FoldQuantizedWeights
+from .fuse_activations import FuseHardSwish
 from .insert_qdq import InsertQDQ
 from .latency_guard import KeepFloatReference, LatencyGuard
 from .opset import UpgradeOpset
@@ -31,6 +33,7 @@ __all__ = [
     "AssignPrecision",
     "Calibrate",
     "FoldQuantizedWeights",
+    "FuseHardSwish",
     "InsertQDQ",
     "KeepFloatReference",
     "LatencyGuard",

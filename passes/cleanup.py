@@ -98,12 +98,7 @@ class SumToAdd(Pass):
             if node.op_type == "Sum" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
                 add = Node("Add", list(node.inputs), 1, name=node.name, doc_string=node.doc_string)
                 graph.insert_before(node, add)
-                result, old = add.outputs[0], node.outputs[0]
-                result.name, result.dtype, result.shape = old.name, old.dtype, old.shape
-                old.name = graph.unique_name(old.name + "_sum")
-                if any(v is old for v in graph.outputs):
-                    graph.outputs[[id(v) for v in graph.outputs].index(id(old))] = result
-                old.replace_all_uses_with(result)
+                graph.substitute(node.outputs[0], add.outputs[0])
                 graph.remove(node)
                 changed = True
         return PassResult(model, changed)

@@ -60,6 +60,7 @@ def canonicalize() -> list[Pass]:
         lib.SumToAdd(),
         lib.FoldConstants(),
         lib.FoldBatchNorm(),
+        lib.FuseHardSwish(),
         lib.EliminateDeadNodes(),
         lib.InferShapes(),
     ]

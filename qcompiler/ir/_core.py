@@ -409,6 +409,19 @@ class Graph:
         new.name = name
         self.outputs[position] = new
 
+    def substitute(self, old: Value, new: Value) -> None:
+        """Put ``new`` in ``old``'s place: every reader, the graph-output slot, the name, the type.
+
+        ``old`` gets a fresh name and no readers, so its producer can then be removed.
+        """
+        name = old.name
+        old.name = self.unique_name(name + "_replaced")
+        new.name = name
+        new.dtype = new.dtype or old.dtype
+        new.shape = new.shape if new.shape is not None else old.shape
+        self.outputs = [new if v is old else v for v in self.outputs]
+        old.replace_all_uses_with(new)
+
     def sort(self) -> None:
         """Stable topological sort: keeps the current order wherever it is already valid."""
         from .analysis import topological_order

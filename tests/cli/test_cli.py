@@ -80,7 +80,7 @@ def test_optimize_writes_canonical_model_and_keeps_input(model_path, tmp_path, c
     assert status == 0
     assert digest(model_path) == before
     captured = capsys.readouterr()
-    assert "[9/9] infer-shapes" in captured.err and "fold-constants" in captured.err
+    assert "[10/10] infer-shapes" in captured.err and "fold-constants" in captured.err
     result = ir.load(out_path)
     assert result.opset == 13
     assert [n.op_type for n in result.graph] == ["Mul", "Cast", "Relu"]
