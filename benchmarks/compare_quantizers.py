@@ -9,8 +9,9 @@ layout of the realmodels kit), this compiles:
 
 each in a child process, measuring compile wall time and the child's peak resident memory (its own
 VmHWM). Then it measures onnxruntime latency (ORT_ENABLE_ALL, ``--threads`` intra-op
-threads, a warm-up run, then the median / p90 / min of ``--runs`` runs on the first calibration batch)
-of FP32 and every candidate (``qcompiler.latency``), and file sizes. Outputs: ``OUT/<config>/<name>.onnx`` (ready for
+threads, on the first calibration batch) of FP32 and every candidate, measured in alternation over
+three rounds of at least ``--runs`` runs and one second each (``qcompiler.latency``), so that drift
+of a shared machine affects all alike; and file sizes. Outputs: ``OUT/<config>/<name>.onnx`` (ready for
 ``realmodels/evaluate.py MODELS_DIR --cand OUT/<config>``), ``OUT/results.json`` and
 ``OUT/results.md``.
 
@@ -72,12 +73,12 @@ class NpzReader:
         self.position = 0
 
 
-def compile_child(config: str, model: Path, calib: Path, output: Path) -> None:
+def compile_child(config: str, model: Path, calib: Path, output: Path, calibration: str) -> None:
     """Runs in the child: compile ``model`` with ``config`` into ``output``."""
     if config == "qcompiler":
         import qcompiler
 
-        qcompiler.compile(model, output, calib=calib)
+        qcompiler.compile(model, output, calib=calib, calibration=calibration)
         return
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -127,14 +128,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_compile(config: str, model: Path, calib: Path, output: Path) -> dict:
+def run_compile(config: str, model: Path, calib: Path, output: Path, calibration: str) -> dict:
     """Compile in a child process (in a scratch working directory): wall time and the child's peak
     resident memory, which the child reads from its own VmHWM (fork-inherited pages excluded)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", config,
-                               str(model.resolve()), str(calib.resolve()), str(output.resolve())],
+                               str(model.resolve()), str(calib.resolve()), str(output.resolve()), calibration],
                               capture_output=True, text=True, cwd=scratch)
         seconds = time.perf_counter() - start
     result = {"compile_s": round(seconds, 2)}
@@ -151,17 +152,28 @@ def run_compile(config: str, model: Path, calib: Path, output: Path) -> dict:
 # -- latency --------------------------------------------------------------------------------------
 
 
-def latency(model: Path, feeds: dict, threads: int, runs: int) -> dict:
-    from qcompiler.latency import measure_latency  # not imported by the compile children
+def latencies(models: list[Path], feeds: dict, threads: int, runs: int) -> list[dict]:
+    """FP32 and candidates measured in alternation (3 rounds), so machine drift hits all alike."""
+    from qcompiler.latency import measure_latencies  # not imported by the compile children
 
-    measured = measure_latency(str(model), feeds, threads=threads, runs=runs)
-    return {"median_ms": round(measured.median_ms, 3), "p90_ms": round(measured.p90_ms, 3),
-            "min_ms": round(measured.min_ms, 3)}
+    measured = measure_latencies([str(m) for m in models], feeds, threads=threads, runs=max(1, runs // 3),
+                                 min_seconds=1.0, rounds=3)
+    return [{"median_ms": round(m.median_ms, 4), "p90_ms": round(m.p90_ms, 4), "min_ms": round(m.min_ms, 4),
+             "runs": m.runs} for m in measured]
 
 
 def first_feed(calib: Path) -> dict:
     with np.load(sorted(calib.glob("*.npz"))[0]) as data:
         return {key: data[key] for key in data.files}
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())
+    return {"cpu": name, "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version()}
 
 
 def markdown(results: dict) -> str:
@@ -185,7 +197,7 @@ def markdown(results: dict) -> str:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        compile_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))
+        compile_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]), sys.argv[6])
         print(json.dumps({"peak_rss_mb": round(peak_rss_mb(), 1)}))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -194,28 +206,34 @@ def main() -> int:
     parser.add_argument("--only", default="*")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=30, help="runs per model and round (3 rounds)")
+    parser.add_argument("--calibration", default="mse", help="qcompiler's calibration method")
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-               "threads": args.threads, "runs": args.runs, "models": {}}
+    results = {"machine": machine(), "threads": args.threads, "runs": args.runs,
+               "qcompiler_calibration": args.calibration, "models": {}}
     for name in list_models(args.models_dir, args.only):
         model = args.models_dir / f"{name}.onnx"
         calib = calibration_dir(args.models_dir, name)
         feeds = first_feed(calib)
-        entry = {"fp32": latency(model, feeds, args.threads, args.runs),
-                 "fp32_size_mb": round(model.stat().st_size / 2**20, 3)}
+        entry = {"fp32_size_mb": round(model.stat().st_size / 2**20, 3)}
         for config in configs:
             output = args.out / config / f"{name}.onnx"
-            r = run_compile(config, model, calib, output)
-            if "error" not in r:
+            entry[config] = run_compile(config, model, calib, output, args.calibration)
+            if "error" not in entry[config]:
                 try:
-                    r.update(latency(output, feeds, args.threads, args.runs))
-                    r["speedup"] = round(entry["fp32"]["median_ms"] / r["median_ms"], 3)
+                    latencies([output], feeds, args.threads, 3)
                 except Exception as exc:  # the quantizer wrote a model onnxruntime rejects
-                    r["error"] = f"output does not run: {str(exc).splitlines()[0][:300]}"
-            entry[config] = r
-            print(f"{name:<34} {config:<12} {json.dumps(r)}", flush=True)
+                    entry[config]["error"] = f"output does not run: {str(exc).splitlines()[0][:300]}"
+        measured = [c for c in configs if "error" not in entry[c]]
+        timings = latencies([model] + [args.out / c / f"{name}.onnx" for c in measured], feeds, args.threads,
+                            args.runs)
+        entry["fp32"] = timings[0]
+        for config, timing in zip(measured, timings[1:]):
+            entry[config].update(timing)
+            entry[config]["speedup"] = round(timings[0]["median_ms"] / timing["median_ms"], 3)
+        for config in configs:
+            print(f"{name:<34} {config:<12} {json.dumps(entry[config])}", flush=True)
         results["models"][name] = entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -8,7 +8,8 @@ with every convolution quantized, measured by ``benchmarks/compare_quantizers.py
 
 ``keep-float-reference`` stores a copy of the float model (after canonicalization); ``latency-guard``,
 at the end of the pipeline, measures both in onnxruntime on one calibration feed (the two models
-alternate, each median over at least ``runs`` runs and 0.2 s, ``threads`` intra-op threads) and,
+alternate over three rounds, each round at least ``runs`` runs and ``min_seconds / 3`` per model,
+``threads`` intra-op threads; the median of all runs counts) and,
 when the quantized model is not at least ``min_speedup`` times as fast, restores the float model.
 The 5 % margin keeps a model whose speed is within measurement noise of float in float, so the
 choice (and the output file) does not flip between runs on the same machine. The decision and both latencies are
@@ -40,7 +41,8 @@ class LatencyGuard(Pass):
 
     data: Any = None
     threads: int = 2
-    runs: int = 5
+    runs: int = 3
+    min_seconds: float = 0.06
     min_speedup: float = 1.05
     idempotent = False
 
@@ -58,7 +60,7 @@ class LatencyGuard(Pass):
         quantized_bytes = to_proto(model).SerializeToString()
         float_bytes = to_proto(reference).SerializeToString()
         floating, quantized = measure_latencies([float_bytes, quantized_bytes], feed, threads=self.threads,
-                                                runs=self.runs)
+                                                runs=self.runs, min_seconds=self.min_seconds)
         speedup = floating.median_ms / quantized.median_ms
         keep = speedup >= self.min_speedup
         model.meta["latency_guard"] = {"float_ms": floating.median_ms, "int8_ms": quantized.median_ms,
