@@ -8,7 +8,7 @@ with every convolution quantized, measured by ``benchmarks/compare_quantizers.py
 
 ``keep-float-reference`` stores a copy of the float model (after canonicalization); ``latency-guard``,
 at the end of the pipeline, measures both in onnxruntime on one calibration feed (the two models
-alternate over three rounds, each round at least ``runs`` runs and ``min_seconds / 3`` per model,
+alternate over ``rounds`` rounds, each round at least ``runs`` runs and ``min_seconds / rounds`` per model,
 ``threads`` intra-op threads; the median of all runs counts) and,
 when the quantized model is not at least ``min_speedup`` times as fast, restores the float model.
 The 5 % margin keeps a model whose speed is within measurement noise of float in float, so the
@@ -42,7 +42,8 @@ class LatencyGuard(Pass):
     data: Any = None
     threads: int = 2
     runs: int = 3
-    min_seconds: float = 0.06
+    rounds: int = 2
+    min_seconds: float = 0.04
     min_speedup: float = 1.05
     idempotent = False
 
@@ -60,7 +61,7 @@ class LatencyGuard(Pass):
         quantized_bytes = to_proto(model).SerializeToString()
         float_bytes = to_proto(reference).SerializeToString()
         floating, quantized = measure_latencies([float_bytes, quantized_bytes], feed, threads=self.threads,
-                                                runs=self.runs, min_seconds=self.min_seconds)
+                                                runs=self.runs, min_seconds=self.min_seconds, rounds=self.rounds)
         speedup = floating.median_ms / quantized.median_ms
         keep = speedup >= self.min_speedup
         model.meta["latency_guard"] = {"float_ms": floating.median_ms, "int8_ms": quantized.median_ms,

@@ -108,7 +108,6 @@ def _run_instruments(args: argparse.Namespace, total: int, model: ir.Model | Non
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile as compile_model
-    from .pipelines import resolve
     from .targets import get_target
 
     for module in args.plugin:

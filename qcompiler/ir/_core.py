@@ -295,7 +295,6 @@ class Graph:
         self._nodes: list[Node] = []
         self._name_counter = itertools.count()
         self._taken_names: set[str] | None = None
-        self._taken_generation: tuple[int, ...] = ()
 
     def __iter__(self) -> Iterator[Node]:
         return iter(tuple(self._nodes))
@@ -327,13 +326,12 @@ class Graph:
     def unique_name(self, base: str) -> str:
         """A name not used by any value or node of this graph, derived from ``base``.
 
-        The set of taken names is cached and rebuilt whenever the graph's size changed since; names
-        handed out are added to it, so a pass that creates many values stays linear.
+        The set of taken names is built once and then kept as a superset: names handed out here and
+        the names of nodes and initializers added later are added to it (removals leave it alone,
+        which only costs a suffix), so a pass that creates many values stays linear.
         """
-        generation = (len(self._nodes), len(self.initializers), len(self.inputs), len(self.outputs))
-        if self._taken_names is None or self._taken_generation != generation:
+        if self._taken_names is None:
             self._taken_names = {v.name for v in self.values()} | {n.name for n in self._nodes}
-            self._taken_generation = generation
         taken = self._taken_names
         candidate = base
         while not candidate or candidate in taken:
@@ -348,6 +346,9 @@ class Graph:
             if node.graph is not None:
                 raise InternalError(f"{node!r} already belongs to a graph")
             node.graph = self
+            if self._taken_names is not None:
+                self._taken_names.add(node.name)
+                self._taken_names.update(v.name for v in node.outputs if v is not None)
         return nodes
 
     def append(self, *nodes: Node) -> None:
@@ -391,6 +392,8 @@ class Graph:
         if value.name in self.initializers:
             raise InternalError(f"an initializer named {value.name!r} already exists")
         self.initializers[value.name] = value
+        if self._taken_names is not None:
+            self._taken_names.add(value.name)
         return value
 
     def remove_unused_initializers(self) -> int:
