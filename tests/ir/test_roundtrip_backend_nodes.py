@@ -63,8 +63,16 @@ def _same(a, b) -> bool:
 
 
 def roundtrip_case(case) -> str:
-    """'pass', or 'skip: <reason>' when onnxruntime cannot run the original; raises on a mismatch."""
+    """'pass', or 'skip: <reason>' when onnxruntime cannot run the original; raises on a mismatch.
+
+    Every case, skipped or not, must also round-trip structurally: the IR read back from the saved
+    proto prints exactly as the IR that was saved.
+    """
     proto = case.model
+    model = ir.from_proto(proto, where=case.name)
+    ir.verify(model)
+    again = ir.to_proto(model)
+    assert ir.format_model(ir.from_proto(again)) == ir.format_model(model), f"{case.name}: IR changed"
     feeds = _feeds(case, proto)
     if feeds is None:
         return "skip: an optional or nested input that onnxruntime's Python API cannot feed"
@@ -72,9 +80,6 @@ def roundtrip_case(case) -> str:
         expected = _session(proto.SerializeToString()).run(None, feeds)
     except Exception as exc:  # onnxruntime lacks the op/type, or rejects the model
         return f"skip: onnxruntime cannot run the original ({type(exc).__name__})"
-    model = ir.from_proto(proto, where=case.name)
-    ir.verify(model)
-    again = ir.to_proto(model)
     actual = _session(again.SerializeToString()).run(None, feeds)
     assert len(actual) == len(expected)
     for got, want in zip(actual, expected):
