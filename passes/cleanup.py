@@ -14,11 +14,14 @@ def bypass(graph: Graph, node: Node) -> bool:
 
     When the output is a graph output, the input takes over its name (so the model's interface is
     unchanged); that is impossible when the input is itself a graph input, initializer or output, and
-    then the node is kept. Returns whether the node was removed.
+    then the node is kept. A node whose other outputs are read or returned is kept too. Returns
+    whether the node was removed.
     """
     source, result = node.inputs[0], node.outputs[0]
-    if any(out is not None and out is not result and out.uses() for out in node.outputs):
-        return False
+    returned = set(map(id, graph.outputs))
+    if any(out is not None and out is not result and (out.uses() or id(out) in returned)
+           for out in node.outputs):
+        return False  # another output (e.g. a Dropout mask) is read or returned: the node stays
     if any(v is result for v in graph.outputs):
         boundary = any(v is source for v in graph.inputs + graph.outputs) or source.const is not None
         if boundary:

@@ -5,14 +5,15 @@ in onnxruntime) and replaced by an initializer; ``Shape`` of a statically shaped
 Results larger than ``size_threshold`` bytes are not folded, so a small ``Expand`` does not become a
 huge initializer. Nodes left dead are removed. Subgraphs are left as they are. Initializers count as
 constants even when they are also listed as graph inputs (an IR >= 4 overridable default), which is
-what every quantizer assumes of weights; the graph inputs themselves are kept.
+what every quantizer assumes of weights; the graph inputs themselves are kept, with their defaults,
+even when folding leaves them unread.
 """
 
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.ir import Model, from_proto, to_proto
+from qcompiler.ir import Model, Value, from_proto, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -35,8 +36,13 @@ class FoldConstants(Pass):
         docs = {node.name: node.doc_string for node in model.graph if node.doc_string}
         for node in folded.graph:
             node.doc_string = docs.get(node.name, "")
-        # graphsurgeon drops initializers from the graph inputs; keep the interface as it was
+        # graphsurgeon drops initializers from the graph inputs, and removes those nothing reads any
+        # more; keep the interface as it was (an unread overridable input keeps its default)
         kept = {v.name: v for v in folded.graph.values()}
+        for value in model.graph.inputs:
+            if value.name not in kept and value.const is not None:
+                kept[value.name] = folded.graph.add_initializer(
+                    Value(value.name, value.dtype, value.shape, value.const, doc_string=value.doc_string))
         folded.graph.inputs = [kept[v.name] for v in model.graph.inputs if v.name in kept]
         opsets, functions = dict(model.opset_imports), list(model.functions)
         model.update_from(folded)

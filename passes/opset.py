@@ -9,6 +9,7 @@ older than IR version 7 are raised to 7, the IR version of opset 13.
 from __future__ import annotations
 
 import onnx
+import onnx.defs
 import onnx.version_converter
 
 from qcompiler.errors import UnsupportedModelError
@@ -26,6 +27,13 @@ class UpgradeOpset(Pass):
     def call(self, model: Model) -> PassResult:
         if model.opset >= self.target:
             return PassResult(model, False)
+        unknown = _ops_without_schema(model, self.target)
+        if unknown:
+            raise UnsupportedModelError(
+                f"cannot upgrade the model from opset {model.opset} to {self.target}: "
+                f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not defined in ONNX opset "
+                f"{self.target} (experimental or removed operators the version converter cannot convert)"
+            )
         names = {node.name: node.doc_string for node in model.graph if node.doc_string}
         try:
             converted = onnx.version_converter.convert_version(to_proto(model), self.target)
@@ -44,6 +52,21 @@ class UpgradeOpset(Pass):
             _drop_initializer_inputs(model)
             model.ir_version = MIN_IR_VERSION
         return PassResult(model, True)
+
+
+def _ops_without_schema(model: Model, target: int) -> list[str]:
+    """Default-domain ops of the main graph with no schema at ``target`` (e.g. ImageScaler, Crop).
+
+    onnx.version_converter fails on them with an assertion message that does not name the op clearly.
+    """
+    missing: dict[str, None] = {}
+    for node in model.graph:
+        if node.domain in ("", "ai.onnx"):
+            try:
+                onnx.defs.get_schema(node.op_type, target, "")
+            except onnx.defs.SchemaError:
+                missing[f"{node.op_type} (node {node.name!r})" if node.name else node.op_type] = None
+    return list(missing)
 
 
 MIN_IR_VERSION = 7

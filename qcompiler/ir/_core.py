@@ -54,7 +54,7 @@ class Value:
         type_proto: onnx.TypeProto | None = None,
         doc_string: str = "",
     ):
-        self.name = name
+        self._name = name
         self.const = const
         if const is not None and dtype is None:
             dtype = onnx.helper.np_dtype_to_tensor_dtype(const.dtype)
@@ -72,6 +72,24 @@ class Value:
 
     def __repr__(self) -> str:
         return f"Value({self.name!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        """Rename the value, and the references to it inside the subgraphs that capture it.
+
+        Subgraphs are kept as GraphProtos that refer to outer values by name, so a rename that did
+        not follow into them would leave them reading a name that no longer exists, or another value.
+        """
+        old, self._name = self._name, name
+        if old == name:
+            return
+        for node in dict.fromkeys(use.node for use in self._uses if use.index == CAPTURE_INDEX):
+            for graph in subgraphs_of(node.attrs):
+                _rename_in_graph(graph, old, name)
 
     def producer(self) -> Node | None:
         """The node that computes this value, or None for graph inputs and initializers."""
@@ -260,7 +278,8 @@ class Node:
         for graph in subgraphs_of(self.attrs):
             _rename_in_graph(graph, old.name, new.name)
         old._remove_use(self, CAPTURE_INDEX)
-        self._captures = tuple(new if v is old else v for v in self._captures)
+        # dict.fromkeys: when ``new`` was captured already, it stays listed once
+        self._captures = tuple(dict.fromkeys(new if v is old else v for v in self._captures))
         new._add_use(self, CAPTURE_INDEX)
 
     def _detach(self) -> None:
@@ -367,6 +386,9 @@ class Graph:
         or is a graph output."""
         nodes = [nodes] if isinstance(nodes, Node) else list(nodes)
         removing = set(nodes)
+        strangers = [node for node in nodes if node.graph is not self]
+        if strangers:  # checked first, so that a failed call leaves the graph as it was
+            raise InternalError(f"cannot remove {strangers[0]!r}: it is not a node of graph {self.name!r}")
         if safe:
             outputs = set(map(id, self.outputs))
             for node in nodes:
@@ -380,8 +402,8 @@ class Graph:
                         raise InternalError(
                             f"cannot remove {node!r}: {value.name!r} is still used by {users[0]!r}"
                         )
-        for node in nodes:
-            self._nodes.remove(node)
+        self._nodes = [node for node in self._nodes if node not in removing]
+        for node in dict.fromkeys(nodes):
             node._detach()
             node.graph = None
 
@@ -471,9 +493,12 @@ class Model:
         """Take ``other``'s graph, opsets, IR version and functions (keeping metadata and meta).
 
         Used by passes that rebuild the model through another tool (opset conversion, constant
-        folding); quantization specs are carried over by value name.
+        folding); quantization specs are carried over by value name, and the graph's doc string and
+        ``metadata_props`` (which onnx-graphsurgeon and the version converter drop) are kept.
         """
         specs = {v.name: v.quant for v in self.graph.values() if v.quant is not None}
+        other.graph.doc_string = other.graph.doc_string or self.graph.doc_string
+        other.graph.metadata = {**self.graph.metadata, **other.graph.metadata}
         self.graph = other.graph
         self.opset_imports = dict(other.opset_imports)
         self.ir_version = other.ir_version

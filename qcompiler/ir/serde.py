@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -210,7 +211,17 @@ def _attr_to_proto(name: str, value: Any, attr_type: int | None) -> AttributePro
         return onnx.helper.make_attribute(name, [numpy_helper.from_array(v) for v in value])
     if isinstance(value, (np.integer, np.floating)):
         value = value.item()
+    # strings were decoded with surrogateescape (attributes may hold bytes that are not UTF-8):
+    # encode them the same way, which onnx.helper's plain UTF-8 encoding refuses
+    if isinstance(value, str):
+        value = _encode(value)
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = [_encode(v) for v in value]
     return onnx.helper.make_attribute(name, value, attr_type=attr_type)
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", errors="surrogateescape")
 
 
 def _node_to_proto(node: Node) -> onnx.NodeProto:
@@ -227,7 +238,10 @@ def _node_to_proto(node: Node) -> onnx.NodeProto:
     return proto
 
 
-def _tensor_proto(value: Value) -> onnx.TensorProto:
+def _tensor_proto(value: Value, with_data: bool = True) -> onnx.TensorProto:
+    if not with_data:  # type and dims only (for analyses that never read the values)
+        return onnx.TensorProto(name=value.name, data_type=value.dtype, dims=value.const.shape,
+                                data_location=onnx.TensorProto.DEFAULT)
     tensor = numpy_helper.from_array(value.const, value.name)
     if value.dtype is not None and tensor.data_type != value.dtype:
         tensor = onnx.helper.make_tensor(value.name, value.dtype, value.const.shape,
@@ -236,13 +250,14 @@ def _tensor_proto(value: Value) -> onnx.TensorProto:
     return tensor
 
 
-def _graph_to_proto(graph: Graph) -> onnx.GraphProto:
+def _graph_to_proto(graph: Graph, include_data: Callable[[Value], bool] | None = None) -> onnx.GraphProto:
     proto = onnx.GraphProto(name=graph.name, doc_string=graph.doc_string)
     for key, val in graph.metadata.items():
         proto.metadata_props.add(key=key, value=val)
     proto.input.extend(_value_info(v) for v in graph.inputs)
     proto.output.extend(_value_info(v) for v in graph.outputs)
-    proto.initializer.extend(_tensor_proto(v) for v in graph.initializers.values())
+    proto.initializer.extend(_tensor_proto(v, include_data is None or include_data(v))
+                             for v in graph.initializers.values())
     proto.node.extend(_node_to_proto(n) for n in graph)
     boundary = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
     for value in graph.values():
@@ -253,8 +268,12 @@ def _graph_to_proto(graph: Graph) -> onnx.GraphProto:
     return proto
 
 
-def to_proto(model: Model) -> onnx.ModelProto:
-    """Serialize the IR into a ModelProto (all tensor data inline)."""
+def to_proto(model: Model, include_data: Callable[[Value], bool] | None = None) -> onnx.ModelProto:
+    """Serialize the IR into a ModelProto (all tensor data inline).
+
+    ``include_data(value)`` False leaves an initializer's data out (type and dims stay): for
+    analyses such as shape inference that never read weights. Such a proto is not a valid model.
+    """
     proto = onnx.ModelProto(
         ir_version=model.ir_version,
         producer_name=model.producer_name,
@@ -267,7 +286,7 @@ def to_proto(model: Model) -> onnx.ModelProto:
         proto.opset_import.add(domain=domain, version=version)
     for key, val in model.metadata.items():
         proto.metadata_props.add(key=key, value=val)
-    proto.graph.CopyFrom(_graph_to_proto(model.graph))
+    proto.graph.CopyFrom(_graph_to_proto(model.graph, include_data))
     proto.functions.extend(model.functions)
     return proto
 
@@ -330,7 +349,8 @@ def save_proto(proto: onnx.ModelProto, path: str | os.PathLike, *, external_data
             data_name = path.name + ".data"
             onnx.save_model(proto, str(staged), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            os.replace(staging / data_name, directory / data_name)
+            if (staging / data_name).exists():  # not written when every tensor is under 1 KiB
+                os.replace(staging / data_name, directory / data_name)
         else:
             staged.write_bytes(proto.SerializeToString())
         os.replace(staged, path)

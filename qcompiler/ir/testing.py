@@ -17,6 +17,20 @@ def parse(text: str) -> Model:
     return from_proto(proto, where="<text>")
 
 
+def tensor_text(name: str, array: np.ndarray) -> str:
+    """An initializer in ONNX text syntax, e.g. ``float[2,2] w = {1.0, 2.0, 3.0, 4.0}``.
+
+    For writing test graphs with real (e.g. random) weights inside the text itself. Floats are printed
+    with ``repr`` so the values round-trip exactly.
+    """
+    array = np.asarray(array)
+    elem = onnx.helper.tensor_dtype_to_string(onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+    elem = elem.removeprefix("TensorProto.").lower()
+    dims = ",".join(map(str, array.shape))
+    values = ", ".join(repr(v) for v in array.ravel().tolist())
+    return f"{elem}[{dims}] {name} = {{{values}}}"
+
+
 def random_feeds(model: Model, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input; symbolic dims take ``dims[name]`` or 2."""
     rng = np.random.default_rng(seed)
@@ -26,12 +40,13 @@ def random_feeds(model: Model, seed: int = 0, dims: dict[str, int] | None = None
             continue
         shape = tuple(d if isinstance(d, int) else (dims or {}).get(d, 2) for d in value.shape or ())
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.dtype)
+        # np.asarray: for rank-0 inputs numpy returns scalars, which onnxruntime does not accept
         if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[value.name] = np.asarray(rng.standard_normal(shape), dtype=dtype)
         elif dtype == np.bool_:
-            feeds[value.name] = rng.random(shape) > 0.5
+            feeds[value.name] = np.asarray(rng.random(shape) > 0.5)
         else:
-            feeds[value.name] = rng.integers(0, 4, shape).astype(dtype)
+            feeds[value.name] = np.asarray(rng.integers(0, 4, shape), dtype=dtype)
     return feeds
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 
 from ..errors import VerificationError
-from ._core import CAPTURE_INDEX, Graph, Model
+from ._core import CAPTURE_INDEX, Graph, Model, captured_names
 
 
 def _check_graph(graph: Graph, problems: list[str]) -> None:
@@ -41,6 +41,11 @@ def _check_graph(graph: Graph, problems: list[str]) -> None:
         for value in node.captures:
             if id(value) not in defined:
                 problems.append(f"{where}: captured value {value.name!r} is not defined before the node")
+        if node.captures or node.has_subgraphs():
+            read = captured_names(node.attrs)
+            if sorted({v.name for v in node.captures}) != read:
+                problems.append(f"{where}: its subgraphs read {read} from outside, but its captures are "
+                                f"{sorted(v.name for v in node.captures)}")
         for index, value in enumerate(node.outputs):
             if value is None:
                 continue
