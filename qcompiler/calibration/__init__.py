@@ -1,11 +1,24 @@
-"""Calibration: data sources, streaming observers, and collection with onnxruntime."""
+"""Calibration: data sources, streaming observers, and collection with onnxruntime.
 
-from .collect import collect
-from .data import CalibrationDataError, CalibrationSet, InputSpec, check_feed, open_calibration
-from .observers import (OBSERVERS, EntropyObserver, MinMaxObserver, MSEObserver, PercentileObserver,
-                        StreamingHistogram, make_observer_factory)
+* :mod:`.data` — :func:`open_calibration` turns a directory of ``.npz`` files, one ``.npz``, a list
+  of feed dicts, a function returning an iterator, or an onnxruntime ``CalibrationDataReader`` into
+  a validated, re-iterable :class:`CalibrationSet`.
+* :mod:`.observers` — constant-memory observers: min/max, percentile, entropy (KL), MSE.
+* :mod:`.collect` — :func:`collect` runs the model in onnxruntime and feeds every requested tensor
+  to its observer, one feed at a time.
+
+Note: ``qcompiler.calibration.collect`` is the function; the module is
+``importlib.import_module("qcompiler.calibration.collect")``.
+"""
+
+from .collect import DEFAULT_MAX_OUTPUTS_BYTES, collect
+from .data import (CalibrationDataError, CalibrationSet, InputSpec, OneShotSourceWarning, check_feed, input_specs,
+                   open_calibration)
+from .observers import (OBSERVERS, EntropyObserver, MinMaxObserver, MSEObserver, Observer, PercentileObserver,
+                        StreamingHistogram, kl_divergences, make_observer_factory)
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUTS_BYTES",
     "OBSERVERS",
     "CalibrationDataError",
     "CalibrationSet",
@@ -13,10 +26,14 @@ __all__ = [
     "InputSpec",
     "MSEObserver",
     "MinMaxObserver",
+    "Observer",
+    "OneShotSourceWarning",
     "PercentileObserver",
     "StreamingHistogram",
     "check_feed",
     "collect",
+    "input_specs",
+    "kl_divergences",
     "make_observer_factory",
     "open_calibration",
 ]
