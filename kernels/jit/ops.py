@@ -1,0 +1,62 @@
+"""The jit kernels: the reference kernels' ONNX signatures, on the numba loops of :mod:`.loops`.
+
+Shapes, zero points and scales are handled by the same code as the reference (``matmul_integer``,
+``qlinear_matmul``, ``conv_integer``, ``qlinear_conv``); only the arithmetic loops differ.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+from onnx.helper import np_dtype_to_tensor_dtype
+
+from ..reference import conv, matmul, quantize
+from ..registry import register
+from .loops import JIT
+from .loops import quantize as quantize_loop
+
+
+@register("QuantizeLinear", since=10, backend="jit")
+def QuantizeLinear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0,
+                   precision=0, saturate=1):
+    """The reference QuantizeLinear; a float32 ``x`` divided in float32 runs in a numba loop."""
+    if x.dtype != np.float32 or (precision or np_dtype_to_tensor_dtype(np.asarray(y_scale).dtype)) != TensorProto.FLOAT:
+        return quantize.QuantizeLinear(x, y_scale, y_zero_point, axis=axis, block_size=block_size,
+                                       output_dtype=output_dtype, precision=precision, saturate=saturate)
+    dtype = quantize.quantize_output_dtype(y_zero_point, output_dtype)
+    scale = quantize.broadcast_param(y_scale, x.shape, axis, block_size)
+    zero_point = 0 if y_zero_point is None else quantize.broadcast_param(y_zero_point, x.shape, axis, block_size)
+    return quantize_loop(x, scale, zero_point, dtype)
+
+
+@register("MatMulInteger", since=10, backend="jit")
+def MatMulInteger(A, B, a_zero_point=None, b_zero_point=None, *, accumulation="exact"):
+    """See the reference MatMulInteger."""
+    return matmul.matmul_integer(A, B, a_zero_point, b_zero_point, accumulation=accumulation, arith=JIT)
+
+
+@register("QLinearMatMul", since=10, backend="jit")
+def QLinearMatMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, *,
+                  accumulation="exact"):
+    """See the reference QLinearMatMul."""
+    return matmul.qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
+                                 accumulation=accumulation, arith=JIT)
+
+
+@register("ConvInteger", since=10, backend="jit")
+def ConvInteger(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                kernel_shape=None, pads=None, strides=None, accumulation="exact"):
+    """See the reference ConvInteger."""
+    return conv.conv_integer(x, w, x_zero_point, w_zero_point, auto_pad=auto_pad, dilations=dilations,
+                             group=group, kernel_shape=kernel_shape, pads=pads, strides=strides,
+                             accumulation=accumulation, arith=JIT)
+
+
+@register("QLinearConv", since=10, backend="jit")
+def QLinearConv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None, *,
+                auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
+                accumulation="exact"):
+    """See the reference QLinearConv."""
+    return conv.qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B,
+                             auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
+                             pads=pads, strides=strides, accumulation=accumulation, arith=JIT)

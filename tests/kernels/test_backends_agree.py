@@ -1,0 +1,153 @@
+"""Every jit kernel matches the reference bit for bit: seeded random shapes, zero points at the
+extremes, edge values (0, 255, -128, 127), saturation, int32 wrap-around, both accumulation profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+from onnx.helper import tensor_dtype_to_np_dtype
+
+from qcompiler.kernels import default_registry
+from qcompiler.kernels.jit import JIT, loops
+from qcompiler.kernels.reference import ACCUMULATIONS, REFERENCE
+from qcompiler.kernels.reference.quantize import integer_range
+
+EDGES = {np.uint8: [0, 1, 127, 128, 254, 255], np.int8: [-128, -127, -1, 0, 1, 126, 127]}
+TYPE_PAIRS = [(np.uint8, np.int8), (np.uint8, np.uint8), (np.int8, np.int8), (np.int8, np.uint8)]
+SEEDS = range(8)
+
+
+def both(op_type: str, *args, opset: int = 21, **kwargs):
+    """``(reference result, jit result)``."""
+    return tuple(default_registry.lookup("", op_type, opset, backends=(backend,))(*args, **kwargs)
+                 for backend in ("reference", "jit"))
+
+
+def assert_agree(pair):
+    reference, jit = pair
+    assert reference.dtype == jit.dtype and reference.shape == jit.shape
+    np.testing.assert_array_equal(jit, reference)
+
+
+def draw(rng, dtype, shape, edge: bool):
+    if edge:
+        return rng.choice(np.array(EDGES[dtype], dtype), shape)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max + 1, shape).astype(dtype)
+
+
+def zero_point(rng, dtype, shape=()):
+    info = np.iinfo(dtype)
+    return rng.choice(np.array([info.min, info.max, 0, info.min + 1, info.max - 1], dtype), shape)
+
+
+@pytest.mark.parametrize("accumulation", ACCUMULATIONS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_matmul_ops(seed, accumulation):
+    rng = np.random.default_rng(seed)
+    at, bt = TYPE_PAIRS[seed % len(TYPE_PAIRS)]
+    batch = tuple(rng.integers(1, 4, rng.integers(0, 3)))
+    m, k, n = rng.integers(1, 40, 3)
+    b_shape = (k, n) if seed % 3 else batch[-1:] + (k, n)
+    a, b = draw(rng, at, batch + (m, k), edge=seed % 2 == 0), draw(rng, bt, b_shape, edge=seed % 2 == 0)
+    za, zb = zero_point(rng, at), zero_point(rng, bt, (n,) if len(b_shape) == 2 else ())
+    assert_agree(both("MatMulInteger", a, b, za, zb, accumulation=accumulation))
+    scales = rng.uniform(1e-3, 0.05, 3).astype(np.float32)
+    b_scale = rng.uniform(1e-3, 0.05, n).astype(np.float32) if len(b_shape) == 2 else scales[1]
+    y = both("QLinearMatMul", a, scales[0], za, b, b_scale, zb, scales[2], zero_point(rng, at),
+             accumulation=accumulation)
+    assert_agree(y)
+    assert np.isin(y[0], [np.iinfo(at).min, np.iinfo(at).max]).any() or seed % 2  # edge seeds saturate
+
+
+def random_conv(rng):
+    nd = int(rng.integers(1, 4))
+    group = int(rng.choice([1, 2, 3]))
+    cg, mg = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    kernel = [int(v) for v in rng.integers(1, 4, nd)]
+    dilations = [int(v) for v in rng.integers(1, 3, nd)]
+    strides = [int(v) for v in rng.integers(1, 3, nd)]
+    spatial = [int((k - 1) * d + 1 + rng.integers(0, 4)) for k, d in zip(kernel, dilations, strict=True)]
+    attrs = dict(group=group, strides=strides, dilations=dilations)
+    if rng.random() < 0.5:
+        attrs["pads"] = [int(v) for v in rng.integers(0, 3, 2 * nd)]
+    else:
+        attrs["auto_pad"] = str(rng.choice(["SAME_UPPER", "SAME_LOWER", "VALID"]))
+    return (int(rng.integers(1, 3)), group * cg) + tuple(spatial), (group * mg, cg) + tuple(kernel), attrs
+
+
+@pytest.mark.parametrize("accumulation", ACCUMULATIONS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conv_ops(seed, accumulation):
+    rng = np.random.default_rng(100 + seed)
+    xt, wt = TYPE_PAIRS[seed % len(TYPE_PAIRS)]
+    x_shape, w_shape, attrs = random_conv(rng)
+    x, w = draw(rng, xt, x_shape, edge=seed % 2 == 0), draw(rng, wt, w_shape, edge=seed % 2 == 0)
+    m = w_shape[0]
+    wz = zero_point(rng, wt, (m,)) if seed % 3 else zero_point(rng, wt)
+    assert_agree(both("ConvInteger", x, w, zero_point(rng, xt), wz, accumulation=accumulation, **attrs))
+    w_scale = rng.uniform(1e-3, 0.02, m).astype(np.float32) if np.ndim(wz) else np.float32(0.01)
+    bias = rng.integers(-2**20, 2**20, m).astype(np.int32) if seed % 2 else None
+    assert_agree(both("QLinearConv", x, np.float32(0.02), zero_point(rng, xt), w, w_scale, wz, np.float32(0.5),
+                      zero_point(rng, xt), bias, accumulation=accumulation, **attrs))
+
+
+FLOAT_EDGES = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 127.5, -128.5, 255.5, 1e30, -1e30, np.inf, -np.inf, np.nan, 0.0],
+                       np.float32)
+
+
+Q_TYPES = [np.uint8, np.int8, np.uint16, np.int16, tensor_dtype_to_np_dtype(TensorProto.INT4),
+           tensor_dtype_to_np_dtype(TensorProto.UINT4)]
+
+
+@pytest.mark.parametrize("dtype", Q_TYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("granularity", ["tensor", "axis", "blocked"])
+def test_quantize_linear(granularity, dtype):
+    rng = np.random.default_rng(len(granularity))
+    x = np.concatenate([FLOAT_EDGES, rng.normal(0, 100, 4 * 7 * 3 - FLOAT_EDGES.size)]).astype(np.float32)
+    x = x.reshape(4, 7, 3)
+    shape, attrs = {"tensor": ((), {}), "axis": ((7,), dict(axis=-2)),
+                    "blocked": ((4, 3, 3), dict(axis=1, block_size=3))}[granularity]
+    scale = rng.choice(np.array([0.5, 1.0, 0.37, 2.0], np.float32), shape)
+    lo, hi = integer_range(dtype)
+    zp = rng.integers(lo, hi + 1, shape).astype(dtype)
+    assert_agree(both("QuantizeLinear", x, scale, zp, **attrs))
+    with np.errstate(over="ignore"):
+        x16 = x.astype(np.float16)  # 1e30 -> inf
+    assert_agree(both("QuantizeLinear", x16, scale, zp, **attrs))  # not float32: jit falls back
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_requantize(dtype):
+    rng = np.random.default_rng(3)
+    acc = np.concatenate([[-2**31, 2**31 - 1, 0, 1, -1, 3, 5, -3], rng.integers(-2**31, 2**31, 200)]).astype(np.int32)
+    acc = np.concatenate([acc, rng.integers(-3000, 3000, 200).astype(np.int32)]).reshape(2, -1, 2)
+    multiplier = rng.choice(np.array([0.5, 0.25, 1e-4, 3.1e-2, 1.0], np.float32), (1, acc.shape[1], 1))
+    zp = zero_point(rng, dtype)
+    np.testing.assert_array_equal(JIT.requantize(acc, multiplier, zp, dtype),
+                                  REFERENCE.requantize(acc, multiplier, zp, dtype))
+
+
+@pytest.mark.parametrize("gemm", ["gemm_exact", "gemm_pair_saturate"])
+def test_gemm_loops_wrap_around_like_the_reference(gemm):
+    k = 70_001  # odd, and 70001 * 255 * 255 leaves int32
+    a = np.full((1, 2, k), 255, np.int16)
+    b = np.stack([np.full(k, 255), np.full(k, -128)], axis=1).astype(np.int16)[None]
+    reference, jit = getattr(REFERENCE, gemm)(a, b), getattr(JIT, gemm)(a, b)
+    np.testing.assert_array_equal(jit, reference)
+    if gemm == "gemm_exact":
+        assert reference[0, 0, 0] == (k * 255 * 255 + 2**31) % 2**32 - 2**31
+
+
+def test_each_loop_compiles_for_one_signature():
+    """Wrappers cast their arguments, so odd inputs (int8, strided, read-only) add no compilation."""
+    a = np.arange(24, dtype=np.int8).reshape(2, 3, 4)[:, :, ::2]
+    b = np.ones((2, 2, 3), np.uint8)
+    b.flags.writeable = False
+    JIT.gemm_exact(a, b)
+    JIT.gemm_pair_saturate(a, b)
+    JIT.requantize(np.arange(6, dtype=np.int64)[::2], 0.5, np.uint8(1), np.uint8)
+    loops.quantize(np.ones(3, np.float32), np.float32(1), 0, np.int8)
+    for fn in (loops._gemm_exact, loops._gemm_pair_saturate, loops._requantize, loops._quantize):
+        assert len(fn.signatures) == 1, fn.signatures
