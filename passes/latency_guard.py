@@ -6,7 +6,8 @@ layout transposes than the integer convolutions save (PP-OCR's direction classif
 with every convolution quantized, measured by ``benchmarks/compare_quantizers.py``). A tiny model
 (the digits networks, 0.1 ms) pays the per-op overhead of Q/DQ with nothing to gain.
 
-``keep-float-reference`` stores a copy of the float model (after canonicalization); ``latency-guard``,
+``keep-float-reference`` stores the float model (after canonicalization) serialized, which is what
+onnxruntime needs and cheaper than a deep copy of the IR; ``latency-guard``,
 at the end of the pipeline, measures both in onnxruntime on one calibration feed (the two models
 alternate over ``rounds`` rounds, each round at least ``runs`` runs and ``min_seconds / rounds`` per model,
 ``threads`` intra-op threads; the median of all runs counts) and,
@@ -21,18 +22,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import onnx
+
 from qcompiler.errors import PreconditionError
-from qcompiler.ir import Model, to_proto
+from qcompiler.ir import Model, from_proto, to_proto
 from qcompiler.latency import measure_latencies
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
 @register_pass("keep-float-reference")
 class KeepFloatReference(Pass):
-    """Keep a copy of the float model for later comparison (latency guard, analysis)."""
+    """Keep the float model, serialized, for later comparison (latency guard, analysis)."""
 
     def call(self, model: Model) -> PassResult:
-        model.meta["float_reference"] = model.clone()
+        model.meta["float_reference"] = to_proto(model).SerializeToString()
         return PassResult(model, False)
 
 
@@ -57,10 +60,9 @@ class LatencyGuard(Pass):
 
         from .calibrate import model_inputs
 
-        reference: Model = model.meta.pop("float_reference")
-        feed = next(iter(open_calibration(self.data, model_inputs(reference))))
+        float_bytes: bytes = model.meta.pop("float_reference")
+        feed = next(iter(open_calibration(self.data, model_inputs(model))))
         quantized_bytes = to_proto(model).SerializeToString()
-        float_bytes = to_proto(reference).SerializeToString()
         floating, quantized = measure_latencies([float_bytes, quantized_bytes], feed, threads=self.threads,
                                                 runs=self.runs, min_seconds=self.min_seconds, rounds=self.rounds)
         speedup = floating.median_ms / quantized.median_ms
@@ -74,7 +76,7 @@ class LatencyGuard(Pass):
                                        "speedup": speedup, "kept": "int8" if keep else "float"}
         if keep:
             return PassResult(model, False)
-        model.update_from(reference)
+        model.update_from(from_proto(onnx.load_from_string(float_bytes), "float reference"))
         for value in model.graph.values():
             value.quant = None
         return PassResult(model, True)
