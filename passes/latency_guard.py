@@ -10,7 +10,7 @@ with every convolution quantized, measured by ``benchmarks/compare_quantizers.py
 onnxruntime needs and cheaper than a deep copy of the IR; ``latency-guard``,
 at the end of the pipeline, measures both in onnxruntime on one calibration feed (the two models
 alternate over ``rounds`` rounds, each round at least ``runs`` runs and ``min_seconds / rounds`` per model,
-``threads`` intra-op threads; the median of all runs counts) and,
+``threads`` intra-op threads, 0 = onnxruntime's default; the median of all runs counts) and,
 when the quantized model is not at least ``min_speedup`` times as fast, restores the float model.
 The 5 % margin keeps a model whose speed is within measurement noise of float in float; a result
 within 10 % of the margin is measured again, three times as long, so that close calls are decided on
@@ -44,7 +44,7 @@ class LatencyGuard(Pass):
     """Restore the float model when the quantized one is not faster in onnxruntime."""
 
     data: Any = None
-    threads: int = 2
+    threads: int = 0  # onnxruntime's default: one per physical core
     runs: int = 3
     rounds: int = 2
     min_seconds: float = 0.04

@@ -1,7 +1,8 @@
 """The ``qcompiler`` command line.
 
 Subcommands: ``show`` (printed IR and a summary), ``passes`` (registered passes and named pipelines),
-``optimize`` (run a pipeline and write the result). A user mistake prints one line
+``optimize`` (run a pipeline and write the result), ``compile`` (int8 quantization), ``bench`` (latency,
+size, memory and output agreement of models). A user mistake prints one line
 ``qcompiler: error: ...`` and exits with status 2, without a traceback; the input model is never
 modified and outputs are written atomically.
 """
@@ -121,7 +122,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     instruments, timing = _run_instruments(args, total, model)
     compile_model(model, args.output, calib=args.calib, pipeline=args.pipeline, target=target.name,
                   calibration=args.calibration, percentile=args.percentile, per_tensor=args.per_tensor,
-                  exclude=args.exclude, objective=args.objective, instruments=instruments)
+                  exclude=args.exclude, objective=args.objective, threads=args.threads,
+                  instruments=instruments)
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
@@ -132,6 +134,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
               + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
     print(f"wrote {args.output}: target {target.name}, {before} -> {len(model.graph)} nodes, "
           f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench, format_table
+
+    say = None if args.quiet else (lambda message: print(f"bench: {message}", file=sys.stderr, flush=True))
+    result = bench(args.models, inputs=args.inputs, calib=args.calib, threads=args.threads, runs=args.runs,
+                   batch=args.batch, min_seconds=args.min_seconds, memory=not args.no_memory, progress=say)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -181,12 +197,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep nodes (name, shell pattern) or an op type in float; repeatable")
     comp.add_argument("--objective", default="latency", choices=("latency", "size"),
                       help="latency: keep int8 only if onnxruntime runs it faster here (default); size: always int8")
+    comp.add_argument("--threads", type=int, default=0, metavar="N",
+                      help="onnxruntime threads the latency guard measures with (default 0: onnxruntime's "
+                           "default, one per physical core, as a deployment gets it)")
     comp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
     comp.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
     comp.add_argument("--time-passes", action="store_true", help="print the time of every pass")
     comp.add_argument("--overwrite", action="store_true", help="allow -o to be the input file")
     comp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     comp.set_defaults(run=cmd_compile)
+
+    bench = sub.add_parser("bench", help="latency, throughput, size, memory and output agreement of models")
+    bench.add_argument("models", nargs="+", metavar="MODEL",
+                       help="models to measure; outputs of the others are compared with the first's")
+    data = bench.add_mutually_exclusive_group()
+    data.add_argument("--inputs", metavar="X.npz", help="one feed (keys = input names); default: random inputs")
+    data.add_argument("--calib", metavar="DATA", help="a directory of .npz feeds: agreement over all of them, "
+                      "latency on the first")
+    bench.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    bench.add_argument("--runs", type=int, default=30, help="timed runs per model, at least (default 30)")
+    bench.add_argument("--min-seconds", type=float, default=1.0,
+                       help="timed seconds per model, at least (default 1)")
+    bench.add_argument("--batch", type=int, help="rows on the leading axis for latency and throughput "
+                       "(the feed's rows repeated or cut; default: as given)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    bench.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    bench.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -68,7 +68,7 @@ def canonicalize() -> list[Pass]:
 
 @named_pipeline("int8")
 def int8(calibration: Any = None, target: str = "auto", method: str = "mse", percentile: float = 99.999,
-         per_tensor: bool = False, exclude: tuple[str, ...] = (), objective: str = "latency") -> list[Pass]:
+         per_tensor: bool = False, exclude: tuple[str, ...] = (), objective: str = "latency", threads: int = 0) -> list[Pass]:
     """Static int8 post-training quantization for a target: canonicalize, assign, calibrate, QDQ, fold.
 
     With ``objective="latency"`` the result stays int8 only where onnxruntime runs it faster than the
@@ -84,7 +84,7 @@ def int8(calibration: Any = None, target: str = "auto", method: str = "mse", per
         lib.Calibrate(data=calibration, method=method, percentile=percentile, target=name),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ] + ([lib.LatencyGuard(data=calibration)] if guarded else [])
+    ] + ([lib.LatencyGuard(data=calibration, threads=threads)] if guarded else [])
 
 
 @dataclass
