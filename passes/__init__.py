@@ -6,7 +6,7 @@ One module per family:
 * ``constants`` — ConstantToInitializer
 * ``cleanup`` — RemoveIdentity, RemoveDropout, SumToAdd, EliminateDeadNodes
 * ``fold_constants`` — FoldConstants (onnx-graphsurgeon)
-* ``fold_batchnorm`` — FoldBatchNorm
+* ``fold_batchnorm`` — FoldBatchNorm (also per-channel Mul/Div/Add/Sub by constants)
 * ``fuse_activations`` — FuseHardSwish
 * ``shape_inference`` — InferShapes
 * ``assign_precision`` — AssignPrecision (which nodes run in int8, weight specs)
@@ -14,6 +14,8 @@ One module per family:
 * ``insert_qdq`` — InsertQDQ (QuantizeLinear/DequantizeLinear, int32 biases)
 * ``fold_weights`` — FoldQuantizedWeights (integer weight initializers)
 * ``latency_guard`` — KeepFloatReference, LatencyGuard (keep int8 only where it is faster)
+* ``smoothquant`` — SmoothQuant (activation outliers migrated into linear-layer weights)
+* ``range_search`` — SearchWeightRanges (MSE weight clipping), CalibrateSearch (range method chosen on held-out data)
 """
 
 from .assign_precision import AssignPrecision
@@ -27,11 +29,14 @@ from .fuse_activations import FuseHardSwish
 from .insert_qdq import InsertQDQ
 from .latency_guard import KeepFloatReference, LatencyGuard
 from .opset import UpgradeOpset
+from .range_search import CalibrateSearch, SearchWeightRanges
 from .shape_inference import InferShapes
+from .smoothquant import SmoothQuant
 
 __all__ = [
     "AssignPrecision",
     "Calibrate",
+    "CalibrateSearch",
     "FoldQuantizedWeights",
     "FuseHardSwish",
     "InsertQDQ",
@@ -44,6 +49,8 @@ __all__ = [
     "InferShapes",
     "RemoveDropout",
     "RemoveIdentity",
+    "SearchWeightRanges",
+    "SmoothQuant",
     "SumToAdd",
     "UpgradeOpset",
 ]

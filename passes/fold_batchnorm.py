@@ -1,4 +1,5 @@
-"""Fold inference-mode BatchNormalization into the Conv, ConvTranspose or Gemm that feeds it.
+"""Fold per-channel affine maps (BatchNormalization, Mul/Add/Sub/Div by a constant) into the Conv,
+ConvTranspose or Gemm that feeds them.
 
 BatchNormalization computes ``y = gamma * (x - mean) / sqrt(var + eps) + beta``. With
 ``s = gamma / sqrt(var + eps)`` per output channel, a preceding linear layer ``x = W * a + b``
@@ -11,7 +12,16 @@ Output-channel axis per producer: Conv weight ``[M, C/g, k...]`` axis 0; ConvTra
 ``[C, M/g, k...]`` axis 1 within each group; Gemm ``Y = alpha·A'B' + beta·C`` the columns of B'
 (rows of B when ``transB=1``), with the new bias ``s·(beta·C - mean) + beta_bn`` and ``beta=1``.
 
-The fold applies only when the linear layer's output feeds the BatchNormalization alone, every
+Any per-channel affine map ``y = s·x + t`` folds the same way (``b' = s·b + t``). Exporters that
+decompose BatchNormalization leave it as ``Mul`` and ``Add`` by constant per-channel tensors (the
+onnx model zoo's Inception v2: 69 Conv -> Mul -> Add -> Relu chains); unfolded, they are float
+islands between int8 convolutions that cost a QuantizeLinear/DequantizeLinear round trip each and
+kept the quantized Inception v2 at FP32 speed. The pass also folds ``Mul``/``Div`` (scale) and
+``Add``/``Sub`` (shift) whose other operand is a constant broadcasting along the output-channel axis
+only (axis 1 of a Conv, ConvTranspose or Gemm output). It repeats until nothing folds, so chains fold
+whole: Mul -> Add, and Paddle's Conv -> Add(bias) -> BatchNormalization.
+
+The fold applies only when the linear layer's output feeds the affine node alone, every
 parameter is constant and the BN has no training outputs. A BN after a ReLU (CREPE) or after
 anything else stays. New weight initializers are created, so a weight shared with another node is
 never changed behind its back. Arithmetic is done in float64 and cast back to the weight's type.
@@ -38,15 +48,8 @@ def find_foldable_batchnorms(graph: Graph) -> list[tuple[Node, Node]]:
             continue
         if any(v is None or v.const is None for v in bn.inputs[1:5]):
             continue
-        x = bn.inputs[0]
-        producer = x.producer()
-        if producer is None or producer.op_type not in FOLDABLE_PRODUCERS or producer.domain not in ("", "ai.onnx"):
-            continue
-        if len(x.uses()) != 1 or id(x) in outputs:
-            continue
-        weight = producer.inputs[1]
-        bias = producer.inputs[2] if len(producer.inputs) > 2 else None
-        if weight is None or weight.const is None or (bias is not None and bias.const is None):
+        producer = _foldable_producer(bn.inputs[0], outputs)
+        if producer is None:
             continue
         if producer.op_type == "Gemm" and not _gemm_foldable(producer, bn):
             continue
@@ -92,17 +95,83 @@ def _current_bias(producer: Node, channels: int) -> np.ndarray:
     return bias
 
 
-def fold(graph: Graph, producer: Node, bn: Node) -> None:
-    """Apply one fold (see the module docstring)."""
-    scale, shift = _bn_scale_shift(bn)
+def _foldable_producer(x: Value, graph_outputs: set[int]) -> Node | None:
+    """The Conv/ConvTranspose/Gemm producing ``x`` when an affine map of ``x`` can fold into it."""
+    producer = x.producer()
+    if producer is None or producer.op_type not in FOLDABLE_PRODUCERS or producer.domain not in ("", "ai.onnx"):
+        return None
+    if len(x.uses()) != 1 or id(x) in graph_outputs:
+        return None
+    weight = producer.inputs[1]
+    bias = producer.inputs[2] if len(producer.inputs) > 2 else None
+    if weight is None or weight.const is None or (bias is not None and bias.const is None):
+        return None
+    return producer
+
+
+AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
+
+
+def _channel_vector(constant: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
+    """``constant`` as one value per channel, when it broadcasts along axis 1 of a rank-``rank``
+    tensor only; else None."""
+    if constant.ndim > rank or not np.issubdtype(constant.dtype, np.floating):
+        return None
+    shape = (1,) * (rank - constant.ndim) + constant.shape
+    if any(size != 1 for axis, size in enumerate(shape) if axis != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(constant.reshape(-1).astype(np.float64), (channels,))
+
+
+def _output_channels(producer: Node) -> int:
+    weight = producer.inputs[1].const
+    if producer.op_type == "Conv":
+        return weight.shape[0]
+    if producer.op_type == "ConvTranspose":
+        return weight.shape[1] * producer.attrs.get("group", 1)
+    return weight.shape[0] if producer.attrs.get("transB", 0) else weight.shape[1]
+
+
+def find_foldable_affines(graph: Graph) -> list[tuple[Node, Node, np.ndarray, np.ndarray]]:
+    """(producer, node, scale, shift) for BatchNormalization and for Mul/Div/Add/Sub nodes by a
+    per-channel constant that fold into a Conv, ConvTranspose or Gemm; at most one per producer."""
+    found = [(producer, bn, *_bn_scale_shift(bn)) for producer, bn in find_foldable_batchnorms(graph)]
+    outputs = set(map(id, graph.outputs))
+    producers = {id(producer) for producer, *_ in found}
+    for node in graph:
+        if node.op_type not in AFFINE_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        for position in (0, 1) if node.op_type in ("Mul", "Add") else (0,):
+            x, other = node.inputs[position], node.inputs[1 - position]
+            if x is None or other is None or other.const is None:
+                continue
+            producer = _foldable_producer(x, outputs)
+            if producer is None or id(producer) in producers:
+                continue
+            rank = 2 if producer.op_type == "Gemm" else producer.inputs[1].const.ndim
+            vector = _channel_vector(other.const, rank, _output_channels(producer))
+            if vector is None or (node.op_type == "Div" and not np.all(vector)):
+                continue
+            ones, zeros = np.ones_like(vector), np.zeros_like(vector)
+            scale, shift = {"Mul": (vector, zeros), "Div": (1.0 / vector, zeros),
+                            "Add": (ones, vector), "Sub": (ones, -vector)}[node.op_type]
+            found.append((producer, node, scale, shift))
+            producers.add(id(producer))
+            break
+    return found
+
+
+def fold_affine(graph: Graph, producer: Node, node: Node, scale: np.ndarray, shift: np.ndarray) -> None:
+    """Replace ``node`` (computing ``scale·x + shift`` per channel of the producer's output) by new
+    producer weights and bias."""
     weight_value = producer.inputs[1]
     dtype = weight_value.const.dtype
     weight = _scaled_weight(producer, scale)
     bias = _current_bias(producer, scale.shape[0]) * scale + shift
-    orphans = [v for v in list(producer.inputs[1:3]) + list(bn.inputs[1:5]) if v is not None]
+    orphans = [v for v in list(producer.inputs[1:3]) + list(node.inputs) if v is not None]
     new_weight = graph.add_initializer(Value(graph.unique_name(weight_value.name + "_bnfold"),
                                              const=weight.astype(dtype)))
-    new_bias = graph.add_initializer(Value(graph.unique_name((bn.name or "bn") + "_bias"),
+    new_bias = graph.add_initializer(Value(graph.unique_name((node.name or node.op_type.lower()) + "_bias"),
                                            const=bias.astype(dtype)))
     producer.set_input(1, new_weight)
     if len(producer.inputs) > 2:
@@ -111,12 +180,12 @@ def fold(graph: Graph, producer: Node, bn: Node) -> None:
         producer.append_input(new_bias)
     if producer.op_type == "Gemm":
         producer.attrs["beta"] = 1.0
-    result, folded = producer.outputs[0], bn.outputs[0]
+    result, folded = producer.outputs[0], node.outputs[0]
     if any(v is folded for v in graph.outputs):
         graph.replace_output(folded, result)
     result.shape = result.shape or folded.shape
     folded.replace_all_uses_with(result)
-    graph.remove(bn)
+    graph.remove(node)
     for value in orphans:
         if not value.uses() and graph.initializers.get(value.name) is value:
             del graph.initializers[value.name]
@@ -124,12 +193,15 @@ def fold(graph: Graph, producer: Node, bn: Node) -> None:
 
 @register_pass("fold-batchnorm")
 class FoldBatchNorm(Pass):
-    """Fold BatchNormalization into a preceding Conv, ConvTranspose or Gemm."""
+    """Fold BatchNormalization and per-channel Mul/Div/Add/Sub by constants into a preceding Conv,
+    ConvTranspose or Gemm."""
 
     preserves_semantics = True
 
     def call(self, model: Model) -> PassResult:
-        pairs = find_foldable_batchnorms(model.graph)
-        for producer, bn in pairs:
-            fold(model.graph, producer, bn)
-        return PassResult(model, bool(pairs))
+        modified = False
+        while folds := find_foldable_affines(model.graph):
+            for producer, node, scale, shift in folds:
+                fold_affine(model.graph, producer, node, scale, shift)
+            modified = True
+        return PassResult(model, modified)

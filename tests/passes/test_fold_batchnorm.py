@@ -268,3 +268,77 @@ def test_batchnorm_output_read_by_a_subgraph_and_returned(run_checked):
     assert run_checked(model, FoldBatchNorm()).modified
     conv, if_node = model.graph.nodes
     assert conv.outputs[0].name == "y" and if_node.captures == (conv.outputs[0],)
+
+
+# -- per-channel Mul/Div/Add/Sub by a constant --------------------------------
+
+
+def conv_then(body: str, inits: list[str], *, channels: int = 6, seed: int = 0):
+    """x -> Conv(w, b) -> c, then ``body`` computing y from c."""
+    rng = _rng(seed)
+    inits = [tensor_text("w", rng.standard_normal((channels, 4, 3, 3)).astype(np.float32)),
+             tensor_text("b", rng.standard_normal(channels).astype(np.float32))] + inits
+    return _model(f"(float[N,4,5,5] x) => (float[N,{channels},5,5] y)",
+                  f"c = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w, b)\n" + body, inits)
+
+
+def _const(name: str, shape: tuple[int, ...], seed: int = 1, low: float = 0.5, high: float = 2.0) -> str:
+    return tensor_text(name, _rng(seed).uniform(low, high, shape).astype(np.float32))
+
+
+def test_decomposed_batchnorm_mul_add_relu_folds_into_the_conv(run_checked):
+    """Inception v2's pattern: Conv -> Mul(s) -> Add(t) -> Relu becomes Conv -> Relu."""
+    model = conv_then("m = Mul (c, s)\n a = Add (t, m)\n y = Relu (a)",
+                      [_const("s", (6, 1, 1), low=-2.0), _const("t", (1, 6, 1, 1), seed=2, low=-1.0)])
+    result = run_checked(model, FoldBatchNorm())
+    assert result.modified and _ops(model) == ["Conv", "Relu"]
+    assert not model.graph.initializers.keys() & {"s", "t"}
+
+
+@pytest.mark.parametrize("op", ["Div", "Sub"])
+def test_div_and_sub_by_a_channel_constant_fold(run_checked, op):
+    model = conv_then(f"y = {op} (c, k)", [_const("k", (6, 1, 1))])
+    run_checked(model, FoldBatchNorm())
+    assert _ops(model) == ["Conv"]
+
+
+@pytest.mark.parametrize("body, inits, why", [
+    ("y = Mul (c, k)", [_const("k", (6,))], "a [C] constant broadcasts along W, not channels"),
+    ("y = Mul (c, k)", [_const("k", (1, 6, 5, 1))], "varies along H"),
+    ("y = Sub (k, c)", [_const("k", (6, 1, 1))], "k - c negates the conv: not a shift of it"),
+    ("y = Div (c, k)", [tensor_text("k", np.array([1, 0, 1, 1, 1, 1], np.float32).reshape(6, 1, 1))],
+     "division by zero"),
+    ("y = Mul (c, c)", [], "the other operand is not constant"),
+])
+def test_affines_that_must_stay(body, inits, why):
+    from qcompiler.passes.fold_batchnorm import find_foldable_affines
+
+    assert find_foldable_affines(conv_then(body, inits).graph) == [], why
+
+
+def test_affine_is_not_folded_when_the_conv_output_has_another_use(run_checked):
+    model = _model("(float[N,4,5,5] x) => (float[N,6,5,5] y, float[N,6,5,5] c)",
+                   "c = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w)\n y = Mul (c, k)",
+                   [tensor_text("w", _rng().standard_normal((6, 4, 3, 3)).astype(np.float32)), _const("k", (6, 1, 1))])
+    result = run_checked(model, FoldBatchNorm())
+    assert not result.modified and _ops(model) == ["Conv", "Mul"]
+
+
+def test_gemm_column_scale_and_shift_fold(run_checked):
+    rng = _rng(3)
+    model = _model("(float[N,5] x) => (float[N,3] y)",
+                   "g = Gemm <transB = 1, alpha = 0.5> (x, w, b)\n m = Mul (g, s)\n y = Add (m, t)",
+                   [tensor_text("w", rng.standard_normal((3, 5)).astype(np.float32)),
+                    tensor_text("b", rng.standard_normal(3).astype(np.float32)),
+                    _const("s", (3,)), _const("t", (1, 3), seed=4)])
+    run_checked(model, FoldBatchNorm())
+    assert _ops(model) == ["Gemm"]
+
+
+def test_paddle_conv_add_bias_then_batchnorm_folds_whole(run_checked):
+    """Paddle exports the conv bias as a separate Add; the BN behind it folds once the Add has."""
+    rng = _rng(5)
+    model = conv_then("a = Add (c, k)\n y = BatchNormalization (a, bn_g, bn_b, bn_m, bn_v)",
+                      [_const("k", (1, 6, 1, 1), low=-1.0)] + _bn_params("bn", 6, rng))
+    run_checked(model, FoldBatchNorm())
+    assert _ops(model) == ["Conv"]
