@@ -342,3 +342,11 @@ def test_paddle_conv_add_bias_then_batchnorm_folds_whole(run_checked):
                       [_const("k", (1, 6, 1, 1), low=-1.0)] + _bn_params("bn", 6, rng))
     run_checked(model, FoldBatchNorm())
     assert _ops(model) == ["Conv"]
+
+
+def test_scalar_multiplier_folds_only_when_asked(run_checked):
+    """A scalar Mul folds with ``scalars=True`` (PP-OCR's learnable affine blocks), not by default."""
+    model = conv_then("m = Mul (c, k)\n y = Add (m, j)", [_const("k", (1,)), _const("j", (1, 1, 1, 1), seed=2)])
+    assert not run_checked(model, FoldBatchNorm()).modified
+    run_checked(model, FoldBatchNorm(scalars=True))
+    assert _ops(model) == ["Conv"]
