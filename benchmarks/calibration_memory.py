@@ -2,8 +2,8 @@
 
 Compiles MODEL with 16 and with 256 calibration samples (the .npz batches of CALIB_DIR cycled until
 the count is reached, one sample per feed) for each calibration method, each compile in a fresh
-child process that reports its own peak resident memory (VmHWM). Streaming calibration should keep
-the ratio near 1.
+child process whose own peak resident memory is measured (``qcompiler.bench.run_child``). Streaming
+calibration should keep the ratio near 1.
 
     python benchmarks/calibration_memory.py MODEL CALIB_DIR [--methods minmax,percentile,entropy,mse]
 """
@@ -11,37 +11,38 @@ the ratio near 1.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import itertools
 import sys
 from pathlib import Path
 
-CHILD = """
-import itertools, json, sys, glob, numpy as np, qcompiler
-model, calib, samples, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-files = sorted(glob.glob(calib + "/*.npz"))
 
-def feeds():
-    count = 0
-    for path in itertools.cycle(files):
-        with np.load(path) as data:
-            batch = {k: data[k] for k in data.files}
-        for i in range(len(next(iter(batch.values())))):
-            yield {k: v[i:i + 1] for k, v in batch.items()}
-            count += 1
-            if count == samples:
-                return
+def compile_with(model: str, calib: str, samples: int, method: str) -> None:
+    """Runs in the child: compile ``model`` calibrating on ``samples`` single-sample feeds."""
+    import numpy as np
 
-qcompiler.compile(model, calib=feeds, calibration=method, objective="size")
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"peak_mb": int(hwm) / 1024}))
-"""
+    import qcompiler
+
+    files = sorted(Path(calib).glob("*.npz"))
+
+    def feeds():
+        count = 0
+        for path in itertools.cycle(files):
+            with np.load(path) as data:
+                batch = {k: data[k] for k in data.files}
+            for i in range(len(next(iter(batch.values())))):
+                yield {k: v[i:i + 1] for k, v in batch.items()}
+                count += 1
+                if count == samples:
+                    return
+
+    qcompiler.compile(model, calib=feeds, calibration=method, objective="size")
 
 
 def peak_mb(model: Path, calib: Path, samples: int, method: str) -> float:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(model), str(calib), str(samples), method],
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+    from qcompiler.bench import run_child
+
+    target = f"{Path(__file__).resolve()}:compile_with"
+    return run_child(target, str(model.resolve()), str(calib.resolve()), samples, method).peak_mb
 
 
 def main() -> int:

@@ -1,0 +1,81 @@
+"""The quantizers compared by the suite, each run in a child process (see ``compare_quantizers.py``).
+
+* ``qcompiler``: ``qcompiler.compile`` with its defaults (target auto, MSE calibration unless told);
+* ``ort_default``: onnxruntime ``quantize_static`` with its defaults (QDQ, S8S8, per tensor, MinMax);
+* ``ort_u8s8_rr``: ``quantize_static`` with uint8 activations, int8 per-channel weights, reduce_range.
+
+This file is loaded by path in the child (``qcompiler.bench.run_child``): it imports only numpy at the
+top, so an onnxruntime compile's memory does not include qcompiler's imports, nor the reverse.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = ("qcompiler", "ort_default", "ort_u8s8_rr")
+
+
+class NpzReader:
+    """onnxruntime ``CalibrationDataReader`` over a directory of .npz feeds, one file read at a time."""
+
+    def __init__(self, directory: Path):
+        self.files = sorted(Path(directory).glob("*.npz"))
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.files):
+            return None
+        self.position += 1
+        with np.load(self.files[self.position - 1]) as data:
+            return {key: data[key] for key in data.files}
+
+    def rewind(self):
+        self.position = 0
+
+
+def ort_preprocess(model: Path, prepared: Path) -> tuple[Path, str]:
+    """What onnxruntime's documentation asks of a user of its quantizer: upgrade to opset 13 when below
+    (its per-channel output is invalid before: DequantizeLinear's ``axis`` needs 13), then
+    ``quant_pre_process``; without symbolic shape inference where that fails (PP-OCR, MiniLM), and the
+    upgraded model unchanged where both fail. Returns the model to quantize and what was done."""
+    import onnx
+    import onnx.version_converter
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    proto = onnx.load(str(model))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        model = prepared.with_suffix(".opset13.onnx")
+        onnx.save(onnx.version_converter.convert_version(proto, 13), str(model))
+    for options, done in (({}, "full"), ({"skip_symbolic_shape": True}, "skip_symbolic_shape")):
+        try:
+            quant_pre_process(str(model), str(prepared), **options)
+            return prepared, done
+        except Exception:
+            continue
+    return model, "none"
+
+
+def compile_model(config: str, model: str, calib: str, output: str, calibration: str, threads: int) -> dict:
+    """Compile ``model`` with ``config`` into ``output``; returns what the suite records besides time and
+    memory (the onnxruntime preprocessing applied)."""
+    model_path, output_path = Path(model), Path(output)
+    if config == "qcompiler":
+        import qcompiler
+
+        qcompiler.compile(model_path, output_path, calib=calib, calibration=calibration, threads=threads)
+        return {}
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    prepared, done = ort_preprocess(model_path, output_path.with_suffix(".pre.onnx"))
+    options = {} if config == "ort_default" else {
+        "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8, "per_channel": True,
+        "reduce_range": True}
+    quantize_static(str(prepared), str(output_path), NpzReader(Path(calib)), quant_format=QuantFormat.QDQ,
+                    **options)
+    for leftover in output_path.parent.glob(output_path.stem + ".pre*.onnx"):
+        leftover.unlink()
+    return {"ort_preprocess": done}
+
