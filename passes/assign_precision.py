@@ -14,6 +14,17 @@ dequantize/quantize round trip. So, in topological order:
   reader, is marked absorbed: the QuantizeLinear of its output saturates exactly as it clips, so
   ``insert-qdq`` removes it.
 
+With ``float_linear_outputs`` the outputs of MatMul and Gemm stay float unless an int8 reader needs
+them: onnxruntime runs ``DequantizeLinear -> MatMul`` with a float output as ``MatMulIntegerToFloat``
+(and Gemm, with its int32 bias, as QGemm with a float output), so the layer still runs in int8, but
+the region does not extend through the bias and residual Adds after it. Not for a MatMul read by an
+Add whose input is 2-D or has a fully static shape: onnxruntime 1.32 first fuses those into a Gemm
+(MatMulAddFusion, reshaping static 3-D inputs), which then runs in float; there the output stays
+quantized. Transformers exported with dynamic batch and sequence axes are not affected. In transformers these carry the outlier
+channels of the residual stream (Bondarenko et al. 2021, "Understanding and Overcoming the
+Challenges of Efficient Transformer Quantization"), which one per-tensor 8-bit scale cannot hold:
+on MiniLM-L6 quantizing them cost 0.16 of cosine similarity to FP32 (see ``benchmarks/minilm_accuracy.py``).
+
 Weights get a symmetric per-channel spec (per tensor with ``per_channel=False``), 7-bit where the target
 asks for reduced range. Activations that need a range are marked ``meta["calibrate"]``; pass-through
 outputs are marked ``meta["share_quant"]`` with the value whose quantization they reuse.
@@ -94,7 +105,19 @@ def _excluded(node: Node, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(node.name, p) or node.op_type == p for p in patterns)
 
 
-def assign(graph: Graph, target: Target, exclude: list[str], per_channel: bool) -> int:
+FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
+"""Weighted ops onnxruntime runs in int8 with a float output (MatMulIntegerToFloat, QGemm)."""
+
+
+def _becomes_float_gemm(node: Node) -> bool:
+    """A MatMul read by an Add that onnxruntime fuses into a Gemm before its QDQ fusions (see above)."""
+    shape = node.inputs[0].shape
+    static = shape is None or len(shape) == 2 or all(isinstance(d, int) for d in shape)
+    return node.op_type == "MatMul" and static and any(r.op_type == "Add" for r in node.outputs[0].consumers())
+
+
+def assign(graph: Graph, target: Target, exclude: list[str], per_channel: bool,
+           float_linear_outputs: bool = False) -> int:
     """Mark nodes and values (see the module docstring); returns the number of quantized nodes."""
     quantized_values: set[int] = set()  # ids of activations that will carry a QuantSpec
     count = 0
@@ -103,11 +126,13 @@ def assign(graph: Graph, target: Target, exclude: list[str], per_channel: bool) 
             continue
         op = node.op_type
         activations = [v for v in node.inputs if is_float_activation(v)]
+        float_outputs = False
         if op in WEIGHTED_OPS and op in target.int8_ops and _weighted_eligible(node):
             weight = node.inputs[1]
             if weight.const is not None:
                 axis = weight_axis(node, weight.const) if per_channel else None
                 weight.quant = weight_spec(weight.const, axis, target)
+            float_outputs = float_linear_outputs and op in FLOAT_OUTPUT_OPS and not _becomes_float_gemm(node)
         elif op in target.absorbed_activations and _clip_absorbable(node):
             source = node.inputs[0]
             producer = source.producer() if source is not None else None
@@ -130,7 +155,7 @@ def assign(graph: Graph, target: Target, exclude: list[str], per_channel: bool) 
             if "share_quant" not in value.meta:
                 value.meta["calibrate"] = True
             quantized_values.add(id(value))
-        for value in node.outputs:
+        for value in [] if float_outputs else node.outputs:
             if value is not None and value.dtype in FLOAT_TYPES:
                 if "share_quant" not in value.meta:
                     value.meta["calibrate"] = True
@@ -145,9 +170,11 @@ class AssignPrecision(Pass):
     target: str = "x86-avx2"
     exclude: list[str] = field(default_factory=list)
     per_channel: bool = True
+    float_linear_outputs: bool = False
 
     def call(self, model: Model) -> PassResult:
         target = TARGETS[self.target] if isinstance(self.target, str) else self.target
-        count = assign(model.graph, target, list(self.exclude), self.per_channel and target.per_channel)
+        count = assign(model.graph, target, list(self.exclude), self.per_channel and target.per_channel,
+                       self.float_linear_outputs)
         model.meta["target"] = target
         return PassResult(model, count > 0)

@@ -87,6 +87,31 @@ def int8(calibration: Any = None, target: str = "auto", method: str = "mse", per
     ] + ([lib.LatencyGuard(data=calibration, threads=threads)] if guarded else [])
 
 
+@named_pipeline("int8-transformer")
+def int8_transformer(calibration: Any = None, target: str = "auto", method: str = "mse", per_tensor: bool = False,
+                     exclude: tuple[str, ...] = (), objective: str = "latency", threads: int = 0) -> list[Pass]:
+    """Static int8 for transformers: SmoothQuant, float linear-layer outputs, searched weight and activation ranges.
+
+    Every linear layer (MatMul/Gemm with a constant weight) and attention MatMul runs in int8; their
+    outputs, and so the bias/residual Adds, LayerNorms and GELUs after them, stay float
+    (``float_linear_outputs``). ``method`` is the range method SmoothQuant's alpha search assumes; the
+    activation ranges themselves are chosen by ``calibrate-search`` on held-out calibration feeds.
+    """
+    from qcompiler import passes as lib
+    from qcompiler.targets import get_target
+
+    name = get_target(target).name
+    guarded = objective == "latency"
+    return canonicalize() + ([lib.KeepFloatReference()] if guarded else []) + [
+        lib.SmoothQuant(data=calibration, method=method, target=name, explicit=True),
+        lib.AssignPrecision(target=name, exclude=list(exclude), per_channel=not per_tensor, float_linear_outputs=True),
+        lib.SearchWeightRanges(),
+        lib.CalibrateSearch(data=calibration, target=name),
+        lib.InsertQDQ(),
+        lib.FoldQuantizedWeights(),
+    ] + ([lib.LatencyGuard(data=calibration, threads=threads)] if guarded else [])
+
+
 @dataclass
 class Pipeline:
     """A resolved pipeline: its passes and the verification mode it asks for."""

@@ -1,0 +1,268 @@
+"""Range search: choose quantization ranges by the error they cause, not by a fixed rule.
+
+Two passes, one per kind of tensor:
+
+``search-weight-ranges`` — MSE-optimal per-channel weight clipping. For each output channel ``c`` of a
+weight with a symmetric spec (set by ``assign-precision``) and a grid of clipping ratios ``r``::
+
+    r*_c = argmin_r || W_c - Q(clip(W_c, ±r·max|W_c|); scale = r · max|W_c| / q_max) ||²
+
+where ``Q`` rounds half to even, ``q_max`` is 127 (63 on reduce-range targets), and the weight is
+stored clipped (``Q`` then never saturates: see :func:`clipped_weight_spec`) (Banner et al. 2019,
+"Post-training 4-bit quantization of convolutional networks for rapid-deployment", and the
+white paper's MSE range setting, Nagel et al. 2021, arXiv:2106.08295 §3.4). ``r = 1`` (min/max) is
+always a candidate, so no channel's error grows.
+
+``calibrate-search`` — activation ranges from a grid of calibration methods, chosen on held-out data
+(as transformer-deploy does with its percentile sweep): every ``holdout``-th calibration feed is held
+out; histograms are collected once on the other feeds; for each candidate (``minmax``, ``mse``,
+``percentile:P``) every marked activation gets the range that candidate reads off its histogram,
+the model with those ranges is run (onnxruntime, with Q/DQ inserted) on the held-out feeds and
+scored by the relative output error ``sum_o ||Y_o - Ŷ_o||² / ||Y_o||²`` over the graph outputs.
+The best candidate is then read off the histograms of all feeds (held-out ones merged in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+import numpy as np
+
+from qcompiler.calibration.observers import MSEObserver, PercentileObserver, StreamingHistogram
+from qcompiler.errors import UserError
+from qcompiler.ir import Model, QuantSpec, to_proto
+from qcompiler.pass_manager import Pass, PassResult, register_pass
+from qcompiler.targets import TARGETS, Target
+
+from .calibrate import model_inputs
+from .fold_weights import quantize_array
+
+DEFAULT_RATIOS = tuple(round(1.0 - 0.01 * i, 2) for i in range(50))
+DEFAULT_CANDIDATES = ("minmax", "mse", "percentile:99.9", "percentile:99.99", "percentile:99.999",
+                      "percentile:99.9999")
+
+
+def fake_quantize(array: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """``DequantizeLinear(QuantizeLinear(array))`` with ``spec`` (per tensor or per channel), float32."""
+    scale, zero = np.asarray(spec.scale, np.float32), np.asarray(spec.zero_point)
+    integers = quantize_array(array, scale, zero, spec.axis, spec.dtype).astype(np.float32)
+    if spec.axis is not None and scale.ndim == 1:
+        shape = [1] * array.ndim
+        shape[spec.axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return (integers - zero.astype(np.float32)) * scale
+
+
+# -- weights ---------------------------------------------------------------------------------------
+
+
+def clipped_weight_spec(weight: np.ndarray, spec: QuantSpec, target: Target,
+                        ratios: tuple[float, ...] = DEFAULT_RATIOS) -> tuple[QuantSpec, np.ndarray, np.ndarray]:
+    """The per-channel symmetric spec of ``weight`` whose clipping ratio minimizes each channel's MSE.
+
+    Returns the spec, the chosen ratio per channel and the weight clipped to ``±r·max|W_c|``. The
+    clipped weight is what must be quantized: ``QuantizeLinear`` alone would saturate at -128, not at
+    the symmetric -127, and on reduce-range targets write 8-bit integers where 7 bits were promised
+    (the int16 pair saturation of x86 without VNNI). ``spec`` gives the type and channel axis.
+    """
+    axis = spec.axis
+    reduce_axes = tuple(i for i in range(weight.ndim) if i != axis) if axis is not None else None
+    shape = [1] * weight.ndim
+    if axis is not None:
+        shape[axis] = -1
+    peak = np.abs(weight).max(axis=reduce_axes).astype(np.float64)
+    best_error = np.full(peak.shape, np.inf)
+    best_ratio = np.ones(peak.shape)
+    for ratio in sorted(set(ratios) | {1.0}, reverse=True):
+        candidate = QuantSpec.from_range(-ratio * peak, ratio * peak, spec.dtype, symmetric=True, axis=axis,
+                                         reduce_range=target.weight_reduce_range)
+        bound = np.reshape(ratio * peak, shape).astype(np.float32)
+        error = np.square(fake_quantize(np.clip(weight, -bound, bound), candidate) - weight).sum(axis=reduce_axes)
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        best_ratio = np.where(better, ratio, best_ratio)
+    chosen = QuantSpec.from_range(-best_ratio * peak, best_ratio * peak, spec.dtype, symmetric=True, axis=axis,
+                                  reduce_range=target.weight_reduce_range)
+    bound = np.reshape(best_ratio * peak, shape).astype(np.float32)
+    return chosen, best_ratio, np.clip(weight, -bound, bound)
+
+
+@register_pass("search-weight-ranges")
+class SearchWeightRanges(Pass):
+    """Clip each weight channel at the ratio of its maximum that minimizes its quantization MSE."""
+
+    ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+
+    def call(self, model: Model) -> PassResult:
+        target = model.meta.get("target")
+        if target is None:
+            raise UserError("search-weight-ranges: run assign-precision first (no target on the model)")
+        changed = False
+        clipped = total = 0
+        for value in model.graph.initializers.values():
+            spec = value.quant
+            if spec is None or not spec.symmetric or spec.block_size is not None or value.const.dtype != np.float32:
+                continue
+            chosen, ratio, weight = clipped_weight_spec(value.const, spec, target, tuple(self.ratios))
+            if chosen != spec:
+                value.quant, value.const = chosen, weight
+                changed = True
+            clipped += int(np.count_nonzero(ratio < 1.0))
+            total += ratio.size
+        model.meta["search_weight_ranges"] = {"clipped_channels": clipped, "channels": total}
+        return PassResult(model, changed)
+
+
+# -- activations -----------------------------------------------------------------------------------
+
+
+def candidate_range(histogram: StreamingHistogram, candidate: str) -> tuple[float, float]:
+    """The range ``candidate`` (``minmax``, ``mse`` or ``percentile:P``) reads off ``histogram``.
+
+    The histogram's counts, extremes and totals are handed to a fresh observer of the candidate's
+    method (all of them read the same power-of-two histogram), whose ``compute_range`` decides.
+    """
+    reader = _reader(candidate, histogram.bins)
+    for attribute in ("lo", "hi", "count", "nonfinite", "exponent", "counts"):
+        setattr(reader, attribute, getattr(histogram, attribute))
+    return reader.compute_range()
+
+
+def _reader(candidate: str, bins: int = 8192) -> StreamingHistogram:
+    if candidate == "minmax":
+        return StreamingHistogram(bins)
+    if candidate == "mse":
+        return MSEObserver(bins)
+    method, _, number = candidate.partition(":")
+    try:
+        if method == "percentile":
+            return PercentileObserver(float(number), bins=bins)
+    except ValueError:
+        pass
+    raise UserError(f"calibrate-search: unknown candidate {candidate!r} "
+                    "(minmax, mse or percentile:P with 50 < P <= 100, e.g. percentile:99.99)")
+
+
+def relative_output_error(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
+    """``sum_o ||Y_o - Ŷ_o||² / ||Y_o||²`` over graph outputs ``o``, each summed over all feeds."""
+    total = 0.0
+    for o in range(len(reference[0])):
+        energy = sum(float(np.square(r[o].astype(np.float64)).sum()) for r in reference)
+        noise = sum(float(np.square(r[o].astype(np.float64) - q[o]).sum()) for r, q in zip(reference, outputs))
+        total += noise / max(energy, 1e-30)
+    return total
+
+
+class _KeepingHistogram(StreamingHistogram):
+    """A histogram that, with ``keep``, also keeps the arrays it saw (the float reference outputs)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        super().__init__()
+        self.keep = keep
+        self.arrays: list[np.ndarray] = []
+
+    def update(self, array: Any) -> None:
+        super().update(array)
+        if self.keep:
+            self.arrays.append(np.array(array, copy=True))
+
+
+@register_pass("calibrate-search")
+class CalibrateSearch(Pass):
+    """Calibrate activations with the range method that gives the smallest output error on held-out feeds."""
+
+    data: Any = None
+    candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
+    holdout: int = 4
+    target: str = "x86-avx2"
+
+    def requires(self, model: Model) -> None:
+        if self.data is None:
+            raise UserError("calibrate-search: no calibration data given (--calib DIR or a '@calibration' resource)")
+        if self.holdout < 2:
+            raise UserError(f"calibrate-search: holdout must be >= 2 (every n-th feed held out), not {self.holdout}")
+        if not self.candidates:
+            raise UserError("calibrate-search: no candidates")
+        for candidate in self.candidates:
+            _reader(candidate)
+
+    def call(self, model: Model) -> PassResult:
+        from qcompiler.calibration import collect, open_calibration
+
+        target = model.meta.get("target") or TARGETS[self.target]
+        graph = model.graph
+        names = [v.name for v in graph.values() if v.meta.get("calibrate")]
+        if not names:
+            return PassResult(model, False)
+        shares = {v.name: v.meta["share_quant"].name for v in graph.values() if "share_quant" in v.meta}
+        data = open_calibration(self.data, model_inputs(model))
+        fit, held = _split(data, self.holdout)
+        held_feeds = [feed for _, feed in held.items()]
+        histograms = collect(to_proto(model), names, fit, lambda name: _KeepingHistogram())
+        outputs = [v.name for v in graph.outputs]
+        held_histograms = collect(to_proto(model), names + outputs, held_feeds,
+                                  lambda name: _KeepingHistogram(keep=name in outputs))
+        reference = [[held_histograms[o].arrays[i] for o in outputs] for i in range(len(held_feeds))]
+        errors = {}
+        for candidate in self.candidates:
+            trial = _clone_with_node_meta(model)
+            _apply_ranges(trial, {n: candidate_range(histograms[n], candidate) for n in names}, shares, target)
+            errors[candidate] = relative_output_error(reference, _run_quantized(trial, held_feeds))
+        best = min(self.candidates, key=lambda c: errors[c])  # ties: the earlier candidate
+        for name in names:
+            histograms[name].merge(held_histograms[name])
+        _apply_ranges(model, {n: candidate_range(histograms[n], best) for n in names}, shares, target)
+        for value in graph.values():
+            value.meta.pop("calibrate", None)
+            value.meta.pop("share_quant", None)
+        model.meta["calibrate_search"] = {"best": best, "errors": errors}
+        return PassResult(model, True)
+
+
+def _split(data: Any, every: int) -> tuple[Any, Any]:
+    """(fit, held-out) calibration sets: feed ``i`` is held out when ``i % every == every - 1``."""
+    from qcompiler.calibration import CalibrationSet
+
+    def part(held: bool):
+        return lambda: ((where, feed) for i, (where, feed) in enumerate(data.items())
+                        if (i % every == every - 1) == held)
+
+    length = data.length
+    held_count = None if length is None else length // every
+    if length is not None and held_count == 0:
+        raise UserError(f"calibrate-search: {length} calibration feed(s) leave none held out "
+                        f"(every {every}th feed is); give at least {every} feeds")
+    return (CalibrationSet(part(False), data.inputs, None if length is None else length - held_count,
+                           f"{data.description} (fit part)"),
+            CalibrationSet(part(True), data.inputs, held_count, f"{data.description} (held-out part)"))
+
+
+def _apply_ranges(model: Model, ranges: dict[str, tuple[float, float]], shares: dict[str, str],
+                  target: Target) -> None:
+    """Activation specs from ``ranges`` (as ``calibrate`` sets them); ``shares`` values reuse their source's."""
+    values = {v.name: v for v in model.graph.values()}
+    for name, (lo, hi) in ranges.items():
+        values[name].quant = QuantSpec.from_range(lo, hi, target.activation_dtype, symmetric=False)
+    for name, source in shares.items():
+        values[name].quant = values[source].quant
+
+
+def _clone_with_node_meta(model: Model) -> Model:
+    """``model.clone()`` with the node marks of ``assign-precision`` (quantize, absorbed) copied over."""
+    copy = model.clone()
+    for original, node in zip(model.graph, copy.graph, strict=True):
+        node.meta.update({k: v for k, v in original.meta.items() if k in ("quantize", "absorbed")})
+    return copy
+
+
+def _run_quantized(model: Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Outputs of ``model`` with Q/DQ inserted for its specs, on every feed."""
+    import onnxruntime as ort
+
+    from .insert_qdq import InsertQDQ
+
+    InsertQDQ()(model)
+    session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [v.name for v in model.graph.outputs]
+    return [session.run(names, feed) for feed in feeds]
