@@ -39,6 +39,7 @@ def measure_latencies(models: list[bytes | str], feeds: dict[str, np.ndarray], *
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # onnxruntime's optimizer notes are not the user's business
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         names = {i.name for i in session.get_inputs()}
         fed = {k: v for k, v in feeds.items() if k in names}
