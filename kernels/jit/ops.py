@@ -10,9 +10,10 @@ import numpy as np
 from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype
 
-from ..reference import conv, matmul, quantize
+from ..reference import conv, matmul, qgemm, quantize
 from ..registry import register
 from .loops import JIT
+from .loops import dequantize as dequantize_loop
 from .loops import quantize as quantize_loop
 
 
@@ -27,6 +28,20 @@ def QuantizeLinear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outpu
     scale = quantize.broadcast_param(y_scale, x.shape, axis, block_size)
     zero_point = 0 if y_zero_point is None else quantize.broadcast_param(y_zero_point, x.shape, axis, block_size)
     return quantize_loop(x, scale, zero_point, dtype)
+
+
+@register("DequantizeLinear", since=10, backend="jit")
+def DequantizeLinear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
+    """The reference DequantizeLinear; a float32 scale and output run in a numba loop."""
+    out = output_dtype or np_dtype_to_tensor_dtype(np.asarray(x_scale).dtype)
+    if out != TensorProto.FLOAT or np.asarray(x_scale).dtype != np.float32:
+        return quantize.DequantizeLinear(x, x_scale, x_zero_point, axis=axis, block_size=block_size,
+                                         output_dtype=output_dtype)
+    if x.dtype != np.int32:
+        quantize.integer_range(x.dtype)
+    scale = quantize.broadcast_param(x_scale, x.shape, axis, block_size)
+    zero_point = 0 if x_zero_point is None else quantize.broadcast_param(x_zero_point, x.shape, axis, block_size)
+    return dequantize_loop(x, scale, zero_point)
 
 
 @register("MatMulInteger", since=10, backend="jit")
@@ -60,3 +75,19 @@ def QLinearConv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_z
     return conv.qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B,
                              auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
                              pads=pads, strides=strides, accumulation=accumulation, arith=JIT)
+
+
+@register("QGemm", domain="com.microsoft", since=1, backend="jit")
+def QGemm(A, a_scale, a_zero_point, B, b_scale, b_zero_point, C=None, y_scale=None, y_zero_point=None, *,
+          alpha=1.0, transA=0, transB=0, accumulation="exact"):
+    """See the reference QGemm."""
+    return qgemm.qgemm(A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale, y_zero_point, alpha=alpha,
+                       transA=transA, transB=transB, accumulation=accumulation, arith=JIT)
+
+
+@register("MatMulIntegerToFloat", domain="com.microsoft", since=1, backend="jit")
+def MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None, *,
+                         accumulation="exact"):
+    """See the reference MatMulIntegerToFloat."""
+    return qgemm.matmul_integer_to_float(A, B, a_scale, b_scale, a_zero_point, b_zero_point, bias,
+                                         accumulation=accumulation, arith=JIT)

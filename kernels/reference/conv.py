@@ -58,6 +58,9 @@ def im2col(x: np.ndarray, kernel, strides, dilations, pads, group: int, pad_valu
     """``(group, N*P, prod(kernel) * C/group)`` patches of ``x`` (k order ``(*kernel, c)``), and the
     output spatial shape."""
     nd = len(kernel)
+    n, c = x.shape[:2]
+    if group == 1 and all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pads):
+        return np.moveaxis(x, 1, -1).reshape(1, -1, c), x.shape[2:]  # pointwise: the patches are the pixels
     width = [(0, 0), (0, 0)] + list(zip(pads[:nd], pads[nd:], strict=True))
     xp = np.pad(x, width, constant_values=pad_value)
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
@@ -66,7 +69,7 @@ def im2col(x: np.ndarray, kernel, strides, dilations, pads, group: int, pad_valu
     windows = sliding_window_view(xp, extent, axis=tuple(range(2, 2 + nd)))
     windows = windows[(slice(None),) * 2 + tuple(slice(None, None, s) for s in strides)
                       + tuple(slice(None, None, d) for d in dilations)]
-    n, c, out = x.shape[0], x.shape[1], windows.shape[2:2 + nd]
+    out = windows.shape[2:2 + nd]
     cols = windows.reshape((n, group, c // group) + out + tuple(kernel))
     order = (1, 0) + tuple(range(3, 3 + 2 * nd)) + (2,)
     return cols.transpose(order).reshape(group, n * int(np.prod(out)), -1), out
@@ -88,6 +91,8 @@ def conv_accumulate(x, w, x_zero_point, w_zero_point, *, auto_pad, dilations, gr
         raise ValueError("x_zero_point must be a scalar (per-tensor)")
     za = 0 if x_zero_point is None else np.asarray(x_zero_point).reshape(())
     pads = conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    if arith.depthwise2d is not None and accumulation == "exact" and nd == 2 and cg == 1 and m == group:
+        return _depthwise2d(x, w, za, w_zero_point, pads, strides, dilations, arith)
     cols, out = im2col(x, kernel, strides, dilations, pads, group, za)
     b = w.reshape(group, m // group, cg, -1).transpose(0, 3, 2, 1).reshape(group, -1, m // group)
     zb = 0
@@ -97,6 +102,19 @@ def conv_accumulate(x, w, x_zero_point, w_zero_point, *, auto_pad, dilations, gr
     acc = integer_matmul(cols, b, za, zb, accumulation=accumulation, arith=arith)
     acc = acc.reshape((group, x.shape[0], -1, m // group)).transpose(1, 0, 3, 2)
     return acc.reshape((x.shape[0], m) + tuple(out))
+
+
+def _depthwise2d(x, w, za, w_zero_point, pads, strides, dilations, arith: Arithmetic) -> np.ndarray:
+    """The exact depthwise 2-D accumulator on ``arith.depthwise2d`` (zero points subtracted first,
+    padding then contributes 0)."""
+    zb = 0 if w_zero_point is None else np.asarray(w_zero_point, np.int16).reshape(-1, 1, 1)
+    xp = np.pad(x.astype(np.int16) - np.int16(za), [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+    kernel = w.shape[2:]
+    out = [(size - (k - 1) * d - 1) // s + 1 for size, k, d, s in zip(xp.shape[2:], kernel, dilations, strides,
+                                                                       strict=True)]
+    if min(out) < 1:
+        raise ValueError(f"kernel extent larger than padded input {xp.shape[2:]}")
+    return arith.depthwise2d(xp, w[:, 0].astype(np.int16) - zb, strides, dilations, out)
 
 
 def conv_integer(x, w, x_zero_point, w_zero_point, *, accumulation: str, arith: Arithmetic, **attrs) -> np.ndarray:
@@ -109,13 +127,14 @@ def conv_integer(x, w, x_zero_point, w_zero_point, *, accumulation: str, arith: 
 def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B, *,
                  accumulation: str, arith: Arithmetic, **attrs) -> np.ndarray:
     """QLinearConv on ``arith``'s loops."""
-    depthwise = w.shape[1] == 1 and w.shape[0] == attrs["group"] and np.unique(w_zero_point).size == 1
+    zero_points = np.asarray(w_zero_point)
+    depthwise = w.shape[1] == 1 and w.shape[0] == attrs["group"] and bool(np.all(zero_points == zero_points.flat[0]))
     if accumulation == "avx2_pair_saturate" and depthwise:
         accumulation = "exact"  # MLAS's depthwise kernel, see the module docstring
     acc = conv_accumulate(x, w, x_zero_point, w_zero_point, accumulation=accumulation, arith=arith, **attrs)
     channel = (1, -1) + (1,) * (x.ndim - 2)
-    if B is not None:
-        acc = (acc.astype(np.int64) + np.asarray(B, np.int64).reshape(channel)).astype(np.int32)
+    if B is not None:  # int32 addition wraps, as the reference's int64 sum wrapped to int32 would
+        acc = np.add(acc, np.asarray(B, np.int32).reshape(channel), dtype=np.int32)
     w_scale = np.asarray(w_scale, np.float32)
     w_scale = w_scale.reshape(channel) if w_scale.size > 1 else w_scale.reshape(())
     multiplier = np.asarray(x_scale, np.float32).reshape(()) * w_scale / np.asarray(y_scale, np.float32).reshape(())

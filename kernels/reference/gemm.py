@@ -48,12 +48,16 @@ class Arithmetic:
 
     ``gemm_exact(a, b)`` and ``gemm_pair_saturate(a, b)`` take C-contiguous int16 ``a (Bt, M, K)``
     and ``b (Bt, K, N)`` and return int32 ``(Bt, M, N)``, wrapped modulo 2**32. ``requantize`` has
-    the signature of :func:`.quantize.requantize`.
+    the signature of :func:`.quantize.requantize`. ``depthwise2d(xp, w, strides, dilations, out)``,
+    optional, is the exact depthwise 2-D convolution of zero-point-adjusted int16 ``xp (N, C, Hp, Wp)``
+    (already padded) by ``w (C, KH, KW)`` into int32 ``(N, C, *out)``; without it depthwise
+    convolutions take the im2col GEMM path.
     """
 
     gemm_exact: Callable[[np.ndarray, np.ndarray], np.ndarray]
     gemm_pair_saturate: Callable[[np.ndarray, np.ndarray], np.ndarray]
     requantize: Callable[..., np.ndarray]
+    depthwise2d: Callable[..., np.ndarray] | None = None
 
 
 def gemm_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -87,8 +91,8 @@ def integer_matmul(a: np.ndarray, b: np.ndarray, a_zero_point=0, b_zero_point=0,
     za = np.asarray(a_zero_point, np.int64)
     zb = np.asarray(b_zero_point, np.int64)
     if accumulation == "exact" or not (a.dtype == np.uint8 and b.dtype == np.int8):
-        return arith.gemm_exact(np.ascontiguousarray(a.astype(np.int16) - za.astype(np.int16)),
-                                np.ascontiguousarray(b.astype(np.int16) - zb.astype(np.int16)))
+        return arith.gemm_exact(np.subtract(a, za.astype(np.int16), dtype=np.int16),
+                                np.subtract(b, zb.astype(np.int16), dtype=np.int16))
     raw = arith.gemm_pair_saturate(np.ascontiguousarray(a, np.int16), np.ascontiguousarray(b, np.int16))
     rowsum = a.sum(axis=-1, keepdims=True, dtype=np.int64)
     colsum = b.sum(axis=-2, keepdims=True, dtype=np.int64)

@@ -10,7 +10,7 @@ from onnx.helper import tensor_dtype_to_np_dtype
 
 from qcompiler.kernels import default_registry
 from qcompiler.kernels.jit import JIT, loops
-from qcompiler.kernels.reference import ACCUMULATIONS, REFERENCE
+from qcompiler.kernels.reference import ACCUMULATIONS, REFERENCE, integer_matmul
 from qcompiler.kernels.reference.quantize import integer_range
 
 EDGES = {np.uint8: [0, 1, 127, 128, 254, 255], np.int8: [-128, -127, -1, 0, 1, 126, 127]}
@@ -118,6 +118,21 @@ def test_quantize_linear(granularity, dtype):
     assert_agree(both("QuantizeLinear", x16, scale, zp, **attrs))  # not float32: jit falls back
 
 
+@pytest.mark.parametrize("dtype", Q_TYPES + [np.int32], ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("granularity", ["tensor", "axis", "blocked"])
+def test_dequantize_linear(granularity, dtype):
+    rng = np.random.default_rng([len(granularity), np.dtype(dtype).itemsize])
+    lo, hi = (-2**31, 2**31 - 1) if dtype == np.int32 else integer_range(dtype)
+    x = np.concatenate([[lo, hi, 0], rng.integers(lo, hi + 1, 4 * 7 * 3 - 3)]).astype(dtype).reshape(4, 7, 3)
+    shape, attrs = {"tensor": ((), {}), "axis": ((7,), dict(axis=-2)),
+                    "blocked": ((4, 3, 3), dict(axis=1, block_size=3))}[granularity]
+    scale = rng.choice(np.array([0.5, 1e-3, 0.37, 3.3e-5], np.float32), shape)
+    zp = None if dtype == np.int32 else rng.integers(lo, hi + 1, shape).astype(dtype)
+    assert_agree(both("DequantizeLinear", x, scale, zp, **attrs))
+    if dtype != np.int32:  # int32 values overflow float16
+        assert_agree(both("DequantizeLinear", x, scale.astype(np.float16), zp, **attrs))  # not float32: falls back
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
 def test_requantize(dtype):
     rng = np.random.default_rng(3)
@@ -143,11 +158,45 @@ def test_gemm_loops_wrap_around_like_the_reference(gemm):
 def test_each_loop_compiles_for_one_signature():
     """Wrappers cast their arguments, so odd inputs (int8, strided, read-only) add no compilation."""
     a = np.arange(24, dtype=np.int8).reshape(2, 3, 4)[:, :, ::2]
-    b = np.ones((2, 2, 3), np.uint8)
-    b.flags.writeable = False
-    JIT.gemm_exact(a, b)
-    JIT.gemm_pair_saturate(a, b)
+    for n in (3, loops.NARROW):  # the dot-product form and the column form
+        b = np.ones((2, 2, n), np.uint8)
+        b.flags.writeable = False
+        JIT.gemm_exact(a, b)
+        JIT.gemm_pair_saturate(a, b)
     JIT.requantize(np.arange(6, dtype=np.int64)[::2], 0.5, np.uint8(1), np.uint8)
     loops.quantize(np.ones(3, np.float32), np.float32(1), 0, np.int8)
-    for fn in (loops._gemm_exact, loops._gemm_pair_saturate, loops._requantize, loops._quantize):
-        assert len(fn.signatures) == 1, fn.signatures
+    JIT.depthwise2d(np.ones((1, 2, 3, 3), np.int8), np.ones((2, 2, 2), np.int64), (1, 1), (1, 1), (2, 2))
+    loops.dequantize(np.ones(3, np.uint8), np.float32(1), np.uint8(2))
+    for fn in (loops._gemm_pair_saturate, loops._gemm_pair_saturate_dot, loops._requantize, loops._quantize,
+               loops._dequantize, loops._depthwise2d):
+        assert len(fn.signatures) == 1, (fn, fn.signatures)
+
+
+@pytest.mark.parametrize("accumulation", ACCUMULATIONS)
+@pytest.mark.parametrize("n", [1, loops.NARROW - 1, loops.NARROW, 97])
+def test_both_gemm_forms_match_the_reference(n, accumulation):
+    """Columns on both sides of ``NARROW`` (the pair-saturating forms), odd K, edge values that saturate
+    pairs, K beyond one exact float32 slice (the exact BLAS form)."""
+    rng = np.random.default_rng(n)
+    a = rng.choice(np.array([0, 1, 254, 255], np.uint8), (2, 9, 601))
+    b = rng.choice(np.array([-128, -127, 126, 127], np.int8), (2, 601, n))
+    reference = integer_matmul(a, b, np.uint8(3), np.int8(1), accumulation=accumulation, arith=REFERENCE)
+    np.testing.assert_array_equal(integer_matmul(a, b, np.uint8(3), np.int8(1), accumulation=accumulation, arith=JIT),
+                                  reference)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_depthwise_loop_matches_the_im2col_reference(seed):
+    """The jit depthwise 2-D loop against the reference's im2col GEMM (strides, dilations, pads, zero points)."""
+    rng = np.random.default_rng(300 + seed)
+    c, k = int(rng.integers(1, 9)), [int(v) for v in rng.integers(1, 6, 2)]
+    dilations, strides = [int(v) for v in rng.integers(1, 3, 2)], [int(v) for v in rng.integers(1, 3, 2)]
+    x = draw(rng, np.uint8, (int(rng.integers(1, 3)), c) + tuple(int((kk - 1) * d + 1 + rng.integers(0, 6))
+                                                                  for kk, d in zip(k, dilations)), edge=seed % 2 == 0)
+    w = draw(rng, np.int8, (c, 1) + tuple(k), edge=seed % 2 == 0)
+    attrs = dict(group=c, strides=strides, dilations=dilations, pads=[int(v) for v in rng.integers(0, 3, 4)])
+    for op, args in (("ConvInteger", (x, w, np.uint8(7), np.int8(-3))),
+                     ("QLinearConv", (x, np.float32(0.02), np.uint8(7), w, rng.uniform(0.001, 0.01, c).astype(np.float32),
+                                      np.zeros(c, np.int8), np.float32(0.05), np.uint8(128),
+                                      rng.integers(-999, 999, c).astype(np.int32)))):
+        assert_agree(both(op, *args, opset=13, **attrs))

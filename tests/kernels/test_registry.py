@@ -71,15 +71,21 @@ def test_register_returns_the_function_unchanged():
     assert KernelRegistry().register("Op")(kernel) is kernel
 
 
-BUILTIN = ["ConvInteger", "DequantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear"]
-JIT = ["ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear"]
+BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "ConvTranspose", "DequantizeLinear",
+                                "HardSigmoid", "MatMulInteger", "MaxPool", "Mul", "QLinearConv", "QLinearMatMul",
+                                "QuantizeLinear", "Sub"]] + [
+    ("com.microsoft", op) for op in ["MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool",
+                                     "QLinearSoftmax"]]
+JIT = ["ConvInteger", "DequantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear", "QGemm",
+       "MatMulIntegerToFloat"]
 
 
 def test_importing_the_package_registers_the_builtin_kernels():
-    assert default_registry.ops() == [("", op) for op in BUILTIN]
+    assert default_registry.ops() == BUILTIN
     assert available_backends() == {"reference", "jit"}
-    for op in BUILTIN:
-        reference = default_registry.lookup("", op, 21, backends=("reference",))
+    for domain, op in BUILTIN:
+        opset = 1 if domain else 21
+        reference = default_registry.lookup(domain, op, opset, backends=("reference",))
         assert reference.__module__.startswith("qcompiler.kernels.reference.")
-        chosen = default_registry.lookup("", op, 21)
+        chosen = default_registry.lookup(domain, op, opset)
         assert chosen.__module__ == ("qcompiler.kernels.jit.ops" if op in JIT else reference.__module__)

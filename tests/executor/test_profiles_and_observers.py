@@ -1,0 +1,66 @@
+"""Numerics profiles by name and target; RangeObserver and CompareInterpreter."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from qcompiler.errors import UserError
+from qcompiler.executor import PROFILES, CompareInterpreter, Interpreter, RangeObserver, get_profile
+from qcompiler.targets import TARGETS, detect_target
+
+from .conftest import cnn_model, feeds
+
+
+def test_every_target_has_a_profile_with_its_accumulation():
+    for name, target in TARGETS.items():
+        profile = get_profile(name)
+        assert profile.fuse and profile.accumulation == target.accumulation
+    assert get_profile("auto") == get_profile(detect_target().name)
+    assert not PROFILES["simulate"].fuse and PROFILES["x86-avx2"].accumulation == "avx2_pair_saturate"
+
+
+def test_unknown_profile_is_a_user_error():
+    with pytest.raises(UserError, match="unknown numerics profile 'riscv'"):
+        get_profile("riscv")
+
+
+def test_range_observer_records_min_and_max_of_every_float_value_over_runs():
+    model = cnn_model()
+    observer = RangeObserver(model, free_dead_values=False)
+    runs = feeds(20, 2)
+    values = []
+    for feed in runs:
+        observer.run(feed)
+        values.append(dict(observer.values))
+    for name in ("c1", "r1", "s", "y"):
+        lo = min(float(v[name].min()) for v in values)
+        hi = max(float(v[name].max()) for v in values)
+        assert observer.ranges[name] == (lo, hi)
+    assert observer.ranges["r1"][0] == 0.0  # after Relu
+
+
+def test_compare_interpreter_reports_each_quantized_node_against_the_float_model(cnn_qdq):
+    compare = CompareInterpreter(cnn_qdq, cnn_model(), profile="exact")
+    for feed in feeds(21, 2):
+        out = compare.run(feed)
+    assert "y" in out
+    errors = compare.errors
+    assert {"c1", "s", "y"} <= set(errors)  # the first conv's output, the residual add, the logits
+    for error in errors.values():
+        assert 5 < error.sqnr_db < 80, (error.name, error.sqnr_db)
+    same = CompareInterpreter(cnn_model(), cnn_model())
+    same.run(feeds(22, 1)[0])
+    assert same.errors and all(math.isinf(e.sqnr_db) for e in same.errors.values())
+
+
+def test_compare_sees_the_saturation_of_the_avx2_profile(cnn_qdq):
+    feed = {"x": 4 * feeds(23, 1)[0]["x"]}
+    exact, avx2 = (CompareInterpreter(cnn_qdq, cnn_model(), profile=p) for p in ("exact", "x86-avx2"))
+    exact.run(feed)
+    avx2.run(feed)
+    assert avx2.errors["y"].noise > exact.errors["y"].noise
+    np.testing.assert_array_equal(Interpreter(cnn_qdq, profile="exact").run(feed)["y"],
+                                  exact.run(feed)["y"])  # comparing changes no output

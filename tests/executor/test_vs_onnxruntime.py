@@ -1,0 +1,73 @@
+"""The executor against onnxruntime's real int8 run of whole QDQ models, every quantized tensor compared.
+
+* On this CPU: the executor under this CPU's profile equals onnxruntime with all graph optimizations
+  (its fusions and integer kernels) bit for bit; ``simulate`` equals onnxruntime without optimizations.
+* Under ``qemu-x86_64 -cpu Haswell-v4`` (AVX2, no VNNI; skipped without qemu-user): the ``x86-avx2``
+  profile equals onnxruntime there bit for bit, on inputs where the int16 pairs do saturate (the exact
+  profile differs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qcompiler import ir
+from qcompiler.executor import Interpreter
+from qcompiler.executor.agreement import expose_quantized_outputs, run_onnxruntime
+from qcompiler.targets import detect_target
+
+from .conftest import feeds
+
+
+def quantized_names(model: ir.Model) -> list[str]:
+    return [n.outputs[0].name for n in model.graph if n.op_type == "QuantizeLinear"]
+
+
+def test_this_cpus_profile_equals_onnxruntime_optimized(cnn_qdq):
+    probe = expose_quantized_outputs(cnn_qdq, every=True)
+    interpreter = Interpreter(probe, profile=detect_target().name)
+    names = quantized_names(cnn_qdq)
+    assert len(names) >= 6
+    for feed in feeds(10, 2):
+        ours, theirs = interpreter.run(feed), run_onnxruntime(probe, feed, optimize=True)
+        for name in names + ["y"]:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_simulate_equals_onnxruntime_without_optimizations(cnn_qdq):
+    probe = expose_quantized_outputs(cnn_qdq, every=True)
+    interpreter = Interpreter(probe, profile="simulate")
+    for feed in feeds(11, 2):
+        ours, theirs = interpreter.run(feed), run_onnxruntime(probe, feed, optimize=False)
+        for name in quantized_names(cnn_qdq):
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+WORKER = """
+import sys, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+feed = dict(np.load(sys.argv[2]))
+np.savez(sys.argv[3], **dict(zip([o.name for o in session.get_outputs()], session.run(None, feed))))
+"""
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-user (apt-get install qemu-user)")
+def test_avx2_profile_equals_onnxruntime_on_an_emulated_haswell(cnn_qdq, tmp_path):
+    probe = expose_quantized_outputs(cnn_qdq, every=True)
+    ir.save(probe, tmp_path / "m.onnx")
+    feed = {"x": 4 * feeds(12, 1)[0]["x"]}  # beyond the calibrated range: saturated activations, large pair sums
+    np.savez(tmp_path / "x.npz", **feed)
+    subprocess.run(["qemu-x86_64", "-cpu", "Haswell-v4", sys.executable, "-c", WORKER, str(tmp_path / "m.onnx"),
+                    str(tmp_path / "x.npz"), str(tmp_path / "y.npz")], check=True, timeout=600, capture_output=True)
+    theirs = dict(np.load(tmp_path / "y.npz"))
+    avx2 = Interpreter(probe, profile="x86-avx2").run(feed)
+    exact = Interpreter(probe, profile="exact").run(feed)
+    names = quantized_names(cnn_qdq) + ["y"]
+    for name in names:
+        np.testing.assert_array_equal(avx2[name], theirs[name], err_msg=name)
+    assert any(not np.array_equal(exact[name], theirs[name]) for name in names)  # the case discriminates
