@@ -1,0 +1,198 @@
+"""Per-layer sensitivity: how much each quantizable layer changes the model's outputs.
+
+A *layer* is a node ``assign-precision`` quantizes that has an int8 kernel of its own (Conv, MatMul,
+Gemm, Add, Concat, pooling); pass-through ops and absorbed activations follow the layers around
+them. A *configuration* is the set of layers kept in float. :class:`Evaluator` builds the model of a
+configuration by running the project's own precision assignment with those layers excluded (so
+every configuration is one the compiler could emit: no float islands inside an int8 region), gives
+each quantized value the spec calibrated for the all-int8 model (ranges come from the float model,
+so they do not depend on the configuration), inserts Q/DQ and runs it in onnxruntime with graph
+optimizations off: the *simulated* (fake-quant) numerics, as ONNX Runtime's ``qdq_loss_debug`` and
+AIMET's QuantSim measure them. One configuration costs one onnxruntime session and one run per feed;
+results are cached by the set of nodes that end up quantized.
+
+Two sensitivities per layer (the two views of AIMET's ``QuantAnalyzer`` per-layer analysis):
+``quantized alone`` (every other layer float) and ``float alone`` (every other layer quantized).
+
+The error measures, over ``F`` feeds and the graph outputs ``o`` (arrays flattened and pooled over
+the feeds):
+
+* ``nsr`` (noise-to-signal ratio): the mean over outputs of ``||Ŷ_o - Y_o||² / ||Y_o||²``, the
+  relative squared error; ``sqnr_db = -10·log10(nsr)`` (Q-Diffusion, ModelOpt and Quark report the
+  same quantity as SQNR). 0 exactly when every output is bit-identical.
+* ``cosine``: the mean over outputs of the cosine similarity of ``Ŷ_o`` and ``Y_o``.
+* ``metric``: a user callback ``metric(reference, outputs) -> float`` (an error: 0 = identical),
+  where ``reference`` and ``outputs`` are lists (one per feed) of lists (one per output) of arrays.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .ir import Model, QuantSpec, to_proto
+from .targets import WEIGHTED_OPS
+
+Outputs = list[list[np.ndarray]]
+Metric = Callable[[Outputs, Outputs], float]
+
+
+def error_measures(reference: Outputs, outputs: Outputs, metric: Metric | None = None) -> dict[str, float]:
+    """``nsr``, ``sqnr_db``, ``cosine`` (and ``metric`` when given) of ``outputs`` against ``reference``."""
+    ratios, cosines = [], []
+    for o in range(len(reference[0])):
+        ref = np.concatenate([np.ravel(r[o]).astype(np.float64) for r in reference])
+        out = np.concatenate([np.ravel(q[o]).astype(np.float64) for q in outputs])
+        energy, noise = float(ref @ ref), float(np.square(out - ref).sum())
+        ratios.append(noise / energy if energy > 0 else (0.0 if noise == 0 else math.inf))
+        norms = math.sqrt(energy * float(out @ out))
+        cosines.append(float(ref @ out) / norms if norms > 0 else float(noise == 0))
+    nsr = float(np.mean(ratios))
+    result = {"nsr": nsr, "sqnr_db": -10.0 * math.log10(nsr) if nsr > 0 else math.inf,
+              "cosine": float(np.mean(cosines))}
+    if metric is not None:
+        result["metric"] = float(metric(reference, outputs))
+    return result
+
+
+def run_session(model: bytes | onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
+                simulated: bool = True) -> Outputs:
+    """Outputs of ``model`` on every feed; ``simulated`` turns onnxruntime's graph optimizations off,
+    so Q/DQ pairs run as written (fake-quant) instead of being fused into integer kernels."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if simulated:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return [session.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
+
+
+def quantizable_layers(model: Model, int8_ops: Iterable[str]) -> list[str]:
+    """Names of the nodes marked ``quantize`` whose op has an int8 kernel (the layers), in graph order."""
+    ops = set(int8_ops)
+    return [n.name for n in model.graph if n.meta.get("quantize") and n.op_type in ops]
+
+
+def name_nodes(model: Model) -> bool:
+    """Give every node a unique name that is not also an op type (so an exclusion names one node);
+    True when a node was renamed."""
+    ops = {n.op_type for n in model.graph}
+    seen: set[str] = set()
+    renamed = False
+    for node in model.graph:
+        if not node.name or node.name in seen or node.name in ops:
+            node.name = model.graph.unique_name(f"{node.op_type}_{len(seen)}")
+            renamed = True
+        seen.add(node.name)
+    return renamed
+
+
+@dataclass
+class Evaluation:
+    """One evaluated configuration: the layers kept float, the nodes quantized, the error measures and
+    the size of the model as the compiler writes it (bytes, integer weights stored)."""
+
+    float_layers: frozenset[str]
+    quantized_nodes: frozenset[str]
+    errors: dict[str, float]
+    size: int
+
+
+@dataclass
+class Evaluator:
+    """Builds and evaluates configurations of a calibrated model (see the module docstring).
+
+    Attributes:
+        base: the float model (after canonicalization, no specs), every node named.
+        specs: the calibrated spec of every value of the all-int8 model, by value name.
+        assign_options: ``assign`` keyword arguments (target, per_channel, float_linear_outputs).
+        exclude: the user's exclusions (always float).
+        feeds: the feeds the error is measured on.
+        reference: the float outputs on ``feeds``.
+        metric: optional user error callback.
+        weights: elements of the constant weight of every weighted node, by node name.
+    """
+
+    base: Model
+    specs: dict[str, QuantSpec]
+    assign_options: dict[str, Any]
+    exclude: list[str]
+    feeds: list[dict[str, np.ndarray]]
+    reference: Outputs
+    metric: Metric | None = None
+    weights: dict[str, int] = field(default_factory=dict)
+    cache: dict[frozenset[str], Evaluation] = field(default_factory=dict)
+    evaluations: int = 0
+
+    @classmethod
+    def from_calibrated(cls, model: Model, feeds: list[dict[str, np.ndarray]], *, assign_options: dict[str, Any],
+                        exclude: Iterable[str] = (), reference_model: bytes | None = None,
+                        metric: Metric | None = None) -> Evaluator:
+        """From a model after ``assign-precision`` and calibration (its nodes must be uniquely named,
+        see :func:`name_nodes`); the reference outputs are those of ``reference_model`` (the
+        original FP32 file) when given, else of the float model."""
+        specs = {v.name: v.quant for v in model.graph.values() if v.quant is not None}
+        base = model.clone()
+        for value in base.graph.values():
+            value.quant = None
+        reference = run_session(reference_model or to_proto(base), feeds)
+        weights = {n.name: int(n.inputs[1].const.size) for n in base.graph
+                   if n.op_type in WEIGHTED_OPS and len(n.inputs) > 1 and n.inputs[1] is not None
+                   and n.inputs[1].const is not None}
+        return cls(base, specs, dict(assign_options), list(exclude), feeds, reference, metric, weights)
+
+    def build(self, float_layers: Iterable[str]) -> Model:
+        """The configuration's model: assignment with ``float_layers`` excluded, calibrated specs, no Q/DQ yet."""
+        from qcompiler.passes.assign_precision import assign
+
+        model = self.base.clone()
+        patterns = self.exclude + [glob.escape(name) for name in float_layers]
+        assign(model.graph, exclude=patterns, **self.assign_options)
+        for value in model.graph.values():
+            calibrated = value.meta.pop("calibrate", False)
+            shared = value.meta.pop("share_quant", None) is not None
+            marked = value.quant is not None or calibrated or shared
+            value.quant = self.specs.get(value.name) if marked else None
+        return model
+
+    def evaluate(self, float_layers: Iterable[str]) -> Evaluation:
+        """Error of the configuration against the reference (cached by the nodes actually quantized)."""
+        from qcompiler.passes.fold_weights import FoldQuantizedWeights
+        from qcompiler.passes.insert_qdq import InsertQDQ
+
+        float_layers = frozenset(float_layers)
+        model = self.build(float_layers)
+        quantized = frozenset(n.name for n in model.graph if n.meta.get("quantize"))
+        if quantized not in self.cache:
+            InsertQDQ()(model)
+            FoldQuantizedWeights()(model)
+            proto = to_proto(model)
+            outputs = run_session(proto, self.feeds)
+            self.evaluations += 1
+            self.cache[quantized] = Evaluation(float_layers, quantized,
+                                               error_measures(self.reference, outputs, self.metric),
+                                               proto.ByteSize())
+        cached = self.cache[quantized]
+        return Evaluation(float_layers, quantized, cached.errors, cached.size)
+
+
+def layer_sensitivity(evaluator: Evaluator, layers: list[str], both: bool = True) -> dict[str, dict[str, Any]]:
+    """Per layer: the errors with the layer ``quantized_alone`` and (``both``) with it ``float_alone``."""
+    everything = frozenset(layers)
+    result: dict[str, dict[str, Any]] = {}
+    for name in layers:
+        record = {"quantized_alone": evaluator.evaluate(everything - {name}).errors}
+        if both:
+            record["float_alone"] = evaluator.evaluate({name}).errors
+        result[name] = record
+    return result

@@ -1,0 +1,163 @@
+"""The per-layer summary of a compiled model: precision, parameters, share of compute, sensitivity.
+
+``summarize`` reads a compiled (QDQ) model as written, so it also describes models compiled elsewhere:
+a layer runs in int8 when its activation input (and its weight, for a weighted op) comes from a
+``DequantizeLinear``, the pattern onnxruntime fuses into an integer kernel. The layers listed are the
+compute ops (Conv, ConvTranspose, MatMul, Gemm) and the other ops some target runs in int8 (Add,
+Concat, pooling) when they are int8 or were decided on by ``mixed-precision``.
+
+Multiply-accumulates per layer, from the shapes the model has on one feed (dynamic dimensions are
+resolved by running it: onnxruntime, optimizations off, the layer tensors exposed as outputs):
+
+* Conv: ``numel(Y) · C_in/group · prod(kernel)``; ConvTranspose: ``numel(X) · C_out/group · prod(kernel)``
+* MatMul: ``numel(Y) · K`` (K the last axis of A); Gemm: ``numel(Y) · K``
+
+Sizes are serialized model sizes (the ``.onnx`` file without external data). Everything is kept as
+JSON-able records (``summarize`` returns a dict) and ``format_table`` prints it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .ir import Model, Node, Value, to_proto
+from .targets import TARGETS
+
+MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+INT8_OPS = frozenset().union(*(t.int8_ops for t in TARGETS.values()))
+
+
+def _source(value: Value | None) -> Value | None:
+    """The stored tensor behind ``value``: the input of its DequantizeLinear when it has one."""
+    producer = value.producer() if value is not None else None
+    return producer.inputs[0] if producer is not None and producer.op_type == "DequantizeLinear" else value
+
+
+def _constant(value: Value | None) -> np.ndarray | None:
+    """The constant data of ``value`` (an initializer or a Constant node's ``value``), else None."""
+    if value is None:
+        return None
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant":
+        return producer.attrs.get("value")
+    return value.const
+
+
+def _dequantized(value: Value | None) -> bool:
+    producer = value.producer() if value is not None else None
+    return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def precision(node: Node) -> str:
+    """``int8`` when the node reads every activation (and a weighted op its weight) through DequantizeLinear."""
+    inputs = [v for v in node.inputs if v is not None]
+    activations = [v for v in inputs if _constant(_source(v)) is None]
+    weight = node.op_type not in MAC_OPS or len(inputs) < 2 or _dequantized(node.inputs[1])
+    return "int8" if activations and weight and all(_dequantized(v) for v in activations) else "float"
+
+
+def parameters(node: Node) -> int:
+    """Elements of the node's constant inputs (weight and bias), read through DequantizeLinear."""
+    arrays = [_constant(_source(v)) for v in node.inputs]
+    return sum(int(np.size(a)) for a in arrays if a is not None)
+
+
+def tensor_shapes(model: Model, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of the named tensors on ``feed`` (the model run with them exposed as outputs)."""
+    import onnxruntime as ort
+
+    proto = to_proto(model)
+    known = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in known)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs() if o.name in set(names)]
+    arrays = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
+    return {name: tuple(np.shape(a)) for name, a in zip(outputs, arrays)}
+
+
+def macs(node: Node, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Multiply-accumulates of a Conv/ConvTranspose/MatMul/Gemm on the given shapes (0 for other ops)."""
+    if node.op_type not in MAC_OPS:
+        return 0
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    if node.op_type == "Conv":
+        return math.prod(shapes[y.name]) * math.prod(shapes[w.name][1:])
+    if node.op_type == "ConvTranspose":
+        return math.prod(shapes[x.name]) * math.prod(shapes[w.name][1:])
+    a = shapes[x.name]
+    k = a[0] if node.op_type == "Gemm" and node.attrs.get("transA", 0) else a[-1]
+    return math.prod(shapes[y.name]) * k
+
+
+def layer_nodes(model: Model) -> list[Node]:
+    """The layers the summary lists (see the module docstring)."""
+    decided = set(model.meta.get("mixed_precision", {}).get("layers", {}))
+    return [n for n in model.graph if n.domain in ("", "ai.onnx") and (
+        n.op_type in MAC_OPS or (n.op_type in INT8_OPS and (n.name in decided or precision(n) == "int8")))]
+
+
+def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | None = None) -> dict[str, Any]:
+    """Per-layer records and totals of a compiled ``model`` (``original``: the input model, for sizes)."""
+    nodes = layer_nodes(model)
+    needed = [v.name for n in nodes if n.op_type in MAC_OPS for v in (n.inputs[0], n.inputs[1], n.outputs[0])]
+    shapes = tensor_shapes(model, needed, feed) if needed else {}
+    mixed = model.meta.get("mixed_precision", {})
+    decided = mixed.get("layers", {})
+    records = []
+    for node in nodes:
+        record = {"name": node.name, "op": node.op_type, "precision": precision(node),
+                  "params": parameters(node), "macs": macs(node, shapes)}
+        sensitivity = {k: v for k, v in decided.get(node.name, {}).items() if k != "precision"}
+        if sensitivity:
+            record["sensitivity"] = sensitivity
+        records.append(record)
+    total_macs = sum(r["macs"] for r in records)
+    for record in records:
+        record["macs_share"] = record["macs"] / total_macs if total_macs else 0.0
+    int8_macs = sum(r["macs"] for r in records if r["precision"] == "int8")
+    after = to_proto(model).ByteSize()
+    totals = {"layers": len(records), "int8_layers": sum(r["precision"] == "int8" for r in records),
+              "macs": total_macs, "int8_macs_share": int8_macs / total_macs if total_macs else 0.0,
+              "size_after": after}
+    if original is not None:
+        before = to_proto(original).ByteSize()
+        totals.update(size_before=before, compression=before / after)
+    if "predicted" in mixed:
+        totals["predicted"] = mixed["predicted"]
+        totals["threshold"] = mixed["threshold"]
+    return {"layers": records, "totals": totals}
+
+
+def _db(errors: dict[str, float] | None) -> str:
+    return "" if not errors else f"{errors['sqnr_db']:.1f}"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The summary as a text table: one line per layer, then the totals."""
+    rows = [("layer", "op", "alone dB", "precision", "params", "MACs %")]
+    for r in summary["layers"]:
+        sensitivity = r.get("sensitivity", {})
+        rows.append((r["name"], r["op"], _db(sensitivity.get("quantized_alone")), r["precision"],
+                     f"{r['params']:,}", f"{100 * r['macs_share']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths[0] = min(widths[0], 48)
+    lines = ["  ".join((c[-widths[i]:] if i == 0 else c).ljust(widths[i]) if i < 2 else c.rjust(widths[i])
+                       for i, c in enumerate(row)) for row in rows]
+    t = summary["totals"]
+    text = (f"{t['int8_layers']}/{t['layers']} layers int8, {100 * t['int8_macs_share']:.1f}% of "
+            f"{t['macs']:,} MACs in int8")
+    if "size_before" in t:
+        text += f"; size {t['size_before']:,} -> {t['size_after']:,} bytes ({t['compression']:.2f}x)"
+    if "predicted" in t:
+        p = t["predicted"]
+        text += (f"; predicted output error {p['nsr']:.2e} (SQNR {p['sqnr_db']:.1f} dB, cosine {p['cosine']:.4f}) "
+                 f"for threshold {t['threshold']}")
+    return "\n".join(lines + [text])
