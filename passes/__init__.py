@@ -16,33 +16,54 @@ One module per family:
 * ``latency_guard`` — KeepFloatReference, LatencyGuard (keep int8 only where it is faster)
 * ``smoothquant`` — SmoothQuant (activation outliers migrated into linear-layer weights)
 * ``range_search`` — SearchWeightRanges (MSE weight clipping), CalibrateSearch (range method chosen on held-out data)
+* ``equalize`` — KeepBatchNormStats, CrossLayerEqualization, HighBiasAbsorption, ReplaceReLU6 (DFQ)
+* ``bias_correction`` — BiasCorrection (empirical or analytic, DFQ)
+* ``adaround`` — AdaRound (learned rounding of weights)
+* ``weight_bits`` — WeightBits (4-bit weights in int8 storage)
+* ``check_kernels`` — CheckKernels (deployed integer kernels vs simulation; avoids int16 saturation)
+* ``mixed_precision`` — KeepOriginalModel, MixedPrecision (layers kept float under an output-error budget)
 """
 
+from .adaround import AdaRound
 from .assign_precision import AssignPrecision
+from .bias_correction import BiasCorrection
 from .calibrate import Calibrate
+from .check_kernels import CheckKernels
 from .cleanup import EliminateDeadNodes, RemoveDropout, RemoveIdentity, SumToAdd
 from .constants import ConstantToInitializer
+from .equalize import CrossLayerEqualization, HighBiasAbsorption, KeepBatchNormStats, ReplaceReLU6
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .fold_weights import FoldQuantizedWeights
 from .fuse_activations import FuseHardSwish
 from .insert_qdq import InsertQDQ
 from .latency_guard import KeepFloatReference, LatencyGuard
+from .mixed_precision import KeepOriginalModel, MixedPrecision
 from .opset import UpgradeOpset
 from .range_search import CalibrateSearch, SearchWeightRanges
 from .shape_inference import InferShapes
 from .smoothquant import SmoothQuant
+from .weight_bits import WeightBits
 
 __all__ = [
+    "AdaRound",
     "AssignPrecision",
+    "BiasCorrection",
     "Calibrate",
     "CalibrateSearch",
+    "CheckKernels",
     "FoldQuantizedWeights",
     "FuseHardSwish",
     "InsertQDQ",
     "KeepFloatReference",
+    "KeepOriginalModel",
+    "MixedPrecision",
     "LatencyGuard",
     "ConstantToInitializer",
+    "CrossLayerEqualization",
+    "HighBiasAbsorption",
+    "KeepBatchNormStats",
+    "ReplaceReLU6",
     "EliminateDeadNodes",
     "FoldBatchNorm",
     "FoldConstants",
@@ -53,4 +74,5 @@ __all__ = [
     "SmoothQuant",
     "SumToAdd",
     "UpgradeOpset",
+    "WeightBits",
 ]

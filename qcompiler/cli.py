@@ -2,7 +2,8 @@
 
 Subcommands: ``show`` (printed IR and a summary), ``passes`` (registered passes and named pipelines),
 ``optimize`` (run a pipeline and write the result), ``compile`` (int8 quantization), ``bench`` (latency,
-size, memory and output agreement of models). A user mistake prints one line
+size, memory and output agreement of models), ``run`` (the integer reference executor, optionally
+compared with onnxruntime). A user mistake prints one line
 ``qcompiler: error: ...`` and exits with status 2, without a traceback; the input model is never
 modified and outputs are written atomically.
 """
@@ -118,23 +119,41 @@ def cmd_compile(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = ir.load(args.model)
     before = len(model.graph)
-    total = len(resolve(args.pipeline, {"target": target.name, "objective": args.objective}).passes)
+    total = len(resolve(args.pipeline, {"target": target.name, "objective": args.objective,
+                                          "sensitivity_threshold": args.sensitivity_threshold}).passes)
     instruments, timing = _run_instruments(args, total, model)
     compile_model(model, args.output, calib=args.calib, pipeline=args.pipeline, target=target.name,
                   calibration=args.calibration, percentile=args.percentile, per_tensor=args.per_tensor,
                   exclude=args.exclude, objective=args.objective, threads=args.threads,
-                  instruments=instruments)
+                  sensitivity_threshold=args.sensitivity_threshold, instruments=instruments)
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
+    check = model.meta.get("check_kernels")
+    if check:
+        print(f"kernels ({check['target']}) vs simulation on {check['samples']} feed(s): SQNR "
+              f"{float(check['target_sqnr_db']):.1f} dB (exact accumulation {float(check['exact_sqnr_db']):.1f} dB)"
+              + (f"; saturation: {len(check['requantized_7bit'])} weight(s) requantized to 7 bits, now "
+                 f"{float(check['after']['target_sqnr_db']):.1f} dB" if check.get("requantized_7bit") else ""))
     guard = model.meta.get("latency_guard")
     if guard:
         print(f"latency on this CPU: float {guard['float_ms']:.2f} ms, int8 {guard['int8_ms']:.2f} ms "
               f"({guard['speedup']:.2f}x): kept {guard['kept']}"
               + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
+    print(_layer_summary(model, args.calib, ir.load(args.model)))
     print(f"wrote {args.output}: target {target.name}, {before} -> {len(model.graph)} nodes, "
           f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
     return 0
+
+
+def _layer_summary(model: ir.Model, calib: str, original: ir.Model) -> str:
+    """The per-layer summary table (``qcompiler.summary``), shapes taken on the first calibration feed."""
+    from .calibration import open_calibration
+    from .passes.calibrate import model_inputs
+    from .summary import format_table, summarize
+
+    feed = next(iter(open_calibration(calib, model_inputs(model))))
+    return format_table(summarize(model, feed, original))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -148,6 +167,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .executor.run import run_report
+
+    print(run_report(args.model, args.inputs, target=args.target, compare_ort=args.compare_ort))
     return 0
 
 
@@ -200,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--threads", type=int, default=0, metavar="N",
                       help="onnxruntime threads the latency guard measures with (default 0: onnxruntime's "
                            "default, one per physical core, as a deployment gets it)")
+    comp.add_argument("--sensitivity-threshold", type=float, metavar="T",
+                      help="keep in float the layers whose int8 error does not fit T: the mean over outputs of "
+                           "||y_int8 - y_fp32||^2 / ||y_fp32||^2 on calibration feeds (0: outputs identical to "
+                           "the input model; start with 0.005, an output SQNR of 23 dB); default: all int8")
     comp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
     comp.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
     comp.add_argument("--time-passes", action="store_true", help="print the time of every pass")
@@ -224,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     bench.set_defaults(run=cmd_bench)
+
+    execute = sub.add_parser("run", help="run a model on the integer reference executor")
+    execute.add_argument("model")
+    execute.add_argument("--inputs", required=True, metavar="X.npz", help="the feed (keys = input names)")
+    execute.add_argument("--target", default="auto",
+                         help="numerics profile: auto (this CPU), x86-avx2, x86-vnni, arm64, exact, or simulate "
+                              "(the QDQ graph in float)")
+    execute.add_argument("--compare-ort", action="store_true",
+                         help="also run onnxruntime on this CPU and print the agreement per output")
+    execute.set_defaults(run=cmd_run)
     return parser
 
 

@@ -30,6 +30,8 @@ def compile(  # noqa: A001 - the natural name of the API
     exclude: Sequence[str] = (),
     objective: str = "latency",
     threads: int = 0,
+    sensitivity_threshold: float | None = None,
+    metric: Any = None,
     instruments: Iterable[Instrument] = (),
     verify: str | None = None,
 ) -> ir.Model:
@@ -54,12 +56,19 @@ def compile(  # noqa: A001 - the natural name of the API
             (one per physical core). int8 wins at 2 threads can turn into losses at 16 (measured on
             ocr_det_ppocrv4 on a 16-core VNNI Xeon: 1.2x at 2 threads, 0.93x at 16), so measure with
             the thread count the model will be deployed with.
+        sensitivity_threshold: keep in float the layers that do not fit this output-error budget: the
+            mean over outputs of the relative squared error ``||Ŷ - Y||² / ||Y||²`` against the input
+            model on calibration feeds (0: outputs bit-identical to the input model; 0.005, the
+            recommended start, is an output SQNR of 23 dB); None: every layer int8. See
+            ``qcompiler.passes.mixed_precision``.
+        metric: with ``sensitivity_threshold``, an error callback ``metric(reference, outputs) -> float``
+            (lists per feed of lists per output of arrays; 0 = identical) that the budget applies to instead.
         instruments: extra PassManager instruments (progress, timing, dumps).
         verify: IR verification mode; default: what the pipeline asks for ("each").
     """
     resources = {"calibration": calib, "target": target, "method": calibration, "percentile": percentile,
                  "per_tensor": per_tensor, "exclude": tuple(exclude), "objective": objective,
-                 "threads": threads}
+                 "threads": threads, "sensitivity_threshold": sensitivity_threshold, "metric": metric}
     if objective not in ("latency", "size"):
         raise UserError(f"objective must be 'latency' or 'size', not {objective!r}")
     resolved = resolve(pipeline, resources)
