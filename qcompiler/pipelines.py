@@ -66,6 +66,18 @@ def canonicalize() -> list[Pass]:
     ]
 
 
+def _latency_guarded(passes: list[Pass], calibration: Any, objective: str, threads: int,
+                     prefix: list[Pass] | None = None) -> list[Pass]:
+    """``prefix`` (default: ``canonicalize``) + ``passes``, with the float model kept before them and
+    ``latency-guard`` after them when ``objective`` is "latency" (int8 kept only where it is faster)."""
+    from qcompiler import passes as lib
+
+    prefix = canonicalize() if prefix is None else prefix
+    if objective != "latency":
+        return prefix + passes
+    return prefix + [lib.KeepFloatReference()] + passes + [lib.LatencyGuard(data=calibration, threads=threads)]
+
+
 def _mixed_precision(threshold: float | None, calibration: Any, target: str, exclude: tuple[str, ...],
                      per_tensor: bool, metric: Any, float_linear_outputs: bool = False) -> tuple[list[Pass], list[Pass]]:
     """(passes before canonicalization, passes after calibration) for a sensitivity threshold (None: none)."""
@@ -92,16 +104,15 @@ def int8(calibration: Any = None, target: str = "auto", method: str = "mse", per
     from qcompiler.targets import get_target
 
     name = get_target(target).name
-    guarded = objective == "latency"
     first, mixed = _mixed_precision(sensitivity_threshold, calibration, name, exclude, per_tensor, metric)
-    return first + canonicalize() + ([lib.KeepFloatReference()] if guarded else []) + [
+    return first + _latency_guarded([
         lib.AssignPrecision(target=name, exclude=list(exclude), per_channel=not per_tensor),
         lib.Calibrate(data=calibration, method=method, percentile=percentile, target=name),
-    ] + mixed + [
+        *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
         lib.CheckKernels(data=calibration),
-    ] + ([lib.LatencyGuard(data=calibration, threads=threads)] if guarded else [])
+    ], calibration, objective, threads)
 
 
 @named_pipeline("int8-transformer")
@@ -119,18 +130,17 @@ def int8_transformer(calibration: Any = None, target: str = "auto", method: str 
     from qcompiler.targets import get_target
 
     name = get_target(target).name
-    guarded = objective == "latency"
     first, mixed = _mixed_precision(sensitivity_threshold, calibration, name, exclude, per_tensor, metric,
                                     float_linear_outputs=True)
-    return first + canonicalize() + ([lib.KeepFloatReference()] if guarded else []) + [
+    return first + _latency_guarded([
         lib.SmoothQuant(data=calibration, method=method, target=name, explicit=True),
         lib.AssignPrecision(target=name, exclude=list(exclude), per_channel=not per_tensor, float_linear_outputs=True),
         lib.SearchWeightRanges(),
         lib.CalibrateSearch(data=calibration, target=name),
-    ] + mixed + [
+        *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ] + ([lib.LatencyGuard(data=calibration, threads=threads)] if guarded else [])
+    ], calibration, objective, threads)
 
 
 def canonicalize_keeping_batchnorm_stats() -> list[Pass]:
@@ -157,8 +167,7 @@ def int8_dfq(calibration: Any = None, target: str = "auto", method: str = "mse",
     from qcompiler.targets import get_target
 
     name = get_target(target).name
-    guarded = objective == "latency"
-    return canonicalize_keeping_batchnorm_stats() + ([lib.KeepFloatReference()] if guarded else []) + [
+    return _latency_guarded([
         lib.ReplaceReLU6(),
         lib.CrossLayerEqualization(),
         lib.HighBiasAbsorption(),
@@ -167,7 +176,7 @@ def int8_dfq(calibration: Any = None, target: str = "auto", method: str = "mse",
         lib.BiasCorrection(data=calibration),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ] + ([lib.LatencyGuard(data=calibration, threads=threads)] if guarded else [])
+    ], calibration, objective, threads, prefix=canonicalize_keeping_batchnorm_stats())
 
 
 @named_pipeline("w4a8")
@@ -178,15 +187,14 @@ def w4a8(calibration: Any = None, target: str = "auto", method: str = "mse", per
     from qcompiler.targets import get_target
 
     name = get_target(target).name
-    guarded = objective == "latency"
-    return canonicalize() + ([lib.KeepFloatReference()] if guarded else []) + [
+    return _latency_guarded([
         lib.AssignPrecision(target=name, exclude=list(exclude)),
         lib.WeightBits(bits=4),
         lib.Calibrate(data=calibration, method=method, percentile=percentile, target=name),
         lib.AdaRound(data=calibration),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ] + ([lib.LatencyGuard(data=calibration, threads=threads)] if guarded else [])
+    ], calibration, objective, threads)
 
 
 @dataclass
