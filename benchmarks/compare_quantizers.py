@@ -88,10 +88,18 @@ def measure(name: str, args: argparse.Namespace, configs: list[str]) -> dict:
     model = args.models_dir / f"{name}.onnx"
     calib = args.models_dir / "data" / "calib_npz" / name
     entry = {"fp32": {"size_mb": round(model.stat().st_size / 2**20, 3)}}
+    seconds: dict[str, list[float]] = {config: [] for config in configs}
+    for _ in range(args.repeat):  # quantizers alternate, so machine drift hits all alike
+        for config in configs:
+            print(f"{name}: compiling with {config}", file=sys.stderr, flush=True)
+            entry[config] = compile_in_child(config, model, calib, args.work / config / f"{name}.onnx",
+                                             args.calibration, args.threads)
+            if "compile_s" in entry[config]:
+                seconds[config].append(entry[config]["compile_s"])
     for config in configs:
-        print(f"{name}: compiling with {config}", file=sys.stderr, flush=True)
-        entry[config] = compile_in_child(config, model, calib, args.work / config / f"{name}.onnx",
-                                         args.calibration, args.threads)
+        if args.repeat > 1 and seconds[config]:
+            entry[config]["compile_s"] = round(float(np.median(seconds[config])), 2)
+            entry[config]["compile_s_each"] = seconds[config]
     measured = [c for c in configs if "error" not in entry[c]]
     print(f"{name}: latency of fp32 and {', '.join(measured) or 'nothing else'}", file=sys.stderr, flush=True)
     with np.load(sorted(calib.glob("*.npz"))[0]) as data:
@@ -160,6 +168,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30, help="timed runs per model, at least")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, at least")
     parser.add_argument("--calibration", default="mse", help="qcompiler's calibration method")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="compile each model this many times, quantizers in alternation; median time")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false", help="skip the task metrics")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "qcompiler-bench" / "work")
     parser.add_argument("--results", type=Path, help="default: benchmarks/results/<cpu>-<cores>c-<threads>t")
