@@ -56,7 +56,7 @@ from .bias_correction import _clip_bounds
 from .calibrate import model_inputs
 from .equalize import grouped, is_layer, own_input, ungrouped
 from .insert_qdq import InsertQDQ
-from .range_search import _clone_with_node_meta
+from .range_search import clone_with_node_meta
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -242,7 +242,7 @@ class AdaRound(Pass):
         x_float = collect(to_proto(model), list(float_inputs), data, sampler(float_inputs))
         report = {}
         for layer in layers:  # in topological order, each seeing the layers before it adarounded
-            trial = _clone_with_node_meta(model)
+            trial = clone_with_node_meta(model)
             copy = trial.graph.nodes[model.graph.index(layer)]  # the clone keeps the node order
             InsertQDQ()(trial)
             quantized_input = copy.inputs[0].name

@@ -48,7 +48,7 @@ from qcompiler.pass_manager import Pass, PassResult, register_pass
 from .calibrate import model_inputs
 from .equalize import add_to_bias, batchnorm_stats, channels_last, input_ranges, input_sums, is_layer
 from .insert_qdq import InsertQDQ
-from .range_search import _clone_with_node_meta, fake_quantize
+from .range_search import clone_with_node_meta, fake_quantize
 
 METHODS = ("empirical", "analytic")
 
@@ -168,7 +168,7 @@ class BiasCorrection(Pass):
         reference = collect(to_proto(model), names, data, lambda name: ChannelMean(axes[name]))
         shifts = {}
         for layer, name in zip(layers, names):
-            trial = _clone_with_node_meta(model)
+            trial = clone_with_node_meta(model)
             value = next(v for v in trial.graph.values() if v.name == name)
             InsertQDQ()(trial)  # may rename a graph output: ``value`` is kept by identity
             quantized = collect(to_proto(trial), [value.name], data, lambda _: ChannelMean(axes[name]))

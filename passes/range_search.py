@@ -206,7 +206,7 @@ class CalibrateSearch(Pass):
         reference = [[held_histograms[o].arrays[i] for o in outputs] for i in range(len(held_feeds))]
         errors = {}
         for candidate in self.candidates:
-            trial = _clone_with_node_meta(model)
+            trial = clone_with_node_meta(model)
             _apply_ranges(trial, {n: candidate_range(histograms[n], candidate) for n in names}, shares, target)
             errors[candidate] = relative_output_error(reference, _run_quantized(trial, held_feeds))
         best = min(self.candidates, key=lambda c: errors[c])  # ties: the earlier candidate
@@ -248,7 +248,7 @@ def _apply_ranges(model: Model, ranges: dict[str, tuple[float, float]], shares: 
         values[name].quant = values[source].quant
 
 
-def _clone_with_node_meta(model: Model) -> Model:
+def clone_with_node_meta(model: Model) -> Model:
     """``model.clone()`` with the node marks of ``assign-precision`` (quantize, absorbed) copied over."""
     copy = model.clone()
     for original, node in zip(model.graph, copy.graph, strict=True):
