@@ -7,7 +7,7 @@ Importing this package registers every built-in kernel in :data:`default_registr
     kernel = default_registry.lookup("", "QLinearConv", opset=13)   # jit if there is one, else reference
 """
 
-from .registry import DEFAULT_BACKENDS, KernelNotFound, KernelRegistry, default_registry, register
+from .registry import DEFAULT_BACKENDS, RUNTIME, KernelNotFound, KernelRegistry, default_registry, register
 from . import jit, reference  # noqa: E402,F401  (registration)
 
 
@@ -16,5 +16,5 @@ def available_backends() -> set[str]:
     return default_registry.available_backends()
 
 
-__all__ = ["DEFAULT_BACKENDS", "KernelNotFound", "KernelRegistry", "available_backends", "default_registry",
+__all__ = ["DEFAULT_BACKENDS", "RUNTIME", "KernelNotFound", "KernelRegistry", "available_backends", "default_registry",
            "register"]

@@ -7,6 +7,12 @@ It returns an ``np.ndarray`` or a tuple of them, and never sees the IR.
 Lookup mirrors onnxscript's version ranges and tinygrad's "latest compatible version": take the
 highest ``since`` that is ``<= opset``, then the first backend, in preference order, that has a
 kernel registered at that ``since``. A backend is available exactly when it registered kernels.
+
+A kernel may also carry a ``prepare(args, **attrs)`` attribute, which the executor calls once when it
+plans a node: ``args`` holds, per input, its constant value, ``None`` for an omitted input, or
+:data:`RUNTIME` for one computed when the graph runs. It returns a function of the inputs alone
+(attributes bound) that computes exactly what the kernel computes, specialized for the constants,
+or None to use the kernel itself.
 """
 
 from __future__ import annotations
@@ -16,6 +22,16 @@ from collections.abc import Callable, Iterable
 Kernel = Callable[..., object]
 
 DEFAULT_BACKENDS = ("jit", "reference")
+
+
+
+class _Runtime:
+    def __repr__(self) -> str:
+        return "RUNTIME"
+
+
+RUNTIME = _Runtime()
+"""Marks, in the arguments of ``prepare``, an input whose value is known only when the graph runs."""
 
 
 def _domain(domain: str) -> str:

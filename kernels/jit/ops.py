@@ -1,17 +1,21 @@
 """The jit kernels: the reference kernels' ONNX signatures, on the numba loops of :mod:`.loops`.
 
 Shapes, zero points and scales are handled by the same code as the reference (``matmul_integer``,
-``qlinear_matmul``, ``conv_integer``, ``qlinear_conv``); only the arithmetic loops differ.
+``qlinear_matmul``, ``conv_integer``, ``qlinear_conv``); only the arithmetic loops differ. QLinearConv,
+QLinearMatMul, QuantizeLinear and DequantizeLinear also have a ``prepare`` (:mod:`.prepared`).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype
 
-from ..reference import conv, matmul, qgemm, quantize
+from ..reference import conv, elementwise, matmul, qgemm, quantize
 from ..registry import register
+from . import fused, prepared
 from .loops import JIT
 from .loops import dequantize as dequantize_loop
 from .loops import quantize as quantize_loop
@@ -30,6 +34,9 @@ def QuantizeLinear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outpu
     return quantize_loop(x, scale, zero_point, dtype)
 
 
+QuantizeLinear.prepare = partial(prepared.quantize_linear, kernel=QuantizeLinear)
+
+
 @register("DequantizeLinear", since=10, backend="jit")
 def DequantizeLinear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
     """The reference DequantizeLinear; a float32 scale and output run in a numba loop."""
@@ -44,6 +51,9 @@ def DequantizeLinear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, out
     return dequantize_loop(x, scale, zero_point)
 
 
+DequantizeLinear.prepare = partial(prepared.dequantize_linear, kernel=DequantizeLinear)
+
+
 @register("MatMulInteger", since=10, backend="jit")
 def MatMulInteger(A, B, a_zero_point=None, b_zero_point=None, *, accumulation="exact"):
     """See the reference MatMulInteger."""
@@ -56,6 +66,9 @@ def QLinearMatMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y
     """See the reference QLinearMatMul."""
     return matmul.qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
                                  accumulation=accumulation, arith=JIT)
+
+
+QLinearMatMul.prepare = prepared.qlinear_matmul
 
 
 @register("ConvInteger", since=10, backend="jit")
@@ -77,6 +90,9 @@ def QLinearConv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_z
                              pads=pads, strides=strides, accumulation=accumulation, arith=JIT)
 
 
+QLinearConv.prepare = prepared.qlinear_conv
+
+
 @register("QGemm", domain="com.microsoft", since=1, backend="jit")
 def QGemm(A, a_scale, a_zero_point, B, b_scale, b_zero_point, C=None, y_scale=None, y_zero_point=None, *,
           alpha=1.0, transA=0, transB=0, accumulation="exact"):
@@ -91,3 +107,13 @@ def MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zero_point=None, b_zero_point
     """See the reference MatMulIntegerToFloat."""
     return qgemm.matmul_integer_to_float(A, B, a_scale, b_scale, a_zero_point, b_zero_point, bias,
                                          accumulation=accumulation, arith=JIT)
+
+
+@register("HardSigmoid", since=6, backend="jit")
+def HardSigmoid(X, *, alpha=0.2, beta=0.5):
+    """The reference HardSigmoid; float32 runs in one numba pass."""
+    if X.dtype != np.float32:
+        return elementwise.HardSigmoid(X, alpha=alpha, beta=beta)
+    out = np.empty(X.shape, np.float32)
+    fused.hard_sigmoid(np.ascontiguousarray(X).reshape(-1), np.float32(alpha), np.float32(beta), out.reshape(-1))
+    return out

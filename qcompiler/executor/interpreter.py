@@ -5,7 +5,8 @@ torch.fx's ``Interpreter`` made concrete for ONNX (see ``anchors-style.md`` C9):
 * **Planned once** (``__init__``): the nodes in topological order become :class:`Step` objects, each
   with its kernel resolved from the registry (``(domain, op_type, opset)``, first backend that has it)
   or prepared from ``onnx.reference`` (:mod:`.fallback`), its attributes, and the values that die
-  after it. Under a fusing profile (:mod:`.profiles`), a copy of the model gets onnxruntime's Q/DQ
+  after it. A kernel with a ``prepare`` (see :mod:`qcompiler.kernels.registry`) is specialized for the
+  step's constant inputs (initializers that no feed can override), attributes bound. Under a fusing profile (:mod:`.profiles`), a copy of the model gets onnxruntime's Q/DQ
   propagation (:mod:`.propagation`) and its QDQ node units (:mod:`.fusion`) become one step running
   the integer kernel, with the target's accumulation.
 * **Run** (:meth:`Interpreter.run`): an environment ``Value -> ndarray`` holds initializers and feeds;
@@ -28,7 +29,7 @@ from onnx.helper import tensor_dtype_to_np_dtype
 
 from .. import ir
 from ..errors import UserError
-from ..kernels import DEFAULT_BACKENDS, KernelNotFound, KernelRegistry, default_registry
+from ..kernels import DEFAULT_BACKENDS, RUNTIME, KernelNotFound, KernelRegistry, default_registry
 from .fallback import reference_kernel
 from .fusion import find_fusions
 from .propagation import propagate_qdq
@@ -84,6 +85,7 @@ class Interpreter:
         self.free_dead_values = free_dead_values
         graph = self.model.graph
         self.constants = {v: v.const for v in graph.values() if v.const is not None}
+        self._fixed = set(self.constants) - set(graph.inputs)
         self.steps = self._plan()
         self.values: dict[str, np.ndarray] = {}
 
@@ -116,17 +118,29 @@ class Interpreter:
                 fusion = by_target[node]
                 domain, op_type = fusion.kernel
                 kernel, source, extra = self._kernel(domain, op_type, None)
-                steps.append(Step(op_type, node.name, kernel, fusion.inputs, fusion.outputs,
-                                  {**fusion.attrs, **extra}, fusion.nodes, source))
+                kernel, attrs = self._prepare(kernel, fusion.inputs, {**fusion.attrs, **extra})
+                steps.append(Step(op_type, node.name, kernel, fusion.inputs, fusion.outputs, attrs, fusion.nodes,
+                                  source))
             elif node not in absorbed:
                 kernel, source, extra = self._kernel(node.domain, node.op_type, node)
                 attrs = {**node.attrs, **extra} if source == "kernel" else {}
                 inputs = node.inputs + (node.captures if source != "kernel" else ())
+                if source == "kernel":
+                    kernel, attrs = self._prepare(kernel, inputs, attrs)
                 steps.append(Step(node.op_type, node.name, kernel, inputs, node.outputs, attrs, (node,), source))
         steps = self._drop_unused(steps)
         if self.free_dead_values:
             self._schedule_release(steps)
         return steps
+
+    def _prepare(self, kernel: Callable, inputs, attrs: dict) -> tuple[Callable, dict]:
+        """The kernel specialized for the constant inputs, if it has a ``prepare`` that covers them."""
+        prepare = getattr(kernel, "prepare", None)
+        if prepare is None:
+            return kernel, attrs
+        args = tuple(None if v is None else self.constants[v] if v in self._fixed else RUNTIME for v in inputs)
+        prepared = prepare(args, **attrs)
+        return (kernel, attrs) if prepared is None else (prepared, {})
 
     def _drop_unused(self, steps: list[Step]) -> list[Step]:
         """Remove steps none of whose outputs is read (DQs whose only consumers were fused)."""

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from qcompiler.kernels import default_registry
+from qcompiler.kernels import RUNTIME, default_registry
 from qcompiler.kernels.jit import JIT, loops
 from qcompiler.kernels.reference import ACCUMULATIONS, REFERENCE, integer_matmul
 from qcompiler.kernels.reference.quantize import integer_range
@@ -200,3 +200,101 @@ def test_depthwise_loop_matches_the_im2col_reference(seed):
                                       np.zeros(c, np.int8), np.float32(0.05), np.uint8(128),
                                       rng.integers(-999, 999, c).astype(np.int32)))):
         assert_agree(both(op, *args, opset=13, **attrs))
+
+
+# -- prepared kernels (kernels.jit.prepared): specialized for constant inputs, same results ---------------
+
+def prepared(op_type: str, args: tuple, opset: int = 21, **attrs):
+    """``(reference result, prepared result)``; the first argument is the runtime input."""
+    jit = default_registry.lookup("", op_type, opset, backends=("jit",))
+    kernel = jit.prepare((RUNTIME,) + tuple(args[1:]), **attrs)
+    assert kernel is not None, f"{op_type} not prepared"
+    reference = default_registry.lookup("", op_type, opset, backends=("reference",))(*args, **attrs)
+    return reference, kernel(*args)
+
+
+def random_weights(rng, dtype, shape, edge: bool):
+    """Edge weights, or weights spread like trained ones (most small, a few large)."""
+    if edge or dtype != np.int8:
+        return draw(rng, dtype, shape, edge)
+    return np.clip(np.rint(rng.laplace(0, 25, shape)), -128, 127).astype(np.int8)
+
+
+@pytest.mark.parametrize("accumulation", ACCUMULATIONS)
+@pytest.mark.parametrize("seed", range(24))
+def test_prepared_qlinear_conv(seed, accumulation):
+    """1-D and 2-D convolutions: groups, depthwise, strides, dilations, pads, batches, per-channel and
+    per-tensor zero points, edge values that saturate AVX2 pairs."""
+    rng = np.random.default_rng(500 + seed)
+    xt, wt = TYPE_PAIRS[seed % 2 * 2 if seed % 4 else 1]  # mostly u8 x s8 (the saturating pair), some s8 x s8, u8 x u8
+    x_shape, w_shape, attrs = random_conv(rng)
+    if len(x_shape) > 4:  # 3-D convolutions are not prepared
+        x_shape, w_shape = x_shape[:4], w_shape[:4]
+        attrs = {k: v[:2] if k in ("strides", "dilations") else v[:2] + v[3:5] if k == "pads" else v
+                 for k, v in attrs.items()}
+    if seed % 3 == 0:  # depthwise
+        channels = int(rng.integers(1, 6))
+        x_shape, w_shape = (x_shape[0], channels) + x_shape[2:], (channels, 1) + w_shape[2:]
+        attrs["group"] = channels
+    edge = seed % 2 == 0
+    x, w = draw(rng, xt, x_shape, edge), random_weights(rng, wt, w_shape, edge)
+    m = w_shape[0]
+    wz = np.zeros(m, wt) if seed % 5 == 0 else zero_point(rng, wt, (m,)) if seed % 3 or seed % 2 else zero_point(rng, wt)
+    w_scale = rng.uniform(1e-3, 0.02, m).astype(np.float32) if np.ndim(wz) else np.float32(0.01)
+    bias = rng.integers(-2**20, 2**20, m).astype(np.int32) if seed % 2 else None
+    assert_agree(prepared("QLinearConv", (x, np.float32(0.02), zero_point(rng, xt), w, w_scale, wz, np.float32(0.5),
+                                          zero_point(rng, xt), bias), accumulation=accumulation, **attrs))
+
+
+@pytest.mark.parametrize("accumulation", ACCUMULATIONS)
+@pytest.mark.parametrize("channels", [600, 7])
+def test_prepared_conv_float64_and_pair_corrections(channels, accumulation):
+    """A K whose sums leave float32's exact range (float64 GEMM), and one that stays in it; weights that
+    make many AVX2 pairs saturate."""
+    rng = np.random.default_rng(channels)
+    x = rng.choice(np.array([0, 1, 254, 255], np.uint8), (1, channels, 5, 6))
+    w = rng.choice(np.array([-128, -127, -1, 0, 126, 127], np.int8), (4, channels, 3, 3))
+    args = (x, np.float32(0.02), np.uint8(3), w, np.float32(1e-4), np.int8(0), np.float32(0.5), np.uint8(128), None)
+    assert_agree(prepared("QLinearConv", args, pads=[1, 1, 1, 1], accumulation=accumulation))
+    if accumulation != "exact":
+        exact = default_registry.lookup("", "QLinearConv", 21, ("reference",))(*args, pads=[1, 1, 1, 1])
+        assert not np.array_equal(exact, prepared("QLinearConv", args, pads=[1, 1, 1, 1],
+                                                  accumulation=accumulation)[1])  # the pairs did saturate
+
+
+@pytest.mark.parametrize("accumulation", ACCUMULATIONS)
+@pytest.mark.parametrize("seed", range(12))
+def test_prepared_qlinear_matmul(seed, accumulation):
+    rng = np.random.default_rng(700 + seed)
+    at, bt = TYPE_PAIRS[seed % 2 * 2 if seed % 4 else 1]
+    m, k, n = (int(v) for v in rng.integers(1, 40, 3))
+    a_shape = ((k,), (m, k), (2, m, k))[seed % 3]
+    edge = seed % 2 == 0
+    a, b = draw(rng, at, a_shape, edge), random_weights(rng, bt, (k, n), edge)
+    zb = zero_point(rng, bt, (n,)) if seed % 4 else zero_point(rng, bt)
+    b_scale = rng.uniform(1e-3, 0.05, n).astype(np.float32) if np.ndim(zb) else np.float32(0.01)
+    assert_agree(prepared("QLinearMatMul", (a, np.float32(0.03), zero_point(rng, at), b, b_scale, zb,
+                                            np.float32(0.2), zero_point(rng, at)), accumulation=accumulation))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16], ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("granularity", ["tensor", "axis"])
+def test_prepared_quantize_and_dequantize(granularity, dtype):
+    rng = np.random.default_rng(9)
+    x = np.concatenate([FLOAT_EDGES, rng.normal(0, 100, 4 * 7 * 3 - FLOAT_EDGES.size)]).astype(np.float32)
+    x = x.reshape(4, 7, 3)
+    shape, attrs = {"tensor": ((), {}), "axis": ((7,), dict(axis=-2))}[granularity]
+    scale = rng.choice(np.array([0.5, 1.0, 0.37, 2.0], np.float32), shape)
+    lo, hi = integer_range(dtype)
+    zp = rng.integers(lo, hi + 1, shape).astype(dtype)
+    reference, quantized = prepared("QuantizeLinear", (x, scale, zp), **attrs)
+    assert_agree((reference, quantized))
+    assert_agree(prepared("QuantizeLinear", (x.astype(np.float64), scale, zp), **attrs))  # falls back
+    assert_agree(prepared("DequantizeLinear", (quantized, scale, zp), **attrs))
+    assert_agree(prepared("DequantizeLinear", (quantized.astype(np.int32), scale, None), **attrs))  # falls back
+
+
+def test_hard_sigmoid():
+    x = np.concatenate([FLOAT_EDGES, np.linspace(-5, 5, 101, dtype=np.float32)])
+    for array in (x, x.astype(np.float64)):
+        assert_agree(both("HardSigmoid", array, alpha=0.1666667, beta=0.5))
