@@ -227,8 +227,11 @@ class _ConvGeometry:
 
 
 def qlinear_matmul(args, *, accumulation="exact"):
-    """Prepare QLinearMatMul with a constant 2-D ``b`` and constant parameters (``a``'s per tensor)."""
+    """Prepare QLinearMatMul with constant parameters (``a``'s per tensor) and a constant 2-D ``b``, or a
+    ``b`` computed at run time (per-tensor parameters, exact accumulation)."""
     a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point = args
+    if b is RUNTIME:
+        return _qlinear_matmul_runtime(args, accumulation)
     if not _constant(a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point) or b.ndim != 2:
         return None
     k, n = b.shape
@@ -249,6 +252,33 @@ def qlinear_matmul(args, *, accumulation="exact"):
             raise ValueError(f"MatMul shapes do not match: {a.shape} @ {b.shape}")
         cols = a.reshape(-1, k).T.astype(gemm.dtype, order="C")[None]
         return np.ascontiguousarray(requantize(gemm(cols)[0]).T).reshape(a.shape[:-1] + (n,))
+
+    return matmul
+
+
+def _qlinear_matmul_runtime(args, accumulation: str):
+    """Both operands at run time: ``(a - za) @ (b - zb)`` by numpy's matmul (its broadcasting is the
+    operator's) in float32 where ``K max|a - za| max|b - zb| < 2**24``, else float64; then requantized."""
+    _, a_scale, a_zero_point, _, b_scale, b_zero_point, y_scale, y_zero_point = args
+    params = (a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point)
+    if not _constant(*params) or any(np.size(v) != 1 for v in params):
+        return None
+    a_dtype, b_dtype = np.asarray(a_zero_point).dtype, np.asarray(b_zero_point).dtype
+    if (a_dtype not in EIGHT_BIT or b_dtype not in EIGHT_BIT or np.asarray(y_zero_point).dtype not in EIGHT_BIT
+            or _saturating(accumulation, a_dtype, b_dtype)):
+        return None
+    za, zb = int(_scalar(a_zero_point)), int(_scalar(b_zero_point))
+    (alo, ahi), (blo, bhi) = integer_range(a_dtype), integer_range(b_dtype)
+    product = max(ahi - za, za - alo) * max(bhi - zb, zb - blo)
+    multiplier = _scalar(a_scale, np.float32) * _scalar(b_scale, np.float32) / _scalar(y_scale, np.float32)
+    requantize = Requantize(0, multiplier, y_zero_point, 1)
+
+    def matmul(a, _a_scale, _a_zero_point, b, *_):
+        if a.dtype != a_dtype or b.dtype != b_dtype:
+            raise ValueError(f"input types {a.dtype}, {b.dtype} differ from their zero points'")
+        dtype = np.float32 if a.shape[-1] * product < FLOAT32_EXACT else np.float64
+        acc = np.matmul(np.subtract(a, dtype(za), dtype=dtype), np.subtract(b, dtype(zb), dtype=dtype))
+        return requantize(acc.reshape(1, -1)).reshape(acc.shape)
 
     return matmul
 

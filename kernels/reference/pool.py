@@ -47,7 +47,8 @@ def _geometry(x: np.ndarray, kernel_shape, strides, dilations, pads, auto_pad, c
 def _windows(x: np.ndarray, begin, end, out, kernel, strides, dilations, fill) -> np.ndarray:
     """``(N, C, *out, *kernel)`` windows of ``x`` padded with ``fill``."""
     nd = x.ndim - 2
-    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end, strict=True)), constant_values=fill)
+    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end, strict=True)), constant_values=fill) \
+        if any(begin) or any(end) else x
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
     windows = sliding_window_view(xp, extent, axis=tuple(range(2, 2 + nd)))
     index = ((slice(None),) * 2 + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, strides, strict=True))
@@ -76,10 +77,12 @@ def AveragePool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilat
                                                                   ceil_mode)
     axes = tuple(range(-len(out), 0))
     windows = _windows(X, begin, end, out, kernel_shape, strides, dilations, 0)
-    flat = windows.reshape(windows.shape[:2 + len(out)] + (-1,))
-    total = flat[..., 0].copy()
-    for i in range(1, flat.shape[-1]):  # in window order, one rounding per addition, as MLAS
-        total += flat[..., i]
+    positions = np.ndindex(*kernel_shape)  # in window order, one rounding per addition, as MLAS
+    total = windows[(Ellipsis,) + next(positions)].copy()
+    for position in positions:
+        total += windows[(Ellipsis,) + position]
+    if not any(begin) and not any(end):  # every window lies inside the input
+        return (total / X.dtype.type(math.prod(kernel_shape))).astype(X.dtype)
     counted = np.ones((1, 1) + X.shape[2:], X.dtype)  # the positions the divisor counts
     if count_include_pad:
         counted = np.pad(counted, [(0, 0), (0, 0)] + list(zip(begin, explicit_end, strict=True)), constant_values=1)

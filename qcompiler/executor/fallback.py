@@ -3,6 +3,8 @@
 ``onnx.reference`` implements every standard operator (and model-local functions, and subgraphs of
 If/Loop/Scan) in numpy, so every valid model runs. The op object is built when the executor plans the
 graph; a call then costs a few microseconds on top of numpy, not a ``ReferenceEvaluator.run``.
+An op without subgraphs, context or linked attributes is called through its ``_run`` with its
+attributes gathered once (what ``OpRun.run`` does on every call, less the per-call checks).
 Values a subgraph reads from the enclosing scope (the node's captures) are passed as its context.
 """
 
@@ -27,6 +29,13 @@ def reference_kernel(node: ir.Node, model: ir.Model) -> Callable[..., tuple]:
     op = evaluator.rt_nodes_[0]
     count = len(node.inputs)
     captured = [value.name for value in node.captures]
+    if not (captured or op.has_subgraph or op.has_linked_attribute or op.need_context()):
+        attributes = {name: getattr(op, name) for name in op.attributes_names_}
+
+        def run_direct(*args):
+            return tuple(None if out is None else np.asarray(out) for out in op._run(*args, **attributes))
+
+        return run_direct
 
     def run(*args):
         context = dict(zip(captured, args[count:], strict=True)) if captured else None

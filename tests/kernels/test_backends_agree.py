@@ -277,6 +277,22 @@ def test_prepared_qlinear_matmul(seed, accumulation):
                                             np.float32(0.2), zero_point(rng, at)), accumulation=accumulation))
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_prepared_qlinear_matmul_of_two_runtime_operands(seed):
+    """Attention's products: both operands computed at run time, batches broadcast, K past float32's exact range."""
+    rng = np.random.default_rng(800 + seed)
+    at, bt = TYPE_PAIRS[seed % len(TYPE_PAIRS)]
+    m, n = (int(v) for v in rng.integers(1, 20, 2))
+    k = 300 if seed == 0 else int(rng.integers(1, 40))
+    batch = ((), (3,), (2, 3))[seed % 3]
+    a, b = draw(rng, at, batch + (m, k), seed % 2 == 0), draw(rng, bt, batch[1:] + (k, n), seed % 2 == 0)
+    args = (a, np.float32(0.03), zero_point(rng, at), b, np.float32(0.02), zero_point(rng, bt), np.float32(0.2),
+            zero_point(rng, at))
+    jit = default_registry.lookup("", "QLinearMatMul", 21, backends=("jit",))
+    kernel = jit.prepare((RUNTIME, *args[1:3], RUNTIME, *args[4:]))
+    assert_agree((default_registry.lookup("", "QLinearMatMul", 21, backends=("reference",))(*args), kernel(*args)))
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16], ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("granularity", ["tensor", "axis"])
 def test_prepared_quantize_and_dequantize(granularity, dtype):
