@@ -43,15 +43,17 @@ def requantize_rows(acc, offset, multiplier, zero_point, lo, hi, out):
 
 
 @njit(cache=True)
-def saturate_pairs(acc, cols, group, row, k, b0, b1):
-    """``acc (G, N, P) += clamp(p) - p`` with ``p = cols[g, k] * b0 + cols[g, k + 1] * b1`` for each listed pair."""
+def saturate_pairs(acc, cols, group, row, k, b0, b1, limits):
+    """``acc (G, N, P) += clamp(p) - p`` with ``p = cols[g, k] * b0 + cols[g, k + 1] * b1`` for each listed
+    pair; ``limits`` = (-32768, 32767) in the accumulator's type, so the loop stays in that type."""
     size = acc.shape[2]
+    low, high = limits[0], limits[1]
     for i in range(group.shape[0]):
         target, first, second = acc[group[i], row[i]], cols[group[i], k[i]], cols[group[i], k[i] + 1]
         w0, w1 = b0[i], b1[i]
         for p in range(size):
             pair = first[p] * w0 + second[p] * w1
-            target[p] += min(max(pair, -32768.0), 32767.0) - pair
+            target[p] += min(max(pair, low), high) - pair
 
 
 @njit(cache=True)

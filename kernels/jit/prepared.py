@@ -5,9 +5,9 @@ not covered here return None from ``prepare`` and run the kernel itself.
 QLinearConv and QLinearMatMul with constant weights and quantization parameters become one
 weights-left GEMM on BLAS, ``acc (G, N, P) = W' (G, N, K) @ cols (G, K, P)``:
 
-* ``W' = w - w_zero_point`` is prepared once: float32 when ``max|x| * max_n sum_k |W'[n, k]|`` (plus the
-  same sum over the raw weights where pair corrections are added) is below 2**24, so every partial
-  sum in any order is an exact float32 integer; else float64 (exact below 2**53).
+* ``W' = w - w_zero_point`` is prepared once: float32 when ``max|x| * max_n sum_k |W'[n, k]|`` (plus
+  ``|w[k]| + |w[k+1]|`` of each pair corrected below) is below 2**24, so every partial sum in any order
+  is an exact float32 integer; else float64 (exact below 2**53).
 * ``cols`` hold the raw input values, padding being the input zero point ``za``; since
   ``sum_k (x - za) W' = sum_k x W' - za sum_k W'``, the row offset ``bias - za sum_k W'`` is added
   during requantization (``fused.requantize_rows``), which wraps to int32 as the reference does. For a
@@ -57,6 +57,17 @@ def _per_row(value, rows: int, dtype) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(value, (rows,)))
 
 
+def _risky_pairs(weights: np.ndarray):
+    """``(group, row, k, w[k], w[k+1])`` (int64) of every pair of a uint8 x int8 product that can leave
+    int16 (module docstring)."""
+    w = weights.astype(np.int64)
+    even = w.shape[-1] // 2 * 2
+    first, second = w[..., 0:even:2], w[..., 1:even:2]
+    risky = (first * second >= 0) & (255 * (np.abs(first) + np.abs(second)) > 32767)
+    group, row, pair = np.nonzero(risky)
+    return group, row, 2 * pair, first[risky], second[risky]
+
+
 class WeightsLeftGemm:
     """``acc = W' @ cols`` with prepared weights, exact, plus the AVX2 pair corrections when asked.
 
@@ -66,24 +77,17 @@ class WeightsLeftGemm:
 
     def __init__(self, weights: np.ndarray, zero_point, x_dtype: np.dtype, saturating: bool):
         adjusted = weights.astype(np.int64) - np.asarray(zero_point, np.int64)
+        pairs = _risky_pairs(weights) if saturating else None
+        # the largest partial sum: the exact terms, plus each listed pair's correction, |sat(p) - p| <= |p|
+        bound = np.abs(adjusted).sum(axis=-1)
+        if pairs is not None:
+            np.add.at(bound, pairs[:2], np.abs(pairs[3]) + np.abs(pairs[4]))
         lo, hi = integer_range(x_dtype)
-        bound = int(np.abs(adjusted).sum(axis=-1).max(initial=0))
-        if saturating:
-            bound += int(np.abs(weights.astype(np.int64)).sum(axis=-1).max(initial=0))
-        self.dtype = np.dtype(np.float32 if max(-lo, hi) * bound < FLOAT32_EXACT else np.float64)
+        self.dtype = np.dtype(np.float32 if max(-lo, hi) * int(bound.max(initial=0)) < FLOAT32_EXACT else np.float64)
         self.weights = adjusted.astype(self.dtype)
         self.row_sums = adjusted.sum(axis=-1).reshape(-1)
-        self.pairs = self._risky_pairs(weights) if saturating else None
-
-    def _risky_pairs(self, weights: np.ndarray):
-        """``(group, row, k, w[k], w[k+1])`` of every pair that can leave int16 (module docstring)."""
-        w = weights.astype(np.int64)
-        even = w.shape[-1] // 2 * 2
-        first, second = w[..., 0:even:2], w[..., 1:even:2]
-        risky = (first * second >= 0) & (255 * (np.abs(first) + np.abs(second)) > 32767)
-        group, row, pair = np.nonzero(risky)
-        return (group.astype(np.int64), row.astype(np.int64), 2 * pair.astype(np.int64),
-                first[risky].astype(self.dtype), second[risky].astype(self.dtype))
+        self.pairs = None if pairs is None else pairs[:3] + tuple(v.astype(self.dtype) for v in pairs[3:]) + (
+            np.array([-32768, 32767], self.dtype),)
 
     def __call__(self, cols: np.ndarray) -> np.ndarray:
         acc = np.matmul(self.weights, cols)
