@@ -29,6 +29,8 @@ QuantizeLinear and DequantizeLinear with constant float32 parameters (per tensor
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from onnx import TensorProto
@@ -290,13 +292,12 @@ def _qlinear_matmul_runtime(args, accumulation: str):
 def _axis_layout(shape: tuple[int, ...], axis: int, channels: int) -> tuple[int, int, int] | None:
     """``(outer, C, inner)`` of an input of ``shape`` with parameters along ``axis`` (``channels`` of
     them, 1 = per tensor); None when they do not fit (the kernel then raises its own error)."""
-    size = int(np.prod(shape))
     if channels == 1:
-        return 1, 1, size
+        return 1, 1, math.prod(shape)
     axis = axis + len(shape) if axis < 0 else axis
     if not 0 <= axis < len(shape) or shape[axis] != channels:
         return None
-    return int(np.prod(shape[:axis])), channels, int(np.prod(shape[axis + 1:]))
+    return math.prod(shape[:axis]), channels, math.prod(shape[axis + 1:])
 
 
 def _parameters(scale, zero_point, axis, block_size, zero_dtype):
