@@ -21,6 +21,11 @@ matrix products that can saturate (``|w| > 64``; not depthwise convolutions with
 point, which MLAS computes exactly) are requantized to 7 bits (``[-64, 63]``, the reduced range:
 ``2 * 255 * 64 < 32767``), their int32 biases rescaled to the new weight scales, and the check is run
 again. Everything measured is kept in ``model.meta["check_kernels"]``; ``qcompiler compile`` prints it.
+
+A target whose kernels accumulate exactly in int32 (``x86-vnni``, ``arm64``) cannot diverge by this
+definition (its error *is* the exact kernels' error), so the check is skipped there: it would only cost
+three runs of the model (5.5 s of an 11.6 s compile of PP-OCRv4's detector). ``qcompiler run
+--compare-ort`` and ``qcompiler analyze`` still compare such a model's kernels with the simulation.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def _run(model: Model, profile: str, feeds: list[dict]) -> np.ndarray:
     return np.concatenate([_float_outputs(interpreter.run(feed)) for feed in feeds])
 
 
-def _saturating_units(model: Model) -> list:
+def saturating_units(model: Model) -> list:
     """Fused u8 x s8 units whose constant weights can overflow an int16 pair."""
     from qcompiler.executor.fusion import find_fusions
 
@@ -130,13 +135,9 @@ class CheckKernels(Pass):
     def _measure(self, model: Model, feeds: list[dict], target) -> dict:
         simulated = _run(model, "simulate", feeds)
         exact = _run(model, "exact", feeds)
-        report = {"samples": len(feeds), "exact_sqnr_db": _sqnr(simulated, exact)}
-        if target.accumulation == "exact":
-            report["target_sqnr_db"] = report["exact_sqnr_db"]
-            deployed = exact
-        else:
-            deployed = _run(model, target.name, feeds)
-            report["target_sqnr_db"] = _sqnr(simulated, deployed)
+        deployed = _run(model, target.name, feeds)
+        report = {"samples": len(feeds), "exact_sqnr_db": _sqnr(simulated, exact),
+                  "target_sqnr_db": _sqnr(simulated, deployed)}
         report["diverges"] = report["target_sqnr_db"] < report["exact_sqnr_db"] - MIN_DIVERGENCE_DB
         from qcompiler.targets import detect_target
 
@@ -156,11 +157,14 @@ class CheckKernels(Pass):
         from qcompiler.targets import get_target
 
         target = get_target(self.deploy) if self.deploy else model.meta["target"]
+        if target.accumulation == "exact":
+            model.meta["check_kernels"] = {"target": target.name, "skipped": "exact int32 accumulation, no saturation"}
+            return PassResult(model, False)
         feeds = list(itertools.islice(iter(open_calibration(self.data, model_inputs(model))), self.samples))
         report = {"target": target.name, **self._measure(model, feeds, target)}
         modified = False
         if report["diverges"] and self.fix:
-            units = _saturating_units(model)
+            units = saturating_units(model)
             for fusion in units:
                 _reduce_range(model, fusion)
             modified = bool(units)

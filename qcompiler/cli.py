@@ -3,7 +3,7 @@
 Subcommands: ``show`` (printed IR and a summary), ``passes`` (registered passes and named pipelines),
 ``optimize`` (run a pipeline and write the result), ``compile`` (int8 quantization), ``bench`` (latency,
 size, memory and output agreement of models), ``run`` (the integer reference executor, optionally
-compared with onnxruntime). A user mistake prints one line
+compared with onnxruntime), ``analyze`` (the quantization debugging report). A user mistake prints one line
 ``qcompiler: error: ...`` and exits with status 2, without a traceback; the input model is never
 modified and outputs are written atomically.
 """
@@ -130,7 +130,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(timing.table(), file=sys.stderr)
     quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
     check = model.meta.get("check_kernels")
-    if check:
+    if check and "skipped" in check:
+        print(f"kernels ({check['target']}): {check['skipped']}; not checked against the simulation")
+    elif check:
         print(f"kernels ({check['target']}) vs simulation on {check['samples']} feed(s): SQNR "
               f"{float(check['target_sqnr_db']):.1f} dB (exact accumulation {float(check['exact_sqnr_db']):.1f} dB)"
               + (f"; saturation: {len(check['requantized_7bit'])} weight(s) requantized to 7 bits, now "
@@ -174,6 +176,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .executor.run import run_report
 
     print(run_report(args.model, args.inputs, target=args.target, compare_ort=args.compare_ort))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from .analysis import analyze, calibration_source, format_text
+    from .report_html import render, write_atomically
+
+    for path in (args.html, args.json):
+        if path:
+            check_output_path(args.model, path, False)
+    say = None if args.quiet else (lambda message: print(f"analyze: {message}", file=sys.stderr, flush=True))
+    report = analyze(args.model, calibration_source(args.calib), quantized=args.quantized, target=args.target,
+                     pipeline=args.pipeline, calibration=args.calibration, per_tensor=args.per_tensor,
+                     exclude=tuple(args.exclude), progress=say)
+    print(format_text(report))
+    if args.json:
+        write_atomically(args.json, json.dumps(report, indent=1) + "\n")
+    if args.html:
+        write_atomically(args.html, render(report))
     return 0
 
 
@@ -264,6 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     execute.add_argument("--compare-ort", action="store_true",
                          help="also run onnxruntime on this CPU and print the agreement per output")
     execute.set_defaults(run=cmd_run)
+
+    analysis = sub.add_parser("analyze", help="debug a model's quantization: float sanity, weights vs activations, "
+                              "per-layer sensitivity and recommended threshold, target kernels, distributions")
+    analysis.add_argument("model", help="the FP32 .onnx model")
+    analysis.add_argument("quantized", nargs="?", help="a QDQ model whose kernels to check (default: the all-int8 "
+                          "model the analysis builds)")
+    analysis.add_argument("--calib", required=True, metavar="DATA",
+                          help="calibration data: a directory of .npz files, one .npz, or a glob of .npz files")
+    analysis.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni or arm64: the "
+                          "compile target and the kernels checked")
+    analysis.add_argument("--pipeline", default="int8", help="int8 (default) or int8-transformer: what compile will run")
+    analysis.add_argument("--calibration", default="mse", choices=("minmax", "percentile", "entropy", "mse"),
+                          help="activation range method, as for compile (default mse)")
+    analysis.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
+    analysis.add_argument("--exclude", action="append", default=[], metavar="NAME|OPTYPE",
+                          help="keep nodes or an op type in float, as for compile; repeatable")
+    analysis.add_argument("--html", metavar="OUT.html", help="also write the self-contained HTML report")
+    analysis.add_argument("--json", metavar="OUT.json", help="also write the analysis as JSON")
+    analysis.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    analysis.set_defaults(run=cmd_analyze)
     return parser
 
 
