@@ -77,7 +77,7 @@ BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "Con
     ("com.microsoft", op) for op in ["MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool",
                                      "QLinearSoftmax"]]
 JIT = ["ConvInteger", "DequantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear", "QGemm",
-       "MatMulIntegerToFloat"]
+       "MatMulIntegerToFloat", "HardSigmoid"]
 
 
 def test_importing_the_package_registers_the_builtin_kernels():
