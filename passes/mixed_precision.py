@@ -83,25 +83,34 @@ class MixedPrecision(Pass):
         if self.samples < 1:
             raise UserError(f"mixed-precision: samples must be >= 1, not {self.samples}")
 
-    def call(self, model: Model) -> PassResult:
+    def layers(self, model: Model) -> list[str]:
+        """The layers of ``model`` (after ``assign-precision``, nodes named by :func:`name_nodes`)."""
+        return quantizable_layers(model, (model.meta.get("target") or TARGETS[self.target]).int8_ops)
+
+    def evaluator(self, model: Model) -> Evaluator:
+        """The :class:`Evaluator` of the calibrated ``model`` on the first ``samples`` calibration feeds,
+        against the original model when ``keep-original-model`` ran (``qcompiler analyze`` uses it too)."""
         from qcompiler.calibration import open_calibration
 
         target = model.meta.get("target") or TARGETS[self.target]
-        renamed = name_nodes(model)
-        layers = quantizable_layers(model, target.int8_ops)
-        if not layers:
-            return PassResult(model, renamed)
         feeds = [feed for _, feed in islice(open_calibration(self.data, model_inputs(model)).items(), self.samples)]
-        original = model.meta.get("original_model")
-        evaluator = Evaluator.from_calibrated(
-            model, feeds, exclude=self.exclude, reference_model=original, metric=self.metric,
+        return Evaluator.from_calibrated(
+            model, feeds, exclude=self.exclude, reference_model=model.meta.get("original_model"), metric=self.metric,
             assign_options={"target": target, "per_channel": self.per_channel and target.per_channel,
                             "float_linear_outputs": self.float_linear_outputs})
+
+    def call(self, model: Model) -> PassResult:
+        renamed = name_nodes(model)
+        layers = self.layers(model)
+        if not layers:
+            return PassResult(model, renamed)
+        evaluator = self.evaluator(model)
+        original = model.meta.get("original_model")
         measure = "metric" if self.metric is not None else "nsr"
         best, path, sensitivity = self.search(evaluator, layers, measure, original and len(original))
         quantized = best.quantized_nodes if best is not None else frozenset()
         model.meta["mixed_precision"] = {
-            "threshold": self.threshold, "measure": measure, "samples": len(feeds),
+            "threshold": self.threshold, "measure": measure, "samples": len(evaluator.feeds),
             "layers": {name: {"precision": "int8" if name in quantized else "float", **sensitivity.get(name, {})}
                        for name in layers},
             "path": path, "evaluations": evaluator.evaluations,

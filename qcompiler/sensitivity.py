@@ -97,6 +97,16 @@ def name_nodes(model: Model) -> bool:
     return renamed
 
 
+def lower(model: Model) -> Model:
+    """``model`` (specs, no Q/DQ) as the compiler writes it: Q/DQ inserted, weights stored as integers."""
+    from qcompiler.passes.fold_weights import FoldQuantizedWeights
+    from qcompiler.passes.insert_qdq import InsertQDQ
+
+    InsertQDQ()(model)
+    FoldQuantizedWeights()(model)
+    return model
+
+
 @dataclass
 class Evaluation:
     """One evaluated configuration: the layers kept float, the nodes quantized, the error measures and
@@ -165,23 +175,20 @@ class Evaluator:
             value.quant = self.specs.get(value.name) if marked else None
         return model
 
+    def measure(self, model: Model) -> tuple[dict[str, float], int]:
+        """(error measures, written size) of a model with specs and no Q/DQ yet (:func:`lower`ed here)."""
+        proto = to_proto(lower(model))
+        outputs = run_session(proto, self.feeds)
+        self.evaluations += 1
+        return error_measures(self.reference, outputs, self.metric), proto.ByteSize()
+
     def evaluate(self, float_layers: Iterable[str]) -> Evaluation:
         """Error of the configuration against the reference (cached by the nodes actually quantized)."""
-        from qcompiler.passes.fold_weights import FoldQuantizedWeights
-        from qcompiler.passes.insert_qdq import InsertQDQ
-
         float_layers = frozenset(float_layers)
         model = self.build(float_layers)
         quantized = frozenset(n.name for n in model.graph if n.meta.get("quantize"))
         if quantized not in self.cache:
-            InsertQDQ()(model)
-            FoldQuantizedWeights()(model)
-            proto = to_proto(model)
-            outputs = run_session(proto, self.feeds)
-            self.evaluations += 1
-            self.cache[quantized] = Evaluation(float_layers, quantized,
-                                               error_measures(self.reference, outputs, self.metric),
-                                               proto.ByteSize())
+            self.cache[quantized] = Evaluation(float_layers, quantized, *self.measure(model))
         cached = self.cache[quantized]
         return Evaluation(float_layers, quantized, cached.errors, cached.size)
 

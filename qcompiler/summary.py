@@ -66,8 +66,9 @@ def parameters(node: Node) -> int:
     return sum(int(np.size(a)) for a in arrays if a is not None)
 
 
-def tensor_shapes(model: Model, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes of the named tensors on ``feed`` (the model run with them exposed as outputs)."""
+def tensor_values(model: Model, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The named tensors on ``feed`` (the model run in onnxruntime, optimizations off, with them exposed
+    as outputs); names the model does not compute are left out."""
     import onnxruntime as ort
 
     proto = to_proto(model)
@@ -80,7 +81,12 @@ def tensor_shapes(model: Model, names: list[str], feed: dict[str, np.ndarray]) -
     inputs = {i.name for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs() if o.name in set(names)]
     arrays = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
-    return {name: tuple(np.shape(a)) for name, a in zip(outputs, arrays)}
+    return dict(zip(outputs, arrays))
+
+
+def tensor_shapes(model: Model, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of the named tensors on ``feed`` (see :func:`tensor_values`)."""
+    return {name: tuple(np.shape(a)) for name, a in tensor_values(model, names, feed).items()}
 
 
 def macs(node: Node, shapes: dict[str, tuple[int, ...]]) -> int:
