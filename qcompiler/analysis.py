@@ -1,0 +1,343 @@
+"""``qcompiler analyze``: the debugging flow of a quantization engineer, on one model.
+
+The steps of the white paper's debugging flow (Nagel et al. 2021, "A White Paper on Neural Network
+Quantization", section 4.1; AIMET's ``QuantAnalyzer.analyze`` implements them), each a question with
+a number for an answer. The model is calibrated by the chosen pipeline (``int8`` or
+``int8-transformer``, run up to its ``mixed-precision`` step, so everything measured here is what
+``qcompiler compile --sensitivity-threshold`` would decide on: same feeds, same ranges, same
+configurations; :class:`~qcompiler.sensitivity.Evaluator`). Output errors are measured against the
+original FP32 model on the pass's ``samples`` calibration feeds, simulated in onnxruntime
+(``qcompiler.sensitivity``: ``nsr``, SQNR, cosine).
+
+1. **Float sanity**: the original model runs in onnxruntime with finite outputs, and the pipeline's
+   model with every quantizer bypassed (all layers float) reproduces it: SQNR at least
+   ``SANITY_MIN_SQNR_DB`` (float rounding of folded BatchNorms or SmoothQuant scales stays far above
+   it; a pipeline bug does not). It catches pipeline bugs, not quantization error.
+2. **Weights-only vs activations-only**: the all-int8 configuration with only its weight quantizers
+   (activation specs dropped, absorbed activations kept as ops) and with only its activation
+   quantizers (float weights and biases), to split the error between them (AIMET
+   ``check_model_sensitivity_to_quantization``).
+3. **Per layer**: each layer quantized alone and kept float alone
+   (:func:`~qcompiler.sensitivity.layer_sensitivity`; AIMET ``perform_per_layer_analysis_by_enabling
+   / disabling_quantizers``), the accuracy/size path of ``mixed-precision`` and a recommended
+   threshold (:func:`recommend`).
+4. **Target kernels vs simulation, per layer** (:mod:`qcompiler.executor.layerwise`): the fused integer
+   kernels of the target's numerics profile, fed the simulation's inputs, on the all-int8 model or on a
+   given quantized model; flagged layers name the cause (int16 pair saturation) and the fix. ORT's
+   ``qdq_loss_debug`` compares float and fake-quant tensors only and misses this.
+5. **Distributions** (:mod:`qcompiler.distributions`): histogram, range, clipping and utilisation of
+   every quantized tensor.
+
+:func:`analyze` returns everything as one JSON-able dict; :func:`format_text` prints it;
+``qcompiler.report_html`` renders it as a self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import ir
+from .errors import UserError
+from .pass_manager import PassManager
+from .pipelines import resolve
+from .sensitivity import Evaluator, error_measures, layer_sensitivity, lower, name_nodes
+
+SANITY_MIN_SQNR_DB = 60.0
+"""Float sanity passes when the bypassed model's output SQNR against the original is at least this."""
+
+ACCURACY_FLOOR = 0.005
+"""The output error the recommendation allows (nsr; 23 dB SQNR, cosine about 0.9975): the
+``--sensitivity-threshold`` commercial compilers recommend starting from."""
+
+SWEEP = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+"""Thresholds whose configurations the report lists next to the recommended one."""
+
+KERNEL_SAMPLES = 2
+"""Calibration feeds the kernel check runs (the executor is slower than onnxruntime)."""
+
+
+def calibration_source(spec: str) -> Any:
+    """``--calib``: a directory of ``.npz`` files or one ``.npz`` (as ``compile`` takes it), or a glob
+    pattern of ``.npz`` files (sorted; read lazily, one feed per file)."""
+    from .executor.run import load_feeds
+
+    if Path(spec).exists() or not glob.has_magic(spec):
+        return spec
+    files = sorted(glob.glob(spec))
+    if not files:
+        raise UserError(f"{spec}: no calibration file matches this pattern")
+    return lambda: (load_feeds(path) for path in files)
+
+
+def _finite(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+def jsonable(data: Any) -> Any:
+    """``data`` with non-finite floats as strings (``"inf"``; JSON has no infinity) and numpy scalars as numbers."""
+    if isinstance(data, dict):
+        return {k: jsonable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [jsonable(v) for v in data]
+    if isinstance(data, (float, np.floating)):
+        return _finite(float(data))
+    if isinstance(data, np.integer):
+        return int(data)
+    return data
+
+
+def _calibrated(model_path: str, calib: Any, options: dict[str, Any]) -> tuple[ir.Model, Any]:
+    """The model after the pipeline's passes before ``mixed-precision``, and that pass (configured)."""
+    from .passes.mixed_precision import MixedPrecision
+
+    pipeline = resolve(options["pipeline"], {**options, "calibration": calib, "objective": "size",
+                                             "sensitivity_threshold": ACCURACY_FLOOR})
+    position = next((i for i, p in enumerate(pipeline.passes) if isinstance(p, MixedPrecision)), None)
+    if position is None:
+        raise UserError(f"pipeline {options['pipeline']!r} has no mixed-precision step to analyze; use int8 or "
+                        f"int8-transformer")
+    model = ir.load(model_path)
+    PassManager(pipeline.passes[:position], verify="end")(model)
+    name_nodes(model)
+    return model, pipeline.passes[position]
+
+
+def sanity(evaluator: Evaluator, layers: list[str]) -> dict[str, Any]:
+    """Step 1 (see the module docstring)."""
+    finite = all(np.all(np.isfinite(a)) for outputs in evaluator.reference for a in outputs
+                 if np.issubdtype(np.asarray(a).dtype, np.floating))
+    bypassed = evaluator.evaluate(layers)
+    sqnr = bypassed.errors["sqnr_db"]
+    return {"feeds": len(evaluator.feeds), "outputs": len(evaluator.reference[0]), "finite": bool(finite),
+            "bypassed": bypassed.errors, "bypassed_quantized_nodes": len(bypassed.quantized_nodes),
+            "min_sqnr_db": SANITY_MIN_SQNR_DB,
+            "passed": bool(finite and sqnr >= SANITY_MIN_SQNR_DB and not bypassed.quantized_nodes)}
+
+
+def split_error(evaluator: Evaluator, keep: str) -> dict[str, float]:
+    """The all-int8 configuration's error with only its ``weights`` or only its ``activations`` quantized."""
+    model = evaluator.build(())
+    for value in model.graph.values():
+        if (value.const is not None) != (keep == "weights"):
+            value.quant = None
+    if keep == "weights":
+        for node in model.graph:
+            node.meta.pop("absorbed", None)  # its activation is not quantized: the Relu/Clip runs as an op
+    return evaluator.measure(model)[0]
+
+
+def _ceil_2(value: float) -> float:
+    """``value`` rounded up to two significant digits."""
+    if value <= 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return float(f"{math.ceil(value / step - 1e-9) * step:.2g}")
+
+
+def recommend(search: Callable[[float], Any], all_int8: dict[str, float]) -> dict[str, Any]:
+    """The recommended ``--sensitivity-threshold``.
+
+    Rule: the smallest configuration ``mixed-precision`` finds within the accuracy floor
+    (``ACCURACY_FLOOR``, nsr 0.005 = 23 dB output SQNR), and as threshold that configuration's own
+    error rounded up to two significant digits (at most the floor): compiling with it gives that
+    configuration (the search never depends on the threshold), and the number says what is
+    spent. When no configuration with int8 layers is within the floor, the floor itself is
+    recommended (it keeps the model float) and the per-layer table says what to fix first.
+    ``search(T)`` is ``mixed-precision``'s choice at ``T`` (None: the original model).
+    """
+    chosen = search(ACCURACY_FLOOR)
+    if chosen is None:
+        return {"threshold": ACCURACY_FLOOR, "floor": ACCURACY_FLOOR, "configuration": None,
+                "reason": (f"no configuration with int8 layers reaches {_db(ACCURACY_FLOOR):.0f} dB output SQNR on the "
+                           f"calibration feeds (all int8: {all_int8['sqnr_db']:.1f} dB), so this threshold keeps the "
+                           f"model float; fix the most sensitive layers first (per-layer table), or allow more "
+                           f"error with a larger threshold")}
+    threshold = min(_ceil_2(chosen.errors["nsr"]), ACCURACY_FLOOR)
+    final = search(threshold)
+    return {"threshold": threshold, "floor": ACCURACY_FLOOR, "configuration": final,
+            "reason": (f"the smallest model mixed-precision finds with output SQNR >= {_db(ACCURACY_FLOOR):.0f} dB "
+                       f"(nsr <= {ACCURACY_FLOOR}, cosine about {1 - ACCURACY_FLOOR / 2:.4f}: the recommended start "
+                       f"of commercial compilers) has nsr {chosen.errors['nsr']:.3g} "
+                       f"({chosen.errors['sqnr_db']:.1f} dB, cosine {chosen.errors['cosine']:.4f}); the threshold "
+                       f"is that error rounded up, so compiling with it reproduces that configuration")}
+
+
+def _db(nsr: float) -> float:
+    return -10 * math.log10(nsr)
+
+
+def _layer_table(evaluator: Evaluator, layers: list[str], sensitivity: dict, quantized: frozenset[str],
+                 original: ir.Model) -> list[dict]:
+    """Per-layer records: op, sensitivities, precision at the recommended threshold, parameters and
+    multiply-accumulates (from the summary of the all-int8 model)."""
+    from .summary import summarize
+
+    summary = summarize(lower(evaluator.build(())), evaluator.feeds[0], original)
+    by_name = {r["name"]: r for r in summary["layers"]}
+    records = []
+    for name in layers:
+        row = by_name.get(name, {"op": next(n.op_type for n in evaluator.base.graph if n.name == name),
+                                 "params": 0, "macs": 0, "macs_share": 0.0})
+        records.append({"name": name, "op": row["op"], **sensitivity[name],
+                        "precision": "int8" if name in quantized else "float", "params": row["params"],
+                        "macs": row["macs"], "macs_share": row["macs_share"]})
+    return records
+
+
+def _configuration(records: list[dict], chosen: Any, evaluator: Evaluator, original_size: int) -> dict[str, Any]:
+    """Totals of a configuration ``mixed-precision`` keeps (None: the original model)."""
+    quantized = chosen.quantized_nodes if chosen is not None else frozenset()
+    total = sum(r["macs"] for r in records)
+    int8 = sum(r["macs"] for r in records if r["name"] in quantized)
+    return {"layers": len(records), "int8_layers": sum(r["name"] in quantized for r in records), "macs": total,
+            "int8_macs_share": int8 / total if total else 0.0,
+            "size": chosen.size if chosen is not None else original_size, "original_size": original_size,
+            "predicted": chosen.errors if chosen is not None else error_measures(evaluator.reference,
+                                                                                  evaluator.reference)}
+
+
+def _kernels(model: ir.Model, target: str, feeds: list[dict], source: str) -> dict[str, Any]:
+    from .executor.layerwise import MAX_OFF_SHARE, MIN_SQNR_DB, compare_layers
+    from .executor.profiles import get_profile
+
+    profile = get_profile(target)
+    records = compare_layers(model, profile, feeds)
+    return {"profile": profile.name, "description": profile.description, "model": source, "samples": len(feeds),
+            "max_off_share": MAX_OFF_SHARE, "min_sqnr_db": MIN_SQNR_DB, "kernels": records,
+            "flagged": [r["name"] for r in records if r["flagged"]]}
+
+
+def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target: str = "auto",
+            pipeline: str = "int8", calibration: str = "mse", per_tensor: bool = False, exclude: tuple[str, ...] = (),
+            metric: Any = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the five steps of the module docstring on the FP32 ONNX file ``model_path``.
+
+    ``quantized``: a QDQ model to check the kernels of (default: the all-int8 model analyzed here).
+    ``target``, ``pipeline``, ``calibration``, ``per_tensor``, ``exclude`` and ``metric`` mean what they
+    mean to ``qcompiler.compile``, so the recommended threshold reproduces with the same options.
+    """
+    from .distributions import tensor_distributions
+    from .targets import get_target
+
+    say = progress or (lambda message: None)
+    start = time.perf_counter()
+    target_name = get_target(target).name
+    quantized_model = ir.load(quantized) if quantized is not None else None
+    if quantized_model is not None and not any(n.op_type == "DequantizeLinear" for n in quantized_model.graph):
+        raise UserError(f"{quantized}: no DequantizeLinear node, not a quantized (QDQ) model")
+    say(f"calibrating with the {pipeline} pipeline")
+    model, mixed = _calibrated(model_path, calib, {"pipeline": pipeline, "target": target_name,
+                                                   "method": calibration, "per_tensor": per_tensor,
+                                                   "exclude": tuple(exclude), "metric": metric})
+    layers = mixed.layers(model)
+    if not layers:
+        raise UserError(f"{model_path}: no layer has an int8 kernel on {target_name}; nothing to analyze")
+    evaluator = mixed.evaluator(model)
+    original = ir.load(model_path)
+    say(f"float sanity and weights/activations split on {len(evaluator.feeds)} feed(s)")
+    report: dict[str, Any] = {"model": str(model_path), "pipeline": pipeline, "target": target_name,
+                              "calibration": calibration, "samples": len(evaluator.feeds)}
+    report["sanity"] = sanity(evaluator, layers)
+    all_int8 = evaluator.evaluate(())
+    report["split"] = {"weights_only": split_error(evaluator, "weights"),
+                       "activations_only": split_error(evaluator, "activations"), "all_int8": all_int8.errors}
+    say(f"per-layer sensitivity of {len(layers)} layers (2 evaluations each)")
+    original_size = len(model.meta["original_model"])
+
+    def search(threshold: float):
+        return dataclasses.replace(mixed, threshold=threshold).search(evaluator, layers, "nsr", original_size)
+
+    # the searches first: they must see the configurations the pass sees, not the float-alone ones too
+    path = search(ACCURACY_FLOOR)[1]
+    recommendation = recommend(lambda t: search(t)[0], all_int8.errors)
+    chosen = recommendation.pop("configuration")
+    sweep = {t: search(t)[0] for t in SWEEP}
+    sensitivity = layer_sensitivity(evaluator, layers)
+    report["layers"] = _layer_table(evaluator, layers, sensitivity,
+                                    chosen.quantized_nodes if chosen is not None else frozenset(), original)
+    recommendation.update(_configuration(report["layers"], chosen, evaluator, original_size))
+    report["recommendation"] = recommendation
+    report["path"] = path
+    report["thresholds"] = [{"threshold": t, **_configuration(report["layers"], c, evaluator, original_size)}
+                            for t, c in sweep.items()]
+    say(f"target kernels ({target_name}) vs simulation per layer")
+    checked = quantized_model if quantized_model is not None else lower(evaluator.build(()))
+    report["kernels"] = _kernels(checked, target_name, evaluator.feeds[:KERNEL_SAMPLES],
+                                 str(quantized) if quantized is not None else "the all-int8 model analyzed here")
+    say("tensor distributions")
+    report["distributions"] = tensor_distributions(evaluator.base, evaluator.specs, evaluator.feeds)
+    report["seconds"] = time.perf_counter() - start
+    report["evaluations"] = evaluator.evaluations
+    return jsonable(report)
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return str(value) if isinstance(value, str) else f"{value:.{digits}f}"
+
+
+def _rows(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)).rstrip()
+            for row in rows]
+
+
+def format_text(report: dict[str, Any]) -> str:
+    """The analysis as text tables (what ``qcompiler analyze`` prints)."""
+    s, split, rec, kernels = report["sanity"], report["split"], report["recommendation"], report["kernels"]
+    lines = [f"analysis of {report['model']}: pipeline {report['pipeline']}, target {report['target']}, "
+             f"{report['samples']} calibration feed(s)", "",
+             f"1. float sanity: {'PASS' if s['passed'] else 'FAIL'}: outputs {'finite' if s['finite'] else 'NOT finite'}; "
+             f"all quantizers bypassed vs original: SQNR {_num(s['bypassed']['sqnr_db'])} dB "
+             f"(needs >= {s['min_sqnr_db']:.0f} dB)", "",
+             "2. error split (output SQNR dB / cosine vs FP32):"]
+    lines += ["   " + line for line in _rows([("quantized", "", "SQNR dB", "cosine")] + [
+        (label, "", _num(split[key]["sqnr_db"]), f"{split[key]['cosine']:.5f}")
+        for label, key in (("weights only", "weights_only"), ("activations only", "activations_only"),
+                           ("both (all int8)", "all_int8"))])]
+    kernel_by_name = {k["name"]: k for k in kernels["kernels"]}
+    lines += ["", "3. per layer (SQNR dB of the output with the layer quantized alone / kept float alone; "
+              f"precision at the recommended threshold):"]
+    rows = [("layer", "op", "alone dB", "float-alone dB", "precision", "MACs %", "kernel dB", "flag")]
+    for r in sorted(report["layers"], key=lambda r: float(r["quantized_alone"]["sqnr_db"])):
+        kernel = kernel_by_name.get(r["name"])
+        rows.append((r["name"][-48:], r["op"], _num(r["quantized_alone"]["sqnr_db"]),
+                     _num(r["float_alone"]["sqnr_db"]), r["precision"], f"{100 * r['macs_share']:.1f}",
+                     _num(kernel["sqnr_db"]) if kernel else "", "FLAG" if kernel and kernel["flagged"] else ""))
+    lines += ["   " + line for line in _rows(rows)]
+    p = rec["predicted"]
+    lines += ["", f"   recommended --sensitivity-threshold {rec['threshold']:g}: {rec['int8_layers']}/{rec['layers']} "
+              f"layers int8, {100 * rec['int8_macs_share']:.1f}% of MACs, {rec['size']:,} bytes "
+              f"(FP32 {rec['original_size']:,}); predicted output SQNR {_num(p['sqnr_db'])} dB, cosine {p['cosine']:.4f}",
+              f"   why: {rec['reason']}", "   other thresholds (what compile keeps):"]
+    lines += ["   " + line for line in _rows([("threshold", "", "int8 layers", "MACs int8 %", "size", "SQNR dB",
+                                                 "cosine")] + [
+        (f"{t['threshold']:g}", "", f"{t['int8_layers']}/{t['layers']}", f"{100 * t['int8_macs_share']:.1f}",
+         f"{t['size']:,}", _num(t["predicted"]["sqnr_db"]), f"{t['predicted']['cosine']:.4f}")
+        for t in report["thresholds"]])]
+    lines += ["",
+              f"4. target kernels ({kernels['profile']}) vs simulation, identical inputs per layer, on "
+              f"{kernels['model']} ({kernels['samples']} feed(s)): {len(kernels['flagged'])} of "
+              f"{len(kernels['kernels'])} kernels flagged (SQNR < {kernels['min_sqnr_db']:.0f} dB or more than "
+              f"{100 * kernels['max_off_share']:.1f}% of elements > 1 LSB off)"]
+    for k in kernels["kernels"]:
+        if k["flagged"]:
+            off = "" if k["over_one_lsb"] is None else f", {100 * k['over_one_lsb']:.2f}% > 1 LSB (max {k['max_lsb']:g})"
+            lines += [f"   FLAG {k['name']} ({k['kernel']}): SQNR {_num(k['sqnr_db'])} dB{off}; exact accumulation "
+                      f"{_num(k['exact_sqnr_db'])} dB", f"        cause: {k['cause']}", f"        fix: {k['fix']}"]
+    dists = report["distributions"]
+    worst = sorted(dists, key=lambda d: (-d["clipped"], d["utilisation"]))[:8]
+    lines += ["", f"5. distributions of {len(dists)} quantized tensors (most clipped / least used range first):"]
+    lines += ["   " + line for line in _rows([("tensor", "kind", "min", "max", "range", "clipped %", "used %")] + [
+        (d["name"][-48:], d["kind"], f"{d['min']:.4g}", f"{d['max']:.4g}",
+         f"[{d['range'][0]:.4g}, {d['range'][1]:.4g}]" + (" lv" if d["unit"] == "levels" else ""),
+         f"{100 * d['clipped']:.3f}", f"{100 * d['utilisation']:.1f}") for d in worst])]
+    lines.append(f"\n{report['evaluations']} model evaluations in {report['seconds']:.1f}s")
+    return "\n".join(lines)
