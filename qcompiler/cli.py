@@ -139,7 +139,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                  f"{float(check['after']['target_sqnr_db']):.1f} dB" if check.get("requantized_7bit") else ""))
     guard = model.meta.get("latency_guard")
     if guard:
-        print(f"latency on this CPU: float {guard['float_ms']:.2f} ms, int8 {guard['int8_ms']:.2f} ms "
+        print(f"latency on this CPU: float {guard['float_ms']:.3g} ms, int8 {guard['int8_ms']:.3g} ms "
               f"({guard['speedup']:.2f}x): kept {guard['kept']}"
               + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
     print(_layer_summary(model, args.calib, ir.load(args.model)))

@@ -30,7 +30,10 @@ def measure_latencies(models: list[bytes | str], feeds: dict[str, np.ndarray], *
     """Latency of several models measured in alternation, so drift of the machine hits all alike.
 
     Each of ``rounds`` rounds runs every model for at least ``runs`` runs and ``min_seconds``; the
-    result per model is the median over all its runs.
+    result per model is the median over all its runs. Before that, each model is warmed up, untimed,
+    for one run and at least one round's time: a 10 µs model measured right after its session was
+    created otherwise reads up to 1.7x faster or slower than it runs (digits_mlp, first calls in a
+    fresh process).
     """
     import onnxruntime as ort
 
@@ -43,7 +46,10 @@ def measure_latencies(models: list[bytes | str], feeds: dict[str, np.ndarray], *
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         names = {i.name for i in session.get_inputs()}
         fed = {k: v for k, v in feeds.items() if k in names}
+        warm_until = time.perf_counter() + min_seconds / rounds
         session.run(None, fed)
+        while time.perf_counter() < warm_until:
+            session.run(None, fed)
         sessions.append((session, fed))
     times: list[list[float]] = [[] for _ in models]
     for _ in range(rounds):
