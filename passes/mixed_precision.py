@@ -87,15 +87,18 @@ class MixedPrecision(Pass):
         """The layers of ``model`` (after ``assign-precision``, nodes named by :func:`name_nodes`)."""
         return quantizable_layers(model, (model.meta.get("target") or TARGETS[self.target]).int8_ops)
 
-    def evaluator(self, model: Model) -> Evaluator:
-        """The :class:`Evaluator` of the calibrated ``model`` on the first ``samples`` calibration feeds,
-        against the original model when ``keep-original-model`` ran (``qcompiler analyze`` uses it too)."""
+    def feeds(self, model: Model) -> list[dict]:
+        """The first ``samples`` calibration feeds: the ones the error is measured on."""
         from qcompiler.calibration import open_calibration
 
+        return [feed for _, feed in islice(open_calibration(self.data, model_inputs(model)).items(), self.samples)]
+
+    def evaluator(self, model: Model) -> Evaluator:
+        """The :class:`Evaluator` of the calibrated ``model`` on :meth:`feeds`, against the original model
+        when ``keep-original-model`` ran (``qcompiler analyze`` uses it too)."""
         target = model.meta.get("target") or TARGETS[self.target]
-        feeds = [feed for _, feed in islice(open_calibration(self.data, model_inputs(model)).items(), self.samples)]
         return Evaluator.from_calibrated(
-            model, feeds, exclude=self.exclude, reference_model=model.meta.get("original_model"), metric=self.metric,
+            model, self.feeds(model), exclude=self.exclude, reference_model=model.meta.get("original_model"), metric=self.metric,
             assign_options={"target": target, "per_channel": self.per_channel and target.per_channel,
                             "float_linear_outputs": self.float_linear_outputs})
 

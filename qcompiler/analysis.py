@@ -1,7 +1,7 @@
 """``qcompiler analyze``: the debugging flow of a quantization engineer, on one model.
 
 The steps of the white paper's debugging flow (Nagel et al. 2021, "A White Paper on Neural Network
-Quantization", section 4.1; AIMET's ``QuantAnalyzer.analyze`` implements them), each a question with
+Quantization", section 3.7; AIMET's ``QuantAnalyzer.analyze`` implements them), each a question with
 a number for an answer. The model is calibrated by the chosen pipeline (``int8`` or
 ``int8-transformer``, run up to its ``mixed-precision`` step, so everything measured here is what
 ``qcompiler compile --sensitivity-threshold`` would decide on: same feeds, same ranges, same
@@ -12,7 +12,8 @@ original FP32 model on the pass's ``samples`` calibration feeds, simulated in on
 1. **Float sanity**: the original model runs in onnxruntime with finite outputs, and the pipeline's
    model with every quantizer bypassed (all layers float) reproduces it: SQNR at least
    ``SANITY_MIN_SQNR_DB`` (float rounding of folded BatchNorms or SmoothQuant scales stays far above
-   it; a pipeline bug does not). It catches pipeline bugs, not quantization error.
+   it; a pipeline bug does not). It catches pipeline bugs, not quantization error; the float graph is
+   also measured after every pass, which names the first pass that changed it.
 2. **Weights-only vs activations-only**: the all-int8 configuration with only its weight quantizers
    (activation specs dropped, absorbed activations kept as ops) and with only its activation
    quantizers (float weights and biases), to split the error between them (AIMET
@@ -46,9 +47,9 @@ import numpy as np
 
 from . import ir
 from .errors import UserError
-from .pass_manager import PassManager
+from .pass_manager import Instrument, PassManager
 from .pipelines import resolve
-from .sensitivity import Evaluator, error_measures, layer_sensitivity, lower, name_nodes
+from .sensitivity import Evaluator, error_measures, layer_sensitivity, lower, name_nodes, run_session
 
 SANITY_MIN_SQNR_DB = 60.0
 """Float sanity passes when the bypassed model's output SQNR against the original is at least this."""
@@ -94,8 +95,22 @@ def jsonable(data: Any) -> Any:
     return data
 
 
-def _calibrated(model_path: str, calib: Any, options: dict[str, Any]) -> tuple[ir.Model, Any]:
-    """The model after the pipeline's passes before ``mixed-precision``, and that pass (configured)."""
+class FloatDrift(Instrument):
+    """After every pass that modifies the model, the output error of its float graph (specs are only
+    decisions until ``insert-qdq``) against the original model: which pass changed the float model."""
+
+    def __init__(self, feeds: list[dict], reference: list):
+        self.feeds, self.reference, self.steps = feeds, reference, []
+
+    def after(self, pass_: Any, model: ir.Model, record: Any) -> None:
+        if record.modified:
+            errors = error_measures(self.reference, run_session(ir.to_proto(model), self.feeds))
+            self.steps.append({"pass": record.name, "sqnr_db": errors["sqnr_db"], "nsr": errors["nsr"]})
+
+
+def _calibrated(model_path: str, calib: Any, options: dict[str, Any]) -> tuple[ir.Model, Any, list[dict]]:
+    """The model after the pipeline's passes before ``mixed-precision``, that pass (configured), and
+    the float drift after each of those passes (:class:`FloatDrift`)."""
     from .passes.mixed_precision import MixedPrecision
 
     pipeline = resolve(options["pipeline"], {**options, "calibration": calib, "objective": "size",
@@ -105,20 +120,25 @@ def _calibrated(model_path: str, calib: Any, options: dict[str, Any]) -> tuple[i
         raise UserError(f"pipeline {options['pipeline']!r} has no mixed-precision step to analyze; use int8 or "
                         f"int8-transformer")
     model = ir.load(model_path)
-    PassManager(pipeline.passes[:position], verify="end")(model)
+    mixed = pipeline.passes[position]
+    feeds = mixed.feeds(model)
+    drift = FloatDrift(feeds, run_session(ir.to_proto(model), feeds))
+    PassManager(pipeline.passes[:position], instruments=[drift], verify="end")(model)
     name_nodes(model)
-    return model, pipeline.passes[position]
+    return model, mixed, drift.steps
 
 
-def sanity(evaluator: Evaluator, layers: list[str]) -> dict[str, Any]:
-    """Step 1 (see the module docstring)."""
+def sanity(evaluator: Evaluator, layers: list[str], drift: list[dict]) -> dict[str, Any]:
+    """Step 1 (see the module docstring), with the first pass whose float graph falls below
+    ``SANITY_MIN_SQNR_DB`` (``drift``: :class:`FloatDrift`'s steps)."""
     finite = all(np.all(np.isfinite(a)) for outputs in evaluator.reference for a in outputs
                  if np.issubdtype(np.asarray(a).dtype, np.floating))
     bypassed = evaluator.evaluate(layers)
     sqnr = bypassed.errors["sqnr_db"]
     return {"feeds": len(evaluator.feeds), "outputs": len(evaluator.reference[0]), "finite": bool(finite),
             "bypassed": bypassed.errors, "bypassed_quantized_nodes": len(bypassed.quantized_nodes),
-            "min_sqnr_db": SANITY_MIN_SQNR_DB,
+            "min_sqnr_db": SANITY_MIN_SQNR_DB, "passes": drift,
+            "first_drift": next((d["pass"] for d in drift if d["sqnr_db"] < SANITY_MIN_SQNR_DB), None),
             "passed": bool(finite and sqnr >= SANITY_MIN_SQNR_DB and not bypassed.quantized_nodes)}
 
 
@@ -147,7 +167,7 @@ def recommend(search: Callable[[float], Any], all_int8: dict[str, float]) -> dic
 
     Rule: the smallest configuration ``mixed-precision`` finds within the accuracy floor
     (``ACCURACY_FLOOR``, nsr 0.005 = 23 dB output SQNR), and as threshold that configuration's own
-    error rounded up to two significant digits (at most the floor): compiling with it gives that
+    error rounded up to two significant digits (never past the floor, which has two): compiling with it gives that
     configuration (the search never depends on the threshold), and the number says what is
     spent. When no configuration with int8 layers is within the floor, the floor itself is
     recommended (it keeps the model float) and the per-layer table says what to fix first.
@@ -160,7 +180,7 @@ def recommend(search: Callable[[float], Any], all_int8: dict[str, float]) -> dic
                            f"calibration feeds (all int8: {all_int8['sqnr_db']:.1f} dB), so this threshold keeps the "
                            f"model float; fix the most sensitive layers first (per-layer table), or allow more "
                            f"error with a larger threshold")}
-    threshold = min(_ceil_2(chosen.errors["nsr"]), ACCURACY_FLOOR)
+    threshold = _ceil_2(chosen.errors["nsr"])
     final = search(threshold)
     return {"threshold": threshold, "floor": ACCURACY_FLOOR, "configuration": final,
             "reason": (f"the smallest model mixed-precision finds with output SQNR >= {_db(ACCURACY_FLOOR):.0f} dB "
@@ -234,7 +254,7 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     if quantized_model is not None and not any(n.op_type == "DequantizeLinear" for n in quantized_model.graph):
         raise UserError(f"{quantized}: no DequantizeLinear node, not a quantized (QDQ) model")
     say(f"calibrating with the {pipeline} pipeline")
-    model, mixed = _calibrated(model_path, calib, {"pipeline": pipeline, "target": target_name,
+    model, mixed, drift = _calibrated(model_path, calib, {"pipeline": pipeline, "target": target_name,
                                                    "method": calibration, "per_tensor": per_tensor,
                                                    "exclude": tuple(exclude), "metric": metric})
     layers = mixed.layers(model)
@@ -245,7 +265,7 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     say(f"float sanity and weights/activations split on {len(evaluator.feeds)} feed(s)")
     report: dict[str, Any] = {"model": str(model_path), "pipeline": pipeline, "target": target_name,
                               "calibration": calibration, "samples": len(evaluator.feeds)}
-    report["sanity"] = sanity(evaluator, layers)
+    report["sanity"] = sanity(evaluator, layers, drift)
     all_int8 = evaluator.evaluate(())
     report["split"] = {"weights_only": split_error(evaluator, "weights"),
                        "activations_only": split_error(evaluator, "activations"), "all_int8": all_int8.errors}
@@ -296,7 +316,8 @@ def format_text(report: dict[str, Any]) -> str:
              f"{report['samples']} calibration feed(s)", "",
              f"1. float sanity: {'PASS' if s['passed'] else 'FAIL'}: outputs {'finite' if s['finite'] else 'NOT finite'}; "
              f"all quantizers bypassed vs original: SQNR {_num(s['bypassed']['sqnr_db'])} dB "
-             f"(needs >= {s['min_sqnr_db']:.0f} dB)", "",
+             f"(needs >= {s['min_sqnr_db']:.0f} dB)"
+             + (f"; the float model first drifts in pass {s['first_drift']}" if s["first_drift"] else ""), "",
              "2. error split (output SQNR dB / cosine vs FP32):"]
     lines += ["   " + line for line in _rows([("quantized", "", "SQNR dB", "cosine")] + [
         (label, "", _num(split[key]["sqnr_db"]), f"{split[key]['cosine']:.5f}")

@@ -112,13 +112,13 @@ def _sensitivity_chart(layers: list[dict], kernels: dict[str, dict], floor_db: f
     """Columns in graph order: output SQNR with the layer quantized alone."""
     height, top, left = 220, 10, 40
     step = max(4.0, min(24.0, 1180.0 / max(len(layers), 1)))
-    width = int(left + step * len(layers) + 20)
+    width = int(left + step * len(layers) + 80)
     scale = (height - top - 30) / CAP_DB
     base = height - 30
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
     for db in range(0, int(CAP_DB) + 1, 20):
         y = base - db * scale
-        out.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e7ee"/>'
+        out.append(f'<line x1="{left}" x2="{width - 70}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e7ee"/>'
                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{db}</text>')
     for i, layer in enumerate(layers):
         value = layer["quantized_alone"]["sqnr_db"]
@@ -130,8 +130,8 @@ def _sensitivity_chart(layers: list[dict], kernels: dict[str, dict], floor_db: f
                    f'fill="{colour}"><title>{escape(layer["name"])} ({escape(layer["op"])}): quantized alone '
                    f'{escape(_db(value))} dB, {escape(layer["precision"])}</title></rect>')
     y = base - floor_db * scale
-    out.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#17803d" stroke-dasharray="5 3"/>'
-               f'<text x="{width - 12}" y="{y - 4:.1f}" text-anchor="end" style="fill:#17803d">floor {floor_db:.0f} dB</text>'
+    out.append(f'<line x1="{left}" x2="{width - 70}" y1="{y:.1f}" y2="{y:.1f}" stroke="#17803d" stroke-dasharray="5 3"/>'
+               f'<text x="{width - 66}" y="{y + 4:.1f}" style="fill:#17803d">floor {floor_db:.0f} dB</text>'
                f'<text x="{left}" y="{height - 8}">layers in graph order; blue: int8, orange: float at the recommended '
                f'threshold, red: kernel flagged; height: output SQNR (dB) with only that layer quantized</text>')
     return "".join(out) + "</svg>"
@@ -224,6 +224,17 @@ def _layer_table(report: dict) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def _drift(sanity: dict) -> str:
+    """The float graph's SQNR after each pass that modified it; the first one under the limit in red."""
+    cells = "".join(f'<td class="{"bad" if d["pass"] == sanity["first_drift"] else ""}">{escape(d["pass"])}<br/>'
+                    f'{escape(_db(d["sqnr_db"]))} dB</td>' for d in sanity["passes"])
+    note = (f'The float model first falls below {sanity["min_sqnr_db"]:.0f} dB in pass <b class="bad">'
+            f'{escape(sanity["first_drift"])}</b>.' if sanity["first_drift"] else "No pass moves the float model "
+            f'below {sanity["min_sqnr_db"]:.0f} dB.')
+    return (f'<p class="legend">Float outputs after each pass that changed the model (vs the original): {note}</p>'
+            f'<div style="overflow-x:auto"><table><tbody><tr>{cells}</tr></tbody></table></div>')
+
+
 def _thresholds(report: dict) -> str:
     """What compile keeps at other thresholds (the recommended one highlighted)."""
     head = "".join(f"<th>{h}</th>" for h in ("threshold", "int8 layers", "MACs int8 %", "size MB", "SQNR dB",
@@ -306,7 +317,8 @@ in onnxruntime; {report['evaluations']} model evaluations, {report['seconds']:.1
 outputs ({s['outputs']} output(s), {s['feeds']} feed(s)). With every quantizer bypassed, the pipeline's model
 matches it at <b>{escape(_db(s['bypassed']['sqnr_db']))} dB</b> SQNR (cosine {s['bypassed']['cosine']:.6f};
 {s['bypassed_quantized_nodes']} nodes left quantized); it must reach {s['min_sqnr_db']:.0f} dB: float rounding
-passes, a pipeline bug does not. <b class="{'ok' if s['passed'] else 'bad'}">{'PASS' if s['passed'] else 'FAIL'}</b></p></div>
+passes, a pipeline bug does not. <b class="{'ok' if s['passed'] else 'bad'}">{'PASS' if s['passed'] else 'FAIL'}</b></p>
+{_drift(s)}</div>
 <h2>2. Weights-only vs activations-only quantization</h2>
 <div class="box">{split_chart}<p class="legend">Cosine: weights only {split['weights_only']['cosine']:.5f},
 activations only {split['activations_only']['cosine']:.5f}, both {split['all_int8']['cosine']:.5f}. The lower
@@ -337,9 +349,12 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory, renamed into place."""
     path = Path(path)
     handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(staged, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
         os.replace(staged, path)
     except BaseException:
         Path(staged).unlink(missing_ok=True)

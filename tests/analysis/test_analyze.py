@@ -46,6 +46,9 @@ def test_json_content(analyzed):
     sanity = report["sanity"]
     assert sanity["passed"] and sanity["finite"] and sanity["bypassed_quantized_nodes"] == 0
     assert float(sanity["bypassed"]["sqnr_db"]) >= 60
+    # the float graph after every pass that changed it: folding the BatchNormalization rounds, no more
+    assert "fold-batchnorm" in [d["pass"] for d in sanity["passes"]] and sanity["first_drift"] is None
+    assert all(float(d["sqnr_db"]) >= 60 for d in sanity["passes"])
     split = report["split"]
     # the spiky input makes activations the dominant error (conftest), weights alone are far better
     assert split["weights_only"]["sqnr_db"] > split["activations_only"]["sqnr_db"] + 10
@@ -180,3 +183,25 @@ def test_bad_inputs(cnn_path, calib_dir, tmp_path, capsys):
     _expect_user_error(capsys, base[:4] + ["--target", "sparc", "-q"], r"unknown target 'sparc'")
     _expect_user_error(capsys, ["analyze", str(cnn_path), str(cnn_path), "--calib", str(calib_dir), *OPTIONS,
                                 "--html", str(html)], r"not a quantized \(QDQ\) model", [html])
+
+
+def test_recommendation_rule():
+    from qcompiler.analysis import ACCURACY_FLOOR, recommend
+    from qcompiler.sensitivity import Evaluation
+
+    configurations = [Evaluation(frozenset(), frozenset({"a", "b"}), {"nsr": 0.00466, "sqnr_db": 23.3, "cosine": 0.998},
+                                 10),
+                      Evaluation(frozenset({"b"}), frozenset({"a"}), {"nsr": 0.0011, "sqnr_db": 29.6, "cosine": 0.999},
+                                 20)]
+
+    def search(threshold):  # mixed-precision's choice: the smallest feasible configuration
+        feasible = [c for c in configurations if c.errors["nsr"] <= threshold]
+        return min(feasible, key=lambda c: c.size, default=None)
+
+    rec = recommend(search, {"sqnr_db": 20.0})
+    assert rec["threshold"] == 0.0047 and rec["configuration"] is configurations[0]  # its error, rounded up
+    configurations[0].errors["nsr"] = 0.00499
+    assert recommend(search, {"sqnr_db": 20.0})["threshold"] == ACCURACY_FLOOR  # rounding up never passes the floor
+    configurations[:] = [c for c in configurations if c.errors["nsr"] > 1]
+    none = recommend(search, {"sqnr_db": 12.2})
+    assert none["threshold"] == ACCURACY_FLOOR and none["configuration"] is None and "keeps the model float" in none["reason"]
