@@ -13,7 +13,7 @@ alternate over ``rounds`` rounds, each round at least ``runs`` runs and ``min_se
 ``threads`` intra-op threads, 0 = onnxruntime's default; the median of all runs counts) and,
 when the quantized model is not at least ``min_speedup`` times as fast, restores the float model.
 The 5 % margin keeps a model whose speed is within measurement noise of float in float; a result
-within 10 % of the margin is measured again, three times as long, so that close calls are decided on
+within 10 % of the margin is measured again on twice as many runs, so that close calls are decided on
 more runs (a shared 2-core VM drifts by 10 % and more between seconds). The decision and both latencies are
 kept in ``model.meta["latency_guard"]``; the compile command prints them.
 """
@@ -66,10 +66,10 @@ class LatencyGuard(Pass):
         floating, quantized = measure_latencies([float_bytes, quantized_bytes], feed, threads=self.threads,
                                                 runs=self.runs, min_seconds=self.min_seconds, rounds=self.rounds)
         speedup = floating.median_ms / quantized.median_ms
-        if abs(speedup - self.min_speedup) < 0.1:  # close call: measure again, three times as long
+        if abs(speedup - self.min_speedup) < 0.1:  # close call: measure again, on twice as many runs
             floating, quantized = measure_latencies([float_bytes, quantized_bytes], feed, threads=self.threads,
-                                                    runs=3 * self.runs, min_seconds=3 * self.min_seconds,
-                                                    rounds=3 * self.rounds)
+                                                    runs=self.runs, min_seconds=2 * self.min_seconds,
+                                                    rounds=2 * self.rounds)
             speedup = floating.median_ms / quantized.median_ms
         keep = speedup >= self.min_speedup
         model.meta["latency_guard"] = {"float_ms": floating.median_ms, "int8_ms": quantized.median_ms,
