@@ -72,8 +72,8 @@ def test_register_returns_the_function_unchanged():
 
 
 BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "ConvTranspose", "DequantizeLinear",
-                                "HardSigmoid", "MatMulInteger", "MaxPool", "Mul", "QLinearConv", "QLinearMatMul",
-                                "QuantizeLinear", "Sub"]] + [
+                                "HardSigmoid", "LayerNormalization", "MatMulInteger", "MaxPool", "Mul", "QLinearConv",
+                                "QLinearMatMul", "QuantizeLinear", "Sub"]] + [
     ("com.microsoft", op) for op in ["MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool",
                                      "QLinearSoftmax"]]
 JIT = ["ConvInteger", "DequantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear", "QGemm",
