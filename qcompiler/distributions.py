@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .ir import Model, QuantSpec
-from .summary import tensor_values
+from .summary import tensor_reader
 
 BINS = 48
 
@@ -71,9 +71,10 @@ def _activations(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str
     names = [n for n in specs if n in by_name and by_name[n].const is None]
     inputs = {v.name for v in model.graph.inputs}
 
+    read = tensor_reader(model, [n for n in names if n not in inputs])  # one session for both passes
+
     def values(feed):
-        computed = tensor_values(model, [n for n in names if n not in inputs], feed)
-        return {**{n: feed[n] for n in names if n in inputs and n in feed}, **computed}
+        return {**{n: feed[n] for n in names if n in inputs and n in feed}, **read(feed)}
 
     low = {n: np.inf for n in names}
     high = {n: -np.inf for n in names}

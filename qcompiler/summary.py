@@ -19,6 +19,7 @@ JSON-able records (``summarize`` returns a dict) and ``format_table`` prints it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -66,9 +67,10 @@ def parameters(node: Node) -> int:
     return sum(int(np.size(a)) for a in arrays if a is not None)
 
 
-def tensor_values(model: Model, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The named tensors on ``feed`` (the model run in onnxruntime, optimizations off, with them exposed
-    as outputs); names the model does not compute are left out."""
+def tensor_reader(model: Model, names: list[str]) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """A function from a feed to the named tensors on it: one onnxruntime session (optimizations off)
+    of ``model`` with them exposed as outputs, for as many feeds as needed; names the model does not
+    compute are left out."""
     import onnxruntime as ort
 
     proto = to_proto(model)
@@ -79,14 +81,18 @@ def tensor_values(model: Model, names: list[str], feed: dict[str, np.ndarray]) -
     options.log_severity_level = 3
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
-    outputs = [o.name for o in session.get_outputs() if o.name in set(names)]
-    arrays = session.run(outputs, {k: v for k, v in feed.items() if k in inputs})
-    return dict(zip(outputs, arrays))
+    wanted = set(names)
+    outputs = [o.name for o in session.get_outputs() if o.name in wanted]
+
+    def read(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, session.run(outputs, {k: v for k, v in feed.items() if k in inputs})))
+
+    return read
 
 
 def tensor_shapes(model: Model, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes of the named tensors on ``feed`` (see :func:`tensor_values`)."""
-    return {name: tuple(np.shape(a)) for name, a in tensor_values(model, names, feed).items()}
+    """Concrete shapes of the named tensors on ``feed`` (see :func:`tensor_reader`)."""
+    return {name: tuple(np.shape(a)) for name, a in tensor_reader(model, names)(feed).items()}
 
 
 def macs(node: Node, shapes: dict[str, tuple[int, ...]]) -> int:
