@@ -133,17 +133,32 @@ class MixedPrecision(Pass):
     def search(self, evaluator: Evaluator, layers: list[str], measure: str, original_size: int | None
                ) -> tuple[Evaluation | None, list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """(the configuration kept, None for the original model; the path; sensitivities): see the module docstring."""
-        sensitivity = layer_sensitivity(evaluator, layers, both=False)
-        position = {name: i for i, name in enumerate(layers)}
-        order = sorted(layers, key=lambda n: (sensitivity[n]["quantized_alone"][measure], position[n]))
-        path = [{"int8": "none", **_record(evaluator, evaluator.evaluate(layers))}]
-        for k, name in enumerate(order, 1):
-            path.append({"int8": name, **_record(evaluator, evaluator.evaluate(order[k:]))})
+        path, sensitivity = explore(evaluator, layers, measure)
+        return self.choose(evaluator, layers, measure, original_size), path, sensitivity
+
+    def choose(self, evaluator: Evaluator, layers: list[str], measure: str, original_size: int | None
+               ) -> Evaluation | None:
+        """Step 3 of the module docstring, over the configurations ``evaluator`` has evaluated (after
+        :func:`explore`; None: the original model). Evaluates nothing new, so one :func:`explore`
+        serves every threshold."""
         feasible = [e for e in evaluator.cache.values() if e.errors[measure] <= self.threshold]
         best = min(feasible, key=lambda e: (e.size, -len(e.quantized_nodes), e.errors[measure]), default=None)
         if original_size is not None and (best is None or original_size < best.size):
-            return None, path, sensitivity
-        return best or evaluator.evaluate(layers), path, sensitivity
+            return None
+        return best or evaluator.evaluate(layers)
+
+
+def explore(evaluator: Evaluator, layers: list[str], measure: str
+            ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Steps 1 and 2 of the module docstring, which do not depend on the threshold: (the path, the
+    sensitivities)."""
+    sensitivity = layer_sensitivity(evaluator, layers, both=False)
+    position = {name: i for i, name in enumerate(layers)}
+    order = sorted(layers, key=lambda n: (sensitivity[n]["quantized_alone"][measure], position[n]))
+    path = [{"int8": "none", **_record(evaluator, evaluator.evaluate(layers))}]
+    for k, name in enumerate(order, 1):
+        path.append({"int8": name, **_record(evaluator, evaluator.evaluate(order[k:]))})
+    return path, sensitivity
 
 
 def _record(evaluator: Evaluator, evaluation: Evaluation) -> dict[str, Any]:

@@ -245,6 +245,7 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     mean to ``qcompiler.compile``, so the recommended threshold reproduces with the same options.
     """
     from .distributions import tensor_distributions
+    from .passes.mixed_precision import explore
     from .targets import get_target
 
     say = progress or (lambda message: None)
@@ -273,13 +274,13 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     original_size = len(model.meta["original_model"])
 
     def search(threshold: float):
-        return dataclasses.replace(mixed, threshold=threshold).search(evaluator, layers, "nsr", original_size)
+        return dataclasses.replace(mixed, threshold=threshold).choose(evaluator, layers, "nsr", original_size)
 
     # the searches first: they must see the configurations the pass sees, not the float-alone ones too
-    path = search(ACCURACY_FLOOR)[1]
-    recommendation = recommend(lambda t: search(t)[0], all_int8.errors)
+    path, _ = explore(evaluator, layers, "nsr")
+    recommendation = recommend(search, all_int8.errors)
     chosen = recommendation.pop("configuration")
-    sweep = {t: search(t)[0] for t in SWEEP}
+    sweep = {t: search(t) for t in SWEEP}
     sensitivity = layer_sensitivity(evaluator, layers)
     report["layers"] = _layer_table(evaluator, layers, sensitivity,
                                     chosen.quantized_nodes if chosen is not None else frozenset(), original)
