@@ -118,6 +118,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     target = get_target(args.target)
     start = time.perf_counter()
     model = ir.load(args.model)
+    original = ir.load(args.model)  # for the summary's sizes: read now, --overwrite replaces the file
     before = len(model.graph)
     total = len(resolve(args.pipeline, {"target": target.name, "objective": args.objective,
                                           "sensitivity_threshold": args.sensitivity_threshold}).passes)
@@ -142,7 +143,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"latency on this CPU: float {guard['float_ms']:.3g} ms, int8 {guard['int8_ms']:.3g} ms "
               f"({guard['speedup']:.2f}x): kept {guard['kept']}"
               + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
-    print(_layer_summary(model, args.calib, ir.load(args.model)))
+    print(_layer_summary(model, args.calib, original))
     print(f"wrote {args.output}: target {target.name}, {before} -> {len(model.graph)} nodes, "
           f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
     return 0
