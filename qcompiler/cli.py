@@ -163,13 +163,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from .bench import bench, format_table
+    from .report_html import write_atomically
 
+    if args.json:
+        check_output_path(args.models[0], args.json, False)
     say = None if args.quiet else (lambda message: print(f"bench: {message}", file=sys.stderr, flush=True))
     result = bench(args.models, inputs=args.inputs, calib=args.calib, threads=args.threads, runs=args.runs,
                    batch=args.batch, min_seconds=args.min_seconds, memory=not args.no_memory, progress=say)
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_atomically(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 
