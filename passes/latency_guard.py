@@ -30,6 +30,13 @@ from qcompiler.latency import measure_latencies
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
+def restore(model: Model, serialized: bytes, where: str) -> None:
+    """Replace ``model`` by the float model ``serialized`` (``keep-float-reference``, ``keep-original-model``)."""
+    model.update_from(from_proto(onnx.load_from_string(serialized), where))
+    for value in model.graph.values():
+        value.quant = None
+
+
 @register_pass("keep-float-reference")
 class KeepFloatReference(Pass):
     """Keep the float model, serialized, for later comparison (latency guard, analysis)."""
@@ -76,7 +83,5 @@ class LatencyGuard(Pass):
                                        "speedup": speedup, "kept": "int8" if keep else "float"}
         if keep:
             return PassResult(model, False)
-        model.update_from(from_proto(onnx.load_from_string(float_bytes), "float reference"))
-        for value in model.graph.values():
-            value.quant = None
+        restore(model, float_bytes, "float reference")
         return PassResult(model, True)

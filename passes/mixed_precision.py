@@ -38,16 +38,15 @@ from dataclasses import field
 from itertools import islice
 from typing import Any
 
-import onnx
-
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, from_proto, to_proto
+from qcompiler.ir import Model, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import (Evaluation, Evaluator, error_measures, layer_sensitivity, name_nodes,
                                    quantizable_layers)
 from qcompiler.targets import TARGETS
 
 from .calibrate import model_inputs
+from .latency_guard import restore
 
 RECOMMENDED_THRESHOLD = 0.005
 
@@ -125,9 +124,7 @@ class MixedPrecision(Pass):
         if best is not None:
             model.graph = evaluator.build(best.float_layers).graph
         else:
-            model.update_from(from_proto(onnx.load_from_string(original), "original model"))
-            for value in model.graph.values():
-                value.quant = None
+            restore(model, original, "original model")
         return PassResult(model, True)
 
     def search(self, evaluator: Evaluator, layers: list[str], measure: str, original_size: int | None
