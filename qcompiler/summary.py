@@ -142,8 +142,8 @@ def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | None 
     if original is not None:
         before = to_proto(original).ByteSize()
         totals.update(size_before=before, compression=before / after)
-    if "predicted" in mixed:
-        totals["predicted"] = mixed["predicted"]
+    if "predicted" in mixed and model.meta.get("latency_guard", {}).get("kept", "int8") == "int8":
+        totals["predicted"] = mixed["predicted"]  # (a guard that restored float leaves nothing predicted)
         totals["threshold"] = mixed["threshold"]
     return {"layers": records, "totals": totals}
 

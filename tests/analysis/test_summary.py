@@ -68,3 +68,12 @@ def test_compile_prints_the_table_with_sensitivities(cnn_path, calib_dir, tmp_pa
     assert all(float(row[2]) > 0 for row in rows.values())  # the quantized-alone SQNR in dB
     assert "predicted output error" in lines[-2] and "for threshold 0.001" in lines[-2]
     assert lines[-1].startswith(f"wrote {output}")
+
+
+def test_the_prediction_is_dropped_when_the_latency_guard_restored_float():
+    compiled = qcompiler.compile(cnn(), None, calib=cnn_feeds(), calibration="minmax", objective="size",
+                                 sensitivity_threshold=0.001)
+    feed = cnn_feeds(count=1)[0]
+    assert "predicted" in summarize(compiled, feed, cnn())["totals"]
+    compiled.meta["latency_guard"] = {"kept": "float"}  # what the guard records when it restores float
+    assert "predicted" not in summarize(compiled, feed, cnn())["totals"]
