@@ -18,7 +18,8 @@ always a candidate, so no channel's error grows.
 out; histograms are collected once on the other feeds; for each candidate (``minmax``, ``mse``,
 ``percentile:P``) every marked activation gets the range that candidate reads off its histogram,
 the model with those ranges is run (onnxruntime, with Q/DQ inserted) on the held-out feeds and
-scored by the relative output error ``sum_o ||Y_o - Ŷ_o||² / ||Y_o||²`` over the graph outputs.
+scored by the relative output error ``mean_o ||Y_o - Ŷ_o||² / ||Y_o||²`` over the graph outputs
+(:func:`qcompiler.sensitivity.error_measures`' ``nsr``).
 The best candidate is then read off the histograms of all feeds (held-out ones merged in).
 """
 
@@ -33,6 +34,7 @@ from qcompiler.calibration.observers import MSEObserver, PercentileObserver, Str
 from qcompiler.errors import UserError
 from qcompiler.ir import Model, QuantSpec, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
+from qcompiler.sensitivity import error_measures
 from qcompiler.targets import TARGETS, Target
 
 from .calibrate import model_inputs
@@ -144,16 +146,6 @@ def _reader(candidate: str, bins: int = 8192) -> StreamingHistogram:
                     "(minmax, mse or percentile:P with 50 < P <= 100, e.g. percentile:99.99)")
 
 
-def relative_output_error(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
-    """``sum_o ||Y_o - Ŷ_o||² / ||Y_o||²`` over graph outputs ``o``, each summed over all feeds."""
-    total = 0.0
-    for o in range(len(reference[0])):
-        energy = sum(float(np.square(r[o].astype(np.float64)).sum()) for r in reference)
-        noise = sum(float(np.square(r[o].astype(np.float64) - q[o]).sum()) for r, q in zip(reference, outputs))
-        total += noise / max(energy, 1e-30)
-    return total
-
-
 class _KeepingHistogram(StreamingHistogram):
     """A histogram that, with ``keep``, also keeps the arrays it saw (the float reference outputs)."""
 
@@ -208,7 +200,7 @@ class CalibrateSearch(Pass):
         for candidate in self.candidates:
             trial = clone_with_node_meta(model)
             _apply_ranges(trial, {n: candidate_range(histograms[n], candidate) for n in names}, shares, target)
-            errors[candidate] = relative_output_error(reference, _run_quantized(trial, held_feeds))
+            errors[candidate] = error_measures(reference, _run_quantized(trial, held_feeds))["nsr"]
         best = min(self.candidates, key=lambda c: errors[c])  # ties: the earlier candidate
         for name in names:
             histograms[name].merge(held_histograms[name])
