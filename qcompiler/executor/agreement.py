@@ -46,14 +46,17 @@ class Agreement:
         return data
 
 
-def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    """``10 log10(sum reference^2 / sum (other - reference)^2)``; inf when equal."""
-    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
-    noise = float(np.sum((other - reference) ** 2))
-    signal = float(np.sum(reference ** 2))
+def energy_ratio_db(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)`` of two energies; inf when there is no noise, -inf when no signal."""
     if noise == 0:
         return math.inf
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """``10 log10(sum reference^2 / sum (other - reference)^2)``; inf when equal."""
+    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    return energy_ratio_db(float(np.sum(reference ** 2)), float(np.sum((other - reference) ** 2)))
 
 
 def compare(name: str, ours: np.ndarray, theirs: np.ndarray) -> Agreement:

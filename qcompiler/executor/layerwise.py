@@ -25,11 +25,11 @@ units whose weights can overflow), and the fix is 7-bit weights (reduced range, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .agreement import energy_ratio_db
 from .interpreter import Interpreter, Step
 from .profiles import Profile, get_profile
 
@@ -60,19 +60,13 @@ class KernelError:
     exact_noise: float = 0.0
     integer: bool = True
 
-    @staticmethod
-    def _db(signal: float, noise: float) -> float:
-        if noise == 0:
-            return math.inf
-        return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
-
     @property
     def sqnr_db(self) -> float:
-        return self._db(self.signal, self.noise)
+        return energy_ratio_db(self.signal, self.noise)
 
     @property
     def exact_sqnr_db(self) -> float:
-        return self._db(self.signal, self.exact_noise)
+        return energy_ratio_db(self.signal, self.exact_noise)
 
     def _bad(self, off: int, sqnr: float) -> bool:
         return off > MAX_OFF_SHARE * max(self.elements, 1) or sqnr < MIN_SQNR_DB

@@ -5,12 +5,12 @@ Both override :meth:`Interpreter.run_node` (torch.fx style) instead of taking ca
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import ir
+from .agreement import energy_ratio_db
 from .interpreter import Interpreter, Step
 
 
@@ -48,9 +48,7 @@ class NodeError:
     @property
     def sqnr_db(self) -> float:
         """``10 log10(sum y^2 / sum (y_q - y)^2)``; infinite when the outputs agree exactly."""
-        if self.noise == 0:
-            return math.inf
-        return 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+        return energy_ratio_db(self.signal, self.noise)
 
 
 class CompareInterpreter(Interpreter):
