@@ -49,7 +49,7 @@ from . import ir
 from .errors import UserError
 from .pass_manager import Instrument, PassManager
 from .pipelines import resolve
-from .sensitivity import Evaluator, error_measures, layer_sensitivity, lower, name_nodes, run_session
+from .sensitivity import Evaluator, error_measures, layer_sensitivity, lower, name_nodes, nsr_db, run_session
 
 SANITY_MIN_SQNR_DB = 60.0
 """Float sanity passes when the bypassed model's output SQNR against the original is at least this."""
@@ -176,22 +176,18 @@ def recommend(search: Callable[[float], Any], all_int8: dict[str, float]) -> dic
     chosen = search(ACCURACY_FLOOR)
     if chosen is None:
         return {"threshold": ACCURACY_FLOOR, "floor": ACCURACY_FLOOR, "configuration": None,
-                "reason": (f"no configuration with int8 layers reaches {_db(ACCURACY_FLOOR):.0f} dB output SQNR on the "
+                "reason": (f"no configuration with int8 layers reaches {nsr_db(ACCURACY_FLOOR):.0f} dB output SQNR on the "
                            f"calibration feeds (all int8: {all_int8['sqnr_db']:.1f} dB), so this threshold keeps the "
                            f"model float; fix the most sensitive layers first (per-layer table), or allow more "
                            f"error with a larger threshold")}
     threshold = _ceil_2(chosen.errors["nsr"])
     final = search(threshold)
     return {"threshold": threshold, "floor": ACCURACY_FLOOR, "configuration": final,
-            "reason": (f"the smallest model mixed-precision finds with output SQNR >= {_db(ACCURACY_FLOOR):.0f} dB "
+            "reason": (f"the smallest model mixed-precision finds with output SQNR >= {nsr_db(ACCURACY_FLOOR):.0f} dB "
                        f"(nsr <= {ACCURACY_FLOOR}, cosine about {1 - ACCURACY_FLOOR / 2:.4f}: the recommended start "
                        f"of commercial compilers) has nsr {chosen.errors['nsr']:.3g} "
                        f"({chosen.errors['sqnr_db']:.1f} dB, cosine {chosen.errors['cosine']:.4f}); the threshold "
                        f"is that error rounded up, so compiling with it reproduces that configuration")}
-
-
-def _db(nsr: float) -> float:
-    return -10 * math.log10(nsr)
 
 
 def _layer_table(evaluator: Evaluator, layers: list[str], sensitivity: dict, quantized: frozenset[str],

@@ -23,6 +23,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from .sensitivity import nsr_db
+
 CAP_DB = 80.0  # bars for infinite or very high SQNR stop here
 
 STYLE = """
@@ -286,7 +288,7 @@ def render(report: dict[str, Any]) -> str:
     s, split, rec = report["sanity"], report["split"], report["recommendation"]
     kernels = {k["name"]: k for k in report["kernels"]["kernels"]}
     flagged = report["kernels"]["flagged"]
-    floor_db = -10 * math.log10(rec["floor"])
+    floor_db = nsr_db(rec["floor"])
     p = rec["predicted"]
     cards = "".join([
         _card("float sanity", "PASS" if s["passed"] else "FAIL", f"bypassed vs FP32: {_db(s['bypassed']['sqnr_db'])} dB",

@@ -54,11 +54,16 @@ def error_measures(reference: Outputs, outputs: Outputs, metric: Metric | None =
         norms = math.sqrt(energy * float(out @ out))
         cosines.append(float(ref @ out) / norms if norms > 0 else float(noise == 0))
     nsr = float(np.mean(ratios))
-    result = {"nsr": nsr, "sqnr_db": -10.0 * math.log10(nsr) if nsr > 0 else math.inf,
+    result = {"nsr": nsr, "sqnr_db": nsr_db(nsr),
               "cosine": float(np.mean(cosines))}
     if metric is not None:
         result["metric"] = float(metric(reference, outputs))
     return result
+
+
+def nsr_db(nsr: float) -> float:
+    """A noise-to-signal ratio as an SQNR in dB, ``-10 log10(nsr)``; inf when ``nsr`` is 0."""
+    return -10.0 * math.log10(nsr) if nsr > 0 else math.inf
 
 
 def run_session(model: bytes | onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
