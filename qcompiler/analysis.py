@@ -50,6 +50,7 @@ from .errors import UserError
 from .pass_manager import Instrument, PassManager
 from .pipelines import resolve
 from .sensitivity import Evaluator, error_measures, layer_sensitivity, lower, name_nodes, nsr_db, run_session
+from .summary import align_columns, summarize
 
 SANITY_MIN_SQNR_DB = 60.0
 """Float sanity passes when the bypassed model's output SQNR against the original is at least this."""
@@ -194,8 +195,6 @@ def _layer_table(evaluator: Evaluator, layers: list[str], sensitivity: dict, qua
                  original: ir.Model) -> list[dict]:
     """Per-layer records: op, sensitivities, precision at the recommended threshold, parameters and
     multiply-accumulates (from the summary of the all-int8 model)."""
-    from .summary import summarize
-
     summary = summarize(lower(evaluator.build(())), evaluator.feeds[0], original)
     by_name = {r["name"]: r for r in summary["layers"]}
     records = []
@@ -300,12 +299,6 @@ def _num(value: Any, digits: int = 1) -> str:
     return str(value) if isinstance(value, str) else f"{value:.{digits}f}"
 
 
-def _rows(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)).rstrip()
-            for row in rows]
-
-
 def format_text(report: dict[str, Any]) -> str:
     """The analysis as text tables (what ``qcompiler analyze`` prints)."""
     s, split, rec, kernels = report["sanity"], report["split"], report["recommendation"], report["kernels"]
@@ -316,7 +309,7 @@ def format_text(report: dict[str, Any]) -> str:
              f"(needs >= {s['min_sqnr_db']:.0f} dB)"
              + (f"; the float model first drifts in pass {s['first_drift']}" if s["first_drift"] else ""), "",
              "2. error split (output SQNR dB / cosine vs FP32):"]
-    lines += ["   " + line for line in _rows([("quantized", "", "SQNR dB", "cosine")] + [
+    lines += ["   " + line for line in align_columns([("quantized", "", "SQNR dB", "cosine")] + [
         (label, "", _num(split[key]["sqnr_db"]), f"{split[key]['cosine']:.5f}")
         for label, key in (("weights only", "weights_only"), ("activations only", "activations_only"),
                            ("both (all int8)", "all_int8"))])]
@@ -326,16 +319,16 @@ def format_text(report: dict[str, Any]) -> str:
     rows = [("layer", "op", "alone dB", "float-alone dB", "precision", "MACs %", "kernel dB", "flag")]
     for r in sorted(report["layers"], key=lambda r: float(r["quantized_alone"]["sqnr_db"])):
         kernel = kernel_by_name.get(r["name"])
-        rows.append((r["name"][-48:], r["op"], _num(r["quantized_alone"]["sqnr_db"]),
+        rows.append((r["name"], r["op"], _num(r["quantized_alone"]["sqnr_db"]),
                      _num(r["float_alone"]["sqnr_db"]), r["precision"], f"{100 * r['macs_share']:.1f}",
                      _num(kernel["sqnr_db"]) if kernel else "", "FLAG" if kernel and kernel["flagged"] else ""))
-    lines += ["   " + line for line in _rows(rows)]
+    lines += ["   " + line for line in align_columns(rows)]
     p = rec["predicted"]
     lines += ["", f"   recommended --sensitivity-threshold {rec['threshold']:g}: {rec['int8_layers']}/{rec['layers']} "
               f"layers int8, {100 * rec['int8_macs_share']:.1f}% of MACs, {rec['size']:,} bytes "
               f"(FP32 {rec['original_size']:,}); predicted output SQNR {_num(p['sqnr_db'])} dB, cosine {p['cosine']:.4f}",
               f"   why: {rec['reason']}", "   other thresholds (what compile keeps):"]
-    lines += ["   " + line for line in _rows([("threshold", "", "int8 layers", "MACs int8 %", "size", "SQNR dB",
+    lines += ["   " + line for line in align_columns([("threshold", "", "int8 layers", "MACs int8 %", "size", "SQNR dB",
                                                  "cosine")] + [
         (f"{t['threshold']:g}", "", f"{t['int8_layers']}/{t['layers']}", f"{100 * t['int8_macs_share']:.1f}",
          f"{t['size']:,}", _num(t["predicted"]["sqnr_db"]), f"{t['predicted']['cosine']:.4f}")
@@ -353,8 +346,8 @@ def format_text(report: dict[str, Any]) -> str:
     dists = report["distributions"]
     worst = sorted(dists, key=lambda d: (-d["clipped"], d["utilisation"]))[:8]
     lines += ["", f"5. distributions of {len(dists)} quantized tensors (most clipped / least used range first):"]
-    lines += ["   " + line for line in _rows([("tensor", "kind", "min", "max", "range", "clipped %", "used %")] + [
-        (d["name"][-48:], d["kind"], f"{d['min']:.4g}", f"{d['max']:.4g}",
+    lines += ["   " + line for line in align_columns([("tensor", "kind", "min", "max", "range", "clipped %", "used %")] + [
+        (d["name"], d["kind"], f"{d['min']:.4g}", f"{d['max']:.4g}",
          f"[{d['range'][0]:.4g}, {d['range'][1]:.4g}]" + (" lv" if d["unit"] == "levels" else ""),
          f"{100 * d['clipped']:.3f}", f"{100 * d['utilisation']:.1f}") for d in worst])]
     lines.append(f"\n{report['evaluations']} model evaluations in {report['seconds']:.1f}s")

@@ -152,6 +152,15 @@ def _db(errors: dict[str, float] | None) -> str:
     return "" if not errors else f"{errors['sqnr_db']:.1f}"
 
 
+def align_columns(rows: list[tuple[str, ...]], first_width: int = 48) -> list[str]:
+    """``rows`` as aligned text lines: the first two columns left-aligned, the others right-aligned;
+    the first column is cut to its last ``first_width`` characters (layer names are long)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths[0] = min(widths[0], first_width)
+    return ["  ".join((c[-widths[i]:] if i == 0 else c).ljust(widths[i]) if i < 2 else c.rjust(widths[i])
+                      for i, c in enumerate(row)).rstrip() for row in rows]
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as a text table: one line per layer, then the totals."""
     rows = [("layer", "op", "alone dB", "precision", "params", "MACs %")]
@@ -159,10 +168,7 @@ def format_table(summary: dict[str, Any]) -> str:
         sensitivity = r.get("sensitivity", {})
         rows.append((r["name"], r["op"], _db(sensitivity.get("quantized_alone")), r["precision"],
                      f"{r['params']:,}", f"{100 * r['macs_share']:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    widths[0] = min(widths[0], 48)
-    lines = ["  ".join((c[-widths[i]:] if i == 0 else c).ljust(widths[i]) if i < 2 else c.rjust(widths[i])
-                       for i, c in enumerate(row)) for row in rows]
+    lines = align_columns(rows)
     t = summary["totals"]
     text = (f"{t['int8_layers']}/{t['layers']} layers int8, {100 * t['int8_macs_share']:.1f}% of "
             f"{t['macs']:,} MACs in int8")
