@@ -38,7 +38,7 @@ import numpy as np
 from onnx import TensorProto
 
 from qcompiler.errors import PreconditionError
-from qcompiler.ir import Model, QuantSpec, Value
+from qcompiler.ir import Model, QuantSpec, Value, channel_shape
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 MIN_DIVERGENCE_DB = 3.0
@@ -86,9 +86,7 @@ def _reduce_range(model: Model, fusion) -> None:
     weight = fusion.dequantize[1]
     w, scale = weight.inputs[0].const, weight.inputs[1].const.astype(np.float32)
     axis = weight.attrs.get("axis", 1) if scale.size > 1 else None
-    shape = [1] * w.ndim
-    if axis is not None:
-        shape[axis] = -1
+    shape = channel_shape(w.ndim, axis)
     real = w.astype(np.float64) * scale.reshape(shape)
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
     spec = QuantSpec.from_range(real.min(axis=reduce_axes), real.max(axis=reduce_axes), TensorProto.INT8,

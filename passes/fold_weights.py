@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompiler.ir import Model, Node, Value, integer_range, storage_dtype
+from qcompiler.ir import Model, Node, Value, channel_shape, integer_range, storage_dtype
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -18,8 +18,7 @@ def quantize_array(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axi
                    dtype: int) -> np.ndarray:
     """ONNX QuantizeLinear on arrays (round half to even, saturate)."""
     if scale.ndim == 1 and axis is not None:
-        shape = [1] * x.ndim
-        shape[axis] = -1
+        shape = channel_shape(x.ndim, axis)
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     qmin, qmax = integer_range(dtype)
     q = np.rint(x.astype(np.float32) / scale.astype(np.float32)) + zero_point.astype(np.int64)

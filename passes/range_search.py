@@ -32,7 +32,7 @@ import numpy as np
 
 from qcompiler.calibration.observers import MSEObserver, PercentileObserver, StreamingHistogram
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, QuantSpec, to_proto
+from qcompiler.ir import Model, QuantSpec, channel_shape, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import error_measures
 from qcompiler.targets import TARGETS, Target
@@ -50,8 +50,7 @@ def fake_quantize(array: np.ndarray, spec: QuantSpec) -> np.ndarray:
     scale, zero = np.asarray(spec.scale, np.float32), np.asarray(spec.zero_point)
     integers = quantize_array(array, scale, zero, spec.axis, spec.dtype).astype(np.float32)
     if spec.axis is not None and scale.ndim == 1:
-        shape = [1] * array.ndim
-        shape[spec.axis] = -1
+        shape = channel_shape(array.ndim, spec.axis)
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     return (integers - zero.astype(np.float32)) * scale
 
@@ -70,9 +69,7 @@ def clipped_weight_spec(weight: np.ndarray, spec: QuantSpec, target: Target,
     """
     axis = spec.axis
     reduce_axes = tuple(i for i in range(weight.ndim) if i != axis) if axis is not None else None
-    shape = [1] * weight.ndim
-    if axis is not None:
-        shape[axis] = -1
+    shape = channel_shape(weight.ndim, axis)
     peak = np.abs(weight).max(axis=reduce_axes).astype(np.float64)
     best_error = np.full(peak.shape, np.inf)
     best_ratio = np.ones(peak.shape)

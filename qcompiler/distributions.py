@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .ir import Model, QuantSpec
+from .ir import Model, QuantSpec, channel_shape
 from .summary import tensor_reader
 
 BINS = 48
@@ -34,8 +34,7 @@ BINS = 48
 def _levels(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     scale, zero = spec.scale.astype(np.float64), spec.zero_point.astype(np.float64)
     if spec.axis is not None and scale.size > 1:
-        shape = [1] * x.ndim
-        shape[spec.axis] = -1
+        shape = channel_shape(x.ndim, spec.axis)
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     return x.astype(np.float64) / scale + zero
 

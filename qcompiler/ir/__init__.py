@@ -2,7 +2,7 @@
 
 from ._core import CAPTURE_INDEX, Graph, Model, Node, Usage, Value
 from .printer import format_graph, format_model, format_node
-from .quant import QuantSpec, integer_range, storage_dtype
+from .quant import QuantSpec, channel_shape, integer_range, storage_dtype
 from .serde import from_proto, load, save, to_proto
 from .verify import verify
 
@@ -14,6 +14,7 @@ __all__ = [
     "QuantSpec",
     "Usage",
     "Value",
+    "channel_shape",
     "format_graph",
     "format_model",
     "format_node",

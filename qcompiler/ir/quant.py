@@ -48,6 +48,15 @@ def integer_range(dtype: int) -> tuple[int, int]:
         raise ValueError(f"not a quantized integer type: {TensorProto.DataType.Name(dtype)}") from None
 
 
+def channel_shape(ndim: int, axis: int | None) -> list[int]:
+    """The shape that broadcasts a per-channel vector (scale, zero point) along ``axis`` of an
+    ``ndim``-dimensional tensor: ``-1`` at ``axis``, 1 elsewhere (all 1 when ``axis`` is None)."""
+    shape = [1] * ndim
+    if axis is not None:
+        shape[axis] = -1
+    return shape
+
+
 @dataclass(frozen=True, eq=False)
 class QuantSpec:
     """How one value is quantized.
