@@ -40,6 +40,9 @@ from onnx import TensorProto
 from qcompiler.errors import PreconditionError
 from qcompiler.ir import Model, QuantSpec, Value, channel_shape
 from qcompiler.pass_manager import Pass, PassResult, register_pass
+from qcompiler.targets import detect_target, get_target
+
+from .calibrate import model_inputs
 
 MIN_DIVERGENCE_DB = 3.0
 SAFE_WEIGHT = 64  # 2 * 255 * 64 = 32640 fits an int16 pair sum
@@ -110,12 +113,6 @@ def _reduce_range(model: Model, fusion) -> None:
     graph.remove_unused_initializers()
 
 
-def _sqnr(reference: np.ndarray, other: np.ndarray) -> float:
-    from qcompiler.executor.agreement import sqnr_db
-
-    return sqnr_db(reference, other)
-
-
 @register_pass("check-kernels")
 class CheckKernels(Pass):
     """Compare simulation, the target's integer kernels and onnxruntime; fix int16 saturation."""
@@ -131,28 +128,22 @@ class CheckKernels(Pass):
             raise PreconditionError("check-kernels needs assign-precision earlier in the pipeline (the target)")
 
     def _measure(self, model: Model, feeds: list[dict], target) -> dict:
+        from qcompiler.executor.agreement import run_onnxruntime, sqnr_db
+
         simulated = _run(model, "simulate", feeds)
         exact = _run(model, "exact", feeds)
         deployed = _run(model, target.name, feeds)
-        report = {"samples": len(feeds), "exact_sqnr_db": _sqnr(simulated, exact),
-                  "target_sqnr_db": _sqnr(simulated, deployed)}
+        report = {"samples": len(feeds), "exact_sqnr_db": sqnr_db(simulated, exact),
+                  "target_sqnr_db": sqnr_db(simulated, deployed)}
         report["diverges"] = report["target_sqnr_db"] < report["exact_sqnr_db"] - MIN_DIVERGENCE_DB
-        from qcompiler.targets import detect_target
-
         if detect_target().name == target.name:
-            from qcompiler.executor.agreement import run_onnxruntime
-
             onnxruntime = np.concatenate([_float_outputs(run_onnxruntime(model, feed)) for feed in feeds])
-            report["onnxruntime_sqnr_db"] = _sqnr(simulated, onnxruntime)
+            report["onnxruntime_sqnr_db"] = sqnr_db(simulated, onnxruntime)
             report["onnxruntime_equal"] = float(np.mean(onnxruntime == deployed)) if deployed.size else 1.0
         return report
 
     def call(self, model: Model) -> PassResult:
         from qcompiler.calibration import open_calibration
-
-        from .calibrate import model_inputs
-
-        from qcompiler.targets import get_target
 
         target = get_target(self.deploy) if self.deploy else model.meta["target"]
         if target.accumulation == "exact":
