@@ -93,10 +93,12 @@ class SearchWeightRanges(Pass):
 
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
 
-    def call(self, model: Model) -> PassResult:
-        target = model.meta.get("target")
-        if target is None:
+    def requires(self, model: Model) -> None:
+        if model.meta.get("target") is None:
             raise UserError("search-weight-ranges: run assign-precision first (no target on the model)")
+
+    def call(self, model: Model) -> PassResult:
+        target = model.meta["target"]
         changed = False
         clipped = total = 0
         for value in model.graph.initializers.values():
