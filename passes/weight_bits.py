@@ -24,7 +24,7 @@ from qcompiler.errors import UserError
 from qcompiler.ir import Model, QuantSpec
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
-from .range_search import clipped_weight_spec
+from .range_search import DEFAULT_RATIOS, clipped_weight_spec
 
 
 @register_pass("weight-bits")
@@ -48,8 +48,8 @@ class WeightBits(Pass):
             if spec is None or not spec.symmetric or spec.block_size is not None or spec.dtype != TensorProto.INT8:
                 continue
             narrow = QuantSpec(TensorProto.INT4, spec.scale, spec.zero_point, axis=spec.axis)
-            ratios = None if self.search else (1.0,)
-            chosen, _, weight = clipped_weight_spec(value.const, narrow, target, *([ratios] if ratios else []))
+            ratios = DEFAULT_RATIOS if self.search else (1.0,)
+            chosen, _, weight = clipped_weight_spec(value.const, narrow, target, ratios)
             stored = QuantSpec(TensorProto.INT8, chosen.scale, chosen.zero_point.astype(np.int8), axis=chosen.axis)
             if stored != spec or not np.array_equal(weight, value.const):
                 value.quant, value.const = stored, weight
