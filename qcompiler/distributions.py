@@ -101,11 +101,11 @@ def _activations(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str
     for name in seen:
         record, spec = stats[name], specs[name]
         span = _levels(np.array([low[name], high[name]]), spec)
+        utilisation = float(_utilisation(span[0], span[1], spec))  # one range per tensor: also the worst channel's
         result.append({"name": name, "kind": "activation", "per_channel": False, "elements": record["elements"],
                        "min": low[name], "max": high[name], "range": record["range"], "unit": "real",
                        "clipped": record["clipped"] / max(record["elements"], 1),
-                       "utilisation": float(_utilisation(span[0], span[1], spec)),
-                       "worst_channel_utilisation": float(_utilisation(span[0], span[1], spec)),
+                       "utilisation": utilisation, "worst_channel_utilisation": utilisation,
                        "histogram": {"edges": record["edges"].tolist(), "counts": record["counts"].tolist()}})
     return result
 
