@@ -43,7 +43,7 @@ from qcompiler.ir import Model, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import (Evaluation, Evaluator, error_measures, layer_sensitivity, name_nodes,
                                    quantizable_layers)
-from qcompiler.targets import TARGETS
+from qcompiler.targets import TARGETS, Target
 
 from .calibrate import model_inputs
 from .latency_guard import restore
@@ -82,9 +82,13 @@ class MixedPrecision(Pass):
         if self.samples < 1:
             raise UserError(f"mixed-precision: samples must be >= 1, not {self.samples}")
 
+    def target_of(self, model: Model) -> Target:
+        """The target ``assign-precision`` put on ``model``, else the one this pass names."""
+        return model.meta.get("target") or TARGETS[self.target]
+
     def layers(self, model: Model) -> list[str]:
         """The layers of ``model`` (after ``assign-precision``, nodes named by :func:`name_nodes`)."""
-        return quantizable_layers(model, (model.meta.get("target") or TARGETS[self.target]).int8_ops)
+        return quantizable_layers(model, self.target_of(model).int8_ops)
 
     def feeds(self, model: Model) -> list[dict]:
         """The first ``samples`` calibration feeds: the ones the error is measured on."""
@@ -95,7 +99,7 @@ class MixedPrecision(Pass):
     def evaluator(self, model: Model) -> Evaluator:
         """The :class:`Evaluator` of the calibrated ``model`` on :meth:`feeds`, against the original model
         when ``keep-original-model`` ran (``qcompiler analyze`` uses it too)."""
-        target = model.meta.get("target") or TARGETS[self.target]
+        target = self.target_of(model)
         return Evaluator.from_calibrated(
             model, self.feeds(model), exclude=self.exclude, reference_model=model.meta.get("original_model"), metric=self.metric,
             assign_options={"target": target, "per_channel": self.per_channel and target.per_channel,
