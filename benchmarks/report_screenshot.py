@@ -26,7 +26,8 @@ from pathlib import Path
 
 import qcompiler
 from qcompiler.analysis import analyze, format_text
-from qcompiler.report_html import render, write_atomically
+from qcompiler.ir.serde import write_atomically
+from qcompiler.report_html import render
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -163,7 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from .bench import bench, format_table
-    from .report_html import write_atomically
+    from .ir.serde import write_atomically
 
     if args.json:
         check_output_path(args.models[0], args.json, False)
@@ -187,7 +187,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
     from .analysis import analyze, calibration_source, format_text
-    from .report_html import render, write_atomically
+    from .ir.serde import write_atomically
+    from .report_html import render
 
     for path in (args.html, args.json):
         if path:

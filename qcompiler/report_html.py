@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -345,19 +343,3 @@ sort. Red rows: target kernel flagged; grey rows: float at the recommended thres
             f'<title>{escape(title)}</title><style>{STYLE}</style></head><body>{body}'
             f'<script type="application/json" id="analysis-data">{data}</script>'
             f'<script>{SORT_SCRIPT}</script></body></html>\n')
-
-
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory, renamed into place."""
-    path = Path(path)
-    handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(staged, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
-        os.replace(staged, path)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise

@@ -360,6 +360,29 @@ def save_proto(proto: onnx.ModelProto, path: str | os.PathLike, *, external_data
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` as :func:`save_proto` writes a model: through a temporary file
+    in the same directory, renamed into place, so a failure leaves no partial file. An ``OSError``
+    (unwritable directory, disk full) is raised as a :class:`ModelSaveError`: a one-line user error."""
+    path = Path(path)
+    try:
+        handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ModelSaveError(f"{path}: cannot write in {path.parent} ({exc.strerror or exc})") from exc
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(staged, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        os.replace(staged, path)
+    except BaseException as exc:
+        Path(staged).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModelSaveError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise
+
+
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
     """Write the IR to an ONNX file atomically (external data when over 2 GB or when asked)."""
     if external_data is None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +86,21 @@ def test_inputs_and_calib_are_exclusive(pair, feed_dir, capsys):
         main(["bench", str(pair[0]), "--inputs", str(feed_dir / "batch_0.npz"), "--calib", str(feed_dir)])
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_failed_json_write_exits_2_with_one_line_and_leaves_no_file(tmp_path, pair, feed_dir, capsys, monkeypatch):
+    out = tmp_path / "bench.json"
+    real_replace = os.replace
+
+    def disk_full(source, destination):  # the staged JSON cannot be renamed into place
+        if Path(destination) == out:
+            raise OSError(28, "No space left on device")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["bench", str(pair[0]), "--inputs", str(feed_dir / "batch_0.npz"), "--no-memory", "-q",
+                 "--json", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"qcompiler: error: {out}: cannot write (No space left on device)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # neither the JSON nor its staging file
