@@ -1,6 +1,6 @@
 """numba versions of the hot integer ops, bit-exact with the reference. Importing registers them."""
 
-from . import ops  # noqa: F401  (registration)
+from . import ops, transcendental  # noqa: F401  (registration)
 from .loops import JIT
 
 __all__ = ["JIT"]

@@ -8,7 +8,8 @@ torch.fx's ``Interpreter`` made concrete for ONNX (see ``anchors-style.md`` C9):
   after it. A kernel with a ``prepare`` (see :mod:`qcompiler.kernels.registry`) is specialized for the
   step's constant inputs (initializers that no feed can override), attributes bound. Under a fusing profile (:mod:`.profiles`), a copy of the model gets onnxruntime's Q/DQ
   propagation (:mod:`.propagation`) and its QDQ node units (:mod:`.fusion`) become one step running
-  the integer kernel, with the target's accumulation.
+  the integer kernel, with the target's accumulation; kernels that take an ``isa`` (Softmax, Erf) get
+  the profile's, to reproduce that CPU's MLAS float arithmetic.
 * **Run** (:meth:`Interpreter.run`): an environment ``Value -> ndarray`` holds initializers and feeds;
   each step's inputs are looked up, :meth:`Interpreter.run_node` computes its outputs, and values are
   dropped after their last use (``free_dead_values``; graph outputs are kept).
@@ -61,11 +62,15 @@ class Step:
         return text
 
 
-def _accepts_accumulation(kernel: Callable) -> bool:
+def _accepts(kernel: Callable, keyword: str) -> bool:
     try:
-        return "accumulation" in inspect.signature(kernel).parameters
+        return keyword in inspect.signature(kernel).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _accepts_accumulation(kernel: Callable) -> bool:
+    return _accepts(kernel, "accumulation")
 
 
 class Interpreter:
@@ -91,8 +96,8 @@ class Interpreter:
 
     # -- planning -------------------------------------------------------------------------------
     def _kernel(self, domain: str, op_type: str, node: ir.Node | None) -> tuple[Callable, str, dict]:
-        """``(kernel, source, extra attributes)``: ours (with the profile's accumulation where the kernel
-        takes one) or ``onnx.reference``'s."""
+        """``(kernel, source, extra attributes)``: ours (with the profile's accumulation and isa where the
+        kernel takes them) or ``onnx.reference``'s."""
         opset = self.model.opset_imports.get(domain, 1 if domain else self.model.opset)
         try:
             kernel = self.registry.lookup(domain, op_type, opset, self.backends)
@@ -103,9 +108,12 @@ class Interpreter:
         wanted = 0 if node is None else sum(v is not None for v in node.outputs)
         if wanted > getattr(kernel, "outputs", wanted):  # outputs ours does not compute (MaxPool's Indices)
             return reference_kernel(node, self.model), "onnx.reference", {}
+        extra = {}
         if self.profile.accumulation != "exact" and _accepts_accumulation(kernel):
-            return kernel, "kernel", {"accumulation": self.profile.accumulation}
-        return kernel, "kernel", {}
+            extra["accumulation"] = self.profile.accumulation
+        if self.profile.isa is not None and _accepts(kernel, "isa"):
+            extra["isa"] = self.profile.isa
+        return kernel, "kernel", extra
 
     def _plan(self) -> list[Step]:
         graph = self.model.graph

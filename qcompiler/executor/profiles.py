@@ -15,6 +15,12 @@ Accumulation of u8 x s8 products (the facts behind :mod:`qcompiler.kernels.refer
   exactly in int32. Not measured here (no Arm machine); QLinearAdd's fixed-point NEON path is not
   modelled (the AVX2 float path is used).
 * ``exact``: exact int32 accumulation with the fusions, whatever the CPU.
+
+Float kernels (``isa``): onnxruntime's float Softmax and Erf run MLAS kernels whose last bits depend
+on the instruction set, and a QuantizeLinear after them turns an ulp into an LSB now and then.
+``x86-avx2`` models the AVX2/FMA3 kernels (``isa="fma3"``), ``x86-vnni`` the AVX-512F ones
+(``"avx512f"``, the AVX512-VNNI machine measured; an AVX-VNNI CPU without AVX-512 would run the FMA3
+ones); the others compute the ONNX formula (see :mod:`qcompiler.kernels.reference.softmax`).
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ from ..errors import UserError
 
 @dataclass(frozen=True)
 class Profile:
-    """How the executor computes: ``fuse`` onnxruntime's QDQ node units into integer kernels, and the
-    ``accumulation`` of the integer GEMMs (``"exact"`` or ``"avx2_pair_saturate"``)."""
+    """How the executor computes: ``fuse`` onnxruntime's QDQ node units into integer kernels, the
+    ``accumulation`` of the integer GEMMs (``"exact"`` or ``"avx2_pair_saturate"``), and the ``isa``
+    whose MLAS float kernels (Softmax, Erf) are reproduced (``"fma3"``, ``"avx512f"`` or None)."""
 
     name: str
     fuse: bool
     accumulation: str
     description: str
+    isa: str | None = None
 
 
 PROFILES: dict[str, Profile] = {
@@ -42,8 +50,8 @@ PROFILES: dict[str, Profile] = {
                 "the QDQ graph as written, in float (onnxruntime without graph optimizations)"),
         Profile("exact", True, "exact", "onnxruntime's fused integer kernels, exact int32 accumulation"),
         Profile("x86-avx2", True, "avx2_pair_saturate",
-                "onnxruntime on x86 AVX2 without VNNI: u8*s8 pairs summed into saturating int16"),
-        Profile("x86-vnni", True, "exact", "onnxruntime on x86 with VNNI: exact int32 accumulation"),
+                "onnxruntime on x86 AVX2 without VNNI: u8*s8 pairs summed into saturating int16", "fma3"),
+        Profile("x86-vnni", True, "exact", "onnxruntime on x86 with VNNI: exact int32 accumulation", "avx512f"),
         Profile("arm64", True, "exact", "onnxruntime on 64-bit Arm: exact int32 accumulation"),
     )
 }

@@ -71,13 +71,14 @@ def test_register_returns_the_function_unchanged():
     assert KernelRegistry().register("Op")(kernel) is kernel
 
 
-BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "ConvTranspose", "DequantizeLinear",
+BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "ConvTranspose", "DequantizeLinear", "Erf",
                                 "HardSigmoid", "LayerNormalization", "MatMulInteger", "MaxPool", "Mul", "QLinearConv",
-                                "QLinearMatMul", "QuantizeLinear", "Sub"]] + [
+                                "QLinearMatMul", "QuantizeLinear", "Softmax", "Sub"]] + [
     ("com.microsoft", op) for op in ["MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool",
                                      "QLinearSoftmax"]]
 JIT = ["ConvInteger", "DequantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear", "QGemm",
        "MatMulIntegerToFloat", "HardSigmoid"]
+JIT_TRANSCENDENTAL = ["Erf", "Softmax"]
 
 
 def test_importing_the_package_registers_the_builtin_kernels():
@@ -88,4 +89,5 @@ def test_importing_the_package_registers_the_builtin_kernels():
         reference = default_registry.lookup(domain, op, opset, backends=("reference",))
         assert reference.__module__.startswith("qcompiler.kernels.reference.")
         chosen = default_registry.lookup(domain, op, opset)
-        assert chosen.__module__ == ("qcompiler.kernels.jit.ops" if op in JIT else reference.__module__)
+        assert chosen.__module__ == ("qcompiler.kernels.jit.ops" if op in JIT else "qcompiler.kernels.jit.transcendental"
+                                     if op in JIT_TRANSCENDENTAL else reference.__module__)
