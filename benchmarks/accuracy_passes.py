@@ -61,7 +61,7 @@ def dfq(models_dir: Path) -> list[dict]:
         PassManager(canonicalize_keeping_batchnorm_stats() + [type(p)() for p in float_passes])(float_model)
         quantized = float_model.clone()
         passes = [lib.AssignPrecision(target=target, per_channel=not per_tensor),
-                  lib.Calibrate(data=calib, method="mse", target=target)]
+                  lib.Calibrate(data=calib, method="mse")]
         passes += [lib.BiasCorrection(data=calib, method=correction)] if correction else []
         start = time.perf_counter()
         PassManager(passes + [lib.InsertQDQ(), lib.FoldQuantizedWeights()])(quantized)
@@ -82,7 +82,7 @@ def adaround(models_dir: Path, out: Path, evaluator_python: str, evaluator: str)
         for rounding in ("nearest", "adaround"):
             model = ir.load(models_dir / f"{name}.onnx")
             passes = canonicalize() + [lib.AssignPrecision(target=target), lib.WeightBits(bits=4),
-                                       lib.Calibrate(data=calib, method="mse", target=target)]
+                                       lib.Calibrate(data=calib, method="mse")]
             passes += [lib.AdaRound(data=calib)] if rounding == "adaround" else []
             start = time.perf_counter()
             PassManager(passes + [lib.InsertQDQ(), lib.FoldQuantizedWeights()])(model)
@@ -112,7 +112,7 @@ def timing(models_dir: Path) -> list[dict]:
     passes = canonicalize_keeping_batchnorm_stats() + [
         lib.ReplaceReLU6(), lib.CrossLayerEqualization(), lib.HighBiasAbsorption(),
         lib.AssignPrecision(target=target), lib.WeightBits(bits=4),
-        lib.Calibrate(data=calib, method="mse", target=target), lib.AdaRound(data=calib),
+        lib.Calibrate(data=calib, method="mse"), lib.AdaRound(data=calib),
         lib.BiasCorrection(data=calib), lib.BiasCorrection(method="analytic"),
         lib.InsertQDQ(), lib.FoldQuantizedWeights()]
     PassManager(passes, instruments=[timer])(model)

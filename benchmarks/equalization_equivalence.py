@@ -53,7 +53,7 @@ def measure(name: str, path: Path, batch: Path | None) -> dict:
     PassManager([CrossLayerEqualization()])(model)
     seconds = time.perf_counter() - start
     equalized = run_onnxruntime(model, feeds)
-    info = model.meta["equalize"]
+    info = model.plan.reports["equalize"]
     return {
         "model": name,
         "inputs": "calibration batch" if batch is not None else "random",

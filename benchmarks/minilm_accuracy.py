@@ -30,6 +30,7 @@ import qcompiler
 from qcompiler import passes as lib
 from qcompiler.instruments import Timing
 from qcompiler.latency import measure_latencies
+from qcompiler.options import CompileOptions
 from qcompiler.pipelines import canonicalize, int8_transformer
 from qcompiler.targets import get_target
 
@@ -44,7 +45,7 @@ def variants(calib: Path, target: str) -> dict[str, list]:
         return canonicalize() + ([smooth] if smooth else []) + [
             lib.AssignPrecision(target=t, float_linear_outputs=float_outputs)] + (
             [lib.SearchWeightRanges()] if clip else []) + [
-            lib.CalibrateSearch(data=calib, target=t) if search else lib.Calibrate(data=calib, method="mse", target=t),
+            lib.CalibrateSearch(data=calib) if search else lib.Calibrate(data=calib, method="mse"),
             lib.InsertQDQ(), lib.FoldQuantizedWeights()]
 
     return {
@@ -56,7 +57,7 @@ def variants(calib: Path, target: str) -> dict[str, list]:
         "smoothquant explicit, mse calibrate": build(lib.SmoothQuant(data=calib, target=t, explicit=True), clip=True),
         "+ smoothquant (explicit Mul)": build(lib.SmoothQuant(data=calib, target=t, explicit=True), clip=True,
                                              search=True),
-        "int8-transformer pipeline": int8_transformer(calibration=calib, target=t, objective="size"),
+        "int8-transformer pipeline": int8_transformer(CompileOptions(calib=calib, target=t, objective="size")),
     }
 
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"variant": name, "int8_linear": linear_coverage(model),
                "seconds": {r.name: round(r.seconds, 2) for r in timing.records if r.seconds >= 0.05},
                "compile_s": round(sum(r.seconds for r in timing.records), 2),
-               "smoothquant": model.meta.get("smoothquant"), "calibrate_search": model.meta.get("calibrate_search")}
+               "smoothquant": model.plan.reports.get("smoothquant"), "calibrate_search": model.plan.reports.get("calibrate_search")}
         if args.evaluator:
             result = evaluate(args.evaluator_python, args.evaluator, args.models_dir, folder, args.model)
             row["eval"] = result

@@ -30,7 +30,7 @@ import numpy as np
 
 import qcompiler
 from qcompiler.calibration import open_calibration
-from qcompiler.passes.calibrate import model_inputs
+from qcompiler.calibration import model_inputs
 from qcompiler.sensitivity import error_measures, run_session
 from qcompiler.summary import summarize
 
@@ -49,7 +49,7 @@ def sweep_model(root: Path, name: str, thresholds: list[float], workdir: Path) -
         seconds = time.perf_counter() - start
         outputs = run_session(output.read_bytes(), feeds, simulated=False)
         totals = summarize(model, feeds[0], original)["totals"]
-        mixed = model.meta["mixed_precision"]
+        mixed = model.plan.reports["mixed_precision"]
         rows.append({"model": name, "threshold": threshold, "size": output.stat().st_size,
                      "int8_layers": totals["int8_layers"], "layers": totals["layers"],
                      "int8_macs_share": totals["int8_macs_share"], "predicted_nsr": mixed["predicted"]["nsr"],

@@ -47,16 +47,14 @@ from typing import Any
 
 import numpy as np
 
+from qcompiler.calibration import model_inputs
 from qcompiler.calibration.observers import Observer
 from qcompiler.errors import UserError
 from qcompiler.ir import Model, Node, to_proto
+from qcompiler.ir.plan import QuantPlan
+from qcompiler.layers import clip_bounds, grouped, is_layer, own_input, ungrouped
+from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
-
-from .bias_correction import _clip_bounds
-from .calibrate import model_inputs
-from .equalize import grouped, is_layer, own_input, ungrouped
-from .insert_qdq import InsertQDQ
-from .range_search import clone_with_node_meta
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -64,9 +62,9 @@ ZETA, GAMMA = 1.1, -0.1
 # -- the layers and their input columns ------------------------------------------------------------
 
 
-def adaroundable(node: Node) -> str:
+def adaroundable(node: Node, plan: QuantPlan) -> str:
     """Why ``node`` cannot be adarounded ("" when it can)."""
-    if not node.meta.get("quantize") or not is_layer(node):
+    if not plan.is_quantized(node) or not is_layer(node):
         return "not a quantized layer with a constant weight"
     spec = node.inputs[1].quant
     if spec is None or not spec.symmetric or spec.block_size is not None:
@@ -217,6 +215,7 @@ class AdaRound(Pass):
     beta_end: float = 2.0
     max_feeds: int = 16
     seed: int = 0
+    needs = ("plan", "ranges")
 
     def requires(self, model: Model) -> None:
         if self.data is None:
@@ -227,7 +226,7 @@ class AdaRound(Pass):
     def call(self, model: Model) -> PassResult:
         from qcompiler.calibration import collect, open_calibration
 
-        layers = [n for n in model.graph if not adaroundable(n)]
+        layers = [n for n in model.graph if not adaroundable(n, model.plan)]
         if not layers:
             return PassResult(model, False)
         data = [feed for _, feed in itertools.islice(open_calibration(self.data, model_inputs(model)).items(),
@@ -242,16 +241,16 @@ class AdaRound(Pass):
         x_float = collect(to_proto(model), list(float_inputs), data, sampler(float_inputs))
         report = {}
         for layer in layers:  # in topological order, each seeing the layers before it adarounded
-            trial = clone_with_node_meta(model)
+            trial = model.clone()
             copy = trial.graph.nodes[model.graph.index(layer)]  # the clone keeps the node order
-            InsertQDQ()(trial)
+            lower(trial, fold=False)
             quantized_input = copy.inputs[0].name
             x_hat = collect(to_proto(trial), [quantized_input], data, sampler({quantized_input: layer}))
             before, after = self._round(model, layer, x_float[layer.inputs[0].name].matrix(),
                                         x_hat[quantized_input].matrix())
             report[layer.name or f"{layer.op_type}@{model.graph.index(layer)}"] = {
                 "error_nearest": before, "error_adaround": after}
-        model.meta["adaround"] = report
+        model.plan.reports["adaround"] = report
         return PassResult(model, True)
 
     def _round(self, model: Model, layer: Node, x: np.ndarray, x_hat: np.ndarray) -> tuple[float, float]:
@@ -264,7 +263,7 @@ class AdaRound(Pass):
         scale = np.broadcast_to(np.asarray(spec.scale, np.float64).reshape(-1), (shape[0] * shape[1],)).reshape(shape)
         limit = np.rint(np.abs(weight).max(axis=2, keepdims=True) / scale)
         bias = _bias(layer, shape)
-        bounds = _activation_bounds(layer)
+        bounds = _activation_bounds(layer, model.plan)
         fit, held = _split_columns(x.shape[2])
         x, x_hat = x.astype(np.float64), x_hat.astype(np.float64)
         integer = adaround_weight(weight, scale, limit, bias, x[:, :, fit], x_hat[:, :, fit], bounds,
@@ -301,11 +300,11 @@ def _bias(layer: Node, shape: tuple[int, int, int]) -> np.ndarray:
     return np.broadcast_to(bias, (shape[0] * shape[1],)).reshape(shape)
 
 
-def _activation_bounds(layer: Node) -> tuple[float, float]:
+def _activation_bounds(layer: Node, plan: QuantPlan) -> tuple[float, float]:
     """The clipping range of the activation the quantized layer absorbs (Relu, Clip), else unbounded."""
     consumers = layer.outputs[0].consumers()
-    if len(consumers) == 1 and consumers[0].meta.get("absorbed"):
-        bounds = _clip_bounds(consumers[0])
+    if len(consumers) == 1 and consumers[0] in plan.absorbed:
+        bounds = clip_bounds(consumers[0])
         if bounds is not None:
             return bounds
     return -math.inf, math.inf

@@ -40,15 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from qcompiler.calibration import model_inputs
 from qcompiler.calibration.observers import Observer
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, Node, Value, to_proto
-from qcompiler.pass_manager import Pass, PassResult, register_pass
-
-from .calibrate import model_inputs
-from .equalize import add_to_bias, batchnorm_stats, channels_last, input_ranges, input_sums, is_layer
-from .insert_qdq import InsertQDQ
-from .range_search import clone_with_node_meta, fake_quantize
+from qcompiler.ir import Model, Node, Value, fake_quantize, to_proto
+from qcompiler.layers import add_to_bias, batchnorm_stats, channels_last, clip_bounds, input_ranges, input_sums, is_layer
+from qcompiler.lowering import lower
+from qcompiler.ir.plan import facts_of
+from qcompiler.pass_manager import Pass, PassResult, order_error, register_pass
 
 METHODS = ("empirical", "analytic")
 
@@ -74,7 +73,7 @@ class ChannelMean(Observer):
 
 def correctable_layers(model: Model) -> list[Node]:
     """The quantized Conv and Gemm nodes with a constant weight that has a spec, in topological order."""
-    return [n for n in model.graph if n.meta.get("quantize") and n.op_type in ("Conv", "Gemm") and is_layer(n)
+    return [n for n in model.graph if model.plan.is_quantized(n) and n.op_type in ("Conv", "Gemm") and is_layer(n)
             and n.inputs[1].quant is not None]
 
 
@@ -97,24 +96,13 @@ def clipped_normal_mean(mean: np.ndarray, std: np.ndarray, lo: float, hi: float)
     return result
 
 
-def _clip_bounds(node: Node) -> tuple[float, float] | None:
-    if node.op_type == "Relu":
-        return 0.0, math.inf
-    bounds = [node.inputs[i] if len(node.inputs) > i else None for i in (1, 2)]
-    if any(b is not None and b.const is None for b in bounds):
-        return None
-    lo = -math.inf if bounds[0] is None else float(bounds[0].const)
-    hi = math.inf if bounds[1] is None else float(bounds[1].const)
-    return lo, hi
-
-
 def expected_input(model: Model, layer: Node) -> np.ndarray | None:
     """``E[x]`` per input channel of ``layer`` from recorded BatchNorm statistics, or None."""
     x: Value = layer.inputs[0]
     producer = x.producer()
     lo, hi = -math.inf, math.inf
     if producer is not None and producer.op_type in ("Relu", "Clip") and producer.domain in ("", "ai.onnx"):
-        bounds = _clip_bounds(producer)
+        bounds = clip_bounds(producer)
         if bounds is None:
             return None
         (lo, hi), x = bounds, producer.inputs[0]
@@ -130,6 +118,7 @@ class BiasCorrection(Pass):
 
     data: Any = None
     method: str = "empirical"
+    needs = ("plan",)  # and, for the empirical method, the activation ranges (checked in requires)
 
     def requires(self, model: Model) -> None:
         if self.method not in METHODS:
@@ -137,11 +126,13 @@ class BiasCorrection(Pass):
         if self.method == "empirical" and self.data is None:
             raise UserError("bias-correction: empirical correction needs calibration data "
                             "(--calib DIR or a '@calibration' resource), or use method = \"analytic\"")
+        if self.method == "empirical" and "ranges" not in facts_of(model):
+            raise order_error(self, "ranges", "the model has none (the empirical method runs the quantized model)")
 
     def call(self, model: Model) -> PassResult:
         layers = correctable_layers(model)
         shifts = self._analytic(model, layers) if self.method == "analytic" else self._empirical(model, layers)
-        model.meta["bias_correction"] = {layer.name: float(np.abs(shift).max()) for layer, shift in shifts.items()}
+        model.plan.reports["bias_correction"] = {layer.name: float(np.abs(shift).max()) for layer, shift in shifts.items()}
         return PassResult(model, bool(shifts))
 
     def _analytic(self, model: Model, layers: list[Node]) -> dict[Node, np.ndarray]:
@@ -168,9 +159,9 @@ class BiasCorrection(Pass):
         reference = collect(to_proto(model), names, data, lambda name: ChannelMean(axes[name]))
         shifts = {}
         for layer, name in zip(layers, names):
-            trial = clone_with_node_meta(model)
+            trial = model.clone()
             value = next(v for v in trial.graph.values() if v.name == name)
-            InsertQDQ()(trial)  # may rename a graph output: ``value`` is kept by identity
+            lower(trial, fold=False)  # may rename a graph output: ``value`` is kept by identity
             quantized = collect(to_proto(trial), [value.name], data, lambda _: ChannelMean(axes[name]))
             shifts[layer] = quantized[value.name].mean() - reference[name].mean()
             add_to_bias(model.graph, layer, -shifts[layer])

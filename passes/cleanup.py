@@ -5,34 +5,9 @@ None of them looks inside subgraphs (If/Loop/Scan bodies are kept as they are).
 
 from __future__ import annotations
 
-from qcompiler.ir import Graph, Model, Node
+from qcompiler.ir import Model, Node
+from qcompiler.ir.rewrite import bypass
 from qcompiler.pass_manager import Pass, PassResult, register_pass
-
-
-def bypass(graph: Graph, node: Node) -> bool:
-    """Make the readers of ``node.outputs[0]`` read ``node.inputs[0]`` and remove the node.
-
-    When the output is a graph output, the input takes over its name (so the model's interface is
-    unchanged); that is impossible when the input is itself a graph input, initializer or output, and
-    then the node is kept. A node whose other outputs are read or returned is kept too. Returns
-    whether the node was removed.
-    """
-    source, result = node.inputs[0], node.outputs[0]
-    returned = set(map(id, graph.outputs))
-    if any(out is not None and out is not result and (out.uses() or id(out) in returned)
-           for out in node.outputs):
-        return False  # another output (e.g. a Dropout mask) is read or returned: the node stays
-    if any(v is result for v in graph.outputs):
-        boundary = any(v is source for v in graph.inputs + graph.outputs) or source.const is not None
-        if boundary:
-            return False
-        graph.replace_output(result, source)
-        if source.shape is None:
-            source.shape = result.shape
-        source.dtype = source.dtype or result.dtype
-    result.replace_all_uses_with(source)
-    graph.remove(node)
-    return True
 
 
 @register_pass("remove-identity")

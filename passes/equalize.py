@@ -42,7 +42,7 @@ zero padding makes it approximate at the borders, so the pass does not claim to 
 **BatchNorm statistics** (``keep-batchnorm-stats``). Folding BatchNorm into the convolution loses
 ``beta`` and ``gamma``; this pass, run just before ``fold-batchnorm``, records them for every foldable
 BN under the name of the convolution's output (which survives the fold) in
-``model.meta["batchnorm_stats"]``. ``equalize`` and ``absorb-high-bias`` keep them current
+``model.plan.batchnorm_stats``. ``equalize`` and ``absorb-high-bias`` keep them current
 (``beta / s``, ``|gamma| / s``; ``beta - c``), and analytic bias correction reads them.
 """
 
@@ -53,126 +53,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcompiler.ir import Graph, Model, Node, Value
+from qcompiler.layers import (add_to_bias, batchnorm_stats, channels_last, default_domain, input_ranges, input_sums,
+                              is_layer, own_input, output_ranges, scale_input, scale_output)
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 from .fold_batchnorm import find_foldable_batchnorms
 
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
 POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
-STATS_KEY = "batchnorm_stats"
-
-
-# -- layers: per-channel ranges and scaling of Conv, Gemm and MatMul weights -------------------------
-
-
-def _default_domain(node: Node) -> bool:
-    return node.domain in ("", "ai.onnx")
-
-
-def is_layer(node: Node) -> bool:
-    """A Conv, Gemm (no transA) or MatMul with a constant float32 weight (and constant bias, if any)."""
-    if not _default_domain(node) or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
-        return False
-    w = node.inputs[1]
-    if w is None or w.const is None or w.const.dtype != np.float32:
-        return False
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is not None and (bias.const is None or bias.const.ndim > 1):
-        return False
-    if node.op_type == "Conv":
-        return w.const.ndim >= 3
-    return w.const.ndim == 2 and not node.attrs.get("transA", 0)
-
-
-def channels_last(node: Node) -> bool:
-    """Whether the layer's output channels are on the last axis (Gemm, MatMul) rather than axis 1 (Conv)."""
-    return node.op_type != "Conv"
-
-
-def grouped(node: Node, weight: np.ndarray | None = None) -> np.ndarray:
-    """The weight (or ``weight``, an array shaped like it) as ``[groups, out per group, in per group, rest]``
-    (Conv) or ``[1, N, K, 1]`` (Gemm, MatMul)."""
-    w = node.inputs[1].const if weight is None else weight
-    if node.op_type == "Conv":
-        g = node.attrs.get("group", 1)
-        return w.reshape(g, w.shape[0] // g, w.shape[1], -1)
-    kn = w.T if node.op_type == "Gemm" and node.attrs.get("transB", 0) else w
-    return kn.T[None, :, :, None]
-
-
-def ungrouped(node: Node, array: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`grouped`: an array in grouped layout back in the weight's own layout."""
-    w = node.inputs[1].const
-    if node.op_type == "Conv":
-        return array.reshape(w.shape)
-    nk = array[0, :, :, 0]
-    return (nk if node.op_type == "Gemm" and node.attrs.get("transB", 0) else nk.T).reshape(w.shape)
-
-
-def output_ranges(node: Node) -> np.ndarray:
-    """``max|W|`` per output channel."""
-    g = grouped(node)
-    return np.abs(g).max(axis=(2, 3)).reshape(-1)
-
-
-def input_ranges(node: Node) -> np.ndarray:
-    """``max|W|`` per input channel (for a grouped Conv, over the output channels of its group)."""
-    g = grouped(node)
-    return np.abs(g).max(axis=(1, 3)).reshape(-1)
-
-
-def input_sums(node: Node, c: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
-    """``W c`` per output channel for a constant input ``c`` (one value per input channel); ``weight``
-    replaces the layer's weight (e.g. by its quantization error)."""
-    g = grouped(node, weight).astype(np.float64)
-    per_group = c.reshape(g.shape[0], g.shape[2])
-    return np.einsum("gmck,gc->gm", g, per_group).reshape(-1)
-
-
-def own_input(graph: Graph, node: Node, index: int) -> Value:
-    """``node.inputs[index]`` as an initializer only ``node`` reads (a copy when it is shared)."""
-    value = node.inputs[index]
-    readers = {id(use.node) for use in value.uses()}
-    if readers == {id(node)} and len(value.uses()) == 1 and graph.initializers.get(value.name) is value \
-            and not any(v is value for v in graph.inputs + graph.outputs):
-        return value
-    copy = graph.add_initializer(Value(graph.unique_name(value.name + "_equalized"), const=value.const.copy()))
-    node.set_input(index, copy)
-    if not value.uses() and graph.initializers.get(value.name) is value \
-            and not any(v is value for v in graph.inputs + graph.outputs):
-        del graph.initializers[value.name]
-    return copy
-
-
-def scale_output(graph: Graph, node: Node, factor: np.ndarray) -> None:
-    """Multiply output channel i of the layer (weight and bias) by ``factor[i]``."""
-    weight = own_input(graph, node, 1)
-    g = grouped(node)
-    weight.const = ungrouped(node, (g * factor.reshape(g.shape[0], g.shape[1], 1, 1)).astype(np.float32))
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        bias = own_input(graph, node, 2)
-        bias.const = (np.broadcast_to(bias.const, factor.shape) * factor).astype(bias.const.dtype)
-        bias.shape = bias.const.shape
-
-
-def scale_input(graph: Graph, node: Node, factor: np.ndarray) -> None:
-    """Multiply the weights reading input channel i by ``factor[i]``."""
-    weight = own_input(graph, node, 1)
-    g = grouped(node)
-    weight.const = ungrouped(node, (g * factor.reshape(g.shape[0], 1, g.shape[2], 1)).astype(np.float32))
-
-
-def add_to_bias(graph: Graph, node: Node, delta: np.ndarray) -> None:
-    """``b += delta`` (one value per output channel); a bias input is added when the layer has none."""
-    channels = output_ranges(node).shape[0]
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        bias = own_input(graph, node, 2)
-        bias.const = (np.broadcast_to(bias.const.astype(np.float64), (channels,)) + delta).astype(np.float32)
-        bias.shape = bias.const.shape
-    else:
-        value = graph.add_initializer(Value(graph.unique_name(f"{node.name or node.op_type}_bias"),
-                                            const=delta.astype(np.float32)))
-        node.append_input(value)
 
 
 # -- analysis: equalizable pairs -------------------------------------------------------------------
@@ -218,7 +106,7 @@ def _follow(graph: Graph, first: Node) -> tuple[Pair | None, str]:
         if len(uses) != 1:
             return None, f"{value.name} has {len(uses)} readers"
         node, index = uses[0]
-        op = node.op_type if _default_domain(node) else f"{node.domain}.{node.op_type}"
+        op = node.op_type if default_domain(node) else f"{node.domain}.{node.op_type}"
         if is_layer(node) and index == 0:
             if input_ranges(node).shape[0] != channels * repeat:
                 return None, f"{node.name} reads {input_ranges(node).shape[0]} channels, not {channels * repeat}"
@@ -258,27 +146,18 @@ def find_cle_chains(graph: Graph) -> tuple[list[Pair], list[tuple[str, str]]]:
 # -- BatchNorm statistics of pre-activations --------------------------------------------------------
 
 
-def batchnorm_stats(model: Model, value: Value) -> tuple[np.ndarray, np.ndarray] | None:
-    """(mean, std) per channel of ``value`` recorded by ``keep-batchnorm-stats``, or None."""
-    return model.meta.get(STATS_KEY, {}).get(value.name)
-
-
-def _set_stats(model: Model, value: Value, mean: np.ndarray, std: np.ndarray) -> None:
-    # a new dict each time: model.clone() copies meta shallowly, so a clone must not see our edits
-    model.meta[STATS_KEY] = {**model.meta.get(STATS_KEY, {}), value.name: (mean, std)}
-
-
 @register_pass("keep-batchnorm-stats")
 class KeepBatchNormStats(Pass):
     """Record beta and |gamma| of every foldable BatchNorm before fold-batchnorm removes them."""
 
     preserves_semantics = True
+    provides = ("batchnorm-stats",)
 
     def call(self, model: Model) -> PassResult:
         for _, bn in find_foldable_batchnorms(model.graph):
             gamma, beta = (v.const.astype(np.float64) for v in bn.inputs[1:3])
-            _set_stats(model, bn.inputs[0], beta, np.abs(gamma))
-        return PassResult(model, False)  # model.meta only: the IR is unchanged
+            model.plan.batchnorm_stats[bn.inputs[0].name] = (beta, np.abs(gamma))
+        return PassResult(model, False)  # the plan only: the IR is unchanged
 
 
 # -- the passes ------------------------------------------------------------------------------------
@@ -326,12 +205,12 @@ class CrossLayerEqualization(Pass):
                 scale_input(graph, pair.second, np.repeat(s, pair.repeat))
                 stats = batchnorm_stats(model, pair.first.outputs[0])
                 if stats is not None:
-                    _set_stats(model, pair.first.outputs[0], stats[0] / s, stats[1] / s)
+                    model.plan.batchnorm_stats[pair.first.outputs[0].name] = (stats[0] / s, stats[1] / s)
                 moved = True
             changed |= moved
             if not moved:
                 break
-        model.meta["equalize"] = {"pairs": [(p.first.name, p.second.name) for p in pairs], "sweeps": sweeps,
+        model.plan.reports["equalize"] = {"pairs": [(p.first.name, p.second.name) for p in pairs], "sweeps": sweeps,
                                   "skipped": skipped}
         return PassResult(model, changed)
 
@@ -360,9 +239,9 @@ class HighBiasAbsorption(Pass):
                 continue
             add_to_bias(graph, pair.first, -c)
             add_to_bias(graph, pair.second, input_sums(pair.second, np.repeat(c, pair.repeat)))
-            _set_stats(model, pair.first.outputs[0], mean - c, std)
+            model.plan.batchnorm_stats[pair.first.outputs[0].name] = (mean - c, std)
             absorbed.append(pair.first.name)
-        model.meta["absorb_high_bias"] = absorbed
+        model.plan.reports["absorb_high_bias"] = absorbed
         return PassResult(model, bool(absorbed))
 
 
@@ -374,7 +253,7 @@ class ReplaceReLU6(Pass):
         graph = model.graph
         replaced = False
         for node in graph:
-            if node.op_type != "Clip" or not _default_domain(node) or not node.inputs or node.inputs[0] is None:
+            if node.op_type != "Clip" or not default_domain(node) or not node.inputs or node.inputs[0] is None:
                 continue
             producer = node.inputs[0].producer()
             bounds = list(node.inputs[1:3]) + [None] * (3 - len(node.inputs))

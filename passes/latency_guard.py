@@ -15,7 +15,7 @@ when the quantized model is not at least ``min_speedup`` times as fast, restores
 The 5 % margin keeps a model whose speed is within measurement noise of float in float; a result
 within 10 % of the margin is measured again on twice as many runs, so that close calls are decided on
 more runs (a shared 2-core VM drifts by 10 % and more between seconds). The decision and both latencies are
-kept in ``model.meta["latency_guard"]``; the compile command prints them.
+kept in ``model.plan.reports["latency_guard"]``; the compile command prints them.
 """
 
 from __future__ import annotations
@@ -24,25 +24,32 @@ from typing import Any
 
 import onnx
 
-from qcompiler.errors import PreconditionError
+from qcompiler.calibration import model_inputs, open_calibration
 from qcompiler.ir import Model, from_proto, to_proto
+from qcompiler.ir.plan import QuantPlan
 from qcompiler.latency import measure_latencies
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
 def restore(model: Model, serialized: bytes, where: str) -> None:
-    """Replace ``model`` by the float model ``serialized`` (``keep-float-reference``, ``keep-original-model``)."""
+    """Replace ``model`` by the float model ``serialized`` (``keep-float-reference``, ``keep-original-model``):
+    no specs, a plan for the same target that quantizes nothing, the kept references and reports."""
     model.update_from(from_proto(onnx.load_from_string(serialized), where))
     for value in model.graph.values():
         value.quant = None
+    plan = model.plan
+    model.plan = QuantPlan(target=plan.target, float_reference=plan.float_reference,
+                           original_model=plan.original_model, reports=plan.reports)
 
 
 @register_pass("keep-float-reference")
 class KeepFloatReference(Pass):
     """Keep the float model, serialized, for later comparison (latency guard, analysis)."""
 
+    provides = ("float-reference",)
+
     def call(self, model: Model) -> PassResult:
-        model.meta["float_reference"] = to_proto(model).SerializeToString()
+        model.plan.float_reference = to_proto(model).SerializeToString()
         return PassResult(model, False)
 
 
@@ -57,17 +64,11 @@ class LatencyGuard(Pass):
     min_seconds: float = 0.04
     min_speedup: float = 1.05
     idempotent = False
-
-    def requires(self, model: Model) -> None:
-        if "float_reference" not in model.meta:
-            raise PreconditionError("latency-guard needs keep-float-reference earlier in the pipeline")
+    needs = ("float-reference",)
 
     def call(self, model: Model) -> PassResult:
-        from qcompiler.calibration import open_calibration
-
-        from .calibrate import model_inputs
-
-        float_bytes: bytes = model.meta.pop("float_reference")
+        float_bytes = model.plan.float_reference
+        model.plan.float_reference = None
         feed = next(iter(open_calibration(self.data, model_inputs(model))))
         quantized_bytes = to_proto(model).SerializeToString()
         floating, quantized = measure_latencies([float_bytes, quantized_bytes], feed, threads=self.threads,
@@ -79,7 +80,7 @@ class LatencyGuard(Pass):
                                                     rounds=2 * self.rounds)
             speedup = floating.median_ms / quantized.median_ms
         keep = speedup >= self.min_speedup
-        model.meta["latency_guard"] = {"float_ms": floating.median_ms, "int8_ms": quantized.median_ms,
+        model.plan.reports["latency_guard"] = {"float_ms": floating.median_ms, "int8_ms": quantized.median_ms,
                                        "speedup": speedup, "kept": "int8" if keep else "float"}
         if keep:
             return PassResult(model, False)

@@ -30,29 +30,18 @@ from typing import Any
 
 import numpy as np
 
+from qcompiler.calibration import model_inputs
 from qcompiler.calibration.observers import MSEObserver, PercentileObserver, StreamingHistogram
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, QuantSpec, channel_shape, to_proto
+from qcompiler.ir import Model, QuantSpec, channel_shape, fake_quantize, to_proto
+from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import error_measures
-from qcompiler.targets import TARGETS, Target
-
-from .calibrate import model_inputs
-from .fold_weights import quantize_array
+from qcompiler.targets import Target
 
 DEFAULT_RATIOS = tuple(round(1.0 - 0.01 * i, 2) for i in range(50))
 DEFAULT_CANDIDATES = ("minmax", "mse", "percentile:99.9", "percentile:99.99", "percentile:99.999",
                       "percentile:99.9999")
-
-
-def fake_quantize(array: np.ndarray, spec: QuantSpec) -> np.ndarray:
-    """``DequantizeLinear(QuantizeLinear(array))`` with ``spec`` (per tensor or per channel), float32."""
-    scale, zero = np.asarray(spec.scale, np.float32), np.asarray(spec.zero_point)
-    integers = quantize_array(array, scale, zero, spec.axis, spec.dtype).astype(np.float32)
-    if spec.axis is not None and scale.ndim == 1:
-        shape = channel_shape(array.ndim, spec.axis)
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return (integers - zero.astype(np.float32)) * scale
 
 
 # -- weights ---------------------------------------------------------------------------------------
@@ -92,13 +81,10 @@ class SearchWeightRanges(Pass):
     """Clip each weight channel at the ratio of its maximum that minimizes its quantization MSE."""
 
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
-
-    def requires(self, model: Model) -> None:
-        if model.meta.get("target") is None:
-            raise UserError("search-weight-ranges: run assign-precision first (no target on the model)")
+    needs = ("plan",)
 
     def call(self, model: Model) -> PassResult:
-        target = model.meta["target"]
+        target = model.plan.target
         changed = False
         clipped = total = 0
         for value in model.graph.initializers.values():
@@ -111,7 +97,7 @@ class SearchWeightRanges(Pass):
                 changed = True
             clipped += int(np.count_nonzero(ratio < 1.0))
             total += ratio.size
-        model.meta["search_weight_ranges"] = {"clipped_channels": clipped, "channels": total}
+        model.plan.reports["search_weight_ranges"] = {"clipped_channels": clipped, "channels": total}
         return PassResult(model, changed)
 
 
@@ -166,7 +152,8 @@ class CalibrateSearch(Pass):
     data: Any = None
     candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     holdout: int = 4
-    target: str = "x86-avx2"
+    needs = ("plan",)
+    provides = ("ranges",)
 
     def requires(self, model: Model) -> None:
         if self.data is None:
@@ -181,12 +168,12 @@ class CalibrateSearch(Pass):
     def call(self, model: Model) -> PassResult:
         from qcompiler.calibration import collect, open_calibration
 
-        target = model.meta.get("target") or TARGETS[self.target]
         graph = model.graph
-        names = [v.name for v in graph.values() if v.meta.get("calibrate")]
-        if not names:
+        pending = list(model.plan.pending)
+        if not pending:
+            model.plan.set_ranges({})  # pass-through outputs still take their source's spec
             return PassResult(model, False)
-        shares = {v.name: v.meta["share_quant"].name for v in graph.values() if "share_quant" in v.meta}
+        names = [v.name for v in pending]
         data = open_calibration(self.data, model_inputs(model))
         fit, held = _split(data, self.holdout)
         held_feeds = [feed for _, feed in held.items()]
@@ -197,17 +184,14 @@ class CalibrateSearch(Pass):
         reference = [[held_histograms[o].arrays[i] for o in outputs] for i in range(len(held_feeds))]
         errors = {}
         for candidate in self.candidates:
-            trial = clone_with_node_meta(model)
-            _apply_ranges(trial, {n: candidate_range(histograms[n], candidate) for n in names}, shares, target)
+            trial = model.clone()
+            trial.plan.set_ranges({v: candidate_range(histograms[v.name], candidate) for v in trial.plan.pending})
             errors[candidate] = error_measures(reference, _run_quantized(trial, held_feeds))["nsr"]
         best = min(self.candidates, key=lambda c: errors[c])  # ties: the earlier candidate
         for name in names:
             histograms[name].merge(held_histograms[name])
-        _apply_ranges(model, {n: candidate_range(histograms[n], best) for n in names}, shares, target)
-        for value in graph.values():
-            value.meta.pop("calibrate", None)
-            value.meta.pop("share_quant", None)
-        model.meta["calibrate_search"] = {"best": best, "errors": errors}
+        model.plan.set_ranges({v: candidate_range(histograms[v.name], best) for v in pending})
+        model.plan.reports["calibrate_search"] = {"best": best, "errors": errors}
         return PassResult(model, True)
 
 
@@ -229,31 +213,11 @@ def _split(data: Any, every: int) -> tuple[Any, Any]:
             CalibrationSet(part(True), data.inputs, held_count, f"{data.description} (held-out part)"))
 
 
-def _apply_ranges(model: Model, ranges: dict[str, tuple[float, float]], shares: dict[str, str],
-                  target: Target) -> None:
-    """Activation specs from ``ranges`` (as ``calibrate`` sets them); ``shares`` values reuse their source's."""
-    values = {v.name: v for v in model.graph.values()}
-    for name, (lo, hi) in ranges.items():
-        values[name].quant = QuantSpec.from_range(lo, hi, target.activation_dtype, symmetric=False)
-    for name, source in shares.items():
-        values[name].quant = values[source].quant
-
-
-def clone_with_node_meta(model: Model) -> Model:
-    """``model.clone()`` with the node marks of ``assign-precision`` (quantize, absorbed) copied over."""
-    copy = model.clone()
-    for original, node in zip(model.graph, copy.graph, strict=True):
-        node.meta.update({k: v for k, v in original.meta.items() if k in ("quantize", "absorbed")})
-    return copy
-
-
 def _run_quantized(model: Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Outputs of ``model`` with Q/DQ inserted for its specs, on every feed."""
     import onnxruntime as ort
 
-    from .insert_qdq import InsertQDQ
-
-    InsertQDQ()(model)
+    lower(model, fold=False)
     session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
     names = [v.name for v in model.graph.outputs]
     return [session.run(names, feed) for feed in feeds]

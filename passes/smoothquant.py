@@ -40,7 +40,7 @@ with ``Q_a`` the target's per-tensor activation quantizer, its range read by ``m
 held-out feeds (every ``holdout``-th); ``s`` and the range of ``Q_a`` come from the other feeds, so
 an alpha is judged on data it was not fitted to (scored in-sample, alpha near 1 always wins, as it
 maps every channel onto the range it happened to reach, and on MiniLM it then lost accuracy). ``s = 1`` (no smoothing) is a candidate too: a group whose layers no alpha improves is
-left as it is. Decisions are kept in ``model.meta["smoothquant"]``.
+left as it is. Decisions are kept in ``model.plan.reports["smoothquant"]``.
 """
 
 from __future__ import annotations
@@ -51,15 +51,14 @@ from typing import Any
 
 import numpy as np
 
+from qcompiler.assignment import is_float_activation, weight_spec
+from qcompiler.calibration import METHODS, model_inputs
 from qcompiler.calibration.observers import Observer, make_observer_factory
 from qcompiler.errors import UserError
-from qcompiler.ir import Graph, Model, Node, QuantSpec, Value, to_proto
+from qcompiler.ir import Graph, Model, Node, Value, fake_quantize, to_proto
+from qcompiler.ir.rewrite import insert_after_producer
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import Target, get_target
-
-from .assign_precision import is_float_activation, weight_spec
-from .calibrate import METHODS, model_inputs
-from .range_search import fake_quantize
 
 DEFAULT_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))
 Apply = Callable[[np.ndarray], None]  # folds a per-channel factor into a producer
@@ -216,7 +215,7 @@ def layer_error(x: np.ndarray, fit: np.ndarray, weights: list[np.ndarray], scale
     observer = make_observer_factory(method)("x")
     observer.update(fit * inverse)
     lo, hi = observer.compute_range()
-    x_hat = fake_quantize(x * inverse, QuantSpec.from_range(lo, hi, target.activation_dtype, symmetric=False))
+    x_hat = fake_quantize(x * inverse, target.activation_scheme.spec_from_range(lo, hi))
     error = 0.0
     for w in weights:
         scaled = w * scales[:, None].astype(np.float32)
@@ -269,7 +268,7 @@ class SmoothQuant(Pass):
                 continue
             plans.append((x, layers, apply, reason))
         if not plans:
-            model.meta["smoothquant"] = report
+            model.plan.reports["smoothquant"] = report
             return PassResult(model, False)
         data = open_calibration(self.data, model_inputs(model))
         stats = collect(to_proto(model), [x.name for x, *_ in plans], data, lambda name: ChannelSample(self.rows, self.holdout))
@@ -294,7 +293,7 @@ class SmoothQuant(Pass):
                 entry["explicit_mul"] = reason
             report.append(entry)
             changed = True
-        model.meta["smoothquant"] = report
+        model.plan.reports["smoothquant"] = report
         return PassResult(model, changed)
 
     def _choose(self, stat: ChannelSample, layers: list[Node], target: Target) -> tuple[np.ndarray | None, Any, float]:
@@ -328,11 +327,6 @@ def _insert_mul(graph: Graph, x: Value, layers: list[Node], inverse: np.ndarray)
     factor = graph.add_initializer(Value(graph.unique_name(f"{x.name}_smooth_scale"), const=inverse.astype(np.float32)))
     out = Value(graph.unique_name(f"{x.name}_smoothed"), x.dtype, x.shape)
     mul = Node("Mul", [x, factor], [out], name=graph.unique_name(f"{x.name}_SmoothMul"))
-    producer = x.producer()
-    if producer is None:
-        first = graph.nodes[0] if len(graph) else None
-        (graph.insert_before(first, mul) if first is not None else graph.append(mul))
-    else:
-        graph.insert_after(producer, mul)
+    insert_after_producer(graph, x, mul)
     for layer in layers:
         layer.set_input(0, out)

@@ -33,15 +33,14 @@ class WeightBits(Pass):
 
     bits: int = 4
     search: bool = True
+    needs = ("plan",)
 
     def requires(self, model: Model) -> None:
         if self.bits != 4:
             raise UserError(f"weight-bits: only 4-bit weights are supported, not {self.bits}")
-        if model.meta.get("target") is None:
-            raise UserError("weight-bits: run assign-precision first (no target on the model)")
 
     def call(self, model: Model) -> PassResult:
-        target = model.meta["target"].with_options(weight_reduce_range=False)
+        target = model.plan.target.with_options(weight_reduce_range=False)
         changed = False
         for value in model.graph.initializers.values():
             spec = value.quant
@@ -50,7 +49,7 @@ class WeightBits(Pass):
             narrow = QuantSpec(TensorProto.INT4, spec.scale, spec.zero_point, axis=spec.axis)
             ratios = DEFAULT_RATIOS if self.search else (1.0,)
             chosen, _, weight = clipped_weight_spec(value.const, narrow, target, ratios)
-            stored = QuantSpec(TensorProto.INT8, chosen.scale, chosen.zero_point.astype(np.int8), axis=chosen.axis)
+            stored = QuantSpec(TensorProto.INT8, chosen.scale, np.asarray(chosen.zero_point, np.int8), axis=chosen.axis)
             if stored != spec or not np.array_equal(weight, value.const):
                 value.quant, value.const = stored, weight
                 changed = True

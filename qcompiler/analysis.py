@@ -47,9 +47,11 @@ import numpy as np
 
 from . import ir
 from .errors import UserError
+from .options import CompileOptions
 from .pass_manager import Instrument, PassManager
-from .pipelines import resolve
-from .sensitivity import Evaluator, error_measures, layer_sensitivity, lower, name_nodes, nsr_db, run_session
+from .pipelines import NAMED_PIPELINES, resolve
+from .lowering import lower
+from .sensitivity import Evaluator, error_measures, layer_sensitivity, name_nodes, nsr_db, run_session
 from .summary import align_columns, summarize
 
 SANITY_MIN_SQNR_DB = 60.0
@@ -109,16 +111,18 @@ class FloatDrift(Instrument):
             self.steps.append({"pass": record.name, "sqnr_db": errors["sqnr_db"], "nsr": errors["nsr"]})
 
 
-def _calibrated(model_path: str, calib: Any, options: dict[str, Any]) -> tuple[ir.Model, Any, list[dict]]:
+def _calibrated(model_path: str, pipeline_name: str, options: CompileOptions) -> tuple[ir.Model, Any, list[dict]]:
     """The model after the pipeline's passes before ``mixed-precision``, that pass (configured), and
     the float drift after each of those passes (:class:`FloatDrift`)."""
-    from .passes.mixed_precision import MixedPrecision
-
-    pipeline = resolve(options["pipeline"], {**options, "calibration": calib, "objective": "size",
-                                             "sensitivity_threshold": ACCURACY_FLOOR})
-    position = next((i for i, p in enumerate(pipeline.passes) if isinstance(p, MixedPrecision)), None)
+    named = NAMED_PIPELINES.get(pipeline_name)
+    if named is not None and "sensitivity_threshold" not in named.honours:
+        position, pipeline = None, None
+    else:
+        pipeline = resolve(pipeline_name, dataclasses.replace(options, objective="size",
+                                                              sensitivity_threshold=ACCURACY_FLOOR))
+        position = next((i for i, p in enumerate(pipeline.passes) if p.name == "mixed-precision"), None)
     if position is None:
-        raise UserError(f"pipeline {options['pipeline']!r} has no mixed-precision step to analyze; use int8 or "
+        raise UserError(f"pipeline {pipeline_name!r} has no mixed-precision step to analyze; use int8 or "
                         f"int8-transformer")
     model = ir.load(model_path)
     mixed = pipeline.passes[position]
@@ -150,8 +154,7 @@ def split_error(evaluator: Evaluator, keep: str) -> dict[str, float]:
         if (value.const is not None) != (keep == "weights"):
             value.quant = None
     if keep == "weights":
-        for node in model.graph:
-            node.meta.pop("absorbed", None)  # its activation is not quantized: the Relu/Clip runs as an op
+        model.plan.absorbed.clear()  # its activation is not quantized: the Relu/Clip runs as an op
     return evaluator.measure(model)[0]
 
 
@@ -240,7 +243,7 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     mean to ``qcompiler.compile``, so the recommended threshold reproduces with the same options.
     """
     from .distributions import tensor_distributions
-    from .passes.mixed_precision import explore
+    from .mixed_precision import choose, explore
     from .targets import get_target
 
     say = progress or (lambda message: None)
@@ -250,9 +253,9 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     if quantized_model is not None and not any(n.op_type == "DequantizeLinear" for n in quantized_model.graph):
         raise UserError(f"{quantized}: no DequantizeLinear node, not a quantized (QDQ) model")
     say(f"calibrating with the {pipeline} pipeline")
-    model, mixed, drift = _calibrated(model_path, calib, {"pipeline": pipeline, "target": target_name,
-                                                   "method": calibration, "per_tensor": per_tensor,
-                                                   "exclude": tuple(exclude), "metric": metric})
+    model, mixed, drift = _calibrated(model_path, pipeline, CompileOptions(
+        calib=calib, target=target_name, calibration=calibration, per_tensor=per_tensor, exclude=tuple(exclude),
+        metric=metric, sensitivity_threshold=ACCURACY_FLOOR if metric is not None else None))
     layers = mixed.layers(model)
     if not layers:
         raise UserError(f"{model_path}: no layer has an int8 kernel on {target_name}; nothing to analyze")
@@ -266,10 +269,10 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     report["split"] = {"weights_only": split_error(evaluator, "weights"),
                        "activations_only": split_error(evaluator, "activations"), "all_int8": all_int8.errors}
     say(f"per-layer sensitivity of {len(layers)} layers (2 evaluations each)")
-    original_size = len(model.meta["original_model"])
+    original_size = len(model.plan.original_model)
 
     def search(threshold: float):
-        return dataclasses.replace(mixed, threshold=threshold).choose(evaluator, layers, "nsr", original_size)
+        return choose(evaluator, layers, "nsr", threshold, original_size)
 
     # the searches first: they must see the configurations the pass sees, not the float-alone ones too
     path, _ = explore(evaluator, layers, "nsr")

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import sys
 import time
-from pathlib import Path
 
 from . import ir
-from .errors import ModelSaveError, PassError, UserError
+from .compiler import check_output_path
+from .errors import InternalError, PassError, UserError
 from .instruments import CheckIdempotent, CheckModifiedFlag, DumpIR, Progress, Timing
+from .options import CompileOptions, add_arguments
 from .pass_manager import PassManager, default_registry, load_plugin
 from .pipelines import NAMED_PIPELINES, resolve
 
@@ -59,25 +59,10 @@ def cmd_passes(args: argparse.Namespace) -> int:
     for name in default_registry.names():
         print(f"  {name:<28} {default_registry.get(name).summary()}")
     print("pipelines:")
-    for name, function in sorted(NAMED_PIPELINES.items()):
-        doc = (function.__doc__ or "").strip().splitlines()
-        print(f"  {name:<28} {doc[0] if doc else ''}")
-        print(f"  {'':<28} = " + " -> ".join(p.display_name() for p in function()))
+    for name, named in sorted(NAMED_PIPELINES.items()):
+        print(f"  {name:<28} {named.summary}")
+        print(f"  {'':<28} = " + " -> ".join(p.display_name() for p in named.function(CompileOptions())))
     return 0
-
-
-def check_output_path(model_path: str, output: str, overwrite: bool) -> None:
-    """Refuse to write over the input unless asked, and check the output's directory exists."""
-    source, target = Path(model_path), Path(output)
-    if target.exists() and source.exists() and os.path.samefile(source, target) and not overwrite:
-        raise ModelSaveError(f"{output}: is the input model; choose another -o or pass --overwrite")
-    if target.is_dir():
-        raise ModelSaveError(f"{output}: is a directory, expected a file name")
-    directory = target.parent
-    if not directory.is_dir():
-        raise ModelSaveError(f"{output}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise ModelSaveError(f"{output}: directory {directory} is not writable")
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -110,27 +95,35 @@ def _run_instruments(args: argparse.Namespace, total: int, model: ir.Model | Non
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile as compile_model
-    from .targets import get_target
 
     for module in args.plugin:
         load_plugin(module)
     check_output_path(args.model, args.output, args.overwrite)
-    target = get_target(args.target)
+    options = CompileOptions.from_args(args)
+    pipeline = resolve(args.pipeline, options)
     start = time.perf_counter()
     model = ir.load(args.model)
     original = ir.load(args.model)  # for the summary's sizes: read now, --overwrite replaces the file
     before = len(model.graph)
-    total = len(resolve(args.pipeline, {"target": target.name, "objective": args.objective,
-                                          "sensitivity_threshold": args.sensitivity_threshold}).passes)
-    instruments, timing = _run_instruments(args, total, model)
-    compile_model(model, args.output, calib=args.calib, pipeline=args.pipeline, target=target.name,
-                  calibration=args.calibration, percentile=args.percentile, per_tensor=args.per_tensor,
-                  exclude=args.exclude, objective=args.objective, threads=args.threads,
-                  sensitivity_threshold=args.sensitivity_threshold, instruments=instruments)
+    instruments, timing = _run_instruments(args, len(pipeline.passes), model)
+    compile_model(model, args.output, pipeline=pipeline, instruments=instruments, overwrite=True)
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
+    _print_reports(model)
+    print(_layer_summary(model, options.calib, original))
     quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
-    check = model.meta.get("check_kernels")
+    target = model.plan.target.name if model.plan.target is not None else "none"
+    print(f"wrote {args.output}: target {target}, {before} -> {len(model.graph)} nodes, "
+          f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
+    return 0
+
+
+def _print_reports(model: ir.Model) -> None:
+    """The lines a compile prints about what its passes measured and decided."""
+    reports = model.plan.reports
+    for pattern in reports.get("assign_precision", {}).get("unmatched_exclude", []):
+        print(f"warning: --exclude {pattern!r} matched no node (names are shell patterns; op types match exactly)")
+    check = reports.get("check_kernels")
     if check and "skipped" in check:
         print(f"kernels ({check['target']}): {check['skipped']}; not checked against the simulation")
     elif check:
@@ -138,24 +131,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
               f"{float(check['target_sqnr_db']):.1f} dB (exact accumulation {float(check['exact_sqnr_db']):.1f} dB)"
               + (f"; saturation: {len(check['requantized_7bit'])} weight(s) requantized to 7 bits, now "
                  f"{float(check['after']['target_sqnr_db']):.1f} dB" if check.get("requantized_7bit") else ""))
-    guard = model.meta.get("latency_guard")
+    guard = reports.get("latency_guard")
     if guard:
         print(f"latency on this CPU: float {guard['float_ms']:.3g} ms, int8 {guard['int8_ms']:.3g} ms "
               f"({guard['speedup']:.2f}x): kept {guard['kept']}"
               + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
-    print(_layer_summary(model, args.calib, original))
-    print(f"wrote {args.output}: target {target.name}, {before} -> {len(model.graph)} nodes, "
-          f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
-    return 0
 
 
-def _layer_summary(model: ir.Model, calib: str, original: ir.Model) -> str:
-    """The per-layer summary table (``qcompiler.summary``), shapes taken on the first calibration feed."""
-    from .calibration import open_calibration
-    from .passes.calibrate import model_inputs
+def _layer_summary(model: ir.Model, calib: object, original: ir.Model) -> str:
+    """The per-layer summary table (``qcompiler.summary``), shapes taken on the first calibration feed
+    (on random inputs when the compile had no calibration data)."""
+    from .calibration import model_inputs, open_calibration
+    from .ir.testing import random_feeds
     from .summary import format_table, summarize
 
-    feed = next(iter(open_calibration(calib, model_inputs(model))))
+    feed = next(iter(open_calibration(calib, model_inputs(model)))) if calib is not None else random_feeds(model)
     return format_table(summarize(model, feed, original))
 
 
@@ -236,28 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     optimize.set_defaults(run=cmd_optimize)
 
-    comp = sub.add_parser("compile", help="quantize a model to int8 QDQ with calibration data")
+    comp = sub.add_parser("compile", help="quantize a model (static int8 QDQ by default)")
     comp.add_argument("model")
     comp.add_argument("-o", "--output", required=True, help="output .onnx file")
-    comp.add_argument("--calib", required=True, metavar="DATA",
-                      help="calibration data: a directory of .npz files (keys = input names) or one .npz")
     comp.add_argument("--pipeline", default="int8", help="a named pipeline or a TOML file (default: int8)")
-    comp.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni or arm64")
-    comp.add_argument("--calibration", default="mse", choices=("minmax", "percentile", "entropy", "mse"),
-                      help="activation range method (default mse: the most accurate on the realmodels set)")
-    comp.add_argument("--percentile", type=float, default=99.999, help="for --calibration percentile")
-    comp.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
-    comp.add_argument("--exclude", action="append", default=[], metavar="NAME|OPTYPE",
-                      help="keep nodes (name, shell pattern) or an op type in float; repeatable")
-    comp.add_argument("--objective", default="latency", choices=("latency", "size"),
-                      help="latency: keep int8 only if onnxruntime runs it faster here (default); size: always int8")
-    comp.add_argument("--threads", type=int, default=0, metavar="N",
-                      help="onnxruntime threads the latency guard measures with (default 0: onnxruntime's "
-                           "default, one per physical core, as a deployment gets it)")
-    comp.add_argument("--sensitivity-threshold", type=float, metavar="T",
-                      help="keep in float the layers whose int8 error does not fit T: the mean over outputs of "
-                           "||y_int8 - y_fp32||^2 / ||y_fp32||^2 on calibration feeds (0: outputs identical to "
-                           "the input model; start with 0.005, an output SQNR of 23 dB); default: all int8")
+    add_arguments(comp)
     comp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
     comp.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
     comp.add_argument("--time-passes", action="store_true", help="print the time of every pass")
@@ -322,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"qcompiler: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except PassError as exc:
+    except (PassError, InternalError) as exc:
         if args.traceback:
             raise
-        print(f"qcompiler: internal error: {exc} (run with --traceback for details)", file=sys.stderr)
+        print(f"qcompiler: internal error: {exc} (for the traceback, run again as "
+              f"'qcompiler --traceback {args.command} ...')", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

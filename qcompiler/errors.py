@@ -32,6 +32,10 @@ class PipelineConfigError(UserError):
     """A pipeline file or pass name is invalid (unknown pass, bad field, bad TOML)."""
 
 
+class PipelineOrderError(PipelineConfigError):
+    """A pass needs a fact (the quantization plan, activation ranges, ...) that no pass before it provides."""
+
+
 class UnsupportedModelError(UserError):
     """The model is valid ONNX but uses something a pass cannot handle (e.g. an opset it cannot upgrade)."""
 

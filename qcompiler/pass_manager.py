@@ -4,7 +4,13 @@ A pass is a dataclass whose fields are its parameters (no ``**kwargs``). It edit
 and returns ``PassResult(model, modified)``; ``modified`` is part of the contract and the
 ``CheckModifiedFlag`` instrument holds passes to it. The PassManager runs a list of passes, verifies
 the IR after each (``verify="each"``), and turns any failure into a :class:`PassError` naming the
-failing pass and the ones that ran before it. Timing, IR dumps and the correctness checks are
+failing pass and the ones that ran before it.
+
+Passes declare the facts they ``needs`` and ``provides`` (``qcompiler.ir.plan.FACTS``: the quantization
+plan, activation ranges, Q/DQ, kept reference models). A PassManager refuses, when it is built, a
+pipeline where a pass comes before the pass that provides what it needs, and, before the first pass
+runs, one where nothing provides it: a :class:`PipelineOrderError` (a user error) naming the pass,
+what is missing and the passes that provide it. Timing, IR dumps and the correctness checks are
 instruments (TVM's PassInstrument), not code inside passes.
 
 The pass library lives in ``qcompiler.passes`` (the top-level ``passes/`` folder). This module is
@@ -22,8 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
-from .errors import PassError, PipelineConfigError, UserError
+from .errors import PassError, PipelineConfigError, PipelineOrderError, UserError
 from .ir import Model, verify as verify_model
+from .ir.plan import FACTS, facts_of
 
 ENTRY_POINT_GROUP = "qcompiler.passes"
 
@@ -44,14 +51,19 @@ class Pass:
         name: the registry key (kebab-case), set by :func:`register_pass`.
         preserves_semantics: the pass leaves the float outputs unchanged (checked by CheckNumerics).
         idempotent: running the pass twice changes nothing the second time (checked by CheckIdempotent).
+        needs: facts (``qcompiler.ir.plan.FACTS``) the model must have when the pass runs.
+        provides: facts the model has after the pass.
     """
 
     name: ClassVar[str] = ""
     preserves_semantics: ClassVar[bool] = False
     idempotent: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
 
     def requires(self, model: Model) -> None:
-        """Raise PreconditionError (or a UserError) when the pass cannot run on ``model``."""
+        """Raise a UserError (bad parameters, missing data) or PreconditionError when the pass cannot run
+        on ``model``; the facts in ``needs`` are checked before this."""
 
     def call(self, model: Model) -> PassResult:
         raise NotImplementedError
@@ -60,6 +72,9 @@ class Pass:
         """Raise PostconditionError when the pass left ``model`` in a state it does not promise."""
 
     def __call__(self, model: Model) -> PassResult:
+        missing = [fact for fact in self.needs if fact not in facts_of(model)]
+        if missing:
+            raise order_error(self, missing[0], "the model has none and it runs outside a pipeline that provides it")
         self.requires(model)
         result = self.call(model)
         if not isinstance(result, PassResult) or result.model is not model:
@@ -78,6 +93,34 @@ class Pass:
 
 
 P = TypeVar("P", bound=type[Pass])
+
+
+def order_error(pass_: Pass, fact: str, why: str) -> PipelineOrderError:
+    """The user error for ``pass_`` missing ``fact``, naming the registered passes that provide it."""
+    providers = [name for name in default_registry.names() if fact in default_registry.get(name).provides]
+    hint = f"; run {' or '.join(providers)} before it" if providers else ""
+    return PipelineOrderError(f"pipeline order: {pass_.display_name()} needs {FACTS[fact][0]} ({fact}), "
+                              f"but {why}{hint}")
+
+
+def check_order(passes: Sequence[Pass], available: Iterable[str] | None = None) -> None:
+    """Refuse a pipeline in which a pass needs a fact before a pass provides it.
+
+    With ``available`` (the facts of the model it will run on), every need must be met by the model
+    or by an earlier pass; without it, only needs that a *later* pass provides are errors (the model,
+    not yet known, may have the rest).
+    """
+    have = set(available or ())
+    for position, pass_ in enumerate(passes):
+        for fact in pass_.needs:
+            if fact in have:
+                continue
+            later = [p.display_name() for p in passes[position + 1:] if fact in p.provides]
+            if later:
+                raise order_error(pass_, fact, f"{later[0]} provides it only after it")
+            if available is not None:
+                raise order_error(pass_, fact, "no pass before it provides it and the model has none")
+        have.update(pass_.provides)
 
 
 class PassRegistry:
@@ -193,11 +236,13 @@ class PassManager:
         self.passes = list(passes)
         self.instruments = list(instruments)
         self.verify = verify
+        check_order(self.passes)
 
     def __repr__(self) -> str:
         return f"PassManager([{', '.join(map(repr, self.passes))}], verify={self.verify!r})"
 
     def __call__(self, model: Model) -> PipelineResult:
+        check_order(self.passes, facts_of(model))
         result = PipelineResult(model, False)
         done: list[str] = []
         for pass_ in self.passes:
@@ -223,5 +268,9 @@ class PassManager:
             for inst in self.instruments:
                 inst.after(pass_, model, record)
         if self.verify == "end":
-            verify_model(model)
+            try:
+                verify_model(model)
+            except Exception as exc:
+                raise PassError(f"IR verification after the pipeline ({', '.join(done) or 'no passes'}) failed: "
+                                f"{exc}") from exc
         return result

@@ -15,13 +15,17 @@ file lists passes by registry name with their fields::
     target = 17
 
 Field names and types are checked against the pass dataclass; a value ``"@name"`` is replaced by the
-resource ``name`` the caller supplies (e.g. calibration data), never read as a path.
+resource ``name`` the caller supplies (``qcompiler.options.RESOURCES``: calibration data, the target,
+...), never read as a path.
+
+A named pipeline is built from a :class:`~qcompiler.options.CompileOptions` and declares the options it
+honours; a TOML pipeline honours the options its ``"@name"`` resources read and those of the named
+pipelines it includes. :func:`build` refuses options that were set but are not honoured.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import tomllib
 import typing
 from collections.abc import Callable
@@ -29,26 +33,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PipelineConfigError
+from .errors import PipelineConfigError, UserError
+from .options import RESOURCES, CompileOptions
 from .pass_manager import Pass, default_registry
+from .targets import get_target
 
-NAMED_PIPELINES: dict[str, Callable[[], list[Pass]]] = {}
+PipelineFunction = Callable[[CompileOptions], list[Pass]]
 
 
-def named_pipeline(name: str) -> Callable[[Callable[[], list[Pass]]], Callable[[], list[Pass]]]:
-    """Register a function returning a pass list under ``name`` (an error if taken)."""
+@dataclass(frozen=True)
+class NamedPipeline:
+    """A registered pipeline: the function that builds its passes and the options it honours."""
 
-    def decorate(function: Callable[[], list[Pass]]) -> Callable[[], list[Pass]]:
+    function: PipelineFunction
+    honours: frozenset[str]
+
+    @property
+    def summary(self) -> str:
+        doc = (self.function.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+NAMED_PIPELINES: dict[str, NamedPipeline] = {}
+
+STATIC_INT8_OPTIONS = ("calib", "target", "calibration", "percentile", "per_tensor", "exclude", "objective",
+                       "threads", "sensitivity_threshold", "metric")
+
+
+def named_pipeline(name: str, honours: tuple[str, ...] = ()) -> Callable[[PipelineFunction], PipelineFunction]:
+    """Register ``function(options) -> passes`` under ``name`` (an error if taken), honouring the
+    :class:`CompileOptions` fields in ``honours``."""
+
+    def decorate(function: PipelineFunction) -> PipelineFunction:
         if name in NAMED_PIPELINES:
             raise PipelineConfigError(f"pipeline name {name!r} is already registered")
-        NAMED_PIPELINES[name] = function
+        unknown = set(honours) - set(CompileOptions.__dataclass_fields__)
+        if unknown:
+            raise PipelineConfigError(f"pipeline {name!r} honours unknown option(s) {sorted(unknown)}")
+        NAMED_PIPELINES[name] = NamedPipeline(function, frozenset(honours))
         return function
 
     return decorate
 
 
 @named_pipeline("canonicalize")
-def canonicalize() -> list[Pass]:
+def canonicalize(options: CompileOptions | None = None) -> list[Pass]:
     """Bring any FP32 model into the form the quantization passes expect, without changing its outputs."""
     from qcompiler import passes as lib
 
@@ -66,34 +95,37 @@ def canonicalize() -> list[Pass]:
     ]
 
 
-def _latency_guarded(passes: list[Pass], calibration: Any, objective: str, threads: int,
-                     prefix: list[Pass] | None = None) -> list[Pass]:
+def _latency_guarded(passes: list[Pass], options: CompileOptions, prefix: list[Pass] | None = None) -> list[Pass]:
     """``prefix`` (default: ``canonicalize``) + ``passes``, with the float model kept before them and
-    ``latency-guard`` after them when ``objective`` is "latency" (int8 kept only where it is faster)."""
+    ``latency-guard`` after them when the objective is "latency" (int8 kept only where it is faster)."""
     from qcompiler import passes as lib
 
     prefix = canonicalize() if prefix is None else prefix
-    if objective != "latency":
+    if options.objective != "latency":
         return prefix + passes
-    return prefix + [lib.KeepFloatReference()] + passes + [lib.LatencyGuard(data=calibration, threads=threads)]
+    return prefix + [lib.KeepFloatReference()] + passes + [lib.LatencyGuard(data=options.calib,
+                                                                             threads=options.threads)]
 
 
-def _mixed_precision(threshold: float | None, calibration: Any, target: str, exclude: tuple[str, ...],
-                     per_tensor: bool, metric: Any, float_linear_outputs: bool = False) -> tuple[list[Pass], list[Pass]]:
-    """(passes before canonicalization, passes after calibration) for a sensitivity threshold (None: none)."""
+def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False) -> tuple[list[Pass], list[Pass]]:
+    """(passes before canonicalization, passes after calibration) for the sensitivity threshold (none without)."""
     from qcompiler import passes as lib
 
-    if threshold is None:
+    if options.sensitivity_threshold is None:
         return [], []
     return [lib.KeepOriginalModel()], [lib.MixedPrecision(
-        data=calibration, threshold=threshold, metric=metric, target=target, exclude=list(exclude),
-        per_channel=not per_tensor, float_linear_outputs=float_linear_outputs)]
+        data=options.calib, threshold=options.sensitivity_threshold, metric=options.metric,
+        exclude=list(options.exclude), per_channel=not options.per_tensor, float_linear_outputs=float_linear_outputs)]
 
 
-@named_pipeline("int8")
-def int8(calibration: Any = None, target: str = "auto", method: str = "mse", percentile: float = 99.999,
-         per_tensor: bool = False, exclude: tuple[str, ...] = (), objective: str = "latency", threads: int = 0,
-         sensitivity_threshold: float | None = None, metric: Any = None) -> list[Pass]:
+def _calibrate(options: CompileOptions) -> Pass:
+    from qcompiler import passes as lib
+
+    return lib.Calibrate(data=options.calib, method=options.calibration, percentile=options.percentile)
+
+
+@named_pipeline("int8", honours=STATIC_INT8_OPTIONS)
+def int8(options: CompileOptions) -> list[Pass]:
     """Static int8 post-training quantization for a target: canonicalize, assign, calibrate, QDQ, fold.
 
     With ``objective="latency"`` the result stays int8 only where onnxruntime runs it faster than the
@@ -101,46 +133,42 @@ def int8(calibration: Any = None, target: str = "auto", method: str = "mse", per
     keeps in float the layers that do not fit that output-error budget (``mixed-precision``).
     """
     from qcompiler import passes as lib
-    from qcompiler.targets import get_target
 
-    name = get_target(target).name
-    first, mixed = _mixed_precision(sensitivity_threshold, calibration, name, exclude, per_tensor, metric)
+    first, mixed = _mixed_precision(options)
     return first + _latency_guarded([
-        lib.AssignPrecision(target=name, exclude=list(exclude), per_channel=not per_tensor),
-        lib.Calibrate(data=calibration, method=method, percentile=percentile, target=name),
+        lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude),
+                            per_channel=not options.per_tensor),
+        _calibrate(options),
         *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-        lib.CheckKernels(data=calibration),
-    ], calibration, objective, threads)
+        lib.CheckKernels(data=options.calib),
+    ], options)
 
 
-@named_pipeline("int8-transformer")
-def int8_transformer(calibration: Any = None, target: str = "auto", method: str = "mse", per_tensor: bool = False,
-                     exclude: tuple[str, ...] = (), objective: str = "latency", threads: int = 0,
-                     sensitivity_threshold: float | None = None, metric: Any = None) -> list[Pass]:
+@named_pipeline("int8-transformer", honours=tuple(o for o in STATIC_INT8_OPTIONS if o != "percentile"))
+def int8_transformer(options: CompileOptions) -> list[Pass]:
     """Static int8 for transformers: SmoothQuant, float linear-layer outputs, searched weight and activation ranges.
 
     Every linear layer (MatMul/Gemm with a constant weight) and attention MatMul runs in int8; their
     outputs, and so the bias/residual Adds, LayerNorms and GELUs after them, stay float
-    (``float_linear_outputs``). ``method`` is the range method SmoothQuant's alpha search assumes; the
-    activation ranges themselves are chosen by ``calibrate-search`` on held-out calibration feeds.
+    (``float_linear_outputs``). ``calibration`` is the range method SmoothQuant's alpha search assumes;
+    the activation ranges themselves are chosen by ``calibrate-search`` on held-out calibration feeds.
     """
     from qcompiler import passes as lib
-    from qcompiler.targets import get_target
 
-    name = get_target(target).name
-    first, mixed = _mixed_precision(sensitivity_threshold, calibration, name, exclude, per_tensor, metric,
-                                    float_linear_outputs=True)
+    name = get_target(options.target).name
+    first, mixed = _mixed_precision(options, float_linear_outputs=True)
     return first + _latency_guarded([
-        lib.SmoothQuant(data=calibration, method=method, target=name, explicit=True),
-        lib.AssignPrecision(target=name, exclude=list(exclude), per_channel=not per_tensor, float_linear_outputs=True),
+        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True),
+        lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
+                            float_linear_outputs=True),
         lib.SearchWeightRanges(),
-        lib.CalibrateSearch(data=calibration, target=name),
+        lib.CalibrateSearch(data=options.calib),
         *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ], calibration, objective, threads)
+    ], options)
 
 
 def canonicalize_keeping_batchnorm_stats() -> list[Pass]:
@@ -152,81 +180,82 @@ def canonicalize_keeping_batchnorm_stats() -> list[Pass]:
     return passes[:position] + [lib.KeepBatchNormStats()] + passes[position:]
 
 
-@named_pipeline("int8-dfq")
-def int8_dfq(calibration: Any = None, target: str = "auto", method: str = "mse", percentile: float = 99.999,
-             per_tensor: bool = False, exclude: tuple[str, ...] = (), objective: str = "latency",
-             threads: int = 0) -> list[Pass]:
+@named_pipeline("int8-dfq", honours=("calib", "target", "calibration", "percentile", "per_tensor", "exclude",
+                                      "objective", "threads"))
+def int8_dfq(options: CompileOptions) -> list[Pass]:
     """``int8`` with data-free quantization's weight fixes (Nagel et al. 2019): ReLU6 -> ReLU, cross-layer
     equalization, high-bias absorption, and empirical bias correction after calibration.
 
-    For per-tensor weights on depthwise models (MobileNetV2 digits: per-tensor 65.0 % -> 99.8 %, equal to
-    per-channel; ``benchmarks/accuracy_passes.py``). ReLU6 -> ReLU changes the float model where
-    pre-activations exceed 6.
+    For per-tensor weights on depthwise models (``benchmarks/accuracy_passes.py`` measures it). ReLU6 ->
+    ReLU changes the float model where pre-activations exceed 6.
     """
     from qcompiler import passes as lib
-    from qcompiler.targets import get_target
 
-    name = get_target(target).name
     return _latency_guarded([
         lib.ReplaceReLU6(),
         lib.CrossLayerEqualization(),
         lib.HighBiasAbsorption(),
-        lib.AssignPrecision(target=name, exclude=list(exclude), per_channel=not per_tensor),
-        lib.Calibrate(data=calibration, method=method, percentile=percentile, target=name),
-        lib.BiasCorrection(data=calibration),
+        lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude),
+                            per_channel=not options.per_tensor),
+        _calibrate(options),
+        lib.BiasCorrection(data=options.calib),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ], calibration, objective, threads, prefix=canonicalize_keeping_batchnorm_stats())
+    ], options, prefix=canonicalize_keeping_batchnorm_stats())
 
 
-@named_pipeline("w4a8")
-def w4a8(calibration: Any = None, target: str = "auto", method: str = "mse", percentile: float = 99.999,
-         exclude: tuple[str, ...] = (), objective: str = "latency", threads: int = 0) -> list[Pass]:
+@named_pipeline("w4a8", honours=("calib", "target", "calibration", "percentile", "exclude", "objective", "threads"))
+def w4a8(options: CompileOptions) -> list[Pass]:
     """4-bit per-channel weights (stored in int8, MSE-clipped), 8-bit activations, rounding learned by AdaRound."""
     from qcompiler import passes as lib
-    from qcompiler.targets import get_target
 
-    name = get_target(target).name
     return _latency_guarded([
-        lib.AssignPrecision(target=name, exclude=list(exclude)),
+        lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude)),
         lib.WeightBits(bits=4),
-        lib.Calibrate(data=calibration, method=method, percentile=percentile, target=name),
-        lib.AdaRound(data=calibration),
+        _calibrate(options),
+        lib.AdaRound(data=options.calib),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ], calibration, objective, threads)
+    ], options)
 
 
 @dataclass
 class Pipeline:
-    """A resolved pipeline: its passes and the verification mode it asks for."""
+    """A resolved pipeline: its passes, the verification mode it asks for and the options it honours."""
 
     passes: list[Pass]
     verify: str = "each"
     source: str = ""
+    honours: frozenset[str] = frozenset()
 
 
-def call_named(name: str, resources: dict[str, Any]) -> list[Pass]:
-    """Build a named pipeline, passing it the resources its function takes by name."""
-    function = NAMED_PIPELINES[name]
-    accepted = inspect.signature(function).parameters
-    return function(**{k: v for k, v in resources.items() if k in accepted})
-
-
-def resolve(spec: str, resources: dict[str, Any] | None = None) -> Pipeline:
-    """A named pipeline, or a TOML pipeline file when ``spec`` is a path to one."""
+def resolve(spec: str, options: CompileOptions | None = None) -> Pipeline:
+    """The pipeline ``spec`` (a named pipeline or a TOML file) for ``options``; options that were set but
+    that the pipeline does not honour are a user error."""
+    options = options or CompileOptions()
     if spec in NAMED_PIPELINES:
-        return Pipeline(call_named(spec, resources or {}), source=spec)
-    path = Path(spec)
-    if path.suffix == ".toml" or path.exists():
-        return load_pipeline(path, resources)
-    known = ", ".join(sorted(NAMED_PIPELINES))
-    raise PipelineConfigError(f"unknown pipeline {spec!r}: not a named pipeline ({known}) nor a .toml file")
+        named = NAMED_PIPELINES[spec]
+        pipeline = Pipeline(named.function(options), source=spec, honours=named.honours)
+    else:
+        path = Path(spec)
+        if path.suffix != ".toml" and not path.exists():
+            known = ", ".join(sorted(NAMED_PIPELINES))
+            raise PipelineConfigError(f"unknown pipeline {spec!r}: not a named pipeline ({known}) nor a .toml file")
+        pipeline = load_pipeline(path, options)
+    ignored = sorted(options.changed() - pipeline.honours)
+    if ignored:
+        what = ", ".join(CompileOptions.describe(o) for o in ignored)
+        takes = ", ".join(sorted(pipeline.honours)) or "no options"
+        raise UserError(f"pipeline {spec!r} does not take {what}; it takes {takes}")
+    return pipeline
 
 
-def load_pipeline(path: str | Path, resources: dict[str, Any] | None = None) -> Pipeline:
-    """Read a TOML pipeline file (format in the module docstring)."""
+def load_pipeline(path: str | Path, options: CompileOptions | None = None,
+                  resources: dict[str, Any] | None = None) -> Pipeline:
+    """Read a TOML pipeline file (format in the module docstring), built for ``options``; ``resources``
+    adds ``"@name"`` values of the caller's own (Python callers) to those of the options."""
     path = Path(path)
+    options = options or CompileOptions()
     try:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -242,24 +271,30 @@ def load_pipeline(path: str | Path, resources: dict[str, Any] | None = None) -> 
     if unknown:
         raise PipelineConfigError(f"{path}: unknown [pipeline] key(s) {sorted(unknown)}; valid: passes, verify")
     passes: list[Pass] = []
+    honoured: set[str] = set()
+    resources = {**options.resources(), **(resources or {})}
     for position, entry in enumerate(table["passes"], 1):
         where = f"{path}: pass #{position}"
         if "include" in entry:
             if set(entry) != {"include"} or entry["include"] not in NAMED_PIPELINES:
                 raise PipelineConfigError(f"{where}: 'include' takes one of {sorted(NAMED_PIPELINES)} and nothing else")
-            passes += call_named(entry["include"], resources or {})
+            named = NAMED_PIPELINES[entry["include"]]
+            passes += named.function(options)
+            honoured |= named.honours
             continue
         if "name" not in entry:
             raise PipelineConfigError(f"{where}: missing 'name' (or 'include')")
         fields = {k: v for k, v in entry.items() if k != "name"}
+        honoured |= {RESOURCES[v[1:]] for v in fields.values()
+                     if isinstance(v, str) and v.startswith("@") and v[1:] in RESOURCES}
         try:
-            passes.append(build_pass(entry["name"], fields, resources or {}))
+            passes.append(build_pass(entry["name"], fields, resources))
         except PipelineConfigError as exc:
             raise PipelineConfigError(f"{where}: {exc}") from None
     verify = table.get("verify", "each")
     if verify not in ("each", "end", "off"):
         raise PipelineConfigError(f"{path}: verify must be 'each', 'end' or 'off', not {verify!r}")
-    return Pipeline(passes, verify, source=str(path))
+    return Pipeline(passes, verify, source=str(path), honours=frozenset(honoured))
 
 
 _SIMPLE_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
@@ -280,10 +315,21 @@ def build_pass(name: str, fields: dict[str, Any], resources: dict[str, Any]) -> 
                 raise PipelineConfigError(f"pass {name!r} field {key!r}: no resource named {value!r} was supplied")
             value = resources[value[1:]]
         else:
-            expected = hints.get(key)
-            allowed = _SIMPLE_TYPES.get(expected)
-            if allowed and (not isinstance(value, allowed) or (expected is not bool and isinstance(value, bool))):
-                raise PipelineConfigError(
-                    f"pass {name!r} field {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+            _check_type(name, key, hints.get(key), value)
         arguments[key] = value
     return cls(**arguments)
+
+
+def _check_type(name: str, key: str, expected: Any, value: Any) -> None:
+    """A TOML value against a pass field's annotation: simple types, and lists of them."""
+    if typing.get_origin(expected) is list:
+        (item,) = typing.get_args(expected) or (Any,)
+        if not isinstance(value, list):
+            raise PipelineConfigError(f"pass {name!r} field {key!r} must be a list, got {type(value).__name__} {value!r}")
+        for element in value:
+            _check_type(name, key, item, element)
+        return
+    allowed = _SIMPLE_TYPES.get(expected)
+    if allowed and (not isinstance(value, allowed) or (expected is not bool and isinstance(value, bool))):
+        raise PipelineConfigError(
+            f"pass {name!r} field {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}")

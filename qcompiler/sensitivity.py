@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .assignment import assign
 from .ir import Model, QuantSpec, to_proto
+from .lowering import lower
 from .targets import WEIGHTED_OPS
 
 Outputs = list[list[np.ndarray]]
@@ -82,10 +84,11 @@ def run_session(model: bytes | onnx.ModelProto, feeds: Iterable[dict[str, np.nda
     return [session.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
 
 
-def quantizable_layers(model: Model, int8_ops: Iterable[str]) -> list[str]:
-    """Names of the nodes marked ``quantize`` whose op has an int8 kernel (the layers), in graph order."""
-    ops = set(int8_ops)
-    return [n.name for n in model.graph if n.meta.get("quantize") and n.op_type in ops]
+def quantizable_layers(model: Model) -> list[str]:
+    """Names of the nodes the plan quantizes whose op has an int8 kernel on its target (the layers), in
+    graph order."""
+    ops = model.plan.target.int8_ops
+    return [n.name for n in model.graph if model.plan.is_quantized(n) and n.op_type in ops]
 
 
 def name_nodes(model: Model) -> bool:
@@ -100,16 +103,6 @@ def name_nodes(model: Model) -> bool:
             renamed = True
         seen.add(node.name)
     return renamed
-
-
-def lower(model: Model) -> Model:
-    """``model`` (specs, no Q/DQ) as the compiler writes it: Q/DQ inserted, weights stored as integers."""
-    from qcompiler.passes.fold_weights import FoldQuantizedWeights
-    from qcompiler.passes.insert_qdq import InsertQDQ
-
-    InsertQDQ()(model)
-    FoldQuantizedWeights()(model)
-    return model
 
 
 @dataclass
@@ -168,16 +161,14 @@ class Evaluator:
 
     def build(self, float_layers: Iterable[str]) -> Model:
         """The configuration's model: assignment with ``float_layers`` excluded, calibrated specs, no Q/DQ yet."""
-        from qcompiler.passes.assign_precision import assign
-
         model = self.base.clone()
         patterns = self.exclude + [glob.escape(name) for name in float_layers]
-        assign(model.graph, exclude=patterns, **self.assign_options)
+        assign(model, exclude=patterns, **self.assign_options)
+        ranged = {*model.plan.pending, *model.plan.shares}
         for value in model.graph.values():
-            calibrated = value.meta.pop("calibrate", False)
-            shared = value.meta.pop("share_quant", None) is not None
-            marked = value.quant is not None or calibrated or shared
+            marked = value.quant is not None or value in ranged
             value.quant = self.specs.get(value.name) if marked else None
+        model.plan.pending.clear()
         return model
 
     def measure(self, model: Model) -> tuple[dict[str, float], int]:
@@ -191,7 +182,7 @@ class Evaluator:
         """Error of the configuration against the reference (cached by the nodes actually quantized)."""
         float_layers = frozenset(float_layers)
         model = self.build(float_layers)
-        quantized = frozenset(n.name for n in model.graph if n.meta.get("quantize"))
+        quantized = frozenset(n.name for n in model.plan.layers)
         if quantized not in self.cache:
             self.cache[quantized] = Evaluation(float_layers, quantized, *self.measure(model))
         cached = self.cache[quantized]

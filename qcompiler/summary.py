@@ -111,7 +111,7 @@ def macs(node: Node, shapes: dict[str, tuple[int, ...]]) -> int:
 
 def layer_nodes(model: Model) -> list[Node]:
     """The layers the summary lists (see the module docstring)."""
-    decided = set(model.meta.get("mixed_precision", {}).get("layers", {}))
+    decided = set(model.plan.reports.get("mixed_precision", {}).get("layers", {}))
     return [n for n in model.graph if n.domain in ("", "ai.onnx") and (
         n.op_type in MAC_OPS or (n.op_type in INT8_OPS and (n.name in decided or precision(n) == "int8")))]
 
@@ -121,7 +121,7 @@ def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | None 
     nodes = layer_nodes(model)
     needed = [v.name for n in nodes if n.op_type in MAC_OPS for v in (n.inputs[0], n.inputs[1], n.outputs[0])]
     shapes = tensor_shapes(model, needed, feed) if needed else {}
-    mixed = model.meta.get("mixed_precision", {})
+    mixed = model.plan.reports.get("mixed_precision", {})
     decided = mixed.get("layers", {})
     records = []
     for node in nodes:
@@ -142,7 +142,7 @@ def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | None 
     if original is not None:
         before = to_proto(original).ByteSize()
         totals.update(size_before=before, compression=before / after)
-    if "predicted" in mixed and model.meta.get("latency_guard", {}).get("kept", "int8") == "int8":
+    if "predicted" in mixed and model.plan.reports.get("latency_guard", {}).get("kept", "int8") == "int8":
         totals["predicted"] = mixed["predicted"]  # (a guard that restored float leaves nothing predicted)
         totals["threshold"] = mixed["threshold"]
     return {"layers": records, "totals": totals}

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from onnx import TensorProto
 
 from .errors import UserError
+from .ir.quant import Scheme
 
 WEIGHTED_OPS = frozenset({"Conv", "MatMul", "Gemm"})
 """Ops whose second input is a weight quantized per channel."""
@@ -68,6 +69,16 @@ class Target:
     pass_through_ops: frozenset[str] = PASS_THROUGH_OPS
     absorbed_activations: frozenset[str] = frozenset({"Relu", "Clip"})
     accumulation: str = "exact"
+
+    @property
+    def activation_scheme(self) -> Scheme:
+        """Static activations: asymmetric, per tensor, in the target's activation type."""
+        return Scheme(self.activation_dtype, symmetric=False)
+
+    def weight_scheme(self, per_channel: bool = True) -> Scheme:
+        """Weights: symmetric, per output channel (or per tensor), reduced range where the target asks."""
+        return Scheme(self.weight_dtype, symmetric=True, granularity="axis" if per_channel else "tensor",
+                      reduce_range=self.weight_reduce_range)
 
     def with_options(self, **changes) -> Target:
         """A copy with some fields changed (e.g. ``per_channel=False``)."""

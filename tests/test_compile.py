@@ -70,7 +70,7 @@ def test_compile_quantizes_and_stays_accurate(model_path, calib_dir, tmp_path):
     sqnr = 10 * np.log10(np.sum(expected**2) / np.sum((actual - expected) ** 2))
     assert sqnr > 25, sqnr
     assert out.stat().st_size < 0.4 * model_path.stat().st_size
-    assert model.meta.get("latency_guard") is None  # objective size: no guard
+    assert model.plan.reports.get("latency_guard") is None  # objective size: no guard
 
 
 def test_compile_is_deterministic(model_path, calib_dir, tmp_path):
@@ -91,7 +91,7 @@ def test_calibration_from_python_feeds_matches_directory(model_path, calib_dir):
 
 def test_latency_guard_keeps_a_tiny_model_float(model_path, calib_dir):
     model = qcompiler.compile(model_path, calib=calib_dir, target="x86-vnni")
-    guard = model.meta["latency_guard"]
+    guard = model.plan.reports["latency_guard"]
     assert set(guard) == {"float_ms", "int8_ms", "speedup", "kept"}
     if guard["kept"] == "float":
         assert not any(n.op_type == "QuantizeLinear" for n in model.graph)

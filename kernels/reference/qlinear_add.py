@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import register
-from .quantize import saturate_cast
+from .quantize import saturate
 
 
 def _fma(x: np.ndarray, ratio: np.float32, addend) -> np.ndarray:
@@ -57,4 +57,4 @@ def QLinearAdd(A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_ze
         value = _fma(b, rb, (fixed + a * ra).astype(np.float32))
     else:
         value = _fma(a, ra, _fma(b, rb, fixed))
-    return saturate_cast(np.broadcast_to(np.rint(value), out).astype(np.float64), zc.dtype)
+    return saturate(np.broadcast_to(np.rint(value), out).astype(np.float64), zc.dtype)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..registry import register
-from .quantize import saturate_cast
+from .quantize import saturate
 
 FLT_MAX = np.finfo(np.float32).max
 
@@ -43,7 +43,7 @@ def _softmax_rows(x: np.ndarray, table: np.ndarray, y_scale: np.float32, y_zero_
     e = table[index]
     total = np.cumsum(e, axis=1, dtype=np.float32)[:, -1:]  # sequential float32 sum, as the kernel's loop
     q = np.rint((e * y_scale) / total).astype(np.int64) + y_zero_point
-    return saturate_cast(q.astype(np.float64), x.dtype)
+    return saturate(q.astype(np.float64), x.dtype)
 
 
 @register("QLinearSoftmax", domain="com.microsoft", since=1)

@@ -13,36 +13,12 @@ import numpy as np
 from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype, tensor_dtype_to_np_dtype
 
+from qcompiler.ir.quant import broadcast_param, dequantize_values, integer_range, quantize_values, saturate
+
 from ..registry import register
 
-INTEGER_RANGES = {
-    TensorProto.UINT8: (0, 255),
-    TensorProto.INT8: (-128, 127),
-    TensorProto.UINT16: (0, 65535),
-    TensorProto.INT16: (-32768, 32767),
-    TensorProto.UINT4: (0, 15),
-    TensorProto.INT4: (-8, 7),
-    TensorProto.UINT2: (0, 3),
-    TensorProto.INT2: (-2, 1),
-}
-
-
-def integer_range(dtype) -> tuple[int, int]:
-    """``(lo, hi)`` of a quantized integer numpy dtype; ``NotImplementedError`` for other types."""
-    tensor_type = np_dtype_to_tensor_dtype(np.dtype(dtype))
-    if tensor_type not in INTEGER_RANGES:
-        raise NotImplementedError(f"quantized type {np.dtype(dtype)} is not an integer type we support")
-    return INTEGER_RANGES[tensor_type]
-
-
-def saturate_cast(y: np.ndarray, dtype) -> np.ndarray:
-    """Clamp the integral float array ``y`` to ``dtype``'s range and cast. NaN becomes the minimum.
-
-    NaN -> minimum is what ``onnx.reference`` (rint(NaN) -> INT_MIN, then clip) and MLAS (``maxps``
-    returns its second operand, the lower bound, for NaN) both do.
-    """
-    lo, hi = integer_range(dtype)
-    return np.minimum(np.where(y >= lo, y, lo), hi).astype(dtype)
+__all__ = ["DequantizeLinear", "QuantizeLinear", "broadcast_param", "integer_range", "quantize_output_dtype",
+           "requantize", "saturate"]
 
 
 def requantize(acc: np.ndarray, multiplier, zero_point, dtype) -> np.ndarray:
@@ -55,31 +31,7 @@ def requantize(acc: np.ndarray, multiplier, zero_point, dtype) -> np.ndarray:
     """
     with np.errstate(over="ignore"):  # overflow to +-inf saturates below
         scaled = np.rint(acc.astype(np.float32) * np.asarray(multiplier, np.float32))
-    return saturate_cast(scaled.astype(np.float64) + np.asarray(zero_point, np.float64), dtype)
-
-
-def broadcast_param(param: np.ndarray, shape: tuple[int, ...], axis: int, block_size: int) -> np.ndarray:
-    """Reshape a scale or zero point so it broadcasts against an input of ``shape``.
-
-    Per-tensor: ``param`` has one element. Per-axis: 1-D of length ``shape[axis]``. Blocked
-    (``block_size > 0``): same rank as the input, ``ceil(shape[axis] / block_size)`` along ``axis``;
-    each entry is repeated ``block_size`` times and the last block may be partial.
-    """
-    param = np.asarray(param)
-    if param.size == 1 and param.ndim <= 1:
-        return param.reshape(())
-    axis = axis + len(shape) if axis < 0 else axis
-    if not block_size:
-        if param.ndim != 1 or param.shape[0] != shape[axis]:
-            raise ValueError(f"per-axis parameter of shape {param.shape} does not fit input {shape} on axis {axis}")
-        return param.reshape([-1 if d == axis else 1 for d in range(len(shape))])
-    if block_size < 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    blocks = -(-shape[axis] // block_size)
-    expected = shape[:axis] + (blocks,) + shape[axis + 1:]
-    if param.shape != expected:
-        raise ValueError(f"blocked parameter of shape {param.shape} does not fit input {shape}: expected {expected}")
-    return np.repeat(param, block_size, axis=axis).take(range(shape[axis]), axis=axis)
+    return saturate(scaled.astype(np.float64) + np.asarray(zero_point, np.float64), dtype)
 
 
 def quantize_output_dtype(y_zero_point, output_dtype: int) -> np.dtype:
@@ -104,11 +56,8 @@ def QuantizeLinear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outpu
     integer_range(dtype)  # refuse float8/float4 before computing anything
     compute = np.dtype(tensor_dtype_to_np_dtype(precision)) if precision else np.asarray(y_scale).dtype
     scale = broadcast_param(y_scale, x.shape, axis, block_size).astype(compute)
-    with np.errstate(over="ignore"):  # overflow to +-inf saturates below
-        y = np.rint(x.astype(compute) / scale).astype(np.float64)
-    if y_zero_point is not None:
-        y += broadcast_param(y_zero_point, x.shape, axis, block_size).astype(np.float64)
-    return saturate_cast(y, dtype)
+    zero_point = 0 if y_zero_point is None else broadcast_param(y_zero_point, x.shape, axis, block_size)
+    return quantize_values(x, scale, zero_point, dtype)
 
 
 @register("DequantizeLinear", since=10)
@@ -121,7 +70,5 @@ def DequantizeLinear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, out
     if x.dtype != np.int32:
         integer_range(x.dtype)
     out = np.dtype(tensor_dtype_to_np_dtype(output_dtype)) if output_dtype else np.asarray(x_scale).dtype
-    diff = x.astype(np.int64)
-    if x_zero_point is not None:
-        diff -= broadcast_param(x_zero_point, x.shape, axis, block_size).astype(np.int64)
-    return diff.astype(out) * broadcast_param(x_scale, x.shape, axis, block_size).astype(out)
+    zero_point = None if x_zero_point is None else broadcast_param(x_zero_point, x.shape, axis, block_size)
+    return dequantize_values(x, broadcast_param(x_scale, x.shape, axis, block_size), zero_point, out)

@@ -13,12 +13,16 @@ Note: ``qcompiler.calibration.collect`` is the function; the module is
 
 from .collect import DEFAULT_MAX_OUTPUTS_BYTES, collect
 from .data import (CalibrationDataError, CalibrationSet, InputSpec, OneShotSourceWarning, check_feed, input_specs,
-                   open_calibration)
+                   model_inputs, open_calibration)
 from .observers import (OBSERVERS, EntropyObserver, MinMaxObserver, MSEObserver, Observer, PercentileObserver,
                         StreamingHistogram, kl_divergences, make_observer_factory)
 
+METHODS = tuple(OBSERVERS)
+"""The activation range methods (``--calibration``)."""
+
 __all__ = [
     "DEFAULT_MAX_OUTPUTS_BYTES",
+    "METHODS",
     "OBSERVERS",
     "CalibrationDataError",
     "CalibrationSet",
@@ -35,5 +39,6 @@ __all__ = [
     "input_specs",
     "kl_divergences",
     "make_observer_factory",
+    "model_inputs",
     "open_calibration",
 ]

@@ -341,3 +341,11 @@ def _from_reader(reader: Any, inputs: list[InputSpec]) -> CalibrationSet:
         return CalibrationSet(iterate, inputs, _length(reader), name)
     replay = _replay_for(reader, reader.get_next, f"a {name} without rewind()", f"{name} ", 5)
     return CalibrationSet(replay, inputs, _length(reader), name)
+
+
+def model_inputs(model: Any) -> list[InputSpec]:
+    """The inputs a feed must provide for an IR model (graph inputs without an initializer behind them)."""
+    import onnx
+
+    return [InputSpec(v.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.dtype)), v.shape)
+            for v in model.graph.inputs if v.const is None and v.dtype is not None]

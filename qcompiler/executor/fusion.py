@@ -250,3 +250,27 @@ def find_fusions(model: ir.Model, *, int8_allowed: bool = False) -> list[Fusion]
     outputs = set(model.graph.outputs)
     found = [find_fusion(node, outputs, opset=model.opset, int8_allowed=int8_allowed) for node in model.graph]
     return [f for f in found if f is not None]
+
+
+SAFE_WEIGHT = 64
+"""The largest weight magnitude whose u8 x s8 pair sums fit an int16 (``2 * 255 * 64 = 32640``)."""
+
+
+def saturating_units(model: ir.Model) -> list[Fusion]:
+    """Fused u8 x s8 units whose constant weights can overflow an int16 pair."""
+    units = []
+    for fusion in find_fusions(model):
+        domain, kernel = fusion.kernel
+        if kernel not in ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat"):
+            continue
+        activation = fusion.dequantize[0]
+        weight = fusion.dequantize[1] if len(fusion.dequantize) > 1 else None
+        if weight is None or activation.inputs[2].dtype != TensorProto.UINT8 or weight.inputs[0].const is None:
+            continue
+        w, zero = weight.inputs[0].const, weight.inputs[2].const
+        if w.dtype != np.int8 or np.any(zero != 0) or np.abs(w.astype(np.int32)).max() <= SAFE_WEIGHT:
+            continue
+        if kernel == "QLinearConv" and w.shape[1] == 1 and w.shape[0] == fusion.target.attrs.get("group", 1):
+            continue  # depthwise, one weight zero point: MLAS's exact depthwise kernel
+        units.append(fusion)
+    return units

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .agreement import energy_ratio_db
+from .fusion import saturating_units
 from .interpreter import Interpreter, Step
 from .profiles import Profile, get_profile
 
@@ -106,8 +107,6 @@ def _run(step: Step, args: list) -> np.ndarray:
 def compare_layers(model, profile: str | Profile, feeds: list[dict[str, np.ndarray]]) -> list[dict]:
     """One record per fused integer kernel of ``model`` under ``profile`` (graph order; see the module
     docstring): agreement with the simulation on identical inputs, flag, cause and fix."""
-    from qcompiler.passes.check_kernels import saturating_units
-
     profile = get_profile(profile)
     target = Interpreter(model, profile=profile)
     exact = {s.outputs[0].name: s for s in Interpreter(model, profile="exact").steps if len(s.nodes) > 1}

@@ -2,7 +2,8 @@
 
 from ._core import CAPTURE_INDEX, Graph, Model, Node, Usage, Value
 from .printer import format_graph, format_model, format_node
-from .quant import QuantSpec, channel_shape, integer_range, storage_dtype
+from .quant import (QuantSpec, Scheme, channel_shape, dequantize, fake_quantize, integer_range, quantize,
+                    storage_dtype)
 from .serde import from_proto, load, save, to_proto
 from .verify import verify
 
@@ -12,15 +13,19 @@ __all__ = [
     "Model",
     "Node",
     "QuantSpec",
+    "Scheme",
     "Usage",
     "Value",
     "channel_shape",
+    "dequantize",
+    "fake_quantize",
     "format_graph",
     "format_model",
     "format_node",
     "from_proto",
     "integer_range",
     "load",
+    "quantize",
     "save",
     "storage_dtype",
     "to_proto",

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from ..errors import InternalError
+from .plan import QuantPlan
 
 CAPTURE_INDEX = -1
 """Use index of a value read implicitly by a subgraph of the using node."""
@@ -41,7 +42,6 @@ class Value:
         quant: the quantization decision (:class:`qcompiler.ir.QuantSpec`) or None.
         type_proto: the full ``onnx.TypeProto`` for non-tensor values (sequences, optionals, maps).
         doc_string: kept from the file.
-        meta: scratch data for analyses; never serialized.
     """
 
     def __init__(
@@ -65,7 +65,6 @@ class Value:
         self.type_proto = type_proto
         self.doc_string = doc_string
         self.quant = None
-        self.meta: dict[str, Any] = {}
         self._producer: Node | None = None
         self._output_index: int | None = None
         self._uses: dict[Usage, None] = {}
@@ -116,9 +115,13 @@ class Value:
         Graph outputs are not touched (use :meth:`Graph.replace_output`). A capture by a subgraph is
         rewritten by renaming the reference inside the subgraph.
         """
-        if other is self:
-            return
-        for node, index in self.uses():
+        if other is not self:
+            self.redirect(self.uses(), other)
+
+    def redirect(self, uses: Iterable[Usage], other: Value) -> None:
+        """Make the given uses of this value read ``other`` instead: inputs through :meth:`Node.set_input`,
+        captures by renaming the reference inside the capturing subgraph."""
+        for node, index in uses:
             if index == CAPTURE_INDEX:
                 node._replace_capture(self, other)
             else:
@@ -217,7 +220,6 @@ class Node:
         self.doc_string = doc_string
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.attr_types: dict[str, int] = dict(attr_types or {})
-        self.meta: dict[str, Any] = {}
         self.graph: Graph | None = None
         if isinstance(outputs, int):
             outputs = [Value("") for _ in range(outputs)]
@@ -457,7 +459,8 @@ class Graph:
 class Model:
     """An ONNX model: a graph plus opset imports, metadata and model-local functions.
 
-    ``functions`` are kept as ``onnx.FunctionProto`` objects and written back unchanged.
+    ``functions`` are kept as ``onnx.FunctionProto`` objects and written back unchanged; ``plan`` holds
+    the quantization decisions passes hand each other (:class:`~qcompiler.ir.plan.QuantPlan`).
     """
 
     def __init__(self, graph: Graph, opset_imports: dict[str, int] | None = None):
@@ -471,7 +474,7 @@ class Model:
         self.doc_string = ""
         self.metadata: dict[str, str] = {}
         self.functions: list[onnx.FunctionProto] = []
-        self.meta: dict[str, Any] = {}
+        self.plan = QuantPlan()
 
     @property
     def opset(self) -> int:
@@ -479,21 +482,21 @@ class Model:
         return self.opset_imports.get("", self.opset_imports.get("ai.onnx", 1))
 
     def clone(self) -> Model:
-        """A deep copy (through the serialized form, so nothing is shared)."""
+        """A deep copy (through the serialized form, so nothing is shared), with its specs and plan."""
         from .serde import from_proto, to_proto
 
         copy = from_proto(to_proto(self))
-        copy.meta = dict(self.meta)
         specs = {v.name: v.quant for v in self.graph.values() if v.quant is not None}
         for value in copy.graph.values():
             value.quant = specs.get(value.name)
+        copy.plan = self.plan.remapped(copy)
         return copy
 
     def update_from(self, other: Model) -> None:
-        """Take ``other``'s graph, opsets, IR version and functions (keeping metadata and meta).
+        """Take ``other``'s graph, opsets, IR version and functions (keeping metadata and the plan).
 
         Used by passes that rebuild the model through another tool (opset conversion, constant
-        folding); quantization specs are carried over by value name, and the graph's doc string and
+        folding); quantization specs and the plan are carried over by value name, and the graph's doc string and
         ``metadata_props`` (which onnx-graphsurgeon and the version converter drop) are kept.
         """
         specs = {v.name: v.quant for v in self.graph.values() if v.quant is not None}
@@ -505,6 +508,7 @@ class Model:
         self.functions = list(other.functions)
         for value in self.graph.values():
             value.quant = specs.get(value.name, value.quant)
+        self.plan = self.plan.remapped(self)
 
     def find_value(self, name: str) -> Value | None:
         """The value of the main graph with this name, or None."""

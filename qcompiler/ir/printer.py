@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from ._core import Graph, Model, Node, Value
+from .plan import QuantPlan
 
 
 def dtype_name(dtype: int | None) -> str:
@@ -67,7 +68,7 @@ def format_quant(value: Value) -> str:
     return f" quant={dtype_name(spec.dtype)}/{granularity}"
 
 
-def format_node(node: Node) -> str:
+def format_node(node: Node, plan: QuantPlan | None = None) -> str:
     outs = ", ".join("_" if v is None else f"%{v.name}: {format_type(v)}" for v in node.outputs)
     ins = ", ".join("_" if v is None else f"%{v.name}" for v in node.inputs)
     op = node.op_type if not node.domain else f"{node.domain}::{node.op_type}"
@@ -76,20 +77,21 @@ def format_node(node: Node) -> str:
     if attrs:
         line += f" {{{attrs}}}"
     notes = [node.name] if node.name else []
-    notes += [flag for flag in ("quantize", "absorbed") if node.meta.get(flag)]
+    if plan is not None:
+        notes += [flag for flag, nodes in (("quantize", plan.layers), ("absorbed", plan.absorbed)) if node in nodes]
     notes += [f"%{v.name}{format_quant(v)}" for v in node.outputs if v is not None and v.quant is not None]
     if notes:
         line += "  # " + "; ".join(notes)
     return line
 
 
-def format_graph(graph: Graph) -> str:
+def format_graph(graph: Graph, plan: QuantPlan | None = None) -> str:
     lines = [f"graph {graph.name} ("]
     lines += [f"  %{v.name}: {format_type(v)}{format_quant(v)}" for v in graph.inputs]
     lines.append(")")
     for value in graph.initializers.values():
         lines.append(f"  init %{value.name}: {format_type(value)} #{_digest(value.const)}{format_quant(value)}")
-    lines += [f"  {format_node(n)}" for n in graph]
+    lines += [f"  {format_node(n, plan)}" for n in graph]
     lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
     return "\n".join(lines)
 
@@ -99,4 +101,4 @@ def format_model(model: Model) -> str:
     header = f"model ir_version={model.ir_version} opsets=[{opsets}]"
     if model.functions:
         header += f" functions={len(model.functions)}"
-    return header + "\n" + format_graph(model.graph)
+    return header + "\n" + format_graph(model.graph, model.plan)

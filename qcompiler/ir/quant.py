@@ -1,51 +1,81 @@
-"""QuantSpec: the quantization decision attached to a value.
+"""Quantization schemes and the one home of quantization math.
 
 Affine quantization (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference"): ``q = saturate(round_half_even(x / scale) + zero_point)`` and
-``x ≈ (q - zero_point) * scale``. A spec is per-tensor (``axis`` None), per-channel (``axis`` set, one
-scale per slice along it) or blocked (``axis`` and ``block_size``: one scale per block of
-``block_size`` elements along ``axis``, as in ONNX opset 21).
+``x ≈ (q - zero_point) * scale``.
+
+Two types describe a decision:
+
+* :class:`Scheme` says *how* a kind of tensor is quantized before any range is known: the integer type,
+  symmetric or not, reduced range, the granularity (per tensor, per axis, per block of ``block_size``
+  elements along the axis, as ONNX opset 21's blocked Q/DQ) and when the scale is known (``static``:
+  from calibration or from the constant weight; ``dynamic``: computed at run time from the tensor
+  itself, as ``DynamicQuantizeLinear`` does).
+* :class:`QuantSpec` is the concrete decision for one value: type, scale, zero point, axis, block size.
+  A weight-only scheme is a plan that gives weights a spec and leaves activations float.
+
+Everything that turns numbers into integers and back is here and nowhere else: :func:`integer_range`
+and :func:`storage_dtype` (one table, one int4 storage convention: the ml_dtypes ``int4``/``uint4`` that
+onnx itself uses, one element per byte), :func:`broadcast_param` (ONNX's per-axis and blocked layouts),
+:func:`quantize_values` / :func:`dequantize_values` (the ONNX operators' arithmetic, shared with the
+numpy reference kernels), :func:`quantize`, :func:`dequantize`, :func:`fake_quantize`, the int32 bias of
+a quantized layer (:func:`bias_scale`, :func:`quantize_bias`), and the Q/DQ form of a spec
+(:func:`qdq_attributes`, :func:`min_opset`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from onnx import TensorProto
+from onnx.helper import np_dtype_to_tensor_dtype, tensor_dtype_to_np_dtype
 
-_RANGES = {
-    TensorProto.INT8: (-128, 127),
+if TYPE_CHECKING:
+    from ._core import Node
+
+INTEGER_RANGES = {
     TensorProto.UINT8: (0, 255),
-    TensorProto.INT16: (-32768, 32767),
+    TensorProto.INT8: (-128, 127),
     TensorProto.UINT16: (0, 65535),
-    TensorProto.INT4: (-8, 7),
+    TensorProto.INT16: (-32768, 32767),
     TensorProto.UINT4: (0, 15),
+    TensorProto.INT4: (-8, 7),
+    TensorProto.UINT2: (0, 3),
+    TensorProto.INT2: (-2, 1),
 }
+"""(qmin, qmax) of every integer element type Q/DQ can produce (opsets 10-25)."""
+
+INT32_RANGE = (-(2**31), 2**31 - 1)
 
 
-_STORAGE = {
-    TensorProto.INT8: np.int8,
-    TensorProto.UINT8: np.uint8,
-    TensorProto.INT16: np.int16,
-    TensorProto.UINT16: np.uint16,
-    TensorProto.INT4: np.int8,
-    TensorProto.UINT4: np.uint8,
-}
+class NotAnIntegerType(ValueError, NotImplementedError):
+    """A quantized type that is not an integer type of :data:`INTEGER_RANGES` (float, float8, float4).
+
+    A ValueError for the compiler's specs, and a NotImplementedError for the kernels, which refuse
+    float8/float4 by design: this compiler targets integer arithmetic.
+    """
 
 
-def storage_dtype(dtype: int) -> type[np.integer]:
-    """The numpy type that holds values of a quantized ONNX element type (int4 in int8)."""
-    integer_range(dtype)
-    return _STORAGE[dtype]
+def _tensor_type(dtype: int | np.dtype | type) -> int:
+    return dtype if isinstance(dtype, int) else np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
-def integer_range(dtype: int) -> tuple[int, int]:
-    """(qmin, qmax) of a quantized ONNX element type."""
+def integer_range(dtype: int | np.dtype | type) -> tuple[int, int]:
+    """(qmin, qmax) of a quantized element type, given as an ONNX type or a numpy dtype."""
+    tensor_type = _tensor_type(dtype)
     try:
-        return _RANGES[dtype]
+        return INTEGER_RANGES[tensor_type]
     except KeyError:
-        raise ValueError(f"not a quantized integer type: {TensorProto.DataType.Name(dtype)}") from None
+        raise NotAnIntegerType(f"not a quantized integer type: {TensorProto.DataType.Name(tensor_type)}") from None
+
+
+def storage_dtype(dtype: int) -> np.dtype:
+    """The numpy dtype that holds values of a quantized ONNX type (ml_dtypes int4/uint4/int2/uint2 for
+    the sub-byte types, one element per byte: what onnx's own numpy helpers use)."""
+    integer_range(dtype)
+    return np.dtype(tensor_dtype_to_np_dtype(dtype))
 
 
 def channel_shape(ndim: int, axis: int | None) -> list[int]:
@@ -57,14 +87,81 @@ def channel_shape(ndim: int, axis: int | None) -> list[int]:
     return shape
 
 
+def broadcast_param(param: np.ndarray, shape: tuple[int, ...], axis: int | None, block_size: int | None) -> np.ndarray:
+    """Reshape a scale or zero point so that it broadcasts against a tensor of ``shape``.
+
+    Per tensor: ``param`` has one element. Per axis: 1-D of length ``shape[axis]``. Blocked
+    (``block_size > 0``): the tensor's rank, ``ceil(shape[axis] / block_size)`` along ``axis``; each entry
+    is repeated ``block_size`` times and the last block may be partial (ONNX opset 21).
+    """
+    param = np.asarray(param)
+    if param.size == 1 and param.ndim <= 1:
+        return param.reshape(())
+    if axis is None:
+        raise ValueError(f"parameter of shape {param.shape} needs an axis")
+    axis = axis + len(shape) if axis < 0 else axis
+    if not block_size:
+        if param.ndim != 1 or param.shape[0] != shape[axis]:
+            raise ValueError(f"per-axis parameter of shape {param.shape} does not fit input {shape} on axis {axis}")
+        return param.reshape(channel_shape(len(shape), axis))
+    if block_size < 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    blocks = -(-shape[axis] // block_size)
+    expected = shape[:axis] + (blocks,) + shape[axis + 1:]
+    if param.shape != expected:
+        raise ValueError(f"blocked parameter of shape {param.shape} does not fit input {shape}: expected {expected}")
+    return np.repeat(param, block_size, axis=axis).take(range(shape[axis]), axis=axis)
+
+
+def saturate(y: np.ndarray, dtype: int | np.dtype | type) -> np.ndarray:
+    """Clamp the integral float array ``y`` to ``dtype``'s range and cast. NaN becomes the minimum.
+
+    NaN -> minimum is what ``onnx.reference`` (rint(NaN) -> INT_MIN, then clip) and MLAS (``maxps``
+    returns its second operand, the lower bound, for NaN) both do.
+    """
+    numpy_type = storage_dtype(dtype) if isinstance(dtype, int) else np.dtype(dtype)
+    lo, hi = INT32_RANGE if numpy_type == np.int32 else integer_range(numpy_type)
+    return np.minimum(np.where(y >= lo, y, lo), hi).astype(numpy_type)
+
+
+def quantize_values(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | int, dtype) -> np.ndarray:
+    """ONNX QuantizeLinear on broadcastable arrays: ``saturate(round_half_even(x / scale) + zero_point)``.
+
+    The division is done in ``scale``'s float type (float32 for every spec of this compiler), the zero
+    point is added exactly, and the result is saturated to ``dtype`` (an ONNX type or numpy dtype).
+    """
+    scale = np.asarray(scale)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # +-inf and NaN saturate below
+        y = np.rint(x.astype(scale.dtype) / scale).astype(np.float64)
+    return saturate(y + np.asarray(zero_point, np.float64), dtype)
+
+
+def dequantize_values(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | int | None,
+                      out_dtype: np.dtype | type | None = None) -> np.ndarray:
+    """ONNX DequantizeLinear on broadcastable arrays: ``(q - zero_point) * scale``.
+
+    The difference is exact (int64), then converted to the output type (``out_dtype``, else ``scale``'s
+    type) and multiplied by the scale in that type.
+    """
+    out = np.dtype(out_dtype) if out_dtype is not None else np.asarray(scale).dtype
+    diff = q.astype(np.int64)
+    if zero_point is not None:
+        diff = diff - np.asarray(zero_point).astype(np.int64)
+    return diff.astype(out) * np.asarray(scale).astype(out)
+
+
+Granularity = Literal["tensor", "axis", "block"]
+
+
 @dataclass(frozen=True, eq=False)
 class QuantSpec:
     """How one value is quantized.
 
     Attributes:
-        dtype: the quantized ONNX element type (INT8, UINT8, INT16, UINT16, INT4, UINT4).
-        scale: float32 array, shape () per-tensor or (C,) per-channel / (C, blocks) blocked.
-        zero_point: integer array of the same shape as ``scale``.
+        dtype: the quantized ONNX element type (a key of :data:`INTEGER_RANGES`).
+        scale: float32 array: shape () per tensor, (C,) per axis, or the value's rank with
+            ``ceil(n / block_size)`` along ``axis`` when blocked (ONNX opset 21's layout).
+        zero_point: integer array of the same shape as ``scale``, in :func:`storage_dtype`.
         axis: channel axis, or None for per-tensor.
         block_size: elements per block along ``axis`` for blocked quantization, else None.
     """
@@ -81,7 +178,7 @@ class QuantSpec:
         return (
             (self.dtype, self.axis, self.block_size) == (other.dtype, other.axis, other.block_size)
             and np.array_equal(self.scale, other.scale)
-            and np.array_equal(self.zero_point, other.zero_point)
+            and np.array_equal(np.asarray(self.zero_point, np.int64), np.asarray(other.zero_point, np.int64))
         )
 
     __hash__ = None  # mutable-looking arrays inside: not hashable
@@ -95,15 +192,24 @@ class QuantSpec:
         return integer_range(self.dtype)[1]
 
     @property
+    def granularity(self) -> Granularity:
+        if self.axis is None:
+            return "tensor"
+        return "axis" if self.block_size is None else "block"
+
+    @property
     def per_channel(self) -> bool:
-        return self.axis is not None and self.block_size is None
+        return self.granularity == "axis"
 
     @property
     def symmetric(self) -> bool:
         """True when zero maps to the middle of the integer range (0 for signed types)."""
-        qmin, qmax = integer_range(self.dtype)
-        middle = 0 if qmin < 0 else (qmax + 1) // 2
-        return bool(np.all(self.zero_point == middle))
+        return bool(np.all(np.asarray(self.zero_point, np.int64) == _middle(self.dtype)))
+
+    def broadcast(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, zero point) shaped to broadcast against a tensor of ``shape``."""
+        return (broadcast_param(self.scale, shape, self.axis, self.block_size),
+                broadcast_param(self.zero_point, shape, self.axis, self.block_size))
 
     @classmethod
     def from_range(
@@ -114,14 +220,16 @@ class QuantSpec:
         *,
         symmetric: bool,
         axis: int | None = None,
+        block_size: int | None = None,
         reduce_range: bool = False,
     ) -> QuantSpec:
         """The spec that maps [lo, hi] onto the integer range of ``dtype``.
 
-        The range is first widened to include 0 (so zero is exactly representable, as padding and
-        ReLU need). Symmetric: ``scale = max(|lo|, |hi|) / ((qmax - qmin) // 2)`` (127 for int8, so
-        the values use the restricted range [-127, 127]) and the zero point is the middle of the
-        range. Asymmetric: ``scale = (hi - lo) / (qmax - qmin)`` and
+        ``lo`` and ``hi`` are scalars (per tensor), vectors along ``axis`` (per axis) or arrays in the
+        blocked layout. The range is first widened to include 0 (so zero is exactly representable, as
+        padding and ReLU need). Symmetric: ``scale = max(|lo|, |hi|) / ((qmax - qmin) // 2)`` (127 for
+        int8, so the values use the restricted range [-127, 127]) and the zero point is the middle of
+        the range. Asymmetric: ``scale = (hi - lo) / (qmax - qmin)`` and
         ``zero_point = round(qmin - lo / scale)``. ``reduce_range`` uses one bit less (7-bit values in
         an 8-bit type), the setting that avoids int16 saturation on x86 without VNNI.
         """
@@ -133,10 +241,137 @@ class QuantSpec:
         if symmetric:
             half = (qmax - qmin) // 2  # 127 for int8: the restricted range [-127, 127]
             scale = np.maximum(np.abs(lo), np.abs(hi)) / half
-            zero_point = np.full(scale.shape, 0 if qmin < 0 else (qmin + qmax + 1) // 2)
+            zero_point = np.full(scale.shape, _middle(dtype))
         else:
             scale = (hi - lo) / float(qmax - qmin)
             safe = np.where(scale > 0, scale, 1.0)
             zero_point = np.clip(np.round(qmin - lo / safe), qmin, qmax)
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        return cls(dtype, scale, zero_point.astype(storage_dtype(dtype)), axis=axis)
+        return cls(dtype, scale, zero_point.astype(storage_dtype(dtype)), axis=axis, block_size=block_size)
+
+
+def _middle(dtype: int) -> int:
+    """The zero point of a symmetric spec: 0 for signed types, the middle of the range for unsigned."""
+    qmin, qmax = integer_range(dtype)
+    return 0 if qmin < 0 else (qmax + 1) // 2
+
+
+def tensor_range(x: np.ndarray, axis: int | None, block_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) of ``x`` per tensor, per slice along ``axis``, or per block of ``block_size`` along
+    ``axis`` (in the blocked layout of :class:`QuantSpec`)."""
+    if axis is None:
+        return np.asarray(x.min()), np.asarray(x.max())
+    axis = axis % x.ndim
+    if block_size is None:
+        others = tuple(i for i in range(x.ndim) if i != axis)
+        return x.min(axis=others), x.max(axis=others)
+    blocks = -(-x.shape[axis] // block_size)
+    pad = blocks * block_size - x.shape[axis]
+    widths = [(0, pad if i == axis else 0) for i in range(x.ndim)]
+    split = x.shape[:axis] + (blocks, block_size) + x.shape[axis + 1:]
+    lo = np.pad(x, widths, mode="edge").reshape(split).min(axis=axis + 1)
+    hi = np.pad(x, widths, mode="edge").reshape(split).max(axis=axis + 1)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How a kind of tensor is quantized, before its range is known (data, hashable).
+
+    Attributes:
+        dtype: the quantized ONNX element type.
+        symmetric: zero point in the middle of the range (weights) or fitted to the range (activations).
+        granularity: "tensor", "axis" (one scale per slice along the axis) or "block".
+        block_size: elements per block along the axis, for "block".
+        reduce_range: one bit less than the type holds (x86 without VNNI).
+        dynamic: the scale is computed at run time from the tensor (no calibration).
+    """
+
+    dtype: int
+    symmetric: bool
+    granularity: Granularity = "tensor"
+    block_size: int | None = None
+    reduce_range: bool = False
+    dynamic: bool = False
+
+    def __post_init__(self) -> None:
+        integer_range(self.dtype)
+        if (self.granularity == "block") != (self.block_size is not None):
+            raise ValueError(f"block_size {self.block_size} does not fit granularity {self.granularity!r}")
+        if self.block_size is not None and self.block_size < 2:
+            raise ValueError(f"block_size must be at least 2, not {self.block_size}")
+
+    def spec_from_range(self, lo, hi, axis: int | None = None) -> QuantSpec:
+        """The spec of a tensor whose observed range is [lo, hi] (per the scheme's granularity)."""
+        return QuantSpec.from_range(lo, hi, self.dtype, symmetric=self.symmetric,
+                                    axis=None if self.granularity == "tensor" else axis,
+                                    block_size=self.block_size, reduce_range=self.reduce_range)
+
+    def spec_for(self, x: np.ndarray, axis: int | None = None) -> QuantSpec:
+        """The min/max spec of a constant tensor: per tensor, per slice along ``axis`` or per block."""
+        used_axis = None if self.granularity == "tensor" else axis
+        lo, hi = tensor_range(x, used_axis, self.block_size)
+        return self.spec_from_range(lo, hi, used_axis)
+
+
+def quantize(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """The integers of ``x`` under ``spec`` (ONNX QuantizeLinear: round half to even, saturate)."""
+    scale, zero_point = spec.broadcast(x.shape)
+    return quantize_values(np.asarray(x, np.float32), scale.astype(np.float32), zero_point, spec.dtype)
+
+
+def dequantize(q: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """The float32 values of the integers ``q`` under ``spec`` (ONNX DequantizeLinear)."""
+    scale, zero_point = spec.broadcast(q.shape)
+    return dequantize_values(q, scale.astype(np.float32), zero_point, np.float32)
+
+
+def fake_quantize(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """``DequantizeLinear(QuantizeLinear(x))`` with ``spec``, float32: what the deployed model computes."""
+    return dequantize(quantize(x, spec), spec)
+
+
+def bias_scale(x_spec: QuantSpec, w_spec: QuantSpec, channels: int) -> np.ndarray:
+    """The float32 scale of a layer's int32 bias, ``s_x · s_w`` per output channel (Jacob et al. 2018,
+    eq. 7-9); a zero product (an all-zero weight channel) becomes 1."""
+    scale = np.float64(x_spec.scale) * np.broadcast_to(np.asarray(w_spec.scale, np.float64).reshape(-1), (channels,))
+    return np.where(scale > 0, scale, 1.0).astype(np.float32)
+
+
+def quantize_bias(bias: np.ndarray, x_spec: QuantSpec, w_spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 bias, its float32 scale per output channel) for a layer with input ``x_spec`` and weight
+    ``w_spec``: ``round_half_even(b / (s_x · s_w))`` saturated to int32, zero point 0."""
+    scale = bias_scale(x_spec, w_spec, bias.shape[-1] if bias.ndim else 1)
+    with np.errstate(over="ignore"):
+        integers = np.rint(bias.astype(np.float64) / scale.astype(np.float64))
+    return saturate(integers, np.int32), scale
+
+
+def qdq_attributes(spec: QuantSpec) -> dict[str, int]:
+    """The ``axis`` / ``block_size`` attributes of the QuantizeLinear / DequantizeLinear of ``spec``."""
+    attrs: dict[str, int] = {}
+    if spec.axis is not None:
+        attrs["axis"] = spec.axis
+    if spec.block_size is not None:
+        attrs["block_size"] = spec.block_size
+    return attrs
+
+
+def min_opset(spec: QuantSpec) -> int:
+    """The lowest default-domain opset whose Q/DQ can express ``spec``: 13 for per-axis int8/uint8
+    (10 per tensor), 21 for int16/uint16, int4/uint4 and blocks, 25 for int2/uint2."""
+    if spec.dtype in (TensorProto.INT2, TensorProto.UINT2):
+        return 25
+    if spec.dtype not in (TensorProto.INT8, TensorProto.UINT8) or spec.block_size is not None:
+        return 21
+    return 13 if spec.axis is not None else 10
+
+
+def spec_of_qdq(node: Node) -> QuantSpec:
+    """The spec a QuantizeLinear or DequantizeLinear node with constant scale and zero point applies,
+    its attributes read as ONNX reads them (``axis`` defaults to 1; ``block_size`` 0 means none)."""
+    scale, zero_point = node.inputs[1].const, node.inputs[2].const
+    integer = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
+    block_size = node.attrs.get("block_size") or None
+    axis = node.attrs.get("axis", 1) if scale.size > 1 or block_size else None
+    return QuantSpec(integer.dtype, scale, zero_point, axis=axis, block_size=block_size)

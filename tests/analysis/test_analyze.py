@@ -74,7 +74,7 @@ def test_recommended_threshold_reproduces_in_compile(analyzed, cnn_path, calib_d
     rec = report["recommendation"]
     model = qcompiler.compile(cnn_path, None, calib=str(calib_dir), target="x86-vnni", calibration="minmax",
                               objective="size", sensitivity_threshold=rec["threshold"])
-    mixed = model.meta["mixed_precision"]
+    mixed = model.plan.reports["mixed_precision"]
     assert mixed["predicted"]["nsr"] == pytest.approx(rec["predicted"]["nsr"], rel=1e-9)
     assert {n: r["precision"] for n, r in mixed["layers"].items()} == {r["name"]: r["precision"] for r in report["layers"]}
 

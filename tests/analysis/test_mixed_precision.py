@@ -27,7 +27,7 @@ def test_threshold_zero_gives_back_the_input_model_bit_identical():
     for feed in feeds:
         for a, b in zip(run_onnxruntime(cnn(), feed, optimize=True), run_onnxruntime(model, feed, optimize=True)):
             assert np.array_equal(a, b)
-    assert all(r["precision"] == "float" for r in model.meta["mixed_precision"]["layers"].values())
+    assert all(r["precision"] == "float" for r in model.plan.reports["mixed_precision"]["layers"].values())
 
 
 def test_sizes_are_monotone_and_the_sensitive_layer_stays_float():
@@ -47,7 +47,7 @@ def test_sizes_are_monotone_and_the_sensitive_layer_stays_float():
 
 def test_predicted_error_is_the_error_of_the_written_model():
     model = compile_at(1e-3)
-    mixed = model.meta["mixed_precision"]
+    mixed = model.plan.reports["mixed_precision"]
     assert 1e-4 < mixed["predicted"]["nsr"] <= 1e-3
     feeds = cnn_feeds()[:mixed["samples"]]
     measured = error_measures(run_session(ir.to_proto(cnn()), feeds), run_session(ir.to_proto(model), feeds))
@@ -64,7 +64,7 @@ def test_a_metric_callback_replaces_the_error_measure():
         return float(np.mean([np.mean(r[0].argmax(1) != o[0].argmax(1)) for r, o in zip(reference, outputs)]))
 
     model = compile_at(0.0, metric=argmax_disagreement)
-    mixed = model.meta["mixed_precision"]
+    mixed = model.plan.reports["mixed_precision"]
     assert seen and mixed["measure"] == "metric"
     if mixed["predicted"]["metric"] == 0.0:  # same classes as float: every layer may be int8
         assert any(r["precision"] == "int8" for r in mixed["layers"].values())
@@ -72,5 +72,5 @@ def test_a_metric_callback_replaces_the_error_measure():
 
 
 def test_negative_threshold_is_a_user_error():
-    with pytest.raises(UserError, match="threshold must be >= 0"):
+    with pytest.raises(UserError, match="threshold must be a number >= 0"):
         compile_at(-0.1)

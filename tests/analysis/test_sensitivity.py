@@ -45,7 +45,7 @@ def evaluator():
     model = cnn()
     feeds = cnn_feeds()
     PassManager(canonicalize() + [AssignPrecision(target=TARGET.name),
-                                  Calibrate(data=feeds, method="minmax", target=TARGET.name)])(model)
+                                  Calibrate(data=feeds, method="minmax")])(model)
     name_nodes(model)
     return Evaluator.from_calibrated(model, feeds[:3], assign_options={"target": TARGET, "per_channel": True})
 
@@ -60,12 +60,12 @@ def test_configurations_quantize_exactly_the_layers_not_kept_float(evaluator):
     assert precisions == {first: "float", **{name: "int8" for name in layers[1:]}}
     # a float layer starts no float island: the pool after an excluded conv is float too
     model = evaluator.build({layers[1]})
-    assert not any(n.meta.get("quantize") for n in model.graph if n.name in (layers[1], layers[2]))
+    assert not any(model.plan.is_quantized(n) for n in model.graph if n.name in (layers[1], layers[2]))
 
 
 def _layers(evaluator):
     model = evaluator.build(())
-    return [n.name for n in model.graph if n.meta.get("quantize") and n.op_type in TARGET.int8_ops]
+    return [n.name for n in model.graph if model.plan.is_quantized(n) and n.op_type in TARGET.int8_ops]
 
 
 def test_all_float_matches_reference_and_all_int8_does_not(evaluator):

@@ -75,5 +75,5 @@ def test_the_prediction_is_dropped_when_the_latency_guard_restored_float():
                                  sensitivity_threshold=0.001)
     feed = cnn_feeds(count=1)[0]
     assert "predicted" in summarize(compiled, feed, cnn())["totals"]
-    compiled.meta["latency_guard"] = {"kept": "float"}  # what the guard records when it restores float
+    compiled.plan.reports["latency_guard"] = {"kept": "float"}  # what the guard records when it restores float
     assert "predicted" not in summarize(compiled, feed, cnn())["totals"]

@@ -18,14 +18,14 @@ SATURATING = [{"x": 4 * f["x"]} for f in feeds(30, 2)]  # large activations: u8 
 
 def test_the_int8_pipeline_runs_the_check_and_reports_it():
     model = qcompiler.compile(cnn_model(), None, calib=feeds(1), target="x86-avx2", objective="size")
-    report = model.meta["check_kernels"]
+    report = model.plan.reports["check_kernels"]
     assert report["target"] == "x86-avx2" and report["samples"] == 2 and not report["diverges"]
     assert "requantized_7bit" not in report
 
 
 def test_exact_accumulation_targets_skip_the_check():
     model = qcompiler.compile(cnn_model(), None, calib=feeds(1), target="x86-vnni", objective="size")
-    assert model.meta["check_kernels"] == {"target": "x86-vnni", "skipped": "exact int32 accumulation, no saturation"}
+    assert model.plan.reports["check_kernels"] == {"target": "x86-vnni", "skipped": "exact int32 accumulation, no saturation"}
 
 
 def test_avx2_saturation_is_found_and_weights_are_requantized_to_7_bits(cnn_qdq_copy):
@@ -35,7 +35,7 @@ def test_avx2_saturation_is_found_and_weights_are_requantized_to_7_bits(cnn_qdq_
     assert max(np.abs(w.astype(int)).max() for w in before.values()) == 127
     check = lib.CheckKernels(data=SATURATING, deploy="x86-avx2")
     PassManager([check], instruments=[CheckModifiedFlag(), CheckIdempotent()])(model)
-    report = model.meta["check_kernels"]
+    report = model.plan.reports["check_kernels"]
     assert report["diverges"] and report["target_sqnr_db"] < float(report["exact_sqnr_db"]) - 3
     assert report["requantized_7bit"] and not report["after"]["diverges"]
     weights = [n.inputs[0].const for n in model.graph if n.op_type == "DequantizeLinear"
@@ -60,14 +60,14 @@ def test_requantized_model_keeps_its_accuracy_against_float(cnn_qdq_copy):
 def test_without_fix_the_model_is_left_alone(cnn_qdq_copy):
     model = cnn_qdq_copy
     result = PassManager([lib.CheckKernels(data=SATURATING, deploy="x86-avx2", fix=False)])(model)
-    assert model.meta["check_kernels"]["diverges"] and not result.records[-1].modified
+    assert model.plan.reports["check_kernels"]["diverges"] and not result.records[-1].modified
 
 
-def test_meta_target_is_required():
+def test_plan_and_qdq_are_required_as_a_user_error():
     import pytest
 
-    from qcompiler.errors import PassError, PreconditionError
+    from qcompiler.errors import PipelineOrderError
 
-    with pytest.raises((PassError, PreconditionError), match="assign-precision"):
+    with pytest.raises(PipelineOrderError, match="check-kernels needs a quantization plan .* run assign-precision"):
         PassManager([lib.CheckKernels(data=feeds(1))])(cnn_model())
     assert TARGETS["x86-avx2"].weight_reduce_range

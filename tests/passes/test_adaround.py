@@ -7,11 +7,11 @@ import pytest
 from onnx import TensorProto
 
 from qcompiler import PassManager, ir
-from qcompiler.errors import UserError
+from qcompiler.errors import PipelineOrderError, UserError
 from qcompiler.ir.testing import run_onnxruntime
 from qcompiler.passes import AdaRound, AssignPrecision, Calibrate, InsertQDQ, WeightBits
 from qcompiler.passes.adaround import ColumnSample, adaround_weight
-from qcompiler.passes.equalize import grouped
+from qcompiler.layers import grouped
 
 from .test_equalize import HEADER, build
 
@@ -77,7 +77,7 @@ def data(count: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 def w4a8(model: ir.Model, calib, adaround: bool) -> ir.Model:
     copy = model.clone()
-    passes = [AssignPrecision(target="x86-vnni"), WeightBits(), Calibrate(data=calib, method="minmax", target="x86-vnni")]
+    passes = [AssignPrecision(target="x86-vnni"), WeightBits(), Calibrate(data=calib, method="minmax")]
     passes += [AdaRound(data=calib, iterations=300, samples=1024)] if adaround else []
     PassManager(passes + [InsertQDQ()])(copy)
     return copy
@@ -92,7 +92,7 @@ def test_adaround_w4a8_is_closer_to_float_than_nearest_rounding():
         return float(np.square(got - reference).sum() / np.square(reference).sum())
 
     nearest, learned = w4a8(model, calib, False), w4a8(model, calib, True)
-    report = learned.meta["adaround"]
+    report = learned.plan.reports["adaround"]
     assert len(report) == 3 and all(r["error_adaround"] <= r["error_nearest"] for r in report.values())
     assert error(learned) < 0.9 * error(nearest)
     for value in learned.graph.initializers.values():  # weights on the 4-bit grid, 8-bit storage
@@ -108,7 +108,9 @@ def test_adaround_is_deterministic_and_needs_data():
     first, second = w4a8(model, calib, True), w4a8(model, calib, True)
     assert ir.format_model(first) == ir.format_model(second)
     with pytest.raises(UserError, match="calibration data"):
-        PassManager([AssignPrecision(target="x86-vnni"), AdaRound()])(small_cnn())
+        PassManager([AssignPrecision(target="x86-vnni"), Calibrate(data=calib), AdaRound()])(small_cnn())
+    with pytest.raises(PipelineOrderError, match="adaround needs .* run calibrate or calibrate-search before it"):
+        PassManager([AssignPrecision(target="x86-vnni"), AdaRound(data=calib)])(small_cnn())
 
 
 def test_weight_bits_min_max_scale_is_max_over_seven():

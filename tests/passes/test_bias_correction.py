@@ -51,7 +51,7 @@ def mean_shift(model: ir.Model, quantized: ir.Model, data) -> float:
 
 def quantize(model: ir.Model, data, correction: str | None) -> ir.Model:
     copy = model.clone()
-    passes = [AssignPrecision(target="x86-vnni", per_channel=False), Calibrate(data=data, method="minmax", target="x86-vnni")]
+    passes = [AssignPrecision(target="x86-vnni", per_channel=False), Calibrate(data=data, method="minmax")]
     passes += [BiasCorrection(data=data, method=correction)] if correction else []
     PassManager(passes + [InsertQDQ()])(copy)
     return copy
@@ -61,7 +61,7 @@ def test_empirical_correction_removes_the_mean_shift_on_held_out_data():
     model, calib, test = skewed_conv(), feeds(8, 1), feeds(4, 2)
     plain = quantize(model, calib, None)
     corrected = quantize(model, calib, "empirical")
-    assert set(corrected.meta["bias_correction"]) == {n.name for n in model.graph if n.op_type == "Conv"}
+    assert set(corrected.plan.reports["bias_correction"]) == {n.name for n in model.graph if n.op_type == "Conv"}
     before, after = mean_shift(model, plain, test), mean_shift(model, corrected, test)
     assert after < 0.5 * before
 
@@ -94,6 +94,6 @@ def test_analytic_correction_subtracts_eps_times_the_expected_input():
     scale = float(weight.quant.scale)
     error = (np.clip(np.rint(weight.const / scale), -127, 127) * scale - weight.const)[:, :, 0, 0]
     result = PassManager([BiasCorrection(method="analytic")])(model)
-    assert result.modified and list(model.meta["bias_correction"]) == [second.name]  # the first conv reads no BN
+    assert result.modified and list(model.plan.reports["bias_correction"]) == [second.name]  # the first conv reads no BN
     np.testing.assert_allclose(second.inputs[2].const, -(error @ expected_x), rtol=1e-4, atol=1e-9)
 

@@ -11,7 +11,8 @@ from qcompiler import PassManager, ir
 from qcompiler.ir.testing import random_feeds, run_onnxruntime
 from qcompiler.passes import (CrossLayerEqualization, FoldBatchNorm, HighBiasAbsorption, InferShapes,
                               KeepBatchNormStats, ReplaceReLU6)
-from qcompiler.passes.equalize import find_cle_chains, input_ranges, output_ranges
+from qcompiler.layers import input_ranges, output_ranges
+from qcompiler.passes.equalize import find_cle_chains
 
 
 def build(text: str, weights: dict[str, np.ndarray]) -> ir.Model:
@@ -56,7 +57,7 @@ def test_conv_relu_conv_ranges_become_equal(run_checked):
     first, second = layer(model, 0), layer(model, 1)
     np.testing.assert_allclose(output_ranges(first), input_ranges(second), rtol=1e-4)
     assert output_ranges(first).max() / output_ranges(first).min() < before / 5
-    assert model.meta["equalize"]["pairs"] == [(first.name, second.name)]
+    assert model.plan.reports["equalize"]["pairs"] == [(first.name, second.name)]
 
 
 @pytest.mark.parametrize("relay", ["LeakyRelu", "PRelu", "MaxPool", "Identity"])
@@ -138,7 +139,7 @@ def test_relu6_ends_the_chain_until_replaced(run_checked):
             "w2": np.random.default_rng(7).standard_normal((6, 8, 3, 3)), "b2": np.zeros(6),
             "lo": np.array(0.0), "hi": np.array(6.0)})
     assert not run_checked(model, CrossLayerEqualization()).modified
-    assert "not positively homogeneous" in model.meta["equalize"]["skipped"][0][1]  # the first layer's reason
+    assert "not positively homogeneous" in model.plan.reports["equalize"]["skipped"][0][1]  # the first layer's reason
     feeds = {"x": np.random.default_rng(8).standard_normal((2, 3, 8, 8)).astype(np.float32) * 0.01}
     expected = run_onnxruntime(model, feeds)[0]  # small inputs: the float model never reaches 6
     PassManager([ReplaceReLU6()])(model)
@@ -193,13 +194,13 @@ def test_batchnorm_stats_survive_folding_and_follow_equalization():
     model = bn_chain()
     conv = layer(model, 0)
     PassManager([KeepBatchNormStats(), FoldBatchNorm()])(model)
-    mean, std = model.meta["batchnorm_stats"][conv.outputs[0].name]
+    mean, std = model.plan.batchnorm_stats[conv.outputs[0].name]
     np.testing.assert_allclose(mean, np.linspace(-1.0, 4.0, 8))
     np.testing.assert_allclose(std, np.linspace(0.2, 1.0, 8))
     before = output_ranges(conv).copy()
     PassManager([CrossLayerEqualization()])(model)
     scale = before / output_ranges(conv)
-    new_mean, new_std = model.meta["batchnorm_stats"][conv.outputs[0].name]
+    new_mean, new_std = model.plan.batchnorm_stats[conv.outputs[0].name]
     np.testing.assert_allclose(new_mean, mean / scale, rtol=1e-5)
     np.testing.assert_allclose(new_std, std / scale, rtol=1e-5)
 
@@ -208,16 +209,16 @@ def test_high_bias_absorption_moves_what_relu_never_clips():
     model = bn_chain()
     PassManager([KeepBatchNormStats(), FoldBatchNorm(), CrossLayerEqualization()])(model)
     conv, second = layer(model, 0), layer(model, 1)
-    mean, std = model.meta["batchnorm_stats"][conv.outputs[0].name]
+    mean, std = model.plan.batchnorm_stats[conv.outputs[0].name]
     bias_before = conv.inputs[2].const.copy()
     feeds = random_feeds(model, seed=1)
     expected = run_onnxruntime(model, feeds)[0]
     result = PassManager([HighBiasAbsorption()])(model)
-    assert result.modified and model.meta["absorb_high_bias"] == [conv.name]
+    assert result.modified and model.plan.reports["absorb_high_bias"] == [conv.name]
     c = np.maximum(0.0, mean - 3 * std)
     assert np.any(c > 0)
     np.testing.assert_allclose(conv.inputs[2].const, bias_before - c, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.meta["batchnorm_stats"][conv.outputs[0].name][0], mean - c, rtol=1e-6)
+    np.testing.assert_allclose(model.plan.batchnorm_stats[conv.outputs[0].name][0], mean - c, rtol=1e-6)
     difference = np.abs(run_onnxruntime(model, feeds)[0] - expected)
     assert np.median(difference) < 1e-5 * np.abs(expected).max()  # exact where no pre-activation is below c
     assert difference.max() > 1e-3  # and only there: these random inputs are not N(beta, gamma^2)

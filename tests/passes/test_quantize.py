@@ -16,8 +16,7 @@ from qcompiler import PassManager, ir
 from qcompiler.ir import QuantSpec
 from qcompiler.ir.testing import parse, random_feeds, run_onnxruntime
 from qcompiler.passes import AssignPrecision, FoldQuantizedWeights, InferShapes, InsertQDQ
-from qcompiler.passes.assign_precision import weight_axis
-from qcompiler.passes.fold_weights import quantize_array
+from qcompiler.assignment import weight_axis
 from qcompiler.targets import TARGETS
 
 RNG = np.random.default_rng(0)
@@ -38,18 +37,13 @@ def conv_model(weight_shape=(8, 4, 3, 3), group=1, with_relu=True) -> ir.Model:
 
 
 def calibrate_by_hand(model: ir.Model, feeds) -> None:
-    """Stand-in for the calibrate pass: exact min/max of every marked value on ``feeds``."""
-    marked = [v for v in model.graph.values() if v.meta.pop("calibrate", False)]
+    """Stand-in for the calibrate pass: exact min/max of every pending value on ``feeds``."""
+    marked = list(model.plan.pending)
     proto = ir.to_proto(model)
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(v.name) for v in marked
                               if v.name not in {o.name for o in proto.graph.output})
     outputs = ort.InferenceSession(proto.SerializeToString()).run([v.name for v in marked], feeds)
-    for value, array in zip(marked, outputs):
-        value.quant = QuantSpec.from_range(array.min(), array.max(), TensorProto.UINT8, symmetric=False)
-    for value in model.graph.values():
-        source = value.meta.pop("share_quant", None)
-        if source is not None:
-            value.quant = source.quant
+    model.plan.set_ranges({value: (array.min(), array.max()) for value, array in zip(marked, outputs)})
 
 
 def quantize(model: ir.Model, feeds, target="x86-vnni", **assign) -> ir.Model:
@@ -148,7 +142,7 @@ def test_float_island_is_not_created_for_ops_outside_the_region():
     }"""
     model = parse(text)
     PassManager([AssignPrecision(target="x86-vnni")])(model)
-    assert not any(n.meta.get("quantize") for n in model.graph)  # Add alone would only add Q/DQ cost
+    assert not any(model.plan.is_quantized(n) for n in model.graph)  # Add alone would only add Q/DQ cost
 
 
 def test_pass_through_op_shares_its_input_quantization():
@@ -178,9 +172,9 @@ def test_excluded_nodes_stay_float():
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
 
 
-def test_quantize_array_rounds_half_to_even_and_saturates():
+def test_quantize_rounds_half_to_even_and_saturates():
     x = np.array([0.5, 1.5, 2.5, -0.5, 300.0, -300.0], np.float32)
-    q = quantize_array(x, np.array(1.0, np.float32), np.array(0, np.int8), None, TensorProto.INT8)
+    q = ir.quantize(x, QuantSpec(TensorProto.INT8, np.array(1.0, np.float32), np.array(0, np.int8)))
     assert q.tolist() == [0, 2, 2, 0, 127, -128]
 
 

@@ -11,7 +11,9 @@ from qcompiler.calibration import MSEObserver, PercentileObserver, StreamingHist
 from qcompiler.errors import UserError
 from qcompiler.ir import QuantSpec
 from qcompiler.passes import AssignPrecision, Calibrate, CalibrateSearch, InferShapes, SearchWeightRanges
-from qcompiler.passes.range_search import candidate_range, clipped_weight_spec, fake_quantize
+from qcompiler.ir import fake_quantize
+from qcompiler.options import CompileOptions
+from qcompiler.passes.range_search import candidate_range, clipped_weight_spec
 from qcompiler.pipelines import load_pipeline
 from qcompiler.targets import TARGETS
 
@@ -74,7 +76,7 @@ def test_weight_clipping_matches_brute_force_per_channel(target):
 
 
 def test_search_weight_ranges_pass_lowers_weight_error_and_needs_a_target():
-    with pytest.raises(UserError, match="assign-precision first"):
+    with pytest.raises(UserError, match="run assign-precision before it"):
         SearchWeightRanges()(mlp())
     model = mlp()
     PassManager([AssignPrecision(target="x86-vnni")])(model)
@@ -87,8 +89,8 @@ def test_search_weight_ranges_pass_lowers_weight_error_and_needs_a_target():
         assert new.axis == old.axis == 1
         old_error = np.square(fake_quantize(w, old) - w).sum(axis=0)
         assert (np.square(fake_quantize(stored, new) - w).sum(axis=0) <= old_error * (1 + 1e-6)).all()
-    assert model.meta["search_weight_ranges"]["channels"] == 12 + 4
-    assert model.meta["search_weight_ranges"]["clipped_channels"] >= 6
+    assert model.plan.reports["search_weight_ranges"]["channels"] == 12 + 4
+    assert model.plan.reports["search_weight_ranges"]["clipped_channels"] >= 6
 
 
 @pytest.mark.parametrize("candidate, observer", [
@@ -106,21 +108,18 @@ def test_candidate_range_reads_the_same_histogram_as_the_observer(candidate, obs
 def test_single_candidate_search_equals_calibrate_on_all_feeds(method, candidate):
     data = feeds(8)
     searched, calibrated = mlp(), mlp()
-    PassManager([AssignPrecision(target="x86-vnni"), CalibrateSearch(data=data, candidates=[candidate],
-                                                                     target="x86-vnni")])(searched)
-    PassManager([AssignPrecision(target="x86-vnni"), Calibrate(data=data, method=method, percentile=99.9,
-                                                               target="x86-vnni")])(calibrated)
+    PassManager([AssignPrecision(target="x86-vnni"), CalibrateSearch(data=data, candidates=[candidate])])(searched)
+    PassManager([AssignPrecision(target="x86-vnni"), Calibrate(data=data, method=method, percentile=99.9)])(calibrated)
     specs = {v.name: v.quant for v in calibrated.graph.values() if v.quant is not None}
     assert specs and {v.name: v.quant for v in searched.graph.values() if v.quant is not None} == specs
-    assert not any("calibrate" in v.meta or "share_quant" in v.meta for v in searched.graph.values())
+    assert not searched.plan.pending
 
 
 def test_search_picks_the_candidate_with_the_smallest_held_out_error():
     model = mlp()
     PassManager([AssignPrecision(target="x86-vnni"),
-                 CalibrateSearch(data=feeds(12), candidates=["minmax", "percentile:99", "mse"],
-                                 target="x86-vnni")])(model)
-    report = model.meta["calibrate_search"]
+                 CalibrateSearch(data=feeds(12), candidates=["minmax", "percentile:99", "mse"])])(model)
+    report = model.plan.reports["calibrate_search"]
     assert report["best"] == min(report["errors"], key=report["errors"].get)
     assert report["errors"]["minmax"] > report["errors"][report["best"]]  # the spikes cost min/max its levels
 
@@ -165,11 +164,11 @@ holdout = 3
 [[pipeline.passes]]
 name = "insert-qdq"
 """)
-    pipeline = load_pipeline(path, {"calibration": feeds(9)})
+    pipeline = load_pipeline(path, CompileOptions(calib=feeds(9)))
     assert [p.name for p in pipeline.passes][1:] == ["smoothquant", "assign-precision", "search-weight-ranges",
                                                      "calibrate-search", "insert-qdq"]
     model = mlp()
     PassManager(pipeline.passes)(model)
     ir.verify(model)
-    assert model.meta["calibrate_search"]["best"] in ("mse", "percentile:99.99")
+    assert model.plan.reports["calibrate_search"]["best"] in ("mse", "percentile:99.99")
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph) >= 4

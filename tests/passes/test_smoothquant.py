@@ -19,6 +19,7 @@ from qcompiler.errors import UserError
 from qcompiler.instruments import CheckNumerics
 from qcompiler.ir.testing import run_onnxruntime
 from qcompiler.passes import AssignPrecision, Calibrate, InferShapes, InsertQDQ, SmoothQuant
+from qcompiler.options import CompileOptions
 from qcompiler.passes.smoothquant import find_groups, folding, smoothing_scales
 from qcompiler.pipelines import int8_transformer
 
@@ -67,7 +68,7 @@ def quantized_error(model: ir.Model, calib, test) -> float:
     reference = outputs(model, test)
     quantized = model.clone()
     PassManager([AssignPrecision(target="x86-vnni", float_linear_outputs=True),
-                 Calibrate(data=calib, method="minmax", target="x86-vnni"), InsertQDQ()])(quantized)
+                 Calibrate(data=calib, method="minmax"), InsertQDQ()])(quantized)
     return float(np.square(outputs(quantized, test) - reference).sum() / np.square(reference).sum())
 
 
@@ -99,7 +100,7 @@ def test_folded_smoothing_keeps_float_outputs_and_lowers_the_int8_error(gemm):
     result = PassManager([SmoothQuant(data=calib, target="x86-vnni", method="minmax")], instruments=[check])(model)
     assert result.records[-1].modified
     ir.verify(model)
-    applied = [e for e in model.meta["smoothquant"] if "skipped" not in e]
+    applied = [e for e in model.plan.reports["smoothquant"] if "skipped" not in e]
     assert {e["input"] for e in applied} >= {"n"}  # the LayerNorm -> linear group, folded into gamma/beta
     assert not any(n.op_type == "Mul" and n.name.endswith("SmoothMul") for n in model.graph)
     np.testing.assert_allclose(outputs(model, test), outputs(block(gemm=gemm), test), rtol=1e-4, atol=1e-4)
@@ -131,7 +132,7 @@ def test_shared_producer_is_skipped_or_gets_an_explicit_mul():
     calib, test = feeds(8), feeds(4, seed=9)
     model = block(shared_ln=True)
     PassManager([SmoothQuant(data=calib, target="x86-vnni", alphas=[0.5])])(model)
-    skipped = {e["input"]: e.get("skipped") for e in model.meta["smoothquant"]}
+    skipped = {e["input"]: e.get("skipped") for e in model.plan.reports["smoothquant"]}
     assert skipped["n"] == "also read by Add"
 
     explicit = block(shared_ln=True)
@@ -150,7 +151,7 @@ def test_no_linear_layer_or_no_gain_leaves_the_model_alone():
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[2,4] x) => (float[2,4] y) { y = Relu(x) }"""))
     result = PassManager([SmoothQuant(data=feeds(2), target="x86-vnni")])(model)
-    assert not result.records[-1].modified and model.meta["smoothquant"] == []
+    assert not result.records[-1].modified and model.plan.reports["smoothquant"] == []
 
 
 @pytest.mark.parametrize("options, message", [({}, "no calibration data"),
@@ -165,7 +166,7 @@ def test_bad_options_are_user_errors(options, message):
 def test_int8_transformer_pipeline_quantizes_every_linear_layer_with_float_outputs():
     model, calib, test = block(shared_ln=True), feeds(8), feeds(4, seed=9)
     reference = outputs(model, test)
-    PassManager(int8_transformer(calibration=calib, target="x86-vnni", objective="size"))(model)
+    PassManager(int8_transformer(CompileOptions(calib=calib, target="x86-vnni", objective="size")))(model)
     ir.verify(model)
     linear = [n for n in model.graph if n.op_type == "MatMul"]
     assert len(linear) == 2
@@ -201,5 +202,5 @@ def test_float_linear_outputs_only_where_onnxruntime_keeps_the_matmul_int8(dims,
                                     onnx.numpy_helper.from_array(np.ones(N, np.float32), "b")])
     model = ir.from_proto(proto)
     PassManager([InferShapes(), AssignPrecision(target="x86-vnni", float_linear_outputs=True)])(model)
-    assert bool(model.find_value("m").meta.get("calibrate")) == output_quantized
-    assert model.find_value("x").meta.get("calibrate")
+    assert (model.find_value("m") in model.plan.pending) == output_quantized
+    assert model.find_value("x") in model.plan.pending

@@ -1,0 +1,152 @@
+"""Precision assignment: which nodes run in int8, and how each weight is quantized (the plan's start).
+
+The rules follow what the target runs fast (``qcompiler.targets``): a quantized region must be made of
+ops the runtime fuses into integer kernels, because every float op inside it costs a
+dequantize/quantize round trip. So, in topological order:
+
+* a weighted op (Conv, MatMul, Gemm) with a constant float weight is quantized — it is where the time
+  goes and where int8 pays;
+* a MatMul of two activations (attention) is quantized, both inputs per tensor;
+* any other int8 op of the target (Add, Concat, pooling), and a pass-through op (Reshape, MaxPool,
+  ...), is quantized only when every activation input already comes from the quantized region, so it
+  extends the region and never starts a float island;
+* an absorbed activation (Relu; Clip with min <= 0 <= max) right after a quantized op, as its only
+  reader, is marked absorbed: the QuantizeLinear of its output saturates exactly as it clips, so
+  ``insert-qdq`` removes it.
+
+With ``float_linear_outputs`` the outputs of MatMul and Gemm stay float unless an int8 reader needs
+them: onnxruntime runs ``DequantizeLinear -> MatMul`` with a float output as ``MatMulIntegerToFloat``
+(and Gemm, with its int32 bias, as QGemm with a float output), so the layer still runs in int8, but
+the region does not extend through the bias and residual Adds after it. Not for a MatMul read by an
+Add whose input is 2-D or has a fully static shape: onnxruntime 1.32 first fuses those into a Gemm
+(MatMulAddFusion, reshaping static 3-D inputs), which then runs in float; there the output stays
+quantized. Transformers exported with dynamic batch and sequence axes are not affected. In transformers these carry the outlier
+channels of the residual stream (Bondarenko et al. 2021, "Understanding and Overcoming the
+Challenges of Efficient Transformer Quantization"), which one per-tensor 8-bit scale cannot hold:
+on MiniLM-L6 quantizing them cost 0.16 of cosine similarity to FP32 (see ``benchmarks/minilm_accuracy.py``).
+
+Weights get the target's weight scheme (symmetric, per channel, or per tensor with ``per_channel=False``;
+7-bit where the target asks for reduced range). The decisions go into the model's plan
+(:class:`qcompiler.ir.plan.QuantPlan`): the quantized nodes, the absorbed activations, the activations
+that need a range (with the target's activation scheme) and the pass-through outputs that share their
+input's spec. The ``assign-precision`` pass runs this; the sensitivity analysis runs it again with layers
+excluded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+from onnx import TensorProto
+
+from .ir import Model, Node, QuantSpec, Value
+from .layers import clip_bounds
+from .targets import WEIGHTED_OPS, Target
+
+FLOAT_TYPES = (TensorProto.FLOAT,)
+
+
+def is_float_activation(value: Value | None) -> bool:
+    return value is not None and value.const is None and value.dtype in FLOAT_TYPES
+
+
+def weight_axis(node: Node, weight: np.ndarray) -> int:
+    """The output-channel axis of a weighted op's weight.
+
+    Conv: 0 (``[M, C/g, k...]``). Gemm: 0 when ``transB=1`` (``[N, K]``), else 1. MatMul: the last
+    axis (``[..., K, N]``).
+    """
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    return weight.ndim - 1
+
+
+def _weighted_eligible(node: Node) -> bool:
+    x, w = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    if not is_float_activation(x) or w is None:
+        return False
+    if node.op_type == "MatMul" and is_float_activation(w):
+        return True  # activation x activation
+    if w.const is None or w.const.dtype != np.float32:
+        return False
+    if node.op_type == "Gemm":
+        return w.const.ndim == 2 and not node.attrs.get("transA", 0)
+    if node.op_type == "MatMul":
+        return w.const.ndim == 2
+    return w.const.ndim >= 3
+
+
+def _clip_absorbable(node: Node) -> bool:
+    """A Relu, or a Clip with constant bounds around 0: a saturating quantizer performs it."""
+    bounds = clip_bounds(node)
+    return bounds is not None and bounds[0] <= 0 <= bounds[1]
+
+
+def weight_spec(weight: np.ndarray, axis: int | None, target: Target) -> QuantSpec:
+    """The target's min/max weight spec of a constant weight, per channel along ``axis`` (None: per tensor)."""
+    return target.weight_scheme(per_channel=axis is not None).spec_for(weight, axis)
+
+
+FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
+"""Weighted ops onnxruntime runs in int8 with a float output (MatMulIntegerToFloat, QGemm)."""
+
+
+def _becomes_float_gemm(node: Node) -> bool:
+    """A MatMul read by an Add that onnxruntime fuses into a Gemm before its QDQ fusions (see above)."""
+    shape = node.inputs[0].shape
+    static = shape is None or len(shape) == 2 or all(isinstance(d, int) for d in shape)
+    return node.op_type == "MatMul" and static and any(r.op_type == "Add" for r in node.outputs[0].consumers())
+
+
+def excluded(node: Node, patterns: list[str]) -> bool:
+    """Whether ``node`` is kept float by a pattern: its name (a shell pattern) or its op type."""
+    return any(fnmatch.fnmatchcase(node.name, p) or node.op_type == p for p in patterns)
+
+
+def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
+           float_linear_outputs: bool = False) -> int:
+    """Start ``model``'s plan for ``target`` (see the module docstring); returns the number of quantized nodes."""
+    plan = model.plan
+    plan.start(target)
+    activations_scheme = target.activation_scheme
+    quantized_values: set[Value] = set()  # activations that will carry a QuantSpec
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") or excluded(node, exclude):
+            continue
+        op = node.op_type
+        activations = [v for v in node.inputs if is_float_activation(v)]
+        float_outputs = False
+        if op in WEIGHTED_OPS and op in target.int8_ops and _weighted_eligible(node):
+            weight = node.inputs[1]
+            if weight.const is not None:
+                axis = weight_axis(node, weight.const) if per_channel else None
+                weight.quant = weight_spec(weight.const, axis, target)
+            float_outputs = float_linear_outputs and op in FLOAT_OUTPUT_OPS and not _becomes_float_gemm(node)
+        elif op in target.absorbed_activations and _clip_absorbable(node):
+            source = node.inputs[0]
+            producer = source.producer() if source is not None else None
+            if producer is None or not plan.is_quantized(producer) or producer.op_type not in WEIGHTED_OPS \
+                    or len(source.uses()) != 1 or source in model.graph.outputs:
+                continue
+            plan.absorb(node)
+            plan.drop_range(source)
+            quantized_values.discard(source)
+        elif op in target.int8_ops or op in target.pass_through_ops:
+            if not activations or any(v not in quantized_values for v in activations):
+                continue
+            if op in target.pass_through_ops:
+                plan.share(node.outputs[0], node.inputs[0])
+        else:
+            continue
+        plan.quantize_node(node)
+        for value in [] if node in plan.absorbed else activations:
+            plan.needs_range(value, activations_scheme)
+            quantized_values.add(value)
+        for value in [] if float_outputs else node.outputs:
+            if value is not None and value.dtype in FLOAT_TYPES:
+                plan.needs_range(value, activations_scheme)
+                quantized_values.add(value)
+    return len(plan.layers)

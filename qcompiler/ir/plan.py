@@ -1,0 +1,144 @@
+"""The quantization plan: the decisions passes hand to each other, typed, on the model.
+
+``assign-precision`` (or any pass that decides a scheme) starts the plan: the target, the layers that
+run quantized, the activations absorbed into the quantization before them (Relu, Clip), the activations
+that still need a range (with the :class:`~qcompiler.ir.quant.Scheme` their spec will follow) and the
+values that reuse another value's spec (pass-through ops). ``calibrate`` turns pending activations into
+specs (:meth:`QuantPlan.set_ranges`); ``insert-qdq`` materializes every spec as Q/DQ and marks the plan
+lowered. The plan also keeps the serialized models that later passes compare against (the float model
+before quantization, the original file) and the reports passes write for people (``reports``).
+
+Passes declare which *facts* they need and provide (:data:`FACTS`); a fact is read off the model, so it
+survives cloning and is the same whether a pass ran in this pipeline or an earlier one. The
+PassManager refuses a pipeline whose order leaves a need unmet before any pass runs.
+
+Entries refer to nodes and values by identity; :meth:`QuantPlan.remapped` carries a plan over to a copy
+of the graph (``Model.clone``, ``Model.update_from``), matching values by name and nodes by their first
+output's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .quant import Scheme
+
+if TYPE_CHECKING:
+    from ..targets import Target
+    from ._core import Model, Node, Value
+
+
+@dataclass
+class QuantPlan:
+    """The quantization decisions of a model (see the module docstring).
+
+    Attributes:
+        target: what the model is quantized for; None until a pass starts the plan.
+        layers: the nodes that run quantized, in the order they were decided (an ordered set).
+        absorbed: activations (Relu, Clip) folded into the output quantization of the layer before.
+        pending: activations that need a range, with the scheme their spec will follow.
+        shares: pass-through outputs -> the value whose spec they reuse.
+        lowered: Q/DQ nodes have been inserted for every spec.
+        float_reference: the float model before quantization, serialized (``keep-float-reference``).
+        original_model: the input model before canonicalization, serialized (``keep-original-model``).
+        batchnorm_stats: per-channel (mean, std) of BatchNorm outputs by value name, recorded before folding.
+        reports: what passes measured and decided, by pass name, for people and the summary.
+    """
+
+    target: Target | None = None
+    layers: dict[Node, None] = field(default_factory=dict)
+    absorbed: set[Node] = field(default_factory=set)
+    pending: dict[Value, Scheme] = field(default_factory=dict)
+    shares: dict[Value, Value] = field(default_factory=dict)
+    lowered: bool = False
+    float_reference: bytes | None = None
+    original_model: bytes | None = None
+    batchnorm_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    reports: dict[str, Any] = field(default_factory=dict)
+
+    # -- decisions -------------------------------------------------------------------------------
+    def start(self, target: Target) -> None:
+        """Begin a plan for ``target`` (forgetting earlier decisions, keeping references and reports)."""
+        self.target = target
+        self.layers.clear()
+        self.absorbed.clear()
+        self.pending.clear()
+        self.shares.clear()
+        self.lowered = False
+
+    def is_quantized(self, node: Node) -> bool:
+        return node in self.layers
+
+    def quantize_node(self, node: Node) -> None:
+        self.layers[node] = None
+
+    def absorb(self, node: Node) -> None:
+        """Fold ``node`` (an activation right after a quantized layer) into that layer's output quantization."""
+        self.absorbed.add(node)
+
+    def needs_range(self, value: Value, scheme: Scheme) -> None:
+        """``value`` gets a spec of ``scheme`` once its range is known (unless it shares another's)."""
+        if value not in self.shares:
+            self.pending[value] = scheme
+
+    def drop_range(self, value: Value) -> None:
+        self.pending.pop(value, None)
+
+    def share(self, value: Value, source: Value) -> None:
+        """``value`` reuses ``source``'s spec (a pass-through op's output)."""
+        self.shares[value] = source
+        self.pending.pop(value, None)
+
+    def set_ranges(self, ranges: Mapping[Value, tuple[Any, Any]]) -> None:
+        """Give every pending activation its spec from its observed range, then every sharing value its
+        source's spec. A pending activation without a range is an error of the caller."""
+        missing = [v.name for v in self.pending if v not in ranges]
+        if missing:
+            raise KeyError(f"no range for pending activation(s) {missing[:5]}")
+        for value, scheme in self.pending.items():
+            lo, hi = ranges[value]
+            value.quant = scheme.spec_from_range(lo, hi)
+        self.pending.clear()
+        for value, source in self.shares.items():
+            value.quant = source.quant
+
+    # -- carrying the plan to another graph ------------------------------------------------------
+    def remapped(self, model: Model) -> QuantPlan:
+        """This plan for ``model``, a copy of the graph it was made for (values matched by name,
+        nodes by their first output's name; entries with no counterpart are dropped)."""
+        values = {v.name: v for v in model.graph.values()}
+        nodes = {n.outputs[0].name: n for n in model.graph if n.outputs and n.outputs[0] is not None}
+
+        def node(n: Node) -> Node | None:
+            return nodes.get(n.outputs[0].name) if n.outputs and n.outputs[0] is not None else None
+
+        copy = QuantPlan(self.target, lowered=self.lowered, float_reference=self.float_reference,
+                         original_model=self.original_model, batchnorm_stats=dict(self.batchnorm_stats),
+                         reports=dict(self.reports))
+        copy.layers = {node(n): None for n in self.layers if node(n) is not None}
+        copy.absorbed = {node(n) for n in self.absorbed if node(n) is not None}
+        copy.pending = {values[v.name]: s for v, s in self.pending.items() if v.name in values}
+        copy.shares = {values[v.name]: values[s.name] for v, s in self.shares.items()
+                       if v.name in values and s.name in values}
+        return copy
+
+
+FACTS: dict[str, tuple[str, Callable[[Model], bool]]] = {
+    "plan": ("a quantization plan (the target, the layers to quantize)", lambda m: m.plan.target is not None),
+    "ranges": ("a range for every activation the plan quantizes",
+               lambda m: m.plan.target is not None and not m.plan.pending),
+    "qdq": ("Q/DQ nodes for the plan's specs", lambda m: m.plan.lowered),
+    "float-reference": ("the float model kept for comparison", lambda m: m.plan.float_reference is not None),
+    "original-model": ("the input model kept before canonicalization", lambda m: m.plan.original_model is not None),
+    "batchnorm-stats": ("BatchNorm statistics recorded before folding", lambda m: bool(m.plan.batchnorm_stats)),
+}
+"""Facts passes need and provide: name -> (what it is, whether a model has it)."""
+
+
+def facts_of(model: Model) -> set[str]:
+    """The facts ``model`` has now."""
+    return {name for name, (_, present) in FACTS.items() if present(model)}

@@ -1,0 +1,159 @@
+"""Lowering a quantization plan to a QDQ graph: Q/DQ insertion, int32 biases, integer weights.
+
+* An activation ``v`` with a spec gets ``q = QuantizeLinear(v, s, zp)``, ``v' = DequantizeLinear(q, s,
+  zp)`` right after its producer, and every reader of ``v`` reads ``v'`` (subgraphs that capture ``v``
+  too) — one quantizer per tensor, so all readers share one scale, as onnxruntime's fused kernels
+  require. When ``v`` is a graph output, ``v'`` takes its name, so the model's interface is unchanged.
+* A weight gets ``DequantizeLinear(QuantizeLinear(W))`` with its axis and block size (the simulation
+  form); :func:`fold_quantized_weights` then stores the integers.
+* The bias of a quantized Conv or Gemm whose weight is quantized per tensor or per channel becomes
+  int32 with ``scale = s_input · s_weight`` (per output channel) and zero point 0, read through a
+  DequantizeLinear: the form onnxruntime fuses into QLinearConv / QGemm (Jacob et al. 2018, eq. 7-9).
+  The float bias is dropped when nothing else reads it.
+* An absorbed activation (Relu, Clip; see ``qcompiler.assignment``) is removed: its input is quantized
+  with its output's spec, whose saturation performs the clipping.
+
+The math (specs, integers, bias scales, Q/DQ attributes, the opset each form needs) is
+``qcompiler.ir.quant``'s; this module only edits the graph. :func:`lower` runs both steps and verifies
+the result, for callers that build trial models outside a pipeline (sensitivity, range search, bias
+correction, AdaRound).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from .errors import UnsupportedModelError
+from .ir import Graph, Model, Node, QuantSpec, Value, quantize, verify
+from .ir.quant import min_opset, qdq_attributes, quantize_bias, spec_of_qdq
+from .ir.rewrite import bypass, insert_after_producer
+
+BIAS_OPS = ("Conv", "Gemm")
+
+
+def _param(graph: Graph, base: str, array: np.ndarray) -> Value:
+    return graph.add_initializer(Value(graph.unique_name(base), const=np.asarray(array)))
+
+
+def quantize_pair(graph: Graph, value: Value, spec: QuantSpec) -> tuple[Node, Node]:
+    """The (QuantizeLinear, DequantizeLinear) nodes for ``value`` with ``spec`` (not yet inserted)."""
+    scale = _param(graph, f"{value.name}_scale", spec.scale)
+    zero_point = _param(graph, f"{value.name}_zero_point", spec.zero_point)
+    attrs = qdq_attributes(spec)
+    quantized = Value(graph.unique_name(f"{value.name}_quantized"), spec.dtype, value.shape)
+    restored = Value(graph.unique_name(f"{value.name}_dequantized"), value.dtype, value.shape)
+    q = Node("QuantizeLinear", [value, scale, zero_point], [quantized], attrs=dict(attrs),
+             name=graph.unique_name(f"{value.name}_QuantizeLinear"))
+    dq = Node("DequantizeLinear", [quantized, scale, zero_point], [restored], attrs=dict(attrs),
+              name=graph.unique_name(f"{value.name}_DequantizeLinear"))
+    restored.quant = spec
+    return q, dq
+
+
+def insert_pair(graph: Graph, value: Value, spec: QuantSpec, is_output: bool) -> Value:
+    """Insert Q/DQ for ``value`` and route every reader through the DQ output, which is returned."""
+    readers = value.uses()
+    q, dq = quantize_pair(graph, value, spec)
+    insert_after_producer(graph, value, q, dq)
+    restored = dq.outputs[0]
+    value.redirect(readers, restored)
+    if is_output:
+        graph.replace_output(value, restored)
+    value.quant = None
+    return restored
+
+
+def add_int32_bias(graph: Graph, node: Node) -> bool:
+    """Replace a float bias of a quantized Conv/Gemm by int32 + DequantizeLinear (per-tensor or per-channel
+    weights and a per-tensor input spec); the float bias initializer goes when nothing else reads it."""
+    if node.op_type not in BIAS_OPS or len(node.inputs) < 3 or node.inputs[2] is None:
+        return False
+    x, w, b = node.inputs[0], node.inputs[1], node.inputs[2]
+    x_spec, w_spec = x.quant, w.quant
+    if b.const is None or x_spec is None or w_spec is None or b.const.ndim > 1:
+        return False
+    if x_spec.granularity != "tensor" or w_spec.granularity == "block":
+        return False
+    integers, scale = quantize_bias(b.const, x_spec, w_spec)
+    int_bias = _param(graph, f"{b.name}_quantized", integers)
+    scale_value = _param(graph, f"{b.name}_scale", scale)
+    zero = _param(graph, f"{b.name}_zero_point", np.zeros(scale.shape, np.int32))
+    restored = Value(graph.unique_name(f"{b.name}_dequantized"), TensorProto.FLOAT, b.const.shape)
+    dq = Node("DequantizeLinear", [int_bias, scale_value, zero], [restored], attrs={"axis": 0},
+              name=graph.unique_name(f"{b.name}_DequantizeLinear"))
+    graph.insert_before(node, dq)
+    node.set_input(2, restored)
+    if not b.uses() and graph.initializers.get(b.name) is b and b not in graph.outputs:
+        del graph.initializers[b.name]
+    return True
+
+
+def _check_opset(model: Model, values: list[Value]) -> None:
+    for value in values:
+        needed = min_opset(value.quant)
+        if needed > model.opset:
+            raise UnsupportedModelError(
+                f"insert-qdq: {value.name!r} is quantized as {value.quant.granularity} "
+                f"{TensorProto.DataType.Name(value.quant.dtype)}, which needs opset {needed} (the model has "
+                f"{model.opset}); run upgrade-opset with target = {needed} before insert-qdq")
+
+
+def insert_qdq(model: Model) -> bool:
+    """Materialize the plan's specs as Q/DQ nodes (see the module docstring); True when the graph changed."""
+    graph, plan = model.graph, model.plan
+    changed = False
+    for node in graph:
+        if node in plan.absorbed:
+            node.inputs[0].quant = node.outputs[0].quant
+            changed |= bypass(graph, node)
+    pending = [v for v in graph.values() if v.quant is not None and not _is_restored(v)]
+    _check_opset(model, pending)
+    outputs = set(graph.outputs)
+    for value in pending:
+        insert_pair(graph, value, value.quant, value in outputs)
+    for node in graph:
+        if node in plan.layers:
+            changed |= add_int32_bias(graph, node)
+    plan.absorbed.clear()
+    plan.lowered = True
+    return changed or bool(pending)
+
+
+def _is_restored(value: Value) -> bool:
+    """A DequantizeLinear output: it already is the quantized form of a value."""
+    producer = value.producer()
+    return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def _foldable(node: Node) -> bool:
+    return (node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx")
+            and all(v is None or v.const is not None for v in node.inputs)
+            and len(node.inputs) >= 3 and node.inputs[2] is not None)
+
+
+def fold_quantized_weights(model: Model) -> bool:
+    """Evaluate every QuantizeLinear of constants into an integer initializer; True when any was folded."""
+    graph = model.graph
+    folded = [node for node in graph if _foldable(node)]
+    for node in folded:
+        out = node.outputs[0]
+        integers = quantize(node.inputs[0].const, spec_of_qdq(node))
+        graph.remove(node, safe=False)
+        out.const = integers
+        out.shape = integers.shape
+        graph.add_initializer(out)
+        for value in node.inputs:
+            if value is not None and not value.uses() and graph.initializers.get(value.name) is value:
+                del graph.initializers[value.name]
+    return bool(folded)
+
+
+def lower(model: Model, *, fold: bool = True) -> Model:
+    """``model`` (plan and specs, no Q/DQ yet) as the compiler writes it: Q/DQ inserted, weights stored as
+    integers (unless ``fold`` is False: then ``DequantizeLinear(QuantizeLinear(W))``), the IR verified."""
+    insert_qdq(model)
+    if fold:
+        fold_quantized_weights(model)
+    verify(model)
+    return model

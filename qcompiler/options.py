@@ -1,0 +1,111 @@
+"""``CompileOptions``: the one description of what a compile can be asked for.
+
+Every option is a field with its command-line flag and help text in the field's metadata, so the
+``qcompiler compile`` arguments (:func:`add_arguments`, :meth:`CompileOptions.from_args`), the Python API
+(``qcompiler.compile(..., **options)``) and the TOML pipelines' ``"@name"`` resources
+(:meth:`CompileOptions.resources`) are all built from this class. Values are checked when the object is
+made; a pipeline declares the options it honours, and one that was set but is not honoured is an
+error (``qcompiler.pipelines.build``), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .calibration import METHODS
+from .errors import UserError
+
+OBJECTIVES = ("latency", "size")
+
+
+def _option(default: Any, flag: str, help: str, **argparse_options: Any) -> Any:  # noqa: A002 - argparse's word
+    return field(default=default, metadata={"flag": flag, "help": help, **argparse_options})
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What to compile for; see each field's help (``qcompiler compile --help`` prints the same text)."""
+
+    calib: Any = _option(None, "--calib", "calibration data: a directory of .npz files (keys = input names) or one "
+                         ".npz; optional for schemes that need none", metavar="DATA")
+    target: str = _option("auto", "--target", "auto (this CPU), x86-avx2, x86-vnni or arm64")
+    calibration: str = _option("mse", "--calibration", "activation range method (default mse: the most accurate on "
+                               "the realmodels set)", choices=METHODS)
+    percentile: float = _option(99.999, "--percentile", "for --calibration percentile, in (0, 100]", type=float)
+    per_tensor: bool = _option(False, "--per-tensor", "per-tensor instead of per-channel weights",
+                               action="store_true")
+    exclude: tuple[str, ...] = _option((), "--exclude", "keep nodes (name, shell pattern) or an op type in float; "
+                                       "repeatable", action="append", metavar="NAME|OPTYPE")
+    objective: str = _option("latency", "--objective", "latency: keep int8 only if onnxruntime runs it faster here "
+                             "(default); size: always int8", choices=OBJECTIVES)
+    threads: int = _option(0, "--threads", "onnxruntime threads the latency guard measures with (default 0: "
+                           "onnxruntime's default, one per physical core, as a deployment gets it)", type=int,
+                           metavar="N")
+    sensitivity_threshold: float | None = _option(
+        None, "--sensitivity-threshold", "keep in float the layers whose int8 error does not fit T: the mean over "
+        "outputs of ||y_int8 - y_fp32||^2 / ||y_fp32||^2 on calibration feeds (0: outputs identical to the input "
+        "model; start with 0.005, an output SQNR of 23 dB); default: all int8", type=float, metavar="T")
+    metric: Any = field(default=None, metadata={"help": "with sensitivity_threshold, an error callback "
+                                                        "metric(reference, outputs) -> float (Python only)"})
+
+    def __post_init__(self) -> None:
+        exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude or ())
+        if not all(isinstance(p, str) for p in exclude):
+            raise UserError(f"exclude takes node names, shell patterns or op types (strings), not {self.exclude!r}")
+        object.__setattr__(self, "exclude", exclude)
+        if self.calibration not in METHODS:
+            raise UserError(f"unknown calibration method {self.calibration!r}; choose one of {', '.join(METHODS)}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"objective must be 'latency' or 'size', not {self.objective!r}")
+        if not (isinstance(self.percentile, (int, float)) and 0 < self.percentile <= 100):
+            raise UserError(f"percentile must be in (0, 100], not {self.percentile!r}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise UserError(f"threads must be 0 (onnxruntime's default) or a positive count, not {self.threads!r}")
+        threshold = self.sensitivity_threshold
+        if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)
+                                          and threshold >= 0):
+            raise UserError(f"sensitivity threshold must be a number >= 0, not {threshold!r}")
+        if self.metric is not None and threshold is None:
+            raise UserError("a metric is only used with a sensitivity threshold")
+
+    def changed(self) -> set[str]:
+        """The fields set to something other than their default."""
+        return {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+
+    def resources(self) -> dict[str, Any]:
+        """The ``"@name"`` values a TOML pipeline may use, by name (see :data:`RESOURCES`)."""
+        return {name: getattr(self, option) for name, option in RESOURCES.items()}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CompileOptions:
+        """The options of a parsed command line built with :func:`add_arguments`."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "flag" in f.metadata
+                      and getattr(args, f.name) is not None})
+
+    @staticmethod
+    def describe(option: str) -> str:
+        """``name (--flag)`` for messages."""
+        flag = CompileOptions.__dataclass_fields__[option].metadata.get("flag")
+        return f"{option} ({flag})" if flag else option
+
+
+RESOURCES = {"calibration": "calib", "target": "target", "method": "calibration", "percentile": "percentile",
+             "per_tensor": "per_tensor", "exclude": "exclude", "objective": "objective", "threads": "threads",
+             "sensitivity_threshold": "sensitivity_threshold", "metric": "metric"}
+"""TOML resource names (``data = "@calibration"``) -> the option they read."""
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
+    """Add the command-line flags of :class:`CompileOptions` (or of the fields in ``only``) to ``parser``;
+    defaults are left to the dataclass, so an option not given is not 'changed'."""
+    for f in dataclasses.fields(CompileOptions):
+        if "flag" not in f.metadata or (only is not None and f.name not in only):
+            continue
+        extra = {k: v for k, v in f.metadata.items() if k not in ("flag", "help")}
+        default = [] if extra.get("action") == "append" else (False if extra.get("action") == "store_true" else None)
+        parser.add_argument(f.metadata["flag"], dest=f.name, help=f.metadata["help"], default=default, **extra)
