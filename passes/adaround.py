@@ -52,6 +52,7 @@ from qcompiler.calibration.observers import Observer
 from qcompiler.errors import UserError
 from qcompiler.ir import Model, Node, to_proto
 from qcompiler.ir.plan import QuantPlan
+from qcompiler.ir.quant import quantize_values
 from qcompiler.layers import clip_bounds, grouped, is_layer, own_input, ungrouped
 from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
@@ -261,7 +262,7 @@ class AdaRound(Pass):
         shape = (g.shape[0], g.shape[1], 1)
         weight = g.reshape(g.shape[0], g.shape[1], -1)
         scale = np.broadcast_to(np.asarray(spec.scale, np.float64).reshape(-1), (shape[0] * shape[1],)).reshape(shape)
-        limit = np.rint(np.abs(weight).max(axis=2, keepdims=True) / scale)
+        limit = quantize_values(np.abs(weight).max(axis=2, keepdims=True), scale, 0, np.int32).astype(np.float64)
         bias = _bias(layer, shape)
         bounds = _activation_bounds(layer, model.plan)
         fit, held = _split_columns(x.shape[2])
@@ -276,7 +277,7 @@ class AdaRound(Pass):
             y = np.clip(_product(scale * w_int, x_hat[:, :, held]) + bias, *bounds)
             return float(np.mean(np.square(y - target)))
 
-        nearest = np.clip(np.rint(weight / scale), -limit, limit)
+        nearest = np.clip(quantize_values(weight, scale, 0, np.int32), -limit, limit)
         if error(integer) >= error(nearest):
             integer = nearest  # AdaRound over-fitted its columns: keep nearest rounding
         value = own_input(model.graph, layer, 1)
