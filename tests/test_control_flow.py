@@ -51,3 +51,16 @@ def test_if_branch_reading_a_quantized_activation_compiles_and_runs():
         got = run_onnxruntime(proto, feed)[0]
         assert got.shape == want.shape
         assert np.sum((got - want) ** 2) < 1e-3 * np.sum(want ** 2)  # each branch runs on the int8 conv's output
+
+
+def test_analyze_runs_on_a_model_with_an_if(tmp_path, capsys):
+    from qcompiler.cli import main
+
+    path = tmp_path / "if.onnx"
+    ir.save(if_model(), path)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feed in enumerate(feeds(2, True) + feeds(2, False)):
+        np.savez(calib / f"batch_{i}.npz", **feed)
+    assert main(["analyze", str(path), "--calib", str(calib), "--target", "x86-vnni", "-q"]) == 0
+    assert "1. float sanity: PASS" in capsys.readouterr().out
