@@ -17,8 +17,9 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
 * With VNNI (``vpdpbusd``) products are accumulated in int32 directly: no saturation, full range.
 * ``--target auto`` does not trust CPU flags: :func:`runtime_saturates_u8s8` runs a QLinearConv whose
   pair sums overflow int16 and checks onnxruntime's answer. On this project's 2-core AMD EPYC
-  machines (flags: avx2, avx512_vnni, avx_vnni) onnxruntime 1.32 answered exactly (measured
-  2026-11-22), so auto picks ``x86-vnni`` there.
+  machines with AVX512-VNNI (flags: avx2, avx512_vnni, avx_vnni) onnxruntime 1.32 answered exactly
+  (measured 2026-11-22), so auto picks ``x86-vnni`` there; on the AVX2-only ones (flags: avx2, fma,
+  no AVX-512, no VNNI) it saturates, and auto picks ``x86-avx2`` (measured 2026-12-05).
 * onnxruntime fuses ``DequantizeLinear -> op -> QuantizeLinear`` into integer kernels for Conv,
   MatMul, Gemm, Add, Mul, Concat, average pooling, Sigmoid, LeakyRelu, and drops Q/DQ pairs around
   data-movement ops (Reshape, Transpose, MaxPool, ...) when input and output scales are equal.

@@ -3,10 +3,14 @@
 ``run_checked`` runs passes the way every pass test should: through a PassManager that verifies the
 IR after each pass, with the instruments that hold a pass to its contract (an honest ``modified``
 flag, idempotence, and unchanged onnxruntime outputs for passes that preserve semantics).
+
+``run_deployed`` runs an int8 model as onnxruntime does on a CPU of a given target, whatever CPU the
+suite runs on (an accuracy claim about a target must not depend on the CI machine's VNNI support).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -36,3 +40,27 @@ def run_checked() -> RunChecked:
         return PassManager(list(passes), instruments=instruments, verify="each")(model)
 
     return run
+
+
+def _run_deployed(model: ir.Model | str | os.PathLike, feeds: dict[str, np.ndarray],
+                  target: str) -> dict[str, np.ndarray]:
+    """Outputs by name of ``model`` as onnxruntime computes them on a CPU of ``target``: onnxruntime
+    itself (all graph optimizations: its QDQ fusions and integer kernels) when ``target`` is this
+    machine's (:func:`qcompiler.targets.detect_target`, which probes onnxruntime), else the executor
+    under ``target``'s profile, equal to onnxruntime on such a CPU bit for bit
+    (tests/executor/test_vs_onnxruntime.py, tests/kernels/test_avx2_profile.py)."""
+    from qcompiler.executor import Interpreter
+    from qcompiler.executor.agreement import run_onnxruntime
+    from qcompiler.targets import detect_target
+
+    model = model if isinstance(model, ir.Model) else ir.load(model)
+    if target == detect_target().name:
+        return run_onnxruntime(model, feeds)
+    return Interpreter(model, profile=target).run(feeds)
+
+
+@pytest.fixture(scope="session")
+def run_deployed():
+    """``run_deployed(model_or_path, feeds, target) -> {output name: array}``: onnxruntime on a CPU of
+    ``target`` (natively when this is one, else the executor under ``target``'s numerics profile)."""
+    return _run_deployed

@@ -55,9 +55,13 @@ def run(path, feeds):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
-def test_compile_quantizes_and_stays_accurate(model_path, calib_dir, tmp_path):
+@pytest.mark.parametrize("target", ["x86-vnni", "x86-avx2"])
+def test_compile_quantizes_and_stays_accurate(model_path, calib_dir, tmp_path, run_deployed, target):
+    """Accurate on the CPU it was compiled for, whichever CPU runs the test: compiled for x86-vnni
+    (8-bit weights) this CNN measures 41 dB there but 22 dB where onnxruntime sums u8 x s8 pairs into
+    a saturating int16 (AVX2 without VNNI); the x86-avx2 target's 7-bit weights give 35 dB there."""
     out = tmp_path / "cnn.int8.onnx"
-    model = qcompiler.compile(model_path, out, calib=calib_dir, objective="size", target="x86-vnni")
+    model = qcompiler.compile(model_path, out, calib=calib_dir, objective="size", target=target)
     onnx.checker.check_model(str(out), full_check=True)
     proto = onnx.load(str(out))
     assert {p.key for p in proto.metadata_props} == {"labels"}
@@ -66,7 +70,7 @@ def test_compile_quantizes_and_stays_accurate(model_path, calib_dir, tmp_path):
     assert len(int8_weights) == 3
     assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1 for t in proto.graph.initializer)
     feeds = {"image": np.random.default_rng(2).standard_normal((8, 3, 16, 16)).astype(np.float32)}
-    expected, actual = run(model_path, feeds), run(out, feeds)
+    expected, actual = run(model_path, feeds), run_deployed(out, feeds, target)["logits"]
     sqnr = 10 * np.log10(np.sum(expected**2) / np.sum((actual - expected) ** 2))
     assert sqnr > 25, sqnr
     assert out.stat().st_size < 0.4 * model_path.stat().st_size

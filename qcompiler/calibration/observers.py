@@ -326,6 +326,12 @@ class PercentileObserver(StreamingHistogram):
         return min(lower, upper), max(lower, upper)
 
 
+def _group_terms(mass: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """``M log(M / S)`` of groups of mass ``M`` over ``S`` non-empty bins; 0 where ``M = 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mass > 0, mass * np.log(mass / np.where(support > 0, support, 1.0)), 0.0)
+
+
 def kl_divergences(counts: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
     """``KL(P || Q)`` for every candidate threshold of TensorRT's entropy calibration.
 
@@ -350,18 +356,33 @@ def kl_divergences(counts: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndar
     prefix_support = np.concatenate([[0.0], np.cumsum(counts > 0)])
     prefix_clogc = np.concatenate([[0.0], np.cumsum(c_log_c)])
     groups = min(levels, n)
-    g = np.arange(groups + 1)
-    bounds = (g[None, :] * candidates[:, None] + groups - 1) // groups  # ceil(g * i / L), shape (C, L+1)
-    mass = np.diff(prefix_mass[bounds], axis=1)
-    support = np.diff(prefix_support[bounds], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        group_terms = np.where(mass > 0, mass * np.log(mass / np.where(support > 0, support, 1.0)), 0.0)
+    index = np.int32 if (groups + 1) * (n + 1) < 2**30 else np.int64  # int32 divides ~3x faster on AVX2
+    g = np.arange(groups + 1, dtype=index)
+    bounds = (g[None, :] * candidates.astype(index)[:, None] + index(groups - 1)) // index(groups)  # ceil(g i / L)
+    # A group is a run of bins [lo, lo + w) with w <= ceil(n / L). With few distinct runs (n < L**2,
+    # as for the histograms the observer builds) each run's term M log(M / S) is computed once and
+    # gathered: O(n * n / L) logs instead of O(C * L) (numpy's float64 log costs ~13 ns an element on
+    # an AVX2-only EPYC). The same operations on the same operands either way: the same divergences.
+    widest = -(-n // groups)
+    if (n + 1) * (widest + 1) < bounds.size:
+        lo = np.arange(n + 1)[:, None]
+        ends = np.minimum(lo + np.arange(widest + 1), n)
+        run_mass, run_support = prefix_mass[ends] - prefix_mass[lo], prefix_support[ends] - prefix_support[lo]
+        # the run [lo, hi) is row lo, column hi - lo of the table: flat index lo * widest + hi
+        group_terms = _group_terms(run_mass, run_support).take(bounds[:, :-1] * index(widest) + bounds[:, 1:])
+        last_run = (bounds[:, -2], bounds[:, -1] - bounds[:, -2])
+        mass_last, support_last = run_mass[last_run], run_support[last_run]
+    else:
+        mass = np.diff(prefix_mass[bounds], axis=1)
+        support = np.diff(prefix_support[bounds], axis=1)
+        group_terms = _group_terms(mass, support)
+        mass_last, support_last = mass[:, -1], support[:, -1]
     kept = prefix_mass[candidates]  # sum of Q before normalization
     divergence_sum = prefix_clogc[candidates] - group_terms.sum(axis=1)
     # the outliers join the last kept bin: replace c log(c/q) by (c+O) log((c+O)/q) there
     last = counts[candidates - 1]
     outliers = total - kept
-    q_last = mass[:, -1] / np.maximum(support[:, -1], 1.0)
+    q_last = mass_last / np.maximum(support_last, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         correction = np.where(
             outliers > 0,

@@ -9,7 +9,9 @@ Accumulation of u8 x s8 products (the facts behind :mod:`qcompiler.kernels.refer
 
 * ``x86-avx2``: AVX2 without VNNI. MLAS's ``vpmaddubsw`` kernels add the products of adjacent k pairs
   into an int16 with saturation; measured bit for bit against onnxruntime 1.32 under
-  ``qemu-x86_64 -cpu Haswell`` (tests/kernels/test_avx2_profile.py, benchmarks/executor_vs_ort.py).
+  ``qemu-x86_64 -cpu Haswell`` (tests/kernels/test_avx2_profile.py, benchmarks/executor_vs_ort.py),
+  and natively on an AVX2-only AMD EPYC (tests/kernels/test_vs_onnxruntime.py,
+  tests/executor/test_vs_onnxruntime.py).
 * ``x86-vnni``: ``vpdpbusd`` accumulates in int32 exactly; measured natively on AVX512-VNNI.
 * ``arm64``: MLAS's NEON kernels (``udot``/``sdot`` or widening ``umull``/``smull``) accumulate
   exactly in int32. Not measured here (no Arm machine); QLinearAdd's fixed-point NEON path is not

@@ -229,14 +229,17 @@ def test_entropy_guards_against_degenerate_thresholds():
 
 
 def test_entropy_is_fast_enough_for_hundreds_of_tensors():
+    """The CPU time of this process, not the wall clock: on a 2-core machine shared with other jobs the
+    wall clock measured the scheduler (2-3x the CPU time). About 11 ms on an AVX2-only AMD EPYC under
+    load (25 ms before kl_divergences computed each run's term once)."""
     observer = feed(EntropyObserver(), np.maximum(LAPLACE, 0))  # one-signed: 256 levels, the slow case
     signed = feed(EntropyObserver(), LAPLACE)
     best = np.inf
     for _ in range(3):
-        start = time.perf_counter()
+        start = time.process_time()
         observer.compute_range()
         signed.compute_range()
-        best = min(best, (time.perf_counter() - start) / 2)
+        best = min(best, (time.process_time() - start) / 2)
     assert best < 0.020, f"{best * 1000:.1f} ms per tensor"
 
 

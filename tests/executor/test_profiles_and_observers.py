@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qcompiler.errors import UserError
 from qcompiler.executor import PROFILES, CompareInterpreter, Interpreter, RangeObserver, get_profile
-from qcompiler.targets import TARGETS, detect_target
+from qcompiler.targets import TARGETS, detect_target, runtime_saturates_u8s8
 
 from .conftest import cnn_model, feeds
 
@@ -20,6 +22,29 @@ def test_every_target_has_a_profile_with_its_accumulation():
         assert profile.fuse and profile.accumulation == target.accumulation
     assert get_profile("auto") == get_profile(detect_target().name)
     assert not PROFILES["simulate"].fuse and PROFILES["x86-avx2"].accumulation == "avx2_pair_saturate"
+
+
+def _x86_cpu_flags() -> set[str]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split(":", 1)[-1].split())
+
+
+def test_auto_follows_the_probe_and_a_cpu_without_vnni_saturates():
+    """``auto`` is what onnxruntime computes here (the probe), not what the CPU flags suggest; the one
+    thing the flags do settle is that an x86 CPU with AVX2 and no VNNI at all has only MLAS's
+    ``vpmaddubsw`` kernels, which saturate (the AVX2-only AMD EPYC CI machines; the AVX512-VNNI ones
+    answered exact)."""
+    saturates = runtime_saturates_u8s8()
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert detect_target().name == ("x86-avx2" if saturates else "x86-vnni")
+    flags = _x86_cpu_flags()
+    if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}:
+        assert saturates and get_profile("auto").accumulation == "avx2_pair_saturate"
 
 
 def test_unknown_profile_is_a_user_error():
