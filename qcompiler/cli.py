@@ -184,9 +184,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if path:
             check_output_path(args.model, path, False)
     say = None if args.quiet else (lambda message: print(f"analyze: {message}", file=sys.stderr, flush=True))
-    report = analyze(args.model, calibration_source(args.calib), quantized=args.quantized, target=args.target,
-                     pipeline=args.pipeline, calibration=args.calibration, per_tensor=args.per_tensor,
-                     exclude=tuple(args.exclude), progress=say)
+    options = CompileOptions.from_args(args)
+    report = analyze(args.model, calibration_source(args.calib), quantized=args.quantized, target=options.target,
+                     pipeline=args.pipeline, calibration=options.calibration, per_tensor=options.per_tensor,
+                     exclude=options.exclude, progress=say)
     print(format_text(report))
     if args.json:
         write_atomically(args.json, json.dumps(report, indent=1) + "\n")
@@ -273,14 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "model the analysis builds)")
     analysis.add_argument("--calib", required=True, metavar="DATA",
                           help="calibration data: a directory of .npz files, one .npz, or a glob of .npz files")
-    analysis.add_argument("--target", default="auto", help="auto (this CPU), x86-avx2, x86-vnni or arm64: the "
-                          "compile target and the kernels checked")
     analysis.add_argument("--pipeline", default="int8", help="int8 (default) or int8-transformer: what compile will run")
-    analysis.add_argument("--calibration", default="mse", choices=("minmax", "percentile", "entropy", "mse"),
-                          help="activation range method, as for compile (default mse)")
-    analysis.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
-    analysis.add_argument("--exclude", action="append", default=[], metavar="NAME|OPTYPE",
-                          help="keep nodes or an op type in float, as for compile; repeatable")
+    add_arguments(analysis, only=("target", "calibration", "per_tensor", "exclude"))
     analysis.add_argument("--html", metavar="OUT.html", help="also write the self-contained HTML report")
     analysis.add_argument("--json", metavar="OUT.json", help="also write the analysis as JSON")
     analysis.add_argument("-q", "--quiet", action="store_true", help="no progress lines")

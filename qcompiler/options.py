@@ -84,8 +84,8 @@ class CompileOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CompileOptions:
         """The options of a parsed command line built with :func:`add_arguments`."""
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "flag" in f.metadata
-                      and getattr(args, f.name) is not None})
+        given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls) if "flag" in f.metadata}
+        return cls(**{name: value for name, value in given.items() if value is not None})
 
     @staticmethod
     def describe(option: str) -> str:
