@@ -211,32 +211,27 @@ def build_parser() -> argparse.ArgumentParser:
                          help="import MODULE first (it registers passes); repeatable")
     listing.set_defaults(run=cmd_passes)
 
-    optimize = sub.add_parser("optimize", help="run a pipeline over a model and write the result")
-    optimize.add_argument("model")
-    optimize.add_argument("-o", "--output", required=True, help="output .onnx file")
+    runner = argparse.ArgumentParser(add_help=False)  # what optimize and compile share: a pipeline run on a file
+    runner.add_argument("model")
+    runner.add_argument("-o", "--output", required=True, help="output .onnx file")
+    runner.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it registers passes); repeatable")
+    runner.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
+    runner.add_argument("--time-passes", action="store_true", help="print the time of every pass")
+    runner.add_argument("--overwrite", action="store_true", help="allow -o to be the input file")
+    runner.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    optimize = sub.add_parser("optimize", parents=[runner], help="run a pipeline over a model and write the result")
     optimize.add_argument("--pipeline", default="canonicalize",
                           help="a named pipeline or a TOML pipeline file (default: canonicalize)")
-    optimize.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                          help="import MODULE first (it registers passes); repeatable")
-    optimize.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
-    optimize.add_argument("--time-passes", action="store_true", help="print the time of every pass")
     optimize.add_argument("--verify", choices=("each", "end", "off"), help="when to verify the IR")
     optimize.add_argument("--check", action="store_true",
                           help="also check every pass's modified flag and idempotence (slower)")
-    optimize.add_argument("--overwrite", action="store_true", help="allow -o to be the input file")
-    optimize.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     optimize.set_defaults(run=cmd_optimize)
 
-    comp = sub.add_parser("compile", help="quantize a model (static int8 QDQ by default)")
-    comp.add_argument("model")
-    comp.add_argument("-o", "--output", required=True, help="output .onnx file")
+    comp = sub.add_parser("compile", parents=[runner], help="quantize a model (static int8 QDQ by default)")
     comp.add_argument("--pipeline", default="int8", help="a named pipeline or a TOML file (default: int8)")
     add_arguments(comp)
-    comp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
-    comp.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
-    comp.add_argument("--time-passes", action="store_true", help="print the time of every pass")
-    comp.add_argument("--overwrite", action="store_true", help="allow -o to be the input file")
-    comp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     comp.set_defaults(run=cmd_compile)
 
     bench = sub.add_parser("bench", help="latency, throughput, size, memory and output agreement of models")
