@@ -19,9 +19,8 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
   pair sums overflow int16 and checks onnxruntime's answer. On this project's 2-core AMD EPYC
   machines (flags: avx2, avx512_vnni, avx_vnni) onnxruntime 1.32 answered exactly (measured
   2026-11-22), so auto picks ``x86-vnni`` there.
-* onnxruntime fuses ``DequantizeLinear -> op -> QuantizeLinear`` into integer kernels for Conv,
-  MatMul, Gemm, Add, Mul, Concat, average pooling, Sigmoid, LeakyRelu, and drops Q/DQ pairs around
-  data-movement ops (Reshape, Transpose, MaxPool, ...) when input and output scales are equal.
+* Which ``DequantizeLinear -> op -> QuantizeLinear`` units onnxruntime fuses into integer kernels, and
+  around which data-movement ops it drops equal Q/DQ pairs, are per-op facts: :mod:`qcompiler.ops`.
 """
 
 from __future__ import annotations
@@ -34,12 +33,7 @@ from onnx import TensorProto
 
 from .errors import UserError
 from .ir.quant import Scheme
-
-WEIGHTED_OPS = frozenset({"Conv", "MatMul", "Gemm"})
-"""Ops whose second input is a weight quantized per channel."""
-
-PASS_THROUGH_OPS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
-"""Ops that move or select values without arithmetic: the output reuses the input's quantization."""
+from .ops import ops_with
 
 
 @dataclass(frozen=True)
@@ -53,9 +47,11 @@ class Target:
         weight_dtype: ONNX element type of quantized weights.
         weight_reduce_range: limit weights to 7 bits (x86 without VNNI: avoids int16 saturation).
         per_channel: weights quantized per output channel by default.
-        int8_ops: ops with fused integer kernels, quantized when their neighbours allow.
-        pass_through_ops: ops that keep their input's quantization (see PASS_THROUGH_OPS).
-        absorbed_activations: activations folded into the quantization of the op before them.
+        int8_ops: ops with fused integer kernels, quantized when their neighbours allow (default: the
+            layers and int8 ops of :mod:`qcompiler.ops`).
+        pass_through_ops: ops that keep their input's quantization (default: the pass-through ops).
+        absorbed_activations: activations folded into the quantization of the op before them (default:
+            the absorbable ops).
         accumulation: how the runtime sums u8·s8 products ("exact" or "avx2_pair_saturate").
     """
 
@@ -65,9 +61,9 @@ class Target:
     weight_dtype: int = TensorProto.INT8
     weight_reduce_range: bool = False
     per_channel: bool = True
-    int8_ops: frozenset[str] = field(default_factory=lambda: WEIGHTED_OPS | {"Add", "Concat", "GlobalAveragePool", "AveragePool"})
-    pass_through_ops: frozenset[str] = PASS_THROUGH_OPS
-    absorbed_activations: frozenset[str] = frozenset({"Relu", "Clip"})
+    int8_ops: frozenset[str] = field(default_factory=lambda: ops_with("layer", "int8_op"))
+    pass_through_ops: frozenset[str] = field(default_factory=lambda: ops_with("pass_through"))
+    absorbed_activations: frozenset[str] = field(default_factory=lambda: ops_with("absorbable"))
     accumulation: str = "exact"
 
     @property

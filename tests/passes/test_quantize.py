@@ -15,8 +15,8 @@ from onnx import TensorProto
 from qcompiler import PassManager, ir
 from qcompiler.ir import QuantSpec
 from qcompiler.ir.testing import parse, random_feeds, run_onnxruntime
+from qcompiler.ops import weight_axis
 from qcompiler.passes import AssignPrecision, FoldQuantizedWeights, InferShapes, InsertQDQ
-from qcompiler.assignment import weight_axis
 from qcompiler.targets import TARGETS
 
 RNG = np.random.default_rng(0)
