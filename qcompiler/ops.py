@@ -9,7 +9,10 @@ The onnxruntime facts are those of onnxruntime 1.32's CPU provider, from
 ``core/optimizer/qdq_transformer/selectors_actions/qdq_selector_action_transformer.cc`` (which
 ``DequantizeLinear -> op -> QuantizeLinear`` units become which kernel, and around which ops equal Q/DQ
 pairs are dropped: ``DropQDQNodesRules``) and ``core/optimizer/qdq_transformer/qdq_propagation.cc``
-(``CanNodePropagate``: the ops Q/DQ pairs are copied across before fusing).
+(``CanNodePropagate``: the ops Q/DQ pairs are copied across before fusing). The two lists differ, so
+they are two facts: Flatten's pair is dropped but Flatten does not propagate (``Softmax -> Flatten ->
+Q`` keeps a float Softmax), Slice does both (``tests/test_ops.py`` checks every pass-through op against
+the onnxruntime installed).
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ OPS: dict[str, OpQuant] = {
         OpQuant("Transpose", "pass_through", ort_propagates=True),
         OpQuant("Squeeze", "pass_through", ort_propagates=True),
         OpQuant("Unsqueeze", "pass_through", ort_propagates=True),
-        OpQuant("Slice", ort_propagates=True),
+        OpQuant("Slice", "pass_through", ort_propagates=True),
         OpQuant("Flatten", "pass_through"),
         OpQuant("Relu", "absorbable"),
         OpQuant("Clip", "absorbable"),

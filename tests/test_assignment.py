@@ -82,7 +82,8 @@ def decisions(model, target="x86-avx2", **options) -> dict:
     name = lambda node: node.outputs[0].name  # noqa: E731
     weights = {v.name: v.quant.axis for v in model.graph.values() if v.const is not None and v.quant is not None}
     result = {"int8": [name(n) for n in plan.layers], "absorbed": sorted(name(n) for n in plan.absorbed),
-              "ranged": sorted(v.name for v in plan.pending), "shares": {v.name: s.name for v, s in plan.shares.items()},
+              "ranged": sorted(v.name for v in plan.pending),
+              "shares": {v.name: s.name for v, s in plan.shares.items()},
               "weight_axes": weights}
     names = {n: name(n) for n in model.graph}  # (lowering renames a quantized graph output)
     plan.set_ranges({v: (-1.0, 2.0) for v in plan.pending})
@@ -107,7 +108,8 @@ def test_small_cnn_per_tensor():
 TRANSFORMER = {
     "int8": ["q0", "q", "k0", "k", "v0", "v", "kt", "s", "a", "o0", "o", "r", "h0", "h", "f0", "f", "y"],
     "absorbed": [],  # the Relu follows a bias Add, not a layer
-    "ranged": ["a", "f", "f0", "g", "h", "h0", "k", "k0", "n", "o", "o0", "p", "q", "q0", "r", "s", "v", "v0", "x", "y"],
+    "ranged": ["a", "f", "f0", "g", "h", "h0", "k", "k0", "n", "o", "o0", "p", "q", "q0", "r", "s", "v", "v0", "x",
+               "y"],
     "shares": {"kt": "k"}, "weight_axes": {"wq": 1, "wk": 1, "wv": 1, "wo": 1, "w1": 1, "w2": 1}, "int32_bias": []}
 
 
@@ -131,7 +133,8 @@ def test_transformer_block_float_linear_outputs_static_shapes():
 
 
 def test_mixed_ops():
+    """Slice after a quantized value shares its spec (onnxruntime then slices the integers)."""
     assert decisions(mixed_ops()) == {
-        "int8": ["c1", "r1", "c2", "r2", "cat", "ap", "mp", "fl", "y"], "absorbed": ["r1", "r2"],
-        "ranged": ["ap", "cat", "r1", "r2", "x", "y"], "shares": {"mp": "ap", "fl": "mp"},
+        "int8": ["c1", "r1", "c2", "r2", "cat", "ap", "sl", "mp", "fl", "y"], "absorbed": ["r1", "r2"],
+        "ranged": ["ap", "cat", "r1", "r2", "x", "y"], "shares": {"sl": "r2", "mp": "ap", "fl": "mp"},
         "weight_axes": {"w1": 0, "w2": 0, "wg": 1}, "int32_bias": ["c1", "y"]}
