@@ -1,8 +1,10 @@
 """Targets: what the quantized model runs on, as data.
 
 A target says which activation and weight types are fast, whether weights need a reduced range,
-which ops have fused int8 kernels in the runtime, and which ops merely pass quantized values through.
-It is data, not a subclass: passes read its fields.
+which ops have fused int8 kernels in the runtime, which ops merely pass quantized values through, and
+how the runtime computes there (its integer accumulation, the instruction set of its float kernels).
+It is data, not a subclass: passes read its fields, and the executor's numerics profile of the same
+name is derived from it (:mod:`qcompiler.executor.profiles`).
 
 Facts behind the built-in targets (onnxruntime CPU execution provider, measured in
 ``../shared/research/anchors-tools.md`` section 4 and re-measured by ``benchmarks/``):
@@ -15,6 +17,16 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
   80.68 % on the real kernels). Weights limited to 7 bits (``reduce_range``: -64..63) cannot
   overflow (255·64·2 = 32640) and keep the accuracy (97.38 %).
 * With VNNI (``vpdpbusd``) products are accumulated in int32 directly: no saturation, full range.
+  The ``avx2_pair_saturate`` accumulation was measured bit for bit against onnxruntime 1.32 under
+  ``qemu-x86_64 -cpu Haswell`` (tests/kernels/test_avx2_profile.py, benchmarks/executor_vs_ort.py), the
+  exact one natively on AVX512-VNNI.
+* On arm64, MLAS's NEON kernels (``udot``/``sdot`` or widening ``umull``/``smull``) accumulate exactly
+  in int32. Not measured here (no Arm machine); QLinearAdd's fixed-point NEON path is not modelled.
+* onnxruntime's float Softmax and Erf run MLAS kernels whose last bits depend on the instruction set,
+  and a QuantizeLinear after them turns an ulp into an LSB now and then: ``isa`` names the kernels the
+  executor reproduces: the AVX2/FMA3 ones on ``x86-avx2`` (``"fma3"``), the AVX-512F ones on
+  ``x86-vnni`` (``"avx512f"``, the AVX512-VNNI machine measured; an AVX-VNNI CPU without AVX-512 would
+  run the FMA3 ones), the ONNX formula elsewhere (see :mod:`qcompiler.kernels.reference.softmax`).
 * ``--target auto`` does not trust CPU flags: :func:`runtime_saturates_u8s8` runs a QLinearConv whose
   pair sums overflow int16 and checks onnxruntime's answer. On this project's 2-core AMD EPYC
   machines (flags: avx2, avx512_vnni, avx_vnni) onnxruntime 1.32 answered exactly (measured
@@ -53,6 +65,8 @@ class Target:
         absorbed_activations: activations folded into the quantization of the op before them (default:
             the absorbable ops).
         accumulation: how the runtime sums u8·s8 products ("exact" or "avx2_pair_saturate").
+        isa: the instruction set of the runtime's float Softmax/Erf kernels the executor reproduces
+            (``"fma3"``, ``"avx512f"``, or None for the ONNX formula).
     """
 
     name: str
@@ -65,6 +79,7 @@ class Target:
     pass_through_ops: frozenset[str] = field(default_factory=lambda: ops_with("pass_through"))
     absorbed_activations: frozenset[str] = field(default_factory=lambda: ops_with("absorbable"))
     accumulation: str = "exact"
+    isa: str | None = None
 
     @property
     def activation_scheme(self) -> Scheme:
@@ -85,8 +100,9 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("x86-avx2", "x86-64 with AVX2, no VNNI: U8S8, 7-bit per-channel weights",
-               weight_reduce_range=True, accumulation="avx2_pair_saturate"),
-        Target("x86-vnni", "x86-64 with AVX512-VNNI or AVX-VNNI: U8S8, full-range per-channel weights"),
+               weight_reduce_range=True, accumulation="avx2_pair_saturate", isa="fma3"),
+        Target("x86-vnni", "x86-64 with AVX512-VNNI or AVX-VNNI: U8S8, full-range per-channel weights",
+               isa="avx512f"),
         Target("arm64", "64-bit Arm (NEON dot product): U8S8, full-range per-channel weights"),
     )
 }
