@@ -46,6 +46,7 @@ from qcompiler.errors import UserError
 from qcompiler.ir import Model, Node, Value, fake_quantize, to_proto
 from qcompiler.layers import add_to_bias, batchnorm_stats, channels_last, clip_bounds, input_ranges, input_sums, is_layer
 from qcompiler.lowering import lower
+from qcompiler.ops import lookup
 from qcompiler.ir.plan import facts_of
 from qcompiler.pass_manager import Pass, PassResult, order_error, register_pass
 
@@ -72,8 +73,9 @@ class ChannelMean(Observer):
 
 
 def correctable_layers(model: Model) -> list[Node]:
-    """The quantized Conv and Gemm nodes with a constant weight that has a spec, in topological order."""
-    return [n for n in model.graph if model.plan.is_quantized(n) and n.op_type in ("Conv", "Gemm") and is_layer(n)
+    """The quantized layers with a bias input (Conv, Gemm) and a constant weight that has a spec, in
+    topological order."""
+    return [n for n in model.graph if model.plan.is_quantized(n) and lookup(n).bias_input is not None and is_layer(n)
             and n.inputs[1].quant is not None]
 
 

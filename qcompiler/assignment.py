@@ -2,26 +2,28 @@
 
 The rules follow what the target runs fast (``qcompiler.targets``): a quantized region must be made of
 ops the runtime fuses into integer kernels, because every float op inside it costs a
-dequantize/quantize round trip. So, in topological order:
+dequantize/quantize round trip. Each op's role, weight input and axis, and runtime fusions are its
+descriptor's (:mod:`qcompiler.ops`). So, in topological order:
 
-* a weighted op (Conv, MatMul, Gemm) with a constant float weight is quantized — it is where the time
+* a layer (Conv, MatMul, Gemm) with a constant float weight is quantized — it is where the time
   goes and where int8 pays;
 * a MatMul of two activations (attention) is quantized, both inputs per tensor;
 * any other int8 op of the target (Add, Concat, pooling), and a pass-through op (Reshape, MaxPool,
   ...), is quantized only when every activation input already comes from the quantized region, so it
   extends the region and never starts a float island;
-* an absorbed activation (Relu; Clip with min <= 0 <= max) right after a quantized op, as its only
+* an absorbed activation (Relu; Clip with min <= 0 <= max) right after a quantized layer, as its only
   reader, is marked absorbed: the QuantizeLinear of its output saturates exactly as it clips, so
   ``insert-qdq`` removes it.
 
-With ``float_linear_outputs`` the outputs of MatMul and Gemm stay float unless an int8 reader needs
-them: onnxruntime runs ``DequantizeLinear -> MatMul`` with a float output as ``MatMulIntegerToFloat``
-(and Gemm, with its int32 bias, as QGemm with a float output), so the layer still runs in int8, but
-the region does not extend through the bias and residual Adds after it. Not for a MatMul read by an
-Add whose input is 2-D or has a fully static shape: onnxruntime 1.32 first fuses those into a Gemm
-(MatMulAddFusion, reshaping static 3-D inputs), which then runs in float; there the output stays
-quantized. Transformers exported with dynamic batch and sequence axes are not affected. In transformers these carry the outlier
-channels of the residual stream (Bondarenko et al. 2021, "Understanding and Overcoming the
+With ``float_linear_outputs`` the outputs of MatMul and Gemm (the layers with a float-output fusion)
+stay float unless an int8 reader needs them: onnxruntime runs ``DequantizeLinear -> MatMul`` with a
+float output as ``MatMulIntegerToFloat`` (and Gemm, with its int32 bias, as QGemm with a float
+output), so the layer still runs in int8, but the region does not extend through the bias and
+residual Adds after it. Not for a MatMul read by an Add whose input is 2-D or has a fully static
+shape: onnxruntime 1.32 first fuses those into a Gemm (MatMulAddFusion, reshaping static 3-D inputs),
+which then runs in float; there the output stays quantized. Transformers exported with dynamic batch
+and sequence axes are not affected. In transformers these carry the outlier channels of the residual
+stream (Bondarenko et al. 2021, "Understanding and Overcoming the
 Challenges of Efficient Transformer Quantization"), which one per-tensor 8-bit scale cannot hold:
 on MiniLM-L6 quantizing them cost 0.16 of cosine similarity to FP32 (see ``benchmarks/minilm_accuracy.py``).
 
@@ -42,7 +44,8 @@ from onnx import TensorProto
 
 from .ir import Model, Node, QuantSpec, Value
 from .layers import clip_bounds
-from .targets import WEIGHTED_OPS, Target
+from .ops import OpQuant, lookup, weight_axis
+from .targets import Target
 
 FLOAT_TYPES = (TensorProto.FLOAT,)
 
@@ -51,32 +54,18 @@ def is_float_activation(value: Value | None) -> bool:
     return value is not None and value.const is None and value.dtype in FLOAT_TYPES
 
 
-def weight_axis(node: Node, weight: np.ndarray) -> int:
-    """The output-channel axis of a weighted op's weight.
-
-    Conv: 0 (``[M, C/g, k...]``). Gemm: 0 when ``transB=1`` (``[N, K]``), else 1. MatMul: the last
-    axis (``[..., K, N]``).
-    """
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm":
-        return 0 if node.attrs.get("transB", 0) else 1
-    return weight.ndim - 1
-
-
-def _weighted_eligible(node: Node) -> bool:
-    x, w = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+def _weighted_eligible(node: Node, op: OpQuant) -> bool:
+    """A float activation input and a constant float32 weight of the layout ``op`` describes (or, for
+    an op that takes two activations, an activation weight)."""
+    x = node.inputs[0]
+    w = node.inputs[op.weight_input] if len(node.inputs) > op.weight_input else None
     if not is_float_activation(x) or w is None:
         return False
-    if node.op_type == "MatMul" and is_float_activation(w):
-        return True  # activation x activation
+    if op.two_activations and is_float_activation(w):
+        return True
     if w.const is None or w.const.dtype != np.float32:
         return False
-    if node.op_type == "Gemm":
-        return w.const.ndim == 2 and not node.attrs.get("transA", 0)
-    if node.op_type == "MatMul":
-        return w.const.ndim == 2
-    return w.const.ndim >= 3
+    return op.weight_fits(node, w.const)
 
 
 def _clip_absorbable(node: Node) -> bool:
@@ -90,15 +79,11 @@ def weight_spec(weight: np.ndarray, axis: int | None, target: Target) -> QuantSp
     return target.weight_scheme(per_channel=axis is not None).spec_for(weight, axis)
 
 
-FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
-"""Weighted ops onnxruntime runs in int8 with a float output (MatMulIntegerToFloat, QGemm)."""
-
-
-def _becomes_float_gemm(node: Node) -> bool:
+def _becomes_float_gemm(node: Node, op: OpQuant) -> bool:
     """A MatMul read by an Add that onnxruntime fuses into a Gemm before its QDQ fusions (see above)."""
     shape = node.inputs[0].shape
     static = shape is None or len(shape) == 2 or all(isinstance(d, int) for d in shape)
-    return node.op_type == "MatMul" and static and any(r.op_type == "Add" for r in node.outputs[0].consumers())
+    return op.gemm_with_add and static and any(r.op_type == "Add" for r in node.outputs[0].consumers())
 
 
 def excluded(node: Node, patterns: list[str]) -> bool:
@@ -116,19 +101,20 @@ def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
     for node in model.graph:
         if node.domain not in ("", "ai.onnx") or excluded(node, exclude):
             continue
-        op = node.op_type
+        op, facts = node.op_type, lookup(node)
         activations = [v for v in node.inputs if is_float_activation(v)]
         float_outputs = False
-        if op in WEIGHTED_OPS and op in target.int8_ops and _weighted_eligible(node):
-            weight = node.inputs[1]
+        if facts.role == "layer" and op in target.int8_ops and _weighted_eligible(node, facts):
+            weight = node.inputs[facts.weight_input]
             if weight.const is not None:
                 axis = weight_axis(node, weight.const) if per_channel else None
                 weight.quant = weight_spec(weight.const, axis, target)
-            float_outputs = float_linear_outputs and op in FLOAT_OUTPUT_OPS and not _becomes_float_gemm(node)
+            float_outputs = (float_linear_outputs and facts.float_output_fusion is not None
+                             and not _becomes_float_gemm(node, facts))
         elif op in target.absorbed_activations and _clip_absorbable(node):
             source = node.inputs[0]
             producer = source.producer() if source is not None else None
-            if producer is None or not plan.is_quantized(producer) or producer.op_type not in WEIGHTED_OPS \
+            if producer is None or not plan.is_quantized(producer) or lookup(producer).role != "layer" \
                     or len(source.uses()) != 1 or source in model.graph.outputs:
                 continue
             plan.absorb(node)

@@ -1,9 +1,9 @@
 """Layer geometry shared by the passes: weighted layers, their per-channel ranges and weight edits.
 
-A *layer* is a Conv, Gemm (no transA) or MatMul with a constant float32 weight (and a constant bias, if
-any). Its weight is seen in one grouped layout, ``[groups, out per group, in per group, rest]`` (Conv)
-or ``[1, N, K, 1]`` (Gemm, MatMul), in which the equalization, bias-correction and rounding passes do
-their per-channel arithmetic. Also: the clipping range of a Relu/Clip, and the BatchNorm statistics
+A *layer* is an op of the ``"layer"`` role (:mod:`qcompiler.ops`: Conv, Gemm without transA, MatMul)
+with a constant float32 weight (and a constant bias, if any). Its weight is seen in one grouped layout,
+``[groups, out per group, in per group, rest]`` (Conv) or ``[1, N, K, 1]`` (Gemm, MatMul), in which the
+equalization, bias-correction and rounding passes do their per-channel arithmetic. Also: the clipping range of a Relu/Clip, and the BatchNorm statistics
 ``keep-batchnorm-stats`` records in the plan.
 """
 
@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from .ir import Graph, Model, Node, Value
+from .ops import lookup, weight_axis
 
 
 def default_domain(node: Node) -> bool:
@@ -21,23 +22,23 @@ def default_domain(node: Node) -> bool:
 
 
 def is_layer(node: Node) -> bool:
-    """A Conv, Gemm (no transA) or MatMul with a constant float32 weight (and constant bias, if any)."""
-    if not default_domain(node) or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+    """An op whose role is ``"layer"`` (:mod:`qcompiler.ops`) with a constant float32 weight of the layout its
+    descriptor describes, and a constant bias of at most one axis, if any."""
+    op = lookup(node)
+    if op.role != "layer" or len(node.inputs) <= op.weight_input:
         return False
-    w = node.inputs[1]
+    w = node.inputs[op.weight_input]
     if w is None or w.const is None or w.const.dtype != np.float32:
         return False
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = node.inputs[op.bias_input] if op.bias_input is not None and len(node.inputs) > op.bias_input else None
     if bias is not None and (bias.const is None or bias.const.ndim > 1):
         return False
-    if node.op_type == "Conv":
-        return w.const.ndim >= 3
-    return w.const.ndim == 2 and not node.attrs.get("transA", 0)
+    return op.weight_fits(node, w.const)
 
 
 def channels_last(node: Node) -> bool:
     """Whether the layer's output channels are on the last axis (Gemm, MatMul) rather than axis 1 (Conv)."""
-    return node.op_type != "Conv"
+    return lookup(node).channels_last
 
 
 def grouped(node: Node, weight: np.ndarray | None = None) -> np.ndarray:
@@ -47,8 +48,8 @@ def grouped(node: Node, weight: np.ndarray | None = None) -> np.ndarray:
     if node.op_type == "Conv":
         g = node.attrs.get("group", 1)
         return w.reshape(g, w.shape[0] // g, w.shape[1], -1)
-    kn = w.T if node.op_type == "Gemm" and node.attrs.get("transB", 0) else w
-    return kn.T[None, :, :, None]
+    nk = w if weight_axis(node, w) == 0 else w.T
+    return nk[None, :, :, None]
 
 
 def ungrouped(node: Node, array: np.ndarray) -> np.ndarray:
@@ -57,7 +58,7 @@ def ungrouped(node: Node, array: np.ndarray) -> np.ndarray:
     if node.op_type == "Conv":
         return array.reshape(w.shape)
     nk = array[0, :, :, 0]
-    return (nk if node.op_type == "Gemm" and node.attrs.get("transB", 0) else nk.T).reshape(w.shape)
+    return (nk if weight_axis(node, w) == 0 else nk.T).reshape(w.shape)
 
 
 def output_ranges(node: Node) -> np.ndarray:

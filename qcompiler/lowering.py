@@ -28,8 +28,7 @@ from .errors import UnsupportedModelError
 from .ir import Graph, Model, Node, QuantSpec, Value, quantize, verify
 from .ir.quant import min_opset, qdq_attributes, quantize_bias, spec_of_qdq
 from .ir.rewrite import bypass, insert_after_producer
-
-BIAS_OPS = ("Conv", "Gemm")
+from .ops import lookup
 
 
 def _param(graph: Graph, base: str, array: np.ndarray) -> Value:
@@ -65,11 +64,13 @@ def insert_pair(graph: Graph, value: Value, spec: QuantSpec, is_output: bool) ->
 
 
 def add_int32_bias(graph: Graph, node: Node) -> bool:
-    """Replace a float bias of a quantized Conv/Gemm by int32 + DequantizeLinear (per-tensor or per-channel
-    weights and a per-tensor input spec); the float bias initializer goes when nothing else reads it."""
-    if node.op_type not in BIAS_OPS or len(node.inputs) < 3 or node.inputs[2] is None:
+    """Replace the float bias of a quantized op with a bias input (Conv, Gemm) by int32 + DequantizeLinear
+    (per-tensor or per-channel weights and a per-tensor input spec); the float bias initializer goes when
+    nothing else reads it."""
+    op = lookup(node)
+    if op.bias_input is None or len(node.inputs) <= op.bias_input or node.inputs[op.bias_input] is None:
         return False
-    x, w, b = node.inputs[0], node.inputs[1], node.inputs[2]
+    x, w, b = node.inputs[0], node.inputs[op.weight_input], node.inputs[op.bias_input]
     x_spec, w_spec = x.quant, w.quant
     if b.const is None or x_spec is None or w_spec is None or b.const.ndim > 1:
         return False
@@ -83,7 +84,7 @@ def add_int32_bias(graph: Graph, node: Node) -> bool:
     dq = Node("DequantizeLinear", [int_bias, scale_value, zero], [restored], attrs={"axis": 0},
               name=graph.unique_name(f"{b.name}_DequantizeLinear"))
     graph.insert_before(node, dq)
-    node.set_input(2, restored)
+    node.set_input(op.bias_input, restored)
     if not b.uses() and graph.initializers.get(b.name) is b and b not in graph.outputs:
         del graph.initializers[b.name]
     return True

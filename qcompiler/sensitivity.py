@@ -39,7 +39,7 @@ import onnx
 from .assignment import assign
 from .ir import Model, QuantSpec, to_proto
 from .lowering import lower
-from .targets import WEIGHTED_OPS
+from .ops import lookup
 
 Outputs = list[list[np.ndarray]]
 Metric = Callable[[Outputs, Outputs], float]
@@ -155,7 +155,7 @@ class Evaluator:
             value.quant = None
         reference = run_session(reference_model or to_proto(base), feeds)
         weights = {n.name: int(n.inputs[1].const.size) for n in base.graph
-                   if n.op_type in WEIGHTED_OPS and len(n.inputs) > 1 and n.inputs[1] is not None
+                   if lookup(n).role == "layer" and len(n.inputs) > 1 and n.inputs[1] is not None
                    and n.inputs[1].const is not None}
         return cls(base, specs, dict(assign_options), list(exclude), feeds, reference, metric, weights)
 

@@ -3,14 +3,13 @@
 ``summarize`` reads a compiled (QDQ) model as written, so it also describes models compiled elsewhere:
 a layer runs in int8 when its activation input (and its weight, for a weighted op) comes from a
 ``DequantizeLinear``, the pattern onnxruntime fuses into an integer kernel. The layers listed are the
-compute ops (Conv, ConvTranspose, MatMul, Gemm) and the other ops some target runs in int8 (Add,
-Concat, pooling) when they are int8 or were decided on by ``mixed-precision``.
+compute ops (those with a MAC count in :mod:`qcompiler.ops`: Conv, ConvTranspose, MatMul, Gemm) and the
+other ops some target runs in int8 (Add, Concat, pooling) when they are int8 or were decided on by
+``mixed-precision``.
 
-Multiply-accumulates per layer, from the shapes the model has on one feed (dynamic dimensions are
-resolved by running it: onnxruntime, optimizations off, the layer tensors exposed as outputs):
-
-* Conv: ``numel(Y) · C_in/group · prod(kernel)``; ConvTranspose: ``numel(X) · C_out/group · prod(kernel)``
-* MatMul: ``numel(Y) · K`` (K the last axis of A); Gemm: ``numel(Y) · K``
+Multiply-accumulates per layer come from the op's descriptor, on the shapes the model has on one feed
+(dynamic dimensions are resolved by running it: onnxruntime, optimizations off, the layer tensors
+exposed as outputs).
 
 Sizes are serialized model sizes (the ``.onnx`` file without external data). Everything is kept as
 JSON-able records (``summarize`` returns a dict) and ``format_table`` prints it.
@@ -18,7 +17,6 @@ JSON-able records (``summarize`` returns a dict) and ``format_table`` prints it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +24,9 @@ import numpy as np
 import onnx
 
 from .ir import Model, Node, Value, to_proto
+from .ops import lookup
 from .targets import TARGETS
 
-MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 INT8_OPS = frozenset().union(*(t.int8_ops for t in TARGETS.values()))
 
 
@@ -57,7 +55,8 @@ def precision(node: Node) -> str:
     """``int8`` when the node reads every activation (and a weighted op its weight) through DequantizeLinear."""
     inputs = [v for v in node.inputs if v is not None]
     activations = [v for v in inputs if _constant(_source(v)) is None]
-    weight = node.op_type not in MAC_OPS or len(inputs) < 2 or _dequantized(node.inputs[1])
+    index = lookup(node).weight_input
+    weight = index is None or len(inputs) <= index or _dequantized(node.inputs[index])
     return "int8" if activations and weight and all(_dequantized(v) for v in activations) else "float"
 
 
@@ -96,30 +95,23 @@ def tensor_shapes(model: Model, names: list[str], feed: dict[str, np.ndarray]) -
 
 
 def macs(node: Node, shapes: dict[str, tuple[int, ...]]) -> int:
-    """Multiply-accumulates of a Conv/ConvTranspose/MatMul/Gemm on the given shapes (0 for other ops)."""
-    if node.op_type not in MAC_OPS:
-        return 0
-    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    if node.op_type == "Conv":
-        return math.prod(shapes[y.name]) * math.prod(shapes[w.name][1:])
-    if node.op_type == "ConvTranspose":
-        return math.prod(shapes[x.name]) * math.prod(shapes[w.name][1:])
-    a = shapes[x.name]
-    k = a[0] if node.op_type == "Gemm" and node.attrs.get("transA", 0) else a[-1]
-    return math.prod(shapes[y.name]) * k
+    """Multiply-accumulates of a compute op on the given shapes (0 for other ops)."""
+    count = lookup(node).macs
+    return count(node, shapes) if count is not None else 0
 
 
 def layer_nodes(model: Model) -> list[Node]:
     """The layers the summary lists (see the module docstring)."""
     decided = set(model.plan.reports.get("mixed_precision", {}).get("layers", {}))
     return [n for n in model.graph if n.domain in ("", "ai.onnx") and (
-        n.op_type in MAC_OPS or (n.op_type in INT8_OPS and (n.name in decided or precision(n) == "int8")))]
+        lookup(n).macs is not None or (n.op_type in INT8_OPS and (n.name in decided or precision(n) == "int8")))]
 
 
 def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | None = None) -> dict[str, Any]:
     """Per-layer records and totals of a compiled ``model`` (``original``: the input model, for sizes)."""
     nodes = layer_nodes(model)
-    needed = [v.name for n in nodes if n.op_type in MAC_OPS for v in (n.inputs[0], n.inputs[1], n.outputs[0])]
+    needed = [v.name for n in nodes if lookup(n).macs is not None
+              for v in (n.inputs[0], n.inputs[1], n.outputs[0])]
     shapes = tensor_shapes(model, needed, feed) if needed else {}
     mixed = model.plan.reports.get("mixed_precision", {})
     decided = mixed.get("layers", {})

@@ -1,8 +1,10 @@
 """Targets: what the quantized model runs on, as data.
 
 A target says which activation and weight types are fast, whether weights need a reduced range,
-which ops have fused int8 kernels in the runtime, and which ops merely pass quantized values through.
-It is data, not a subclass: passes read its fields.
+which ops have fused int8 kernels in the runtime, which ops merely pass quantized values through, and
+how the runtime computes there (its integer accumulation, the instruction set of its float kernels).
+It is data, not a subclass: passes read its fields, and the executor's numerics profile of the same
+name is derived from it (:mod:`qcompiler.executor.profiles`).
 
 Facts behind the built-in targets (onnxruntime CPU execution provider, measured in
 ``../shared/research/anchors-tools.md`` section 4 and re-measured by ``benchmarks/``):
@@ -15,14 +17,24 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
   80.68 % on the real kernels). Weights limited to 7 bits (``reduce_range``: -64..63) cannot
   overflow (255·64·2 = 32640) and keep the accuracy (97.38 %).
 * With VNNI (``vpdpbusd``) products are accumulated in int32 directly: no saturation, full range.
+  The ``avx2_pair_saturate`` accumulation was measured bit for bit against onnxruntime 1.32 under
+  ``qemu-x86_64 -cpu Haswell`` (tests/kernels/test_avx2_profile.py, benchmarks/executor_vs_ort.py) and
+  natively on an AVX2-only AMD EPYC (tests/kernels/test_vs_onnxruntime.py,
+  tests/executor/test_vs_onnxruntime.py), the exact one natively on AVX512-VNNI.
+* On arm64, MLAS's NEON kernels (``udot``/``sdot`` or widening ``umull``/``smull``) accumulate exactly
+  in int32. Not measured here (no Arm machine); QLinearAdd's fixed-point NEON path is not modelled.
+* onnxruntime's float Softmax and Erf run MLAS kernels whose last bits depend on the instruction set,
+  and a QuantizeLinear after them turns an ulp into an LSB now and then: ``isa`` names the kernels the
+  executor reproduces: the AVX2/FMA3 ones on ``x86-avx2`` (``"fma3"``), the AVX-512F ones on
+  ``x86-vnni`` (``"avx512f"``, the AVX512-VNNI machine measured; an AVX-VNNI CPU without AVX-512 would
+  run the FMA3 ones), the ONNX formula elsewhere (see :mod:`qcompiler.kernels.reference.softmax`).
 * ``--target auto`` does not trust CPU flags: :func:`runtime_saturates_u8s8` runs a QLinearConv whose
   pair sums overflow int16 and checks onnxruntime's answer. On this project's 2-core AMD EPYC
   machines with AVX512-VNNI (flags: avx2, avx512_vnni, avx_vnni) onnxruntime 1.32 answered exactly
   (measured 2026-11-22), so auto picks ``x86-vnni`` there; on the AVX2-only ones (flags: avx2, fma,
   no AVX-512, no VNNI) it saturates, and auto picks ``x86-avx2`` (measured 2026-12-05).
-* onnxruntime fuses ``DequantizeLinear -> op -> QuantizeLinear`` into integer kernels for Conv,
-  MatMul, Gemm, Add, Mul, Concat, average pooling, Sigmoid, LeakyRelu, and drops Q/DQ pairs around
-  data-movement ops (Reshape, Transpose, MaxPool, ...) when input and output scales are equal.
+* Which ``DequantizeLinear -> op -> QuantizeLinear`` units onnxruntime fuses into integer kernels, and
+  around which data-movement ops it drops equal Q/DQ pairs, are per-op facts: :mod:`qcompiler.ops`.
 """
 
 from __future__ import annotations
@@ -35,12 +47,7 @@ from onnx import TensorProto
 
 from .errors import UserError
 from .ir.quant import Scheme
-
-WEIGHTED_OPS = frozenset({"Conv", "MatMul", "Gemm"})
-"""Ops whose second input is a weight quantized per channel."""
-
-PASS_THROUGH_OPS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
-"""Ops that move or select values without arithmetic: the output reuses the input's quantization."""
+from .ops import ops_with
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,14 @@ class Target:
         weight_dtype: ONNX element type of quantized weights.
         weight_reduce_range: limit weights to 7 bits (x86 without VNNI: avoids int16 saturation).
         per_channel: weights quantized per output channel by default.
-        int8_ops: ops with fused integer kernels, quantized when their neighbours allow.
-        pass_through_ops: ops that keep their input's quantization (see PASS_THROUGH_OPS).
-        absorbed_activations: activations folded into the quantization of the op before them.
+        int8_ops: ops with fused integer kernels, quantized when their neighbours allow (default: the
+            layers and int8 ops of :mod:`qcompiler.ops`).
+        pass_through_ops: ops that keep their input's quantization (default: the pass-through ops).
+        absorbed_activations: activations folded into the quantization of the op before them (default:
+            the absorbable ops).
         accumulation: how the runtime sums u8·s8 products ("exact" or "avx2_pair_saturate").
+        isa: the instruction set of the runtime's float Softmax/Erf kernels the executor reproduces
+            (``"fma3"``, ``"avx512f"``, or None for the ONNX formula).
     """
 
     name: str
@@ -66,10 +77,11 @@ class Target:
     weight_dtype: int = TensorProto.INT8
     weight_reduce_range: bool = False
     per_channel: bool = True
-    int8_ops: frozenset[str] = field(default_factory=lambda: WEIGHTED_OPS | {"Add", "Concat", "GlobalAveragePool", "AveragePool"})
-    pass_through_ops: frozenset[str] = PASS_THROUGH_OPS
-    absorbed_activations: frozenset[str] = frozenset({"Relu", "Clip"})
+    int8_ops: frozenset[str] = field(default_factory=lambda: ops_with("layer", "int8_op"))
+    pass_through_ops: frozenset[str] = field(default_factory=lambda: ops_with("pass_through"))
+    absorbed_activations: frozenset[str] = field(default_factory=lambda: ops_with("absorbable"))
     accumulation: str = "exact"
+    isa: str | None = None
 
     @property
     def activation_scheme(self) -> Scheme:
@@ -90,8 +102,9 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("x86-avx2", "x86-64 with AVX2, no VNNI: U8S8, 7-bit per-channel weights",
-               weight_reduce_range=True, accumulation="avx2_pair_saturate"),
-        Target("x86-vnni", "x86-64 with AVX512-VNNI or AVX-VNNI: U8S8, full-range per-channel weights"),
+               weight_reduce_range=True, accumulation="avx2_pair_saturate", isa="fma3"),
+        Target("x86-vnni", "x86-64 with AVX512-VNNI or AVX-VNNI: U8S8, full-range per-channel weights",
+               isa="avx512f"),
         Target("arm64", "64-bit Arm (NEON dot product): U8S8, full-range per-channel weights"),
     )
 }

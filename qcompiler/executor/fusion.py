@@ -1,10 +1,10 @@
 """onnxruntime's QDQ node-unit fusions, as an analysis of the IR.
 
 onnxruntime (CPU provider, graph optimizations on) replaces a ``DequantizeLinear`` -> op ->
-``QuantizeLinear`` node unit by one integer kernel. This module finds the units it would fuse, with
-the rules of ``core/optimizer/qdq_transformer/selectors_actions/qdq_selectors.cc`` and
-``qdq_selector_action_transformer.cc`` (onnxruntime 1.32), for the fusions whose arithmetic differs
-from running the unit in float:
+``QuantizeLinear`` node unit by one integer kernel: the op's ``ort_fusion`` (``float_output_fusion``
+for a unit without the Q) in :mod:`qcompiler.ops`. This module finds the units it would fuse, with the
+selection rules of ``core/optimizer/qdq_transformer/selectors_actions/qdq_selectors.cc`` (onnxruntime
+1.32), for the fused kernels whose arithmetic differs from running the unit in float:
 
 ==================  ==========================================  =====================================
 op                  fused kernel                                 why it differs from the float unit
@@ -21,7 +21,7 @@ Softmax             com.microsoft::QLinearSoftmax                exp lookup tabl
 onnxruntime's other QDQ rules do not change values: dropping Q/DQ around MaxPool, Reshape,
 Transpose, ... (``q(dq(x)) == x`` for equal parameters), QLinearConcat/Sigmoid/LeakyRelu (lookup
 tables of ``q(f(dq(x)))``, the unfused computation up to the float function's last bit); the executor
-runs those units unfused.
+runs those units unfused, as it does QLinearAveragePool's, which it does not model yet.
 
 Selection (``NodeGroupSelector::CheckQDQNodes`` and the per-op ``Check``): every input counted by the
 rule comes from a DequantizeLinear that is not a graph output (onnxruntime first duplicates DQs with
@@ -40,8 +40,8 @@ import numpy as np
 from onnx import TensorProto
 
 from .. import ir
+from ..ops import MS, OpQuant, lookup
 
-MS = "com.microsoft"
 EIGHT_BIT = (TensorProto.UINT8, TensorProto.INT8)
 
 
@@ -135,13 +135,15 @@ def _dq_parents(node: ir.Node, graph_outputs: set) -> list[ir.Node | None] | Non
 
 def find_fusion(node: ir.Node, graph_outputs: set, *, opset: int, int8_allowed: bool = False) -> Fusion | None:
     """The fusion onnxruntime applies with ``node`` as target, if any."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in _RULES:
+    op = lookup(node)
+    rule = _RULES.get(op.ort_fusion)
+    if rule is None:
         return None
     dqs = _dq_parents(node, graph_outputs)
     unit = _output_unit(node, graph_outputs)
     if dqs is None or unit is None:
         return None
-    fusion = _RULES[node.op_type](node, dqs, *unit, int8_allowed)
+    fusion = rule(node, op, dqs, *unit, int8_allowed)
     if fusion is not None and node.op_type == "Softmax":
         fusion.attrs.update(axis=node.attrs.get("axis", -1 if opset >= 13 else 1), opset=opset)
     return fusion
@@ -174,7 +176,7 @@ def _q_args(q: ir.Node) -> list[ir.Value]:
     return [q.inputs[1], q.inputs[2]]
 
 
-def _conv(node, dqs, q, clip, int8_allowed):
+def _conv(node, op: OpQuant, dqs, q, clip, int8_allowed):
     present = _present(node)
     if q is None or any(dqs[i] is None for i in present) or len(present) < 2:
         return None
@@ -185,24 +187,24 @@ def _conv(node, dqs, q, clip, int8_allowed):
     if not _types_ok(types[:1], quantized_type(q), int8_allowed, weight=types[1]):
         return None
     inputs = _dq_args(dqs[0]) + _dq_args(dqs[1]) + _q_args(q) + [bias.inputs[0] if bias is not None else None]
-    return _make(("", "QLinearConv"), node, dqs, q, clip, inputs, dict(node.attrs))
+    return _make(op.ort_fusion, node, dqs, q, clip, inputs, dict(node.attrs))
 
 
-def _matmul(node, dqs, q, clip, int8_allowed):
+def _matmul(node, op: OpQuant, dqs, q, clip, int8_allowed):
     if any(d is None for d in dqs[:2]):
         return None
     types = [quantized_type(dqs[0]), quantized_type(dqs[1])]
     if not _types_ok(types[:1], quantized_type(q) if q is not None else None, int8_allowed, weight=types[1]):
         return None
     if q is not None:
-        return _make(("", "QLinearMatMul"), node, dqs, q, clip, _dq_args(dqs[0]) + _dq_args(dqs[1]) + _q_args(q))
+        return _make(op.ort_fusion, node, dqs, q, clip, _dq_args(dqs[0]) + _dq_args(dqs[1]) + _q_args(q))
     if clip is not None:
         return None
     a, b = _dq_args(dqs[0]), _dq_args(dqs[1])
-    return _make((MS, "MatMulIntegerToFloat"), node, dqs, None, None, [a[0], b[0], a[1], b[1], a[2], b[2], None])
+    return _make(op.float_output_fusion, node, dqs, None, None, [a[0], b[0], a[1], b[1], a[2], b[2], None])
 
 
-def _gemm(node, dqs, q, clip, int8_allowed):
+def _gemm(node, op: OpQuant, dqs, q, clip, int8_allowed):
     present = _present(node)
     if any(dqs[i] is None for i in present) or (q is None and clip is not None):
         return None
@@ -217,32 +219,30 @@ def _gemm(node, dqs, q, clip, int8_allowed):
     inputs = (_dq_args(dqs[0]) + _dq_args(dqs[1]) + [bias.inputs[0] if bias is not None else None]
               + (_q_args(q) if q is not None else [None, None]))
     attrs = {k: node.attrs[k] for k in ("alpha", "transA", "transB") if k in node.attrs}
-    return _make((MS, "QGemm"), node, dqs, q, clip, inputs, attrs)
+    return _make(op.ort_fusion if q is not None else op.float_output_fusion, node, dqs, q, clip, inputs, attrs)
 
 
-def _add(node, dqs, q, clip, int8_allowed):
+def _add(node, op: OpQuant, dqs, q, clip, int8_allowed):
     if q is None or len(_present(node)) != 2 or any(d is None for d in dqs):
         return None
     types = [quantized_type(d) for d in dqs]
     if types[0] != types[1] or not _types_ok(types[:1], quantized_type(q), True):
         return None
-    return _make((MS, "QLinearAdd"), node, dqs, q, clip, _dq_args(dqs[0]) + _dq_args(dqs[1]) + _q_args(q))
+    return _make(op.ort_fusion, node, dqs, q, clip, _dq_args(dqs[0]) + _dq_args(dqs[1]) + _q_args(q))
 
 
-def _unary(kernel: str):
-    def rule(node, dqs, q, clip, int8_allowed):
-        if q is None or sum(d is not None for d in dqs) != 1 or dqs[0] is None:
-            return None
-        if not _types_ok([quantized_type(dqs[0])], quantized_type(q), True):
-            return None
-        attrs = {"channels_last": 0} if kernel == "QLinearGlobalAveragePool" else {}
-        return _make((MS, kernel), node, dqs, q, clip, _dq_args(dqs[0]) + _q_args(q), attrs)
-
-    return rule
+def _unary(node, op: OpQuant, dqs, q, clip, int8_allowed):
+    if q is None or sum(d is not None for d in dqs) != 1 or dqs[0] is None:
+        return None
+    if not _types_ok([quantized_type(dqs[0])], quantized_type(q), True):
+        return None
+    attrs = {"channels_last": 0} if op.ort_fusion == (MS, "QLinearGlobalAveragePool") else {}
+    return _make(op.ort_fusion, node, dqs, q, clip, _dq_args(dqs[0]) + _q_args(q), attrs)
 
 
-_RULES = {"Conv": _conv, "MatMul": _matmul, "Gemm": _gemm, "Add": _add,
-          "GlobalAveragePool": _unary("QLinearGlobalAveragePool"), "Softmax": _unary("QLinearSoftmax")}
+_RULES = {("", "QLinearConv"): _conv, ("", "QLinearMatMul"): _matmul, (MS, "QGemm"): _gemm,
+          (MS, "QLinearAdd"): _add, (MS, "QLinearGlobalAveragePool"): _unary, (MS, "QLinearSoftmax"): _unary}
+"""The fused kernels modelled (see the table above), keyed by kernel: each rule selects an op's unit."""
 
 
 def find_fusions(model: ir.Model, *, int8_allowed: bool = False) -> list[Fusion]:
@@ -260,8 +260,7 @@ def saturating_units(model: ir.Model) -> list[Fusion]:
     """Fused u8 x s8 units whose constant weights can overflow an int16 pair."""
     units = []
     for fusion in find_fusions(model):
-        domain, kernel = fusion.kernel
-        if kernel not in ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat"):
+        if lookup(fusion.target).weight_input is None:
             continue
         activation = fusion.dequantize[0]
         weight = fusion.dequantize[1] if len(fusion.dequantize) > 1 else None
@@ -270,7 +269,8 @@ def saturating_units(model: ir.Model) -> list[Fusion]:
         w, zero = weight.inputs[0].const, weight.inputs[2].const
         if w.dtype != np.int8 or np.any(zero != 0) or np.abs(w.astype(np.int32)).max() <= SAFE_WEIGHT:
             continue
-        if kernel == "QLinearConv" and w.shape[1] == 1 and w.shape[0] == fusion.target.attrs.get("group", 1):
+        depthwise = w.shape[1] == 1 and w.shape[0] == fusion.target.attrs.get("group", 1)
+        if fusion.kernel == ("", "QLinearConv") and depthwise:
             continue  # depthwise, one weight zero point: MLAS's exact depthwise kernel
         units.append(fusion)
     return units

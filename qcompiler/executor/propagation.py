@@ -2,8 +2,9 @@
 
 Before fusing node units, onnxruntime's ``QDQPropagationTransformer``
 (``core/optimizer/qdq_transformer/qdq_propagation.cc``, onnxruntime 1.32) inserts
-QuantizeLinear -> DequantizeLinear pairs across the data-movement ops MaxPool, Reshape, Transpose,
-Squeeze, Unsqueeze and Slice (through their first input and output):
+QuantizeLinear -> DequantizeLinear pairs across the data-movement ops whose descriptor says
+``ort_propagates`` (:mod:`qcompiler.ops`: MaxPool, Reshape, Transpose, Squeeze, Unsqueeze and Slice,
+not Flatten), through their first input and output:
 
 * **Q backward**: for ``X -> op -> ... -> Q`` (each edge X's only use, not a graph output), a pair
   with the Q's parameters goes onto each edge before an op of the chain, stopping at a DQ.
@@ -21,8 +22,7 @@ which node units the fusion selector then finds, and so which integer kernels ru
 from __future__ import annotations
 
 from .. import ir
-
-PROPAGATES = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
+from ..ops import lookup
 
 
 def _is(node: ir.Node | None, op_type: str) -> bool:
@@ -35,7 +35,7 @@ def _scalar_params(node: ir.Node) -> bool:
 
 
 def _propagates(node: ir.Node | None) -> bool:
-    return node is not None and node.domain in ("", "ai.onnx") and node.op_type in PROPAGATES
+    return node is not None and lookup(node).ort_propagates
 
 
 def _sole_use(value: ir.Value, outputs: set) -> bool:

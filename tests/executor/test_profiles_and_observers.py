@@ -16,12 +16,14 @@ from qcompiler.targets import TARGETS, detect_target, runtime_saturates_u8s8
 from .conftest import cnn_model, feeds
 
 
-def test_every_target_has_a_profile_with_its_accumulation():
+def test_every_target_is_a_profile_with_its_accumulation_and_float_kernels():
     for name, target in TARGETS.items():
         profile = get_profile(name)
-        assert profile.fuse and profile.accumulation == target.accumulation
+        assert profile.fuse and (profile.accumulation, profile.isa) == (target.accumulation, target.isa)
     assert get_profile("auto") == get_profile(detect_target().name)
+    assert list(PROFILES) == ["simulate", "exact", "x86-avx2", "x86-vnni", "arm64"]
     assert not PROFILES["simulate"].fuse and PROFILES["x86-avx2"].accumulation == "avx2_pair_saturate"
+    assert (PROFILES["x86-avx2"].isa, PROFILES["x86-vnni"].isa, PROFILES["arm64"].isa) == ("fma3", "avx512f", None)
 
 
 def _x86_cpu_flags() -> set[str]:

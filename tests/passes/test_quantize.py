@@ -9,14 +9,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto
 
 from qcompiler import PassManager, ir
 from qcompiler.ir import QuantSpec
 from qcompiler.ir.testing import parse, random_feeds, run_onnxruntime
 from qcompiler.passes import AssignPrecision, FoldQuantizedWeights, InferShapes, InsertQDQ
-from qcompiler.assignment import weight_axis
 from qcompiler.targets import TARGETS
 
 RNG = np.random.default_rng(0)
@@ -62,17 +60,6 @@ def fused_ops(model: ir.Model) -> list[str]:
         options.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
         ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
         return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
-
-
-@pytest.mark.parametrize("op, attrs, shape, axis", [
-    ("Conv", {}, (8, 4, 3, 3), 0),
-    ("Gemm", {"transB": 1}, (16, 32), 0),
-    ("Gemm", {}, (32, 16), 1),
-    ("MatMul", {}, (32, 16), 1),
-])
-def test_weight_axis_is_the_output_channel(op, attrs, shape, axis):
-    node = ir.Node(op, [ir.Value("x"), ir.Value("w", const=np.zeros(shape, np.float32))], attrs=attrs)
-    assert weight_axis(node, node.inputs[1].const) == axis
 
 
 def test_conv_relu_becomes_one_fused_qlinearconv(run_deployed):
