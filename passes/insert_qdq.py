@@ -51,8 +51,7 @@ def insert_pair(graph: Graph, value: Value, spec: QuantSpec) -> Value:
     q, dq = quantize_pair(graph, value, spec)
     producer = value.producer()
     if producer is None:
-        first = graph.nodes[0] if len(graph) else None
-        (graph.insert_before(first, q, dq) if first is not None else graph.append(q, dq))
+        graph.prepend(q, dq)
     else:
         graph.insert_after(producer, q, dq)
     restored = dq.outputs[0]

@@ -330,8 +330,7 @@ def _insert_mul(graph: Graph, x: Value, layers: list[Node], inverse: np.ndarray)
     mul = Node("Mul", [x, factor], [out], name=graph.unique_name(f"{x.name}_SmoothMul"))
     producer = x.producer()
     if producer is None:
-        first = graph.nodes[0] if len(graph) else None
-        (graph.insert_before(first, mul) if first is not None else graph.append(mul))
+        graph.prepend(mul)
     else:
         graph.insert_after(producer, mul)
     for layer in layers:
