@@ -449,11 +449,23 @@ class Graph:
 
     def replace_output(self, old: Value, new: Value) -> None:
         """Make the graph output ``old`` be ``new``; ``new`` takes over ``old``'s name."""
-        position = next(i for i, v in enumerate(self.outputs) if v is old)
-        name = old.name
-        old.name = self.unique_name(name + "_replaced")
-        new.name = name
-        self.outputs[position] = new
+        self.replace_outputs({old: new})
+
+    def replace_outputs(self, replacements: dict[Value, Value]) -> None:
+        """:meth:`replace_output` for every ``old: new`` pair, in one pass over the graph outputs.
+
+        A pass that replaces many outputs one by one would search the outputs once per value.
+        """
+        pending = dict(replacements)
+        for position, old in enumerate(self.outputs):
+            new = pending.pop(old, None)
+            if new is not None:
+                name = old.name
+                old.name = self.unique_name(name + "_replaced")
+                new.name = name
+                self.outputs[position] = new
+        if pending:
+            raise InternalError(f"{next(iter(pending)).name!r} is not an output of graph {self.name!r}")
 
     def substitute(self, old: Value, new: Value) -> None:
         """Put ``new`` in ``old``'s place: every reader, the graph-output slot, the name, the type.

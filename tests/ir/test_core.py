@@ -300,6 +300,22 @@ def test_unique_name_sees_nodes_and_initializers_added_later():
         assert graph.unique_name(taken) != taken
 
 
+def test_replace_outputs_hands_each_slot_and_name_to_the_new_value():
+    model, v, n = chain_model()
+    graph = model.graph
+    graph.outputs.insert(0, v["b"])
+    first = Node("Exp", [v["b"]], [Value("b_exp", FLOAT, (2, 3))], name="exp")
+    second = Node("Abs", [v["y"]], [Value("y_abs", FLOAT, (2, 3))], name="abs")
+    graph.append(first, second)
+    graph.replace_outputs({v["y"]: second.outputs[0], v["b"]: first.outputs[0]})
+    assert graph.outputs == [first.outputs[0], second.outputs[0]]
+    assert [o.name for o in graph.outputs] == ["b", "y"]
+    assert v["b"].name != "b" and v["y"].name != "y"
+    ir.verify(model)
+    with pytest.raises(InternalError, match="'a' is not an output"):
+        graph.replace_output(v["a"], v["x"])
+
+
 # -- verify() --------------------------------------------------------------------------------
 
 
