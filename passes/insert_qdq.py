@@ -21,7 +21,7 @@ from onnx import TensorProto
 from qcompiler.ir import Graph, Model, Node, QuantSpec, Value
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
-from .cleanup import bypass
+from .cleanup import bypass_all
 
 BIAS_OPS = ("Conv", "Gemm")
 
@@ -46,7 +46,10 @@ def quantize_pair(graph: Graph, value: Value, spec: QuantSpec) -> tuple[Node, No
 
 
 def insert_pair(graph: Graph, value: Value, spec: QuantSpec) -> Value:
-    """Insert Q/DQ for ``value`` and route every reader through the DQ output, which is returned."""
+    """Insert Q/DQ for ``value`` and route every reader through the DQ output, which is returned.
+
+    A graph output stays ``value``: the caller hands it to the DQ output (:meth:`Graph.replace_outputs`).
+    """
     readers = value.uses()
     q, dq = quantize_pair(graph, value, spec)
     producer = value.producer()
@@ -57,8 +60,6 @@ def insert_pair(graph: Graph, value: Value, spec: QuantSpec) -> Value:
     restored = dq.outputs[0]
     for node, index in readers:
         node.set_input(index, restored)
-    if any(v is value for v in graph.outputs):
-        graph.replace_output(value, restored)
     value.quant = None
     return restored
 
@@ -100,14 +101,13 @@ class InsertQDQ(Pass):
 
     def call(self, model: Model) -> PassResult:
         graph = model.graph
-        changed = False
-        for node in graph:
-            if node.meta.get("absorbed"):
-                node.inputs[0].quant = node.outputs[0].quant
-                changed |= bypass(graph, node)
+        absorbed = [node for node in graph if node.meta.get("absorbed")]
+        for node in absorbed:
+            node.inputs[0].quant = node.outputs[0].quant
+        changed = bool(bypass_all(graph, absorbed))
         pending = [v for v in graph.values() if v.quant is not None and not _is_restored(v)]
-        for value in pending:
-            insert_pair(graph, value, value.quant)
+        restored = {value: insert_pair(graph, value, value.quant) for value in pending}
+        graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored})
         for node in graph:
             if node.meta.get("quantize"):
                 changed |= quantize_bias(graph, node)
