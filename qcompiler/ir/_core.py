@@ -403,8 +403,9 @@ class Graph:
         self._nodes.insert_after(anchor, self._adopt(nodes))
 
     def remove(self, nodes: Node | Iterable[Node], *, safe: bool = True) -> None:
-        """Remove nodes, in time linear in their number. With ``safe``, refuse when an output is still
-        used outside the removed set or is a graph output."""
+        """Remove nodes, in time linear in their number (and, with ``safe``, in the graph outputs).
+        With ``safe``, refuse when an output is still used outside the removed set or is a graph
+        output."""
         nodes = [nodes] if isinstance(nodes, Node) else list(nodes)
         removing = set(nodes)
         strangers = [node for node in nodes if node.graph is not self]
