@@ -6,7 +6,7 @@ None of them looks inside subgraphs (If/Loop/Scan bodies are kept as they are).
 from __future__ import annotations
 
 from qcompiler.ir import Model, Node
-from qcompiler.ir.rewrite import bypass
+from qcompiler.ir.rewrite import bypass, bypass_all
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -18,8 +18,8 @@ class RemoveIdentity(Pass):
 
     def call(self, model: Model) -> PassResult:
         graph = model.graph
-        removed = [bypass(graph, n) for n in graph if n.op_type == "Identity" and n.domain in ("", "ai.onnx")]
-        return PassResult(model, any(removed))
+        removed = bypass_all(graph, [n for n in graph if n.op_type == "Identity" and n.domain in ("", "ai.onnx")])
+        return PassResult(model, bool(removed))
 
 
 def _is_inference_dropout(node: Node) -> bool:
@@ -40,8 +40,8 @@ class RemoveDropout(Pass):
 
     def call(self, model: Model) -> PassResult:
         graph = model.graph
-        removed = [bypass(graph, n) for n in graph if _is_inference_dropout(n)]
-        return PassResult(model, any(removed))
+        removed = bypass_all(graph, [n for n in graph if _is_inference_dropout(n)])
+        return PassResult(model, bool(removed))
 
 
 @register_pass("eliminate-dead-nodes")

@@ -27,7 +27,7 @@ from onnx import TensorProto
 from .errors import UnsupportedModelError
 from .ir import Graph, Model, Node, QuantSpec, Value, quantize, verify
 from .ir.quant import min_opset, qdq_attributes, quantize_bias, spec_of_qdq
-from .ir.rewrite import bypass, insert_after_producer
+from .ir.rewrite import bypass_all, insert_after_producer
 from .ops import lookup
 
 
@@ -50,15 +50,16 @@ def quantize_pair(graph: Graph, value: Value, spec: QuantSpec) -> tuple[Node, No
     return q, dq
 
 
-def insert_pair(graph: Graph, value: Value, spec: QuantSpec, is_output: bool) -> Value:
-    """Insert Q/DQ for ``value`` and route every reader through the DQ output, which is returned."""
+def insert_pair(graph: Graph, value: Value, spec: QuantSpec) -> Value:
+    """Insert Q/DQ for ``value`` and route every reader through the DQ output, which is returned.
+
+    A graph output stays ``value``: the caller hands it to the DQ output (:meth:`Graph.replace_outputs`).
+    """
     readers = value.uses()
     q, dq = quantize_pair(graph, value, spec)
     insert_after_producer(graph, value, q, dq)
     restored = dq.outputs[0]
     value.redirect(readers, restored)
-    if is_output:
-        graph.replace_output(value, restored)
     value.quant = None
     return restored
 
@@ -103,16 +104,14 @@ def _check_opset(model: Model, values: list[Value]) -> None:
 def insert_qdq(model: Model) -> bool:
     """Materialize the plan's specs as Q/DQ nodes (see the module docstring); True when the graph changed."""
     graph, plan = model.graph, model.plan
-    changed = False
-    for node in graph:
-        if node in plan.absorbed:
-            node.inputs[0].quant = node.outputs[0].quant
-            changed |= bypass(graph, node)
+    absorbed = [node for node in graph if node in plan.absorbed]
+    for node in absorbed:
+        node.inputs[0].quant = node.outputs[0].quant
+    changed = bool(bypass_all(graph, absorbed))
     pending = [v for v in graph.values() if v.quant is not None and not _is_restored(v)]
     _check_opset(model, pending)
-    outputs = set(graph.outputs)
-    for value in pending:
-        insert_pair(graph, value, value.quant, value in outputs)
+    restored = {value: insert_pair(graph, value, value.quant) for value in pending}
+    graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored})
     for node in graph:
         if node in plan.layers:
             changed |= add_int32_bias(graph, node)

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from ..errors import InternalError
+from ._linked_list import LinkedSet
 from .plan import QuantPlan
 
 CAPTURE_INDEX = -1
@@ -302,7 +303,9 @@ class Node:
 class Graph:
     """A computation graph: inputs, initializers, nodes in topological order, outputs.
 
-    Iterating a graph yields a snapshot of its nodes, so passes may edit it while they iterate.
+    Iterating a graph yields a snapshot of its nodes, so passes may edit it while they iterate. The
+    nodes are kept in a linked ordered set, so inserting next to a node and removing nodes cost O(1)
+    per node whatever the size of the graph; finding a node's position (:meth:`index`) is O(n).
     """
 
     def __init__(self, name: str = "graph", doc_string: str = ""):
@@ -313,7 +316,7 @@ class Graph:
         self.initializers: dict[str, Value] = {}
         self.value_info: dict[str, Value] = {}
         self.metadata: dict[str, str] = {}
-        self._nodes: list[Node] = []
+        self._nodes: LinkedSet[Node] = LinkedSet()
         self._name_counter = itertools.count()
         self._taken_names: set[str] | None = None
 
@@ -328,6 +331,8 @@ class Graph:
         return tuple(self._nodes)
 
     def index(self, node: Node) -> int:
+        """Position of ``node`` in the graph's order: O(n)."""
+        self._check_member(node)
         return self._nodes.index(node)
 
     def values(self) -> Iterator[Value]:
@@ -361,11 +366,19 @@ class Graph:
         return candidate
 
     # -- editing -------------------------------------------------------------------------------
+    def _check_member(self, node: Node) -> None:
+        if node.graph is not self:
+            raise InternalError(f"{node!r} is not a node of graph {self.name!r}")
+
     def _adopt(self, nodes: Iterable[Node]) -> list[Node]:
+        """Claim ``nodes`` for this graph, all or none (they must belong to no graph, each once)."""
         nodes = list(nodes)
         for node in nodes:
             if node.graph is not None:
                 raise InternalError(f"{node!r} already belongs to a graph")
+        if len(set(nodes)) != len(nodes):
+            raise InternalError("a node is added twice")
+        for node in nodes:
             node.graph = self
             if self._taken_names is not None:
                 self._taken_names.add(node.name)
@@ -373,19 +386,28 @@ class Graph:
         return nodes
 
     def append(self, *nodes: Node) -> None:
-        self._nodes.extend(self._adopt(nodes))
+        """Add nodes at the end, in order."""
+        self._nodes.append(self._adopt(nodes))
+
+    def prepend(self, *nodes: Node) -> None:
+        """Add nodes at the start, in order: the place for nodes that read only graph inputs and
+        initializers (e.g. the quantization of a weight)."""
+        self._nodes.prepend(self._adopt(nodes))
 
     def insert_before(self, anchor: Node, *nodes: Node) -> None:
-        position = self._nodes.index(anchor)
-        self._nodes[position:position] = self._adopt(nodes)
+        """Add nodes, in order, right before ``anchor`` (a node of this graph)."""
+        self._check_member(anchor)
+        self._nodes.insert_before(anchor, self._adopt(nodes))
 
     def insert_after(self, anchor: Node, *nodes: Node) -> None:
-        position = self._nodes.index(anchor) + 1
-        self._nodes[position:position] = self._adopt(nodes)
+        """Add nodes, in order, right after ``anchor`` (a node of this graph)."""
+        self._check_member(anchor)
+        self._nodes.insert_after(anchor, self._adopt(nodes))
 
     def remove(self, nodes: Node | Iterable[Node], *, safe: bool = True) -> None:
-        """Remove nodes. With ``safe``, refuse when an output is still used outside the removed set
-        or is a graph output."""
+        """Remove nodes, in time linear in their number (and, with ``safe``, in the graph outputs).
+        With ``safe``, refuse when an output is still used outside the removed set or is a graph
+        output."""
         nodes = [nodes] if isinstance(nodes, Node) else list(nodes)
         removing = set(nodes)
         strangers = [node for node in nodes if node.graph is not self]
@@ -404,8 +426,8 @@ class Graph:
                         raise InternalError(
                             f"cannot remove {node!r}: {value.name!r} is still used by {users[0]!r}"
                         )
-        self._nodes = [node for node in self._nodes if node not in removing]
         for node in dict.fromkeys(nodes):
+            self._nodes.remove(node)
             node._detach()
             node.graph = None
 
@@ -430,11 +452,23 @@ class Graph:
 
     def replace_output(self, old: Value, new: Value) -> None:
         """Make the graph output ``old`` be ``new``; ``new`` takes over ``old``'s name."""
-        position = next(i for i, v in enumerate(self.outputs) if v is old)
-        name = old.name
-        old.name = self.unique_name(name + "_replaced")
-        new.name = name
-        self.outputs[position] = new
+        self.replace_outputs({old: new})
+
+    def replace_outputs(self, replacements: dict[Value, Value]) -> None:
+        """:meth:`replace_output` for every ``old: new`` pair, in one pass over the graph outputs.
+
+        A pass that replaces many outputs one by one would search the outputs once per value.
+        """
+        pending = dict(replacements)
+        for position, old in enumerate(self.outputs):
+            new = pending.pop(old, None)
+            if new is not None:
+                name = old.name
+                old.name = self.unique_name(name + "_replaced")
+                new.name = name
+                self.outputs[position] = new
+        if pending:
+            raise InternalError(f"{next(iter(pending)).name!r} is not an output of graph {self.name!r}")
 
     def substitute(self, old: Value, new: Value) -> None:
         """Put ``new`` in ``old``'s place: every reader, the graph-output slot, the name, the type.
@@ -453,7 +487,7 @@ class Graph:
         """Stable topological sort: keeps the current order wherever it is already valid."""
         from .analysis import topological_order
 
-        self._nodes = topological_order(self)
+        self._nodes = LinkedSet(topological_order(self))
 
 
 class Model:

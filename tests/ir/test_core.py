@@ -15,6 +15,7 @@ from onnx import TensorProto
 from qcompiler import ir
 from qcompiler.errors import InternalError, VerificationError
 from qcompiler.ir import CAPTURE_INDEX, Graph, Model, Node, QuantSpec, Usage, Value
+from qcompiler.ir._linked_list import LinkedSet
 from qcompiler.ir.testing import parse, random_feeds, run_onnxruntime
 
 FLOAT = TensorProto.FLOAT
@@ -224,7 +225,7 @@ def test_renaming_a_captured_value_renames_it_inside_the_subgraphs():
 
 def test_sort_restores_topological_order():
     model, v, n = chain_model()
-    model.graph._nodes.reverse()  # as a pass appending consumers first would leave it
+    model.graph._nodes = LinkedSet(reversed(model.graph.nodes))  # as a pass appending consumers first would leave it
     with pytest.raises(VerificationError):
         ir.verify(model)
     model.graph.sort()
@@ -248,7 +249,7 @@ def test_sort_keeps_a_valid_order_unchanged():
     graph.sort()
     assert graph.nodes == order
     # only the misplaced node moves
-    graph._nodes = [b1, b2, join, a1, a2]
+    graph._nodes = LinkedSet([b1, b2, join, a1, a2])
     graph.sort()
     assert graph.nodes == (b1, b2, a1, a2, join)
 
@@ -256,7 +257,7 @@ def test_sort_keeps_a_valid_order_unchanged():
 def test_sort_orders_a_capturing_node_after_the_captured_value():
     model = parse(IF_MODEL)
     relu, sigmoid, if_node = model.graph.nodes
-    model.graph._nodes = [if_node, sigmoid, relu]
+    model.graph._nodes = LinkedSet([if_node, sigmoid, relu])
     with pytest.raises(VerificationError, match="captured value 't'"):
         ir.verify(model)
     model.graph.sort()
@@ -299,6 +300,22 @@ def test_unique_name_sees_nodes_and_initializers_added_later():
         assert graph.unique_name(taken) != taken
 
 
+def test_replace_outputs_hands_each_slot_and_name_to_the_new_value():
+    model, v, n = chain_model()
+    graph = model.graph
+    graph.outputs.insert(0, v["b"])
+    first = Node("Exp", [v["b"]], [Value("b_exp", FLOAT, (2, 3))], name="exp")
+    second = Node("Abs", [v["y"]], [Value("y_abs", FLOAT, (2, 3))], name="abs")
+    graph.append(first, second)
+    graph.replace_outputs({v["y"]: second.outputs[0], v["b"]: first.outputs[0]})
+    assert graph.outputs == [first.outputs[0], second.outputs[0]]
+    assert [o.name for o in graph.outputs] == ["b", "y"]
+    assert v["b"].name != "b" and v["y"].name != "y"
+    ir.verify(model)
+    with pytest.raises(InternalError, match="'a' is not an output"):
+        graph.replace_output(v["a"], v["x"])
+
+
 # -- verify() --------------------------------------------------------------------------------
 
 
@@ -326,7 +343,7 @@ def test_verify_accepts_well_formed_models():
 
 
 def _use_before_def(model, v, n):
-    model.graph._nodes = [n["neg"], n["relu"], n["add"]]
+    model.graph._nodes = LinkedSet([n["neg"], n["relu"], n["add"]])
     return "'a' is not defined before the node"
 
 
