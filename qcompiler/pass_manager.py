@@ -21,6 +21,7 @@ its infrastructure; DESIGN.md calls it ``qcompiler/passes.py``, but that name wo
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import importlib.metadata
 import time
@@ -242,6 +243,17 @@ class PassManager:
         return f"PassManager([{', '.join(map(repr, self.passes))}], verify={self.verify!r})"
 
     def __call__(self, model: Model) -> PipelineResult:
+        """Run the passes on ``model``. The objects alive when the run starts (the model above all) are
+        frozen out of the cyclic garbage collector's view meanwhile (``gc.freeze``): passes create many
+        small IR objects, and each collection would otherwise traverse the whole model again, which made
+        the cost per node of insert-qdq grow with the size of the graph."""
+        gc.freeze()
+        try:
+            return self._run(model)
+        finally:
+            gc.unfreeze()
+
+    def _run(self, model: Model) -> PipelineResult:
         check_order(self.passes, facts_of(model))
         result = PipelineResult(model, False)
         done: list[str] = []
