@@ -114,3 +114,13 @@ def test_cli_compile_and_bad_calibration(model_path, calib_dir, tmp_path, capsys
     assert not out2.exists()
     assert main(["compile", str(model_path), "-o", str(out2), "--calib", str(calib_dir), "--target", "tpu"]) == 2
     assert "unknown target 'tpu'" in capsys.readouterr().err
+
+
+def test_cli_compile_refuses_a_zero_row_calibration_batch(model_path, calib_dir, tmp_path, capsys):
+    np.savez(calib_dir / "batch_9.npz", image=np.zeros((0, 3, 16, 16), np.float32))
+    out = tmp_path / "o.onnx"
+    assert main(["compile", str(model_path), "-o", str(out), "--calib", str(calib_dir), "-q", "--objective", "size"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"qcompiler: error: {calib_dir / 'batch_9.npz'}: input 'image' has no values (shape "
+                           f"(0, 3, 16, 16), size 0 on axis 0); a calibration feed needs at least one row")
+    assert not out.exists()

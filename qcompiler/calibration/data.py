@@ -20,7 +20,7 @@ A :class:`CalibrationSet` is a re-iterable source of feed dicts ``{input name: a
 Files are read one at a time, so memory holds one feed. Every feed is checked as it is read:
 every input present, no unknown key, the exact dtype (no silent casts: float64 for a float32 input
 is an error), the rank and every static dimension, symbolic dimensions of the same name equal
-across the inputs of one feed, finite values. A problem raises :class:`CalibrationDataError`
+across the inputs of one feed, at least one value (no zero-row batch), finite values. A problem raises :class:`CalibrationDataError`
 naming the file (or feed number), the input, what it is and what the model expects.
 """
 
@@ -139,6 +139,10 @@ def check_feed(feed: Any, inputs: list[InputSpec], where: str) -> dict[str, np.n
                     raise CalibrationDataError(
                         f"{where}: input {spec.name!r} has size {size} on axis {axis} ({dim!r}) but input "
                         f"{first[0]!r} has size {first[2]} on axis {first[1]}; the model expects them equal")
+        if array.size == 0 and (spec.shape is None or all(d != 0 for d in spec.shape)):
+            empty = [axis for axis, n in enumerate(array.shape) if n == 0]
+            raise CalibrationDataError(f"{where}: input {spec.name!r} has no values (shape {tuple(array.shape)}, "
+                                       f"size 0 on axis {empty[0]}); a calibration feed needs at least one row")
         if array.dtype.kind in "fc" and array.size and not np.isfinite(array).all():
             raise CalibrationDataError(f"{where}: input {spec.name!r} has {_where_not_finite(array)}; "
                                        f"calibration data must be finite")

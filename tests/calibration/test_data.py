@@ -120,6 +120,10 @@ def test_onnxruntime_calibration_data_reader():
      "input 'x' has shape (3, 8, 5), the model expects (N, 3, 8, W)"),
     ({**good_feed(), "ids": np.ones((3, 4), np.int64)},
      "input 'ids' has size 3 on axis 0 ('N') but input 'x' has size 2 on axis 0; the model expects them equal"),
+    (good_feed(n=0),
+     "input 'x' has no values (shape (0, 3, 8, 5), size 0 on axis 0); a calibration feed needs at least one row"),
+    ({**good_feed(), "x": np.zeros((2, 3, 8, 0), np.float32)},
+     "input 'x' has no values (shape (2, 3, 8, 0), size 0 on axis 3); a calibration feed needs at least one row"),
 ])
 def test_bad_feed_in_a_file_names_file_input_and_expectation(tmp_path, feed, message):
     write_dir(tmp_path, [good_feed(), feed])
