@@ -150,19 +150,47 @@ def check_feed(feed: Any, inputs: list[InputSpec], where: str) -> dict[str, np.n
     return arrays
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local file header, or an empty zip's end record
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_npz(path: str | os.PathLike, error: type[Exception] = UserError) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz`` file, or ``error`` with one line naming the file.
+
+    The file's first bytes are checked before numpy reads it: given anything that is neither a zip
+    archive nor an ``.npy`` array, ``np.load`` falls back to unpickling and, with pickles refused,
+    says the file holds "pickled data" that could be "loaded unsafely", which is no help for a text
+    file that happens to be named ``x.npz``.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(_NPY_MAGIC))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected an .npz file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if head.startswith(_NPY_MAGIC):
+        raise error(f"{path}: not a .npz archive (it is a single .npy array, not named arrays: "
+                    f"write it with np.savez(path, input_name=array))")
+    if head[:4] not in _ZIP_MAGIC:
+        content = "the file is empty" if not head else f"it starts with {head[:4]!r}, not a zip header"
+        raise error(f"{path}: not a .npz archive ({content}); write feeds with np.savez(path, input_name=array)")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise CalibrationDataError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
-    if not hasattr(data, "files"):
-        raise CalibrationDataError(f"{path}: cannot read as .npz (it is a single .npy array, not named arrays: "
-                                   f"write it with np.savez(path, input_name=array))")
+        raise error(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
     with data:
         try:
             return {key: data[key] for key in data.files}
         except Exception as exc:
-            raise CalibrationDataError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
+            raise error(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    return read_npz(path, CalibrationDataError)
 
 
 Source = Callable[[], Iterator[tuple[str, Any]]]  # a new pass: (where, feed) pairs

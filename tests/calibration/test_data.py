@@ -166,11 +166,16 @@ def test_source_errors(tmp_path):
     with pytest.raises(CalibrationDataError, match=r"x\.npy: expected a directory of \.npz files or one \.npz file"):
         open_calibration(tmp_path / "x.npy", INPUTS)
     (tmp_path / "bad.npz").write_text("not a zip")
-    with pytest.raises(CalibrationDataError, match=r"bad\.npz: cannot read as \.npz \(.*\)"):
+    with pytest.raises(CalibrationDataError) as error:
         list(open_calibration(tmp_path, INPUTS))
+    assert str(error.value) == (f"{tmp_path / 'bad.npz'}: not a .npz archive (it starts with b'not ', not a zip "
+                                f"header); write feeds with np.savez(path, input_name=array)")
+    (tmp_path / "bad.npz").write_bytes(b"")
+    with pytest.raises(CalibrationDataError, match=r"bad\.npz: not a \.npz archive \(the file is empty\)"):
+        list(open_calibration(tmp_path / "bad.npz", INPUTS))
     np.save(tmp_path / "array.npy", np.zeros(3))
     (tmp_path / "array.npy").rename(tmp_path / "array.npz")
-    with pytest.raises(CalibrationDataError, match=r"array\.npz: cannot read as \.npz \(it is a single \.npy array"):
+    with pytest.raises(CalibrationDataError, match=r"array\.npz: not a \.npz archive \(it is a single \.npy array"):
         list(open_calibration(tmp_path / "array.npz", INPUTS))
     with pytest.raises(CalibrationDataError, match="empty collection"):
         open_calibration([], INPUTS)

@@ -44,3 +44,14 @@ def test_run_errors_are_one_line(tmp_path, capsys, cnn_qdq):
     assert "missing input 'x'" in capsys.readouterr().err
     assert main(["run", model, "--inputs", str(tmp_path / "none.npz")]) == 2
     assert "no such inputs file" in capsys.readouterr().err
+
+
+def test_run_inputs_that_are_not_an_npz_archive(tmp_path, capsys, cnn_qdq):
+    model, _ = _files(tmp_path, cnn_qdq)
+    text = tmp_path / "text.npz"
+    text.write_text("x = 1, 2, 3\n")
+    assert main(["run", model, "--inputs", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"qcompiler: error: {text}: not a .npz archive (it starts with b'x = ', not a zip header); "
+                           f"write feeds with np.savez(path, input_name=array)")
+    assert "pickle" not in err
