@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from . import ir
+from .calibration.collect import unsupported_operator
 from .errors import UserError
 from .pass_manager import Instrument, PassManager
 from .pipelines import resolve
@@ -123,7 +124,15 @@ def _calibrated(model_path: str, calib: Any, options: dict[str, Any]) -> tuple[i
     model = ir.load(model_path)
     mixed = pipeline.passes[position]
     feeds = mixed.feeds(model)
-    drift = FloatDrift(feeds, run_session(ir.to_proto(model), feeds))
+    proto = ir.to_proto(model)
+    try:
+        reference = run_session(proto, feeds)
+    except Exception as exc:  # onnxruntime's exceptions have no common public base class
+        error = unsupported_operator(proto, exc, use="the analysis runs the model in it")
+        if error is None:
+            raise
+        raise error from None
+    drift = FloatDrift(feeds, reference)
     PassManager(pipeline.passes[:position], instruments=[drift], verify="end")(model)
     name_nodes(model)
     return model, mixed, drift.steps

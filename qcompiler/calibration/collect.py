@@ -24,6 +24,7 @@ external data (streamed one tensor at a time, no second in-memory copy) and load
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ import onnx
 import onnx.numpy_helper
 import onnx.shape_inference
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, UnsupportedModelError
 from ..ir.serde import PROTOBUF_LIMIT
 from .data import CalibrationDataError, CalibrationSet, input_specs, open_calibration
 from .observers import Observer
@@ -266,10 +267,68 @@ class _ModelWriter:
             path = self.directory / "model.onnx"
             onnx.save_model(augmented, str(path))
             del augmented
-            return ort.InferenceSession(str(path), options, providers=providers)
+            return open_session(self.proto, str(path), options, providers)
         serialized = augmented.SerializeToString()
         del augmented
-        return ort.InferenceSession(serialized, options, providers=providers)
+        return open_session(self.proto, serialized, options, providers)
+
+
+# -- operators onnxruntime does not implement ------------------------------------------------------------
+
+_MISSING_OP = (  # what onnxruntime says when it has no kernel for a node; (op, node name) groups where given
+    re.compile(r"Could not find an implementation for (?P<op>[\w.]+)\(\d+\) node with name '(?P<name>[^']*)'"),
+    re.compile(r"(?:(?P<domain>[\w.]+):)?(?P<op>\w+)\(-?\d+\) is not a registered function/op"),
+    re.compile(r"No Op registered for (?P<op>\w+) with domain_version of \d+"),
+)
+
+
+class UnsupportedOperatorError(UnsupportedModelError):
+    """onnxruntime has no kernel for a node of the model (an unknown custom op, or an op/type/opset it lacks)."""
+
+
+def unsupported_operator(proto: onnx.ModelProto, exc: BaseException, use: str = "calibration runs the model in it"
+                         ) -> UnsupportedOperatorError | None:
+    """The user error for onnxruntime's refusal ``exc`` to load ``proto`` when the cause is a node whose
+    operator (or operator for these types, at this opset) onnxruntime does not implement, naming the node,
+    its operator and opset; None for any other cause. ``use`` says why onnxruntime had to run it."""
+    text = str(exc).strip()
+    for pattern in _MISSING_OP:
+        found = pattern.search(text)
+        if found is not None:
+            break
+    else:
+        return None
+    groups = found.groupdict()
+    op, name = groups["op"], groups.get("name")
+    nodes = [n for n in proto.graph.node if n.op_type == op and (not name or n.name == name)]
+    if groups.get("domain"):
+        nodes = [n for n in nodes if n.domain == groups["domain"]] or nodes
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
+    if nodes:
+        node = nodes[0]
+        domain = node.domain or "ai.onnx"
+        label = f"node {node.name!r}" if node.name else f"the node computing {node.output[0]!r}"
+        more = f" and {len(nodes) - 1} more {op} node(s)" if len(nodes) > 1 else ""
+        what = f"{label} ({domain}::{op}, opset {opsets.get(domain, '?')}){more}"
+    else:
+        what = f"operator {op}"
+    reason = text.split(" : ")[-1].splitlines()[0].strip()
+    return UnsupportedOperatorError(f"onnxruntime has no kernel for {what}, and {use}: {reason}")
+
+
+def open_session(proto: onnx.ModelProto, model: bytes | str, options: Any, providers: list[str],
+                 use: str = "calibration runs the model in it"):
+    """``onnxruntime.InferenceSession(model, ...)``, where a node onnxruntime has no kernel for is an
+    :class:`UnsupportedOperatorError` naming the node of ``proto`` (the same model, as a proto)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:  # onnxruntime's exceptions have no common public base class
+        error = unsupported_operator(proto, exc, use)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
