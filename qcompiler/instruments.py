@@ -79,21 +79,33 @@ class DumpIR(Instrument):
 
     def __init__(self, directory: str | Path, model: Model | None = None):
         self.directory = Path(directory)
-        if self.directory.exists():
-            foreign = [p for p in self.directory.iterdir() if not p.name.endswith(".txt")]
-            if not self.directory.is_dir() or foreign:
-                raise UserError(f"--dump-ir {self.directory}: not an empty directory of IR dumps")
-            for old in self.directory.glob("*.txt"):
-                old.unlink()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UserError(f"--dump-ir {self.directory}: is a file, expected a directory (new, or holding only "
+                            f"earlier IR dumps)")
+        try:
+            if self.directory.is_dir():
+                foreign = [p for p in self.directory.iterdir() if not p.name.endswith(".txt")]
+                if foreign:
+                    raise UserError(f"--dump-ir {self.directory}: not an empty directory of IR dumps")
+                for old in self.directory.glob("*.txt"):
+                    old.unlink()
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--dump-ir {self.directory}: cannot create or clear it ({exc.strerror or exc})") from None
         self.count = 0
         if model is not None:
-            (self.directory / "00_input.txt").write_text(format_model(model) + "\n")
+            self._write("00_input.txt", model)
 
     def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
         self.count += 1
-        path = self.directory / f"{self.count:02d}_{pass_.display_name()}.txt"
-        path.write_text(format_model(model) + "\n")
+        self._write(f"{self.count:02d}_{pass_.display_name()}.txt", model)
+
+    def _write(self, name: str, model: Model) -> None:
+        path = self.directory / name
+        try:
+            path.write_text(format_model(model) + "\n")
+        except OSError as exc:
+            raise UserError(f"--dump-ir: cannot write {path} ({exc.strerror or exc})") from None
 
 
 class CheckModifiedFlag(Instrument):
