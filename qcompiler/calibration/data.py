@@ -343,6 +343,24 @@ def open_calibration(source: Any, inputs: list[InputSpec]) -> CalibrationSet:
                                f"of feed dicts, or an onnxruntime CalibrationDataReader")
 
 
+def check_calibration(source: Any, inputs: list[InputSpec]) -> CalibrationSet:
+    """:func:`open_calibration`, and its first feed read and checked now (dtypes, shapes, values).
+
+    Passes read calibration data only when they need it, and a pipeline that ends up quantizing
+    nothing (a float16 model, everything excluded) may never read it; calling this before any
+    compile work reports data that does not fit the model (a float32 feed for a float16 input)
+    before anything is written. One-shot sources keep the feed read for the passes (see the module
+    docstring); other sources are read again from the start by each pass.
+    """
+    data = open_calibration(source, inputs)
+    items = data.items()
+    try:
+        next(items)  # raises CalibrationDataError for a bad first feed, or for no feed at all
+    finally:
+        items.close()
+    return data
+
+
 def _from_path(path: Path, inputs: list[InputSpec]) -> CalibrationSet:
     if not path.exists():
         raise CalibrationDataError(f"{path}: no such calibration file or directory")

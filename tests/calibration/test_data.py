@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from qcompiler.calibration import (CalibrationDataError, CalibrationSet, InputSpec, OneShotSourceWarning,
-                                   open_calibration)
+                                   check_calibration, open_calibration)
 from qcompiler.errors import UserError
 
 INPUTS = [InputSpec("x", np.dtype(np.float32), ("N", 3, 8, "W")), InputSpec("ids", np.dtype(np.int64), ("N", 4))]
@@ -185,6 +185,23 @@ def test_source_errors(tmp_path):
         open_calibration(3, INPUTS)
     with pytest.raises(CalibrationDataError, match=r"returned dict; expected an iterator of feed dicts"):
         list(open_calibration(lambda: good_feed(), INPUTS))
+
+
+def test_check_calibration_reads_the_first_feed_now(tmp_path):
+    half = [InputSpec("x", np.dtype(np.float16), ("N", 8))]
+    write_dir(tmp_path / "calib", [{"x": np.zeros((2, 8), np.float32)}, {"x": np.zeros((2, 8), np.float32)}])
+    data = open_calibration(tmp_path / "calib", half)  # lazy: nothing read yet
+    assert isinstance(data, CalibrationSet)
+    with pytest.raises(CalibrationDataError) as error:
+        check_calibration(tmp_path / "calib", half)
+    assert str(error.value) == (f"{tmp_path / 'calib' / 'batch_000.npz'}: input 'x' has dtype float32, the model "
+                                f"expects float16 (convert with .astype(np.float16))")
+    with pytest.raises(CalibrationDataError, match="no calibration data"):
+        check_calibration(lambda: iter([]), half)
+    feeds = [{"x": np.full((2, 8), i, np.float16)} for i in range(3)]
+    with pytest.warns(OneShotSourceWarning):
+        checked = check_calibration(iter(feeds), half)
+    assert [float(f["x"][0, 0]) for f in checked] == [0.0, 1.0, 2.0]  # the feed checked is not lost
 
 
 @pytest.mark.skipif(not (REALMODELS / "index.json").exists(), reason="realmodels calibration data not present")
