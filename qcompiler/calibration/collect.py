@@ -23,6 +23,7 @@ external data (streamed one tensor at a time, no second in-memory copy) and load
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -37,6 +38,7 @@ import onnx.shape_inference
 
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..ir.serde import PROTOBUF_LIMIT
+from ..progress import advance, bar
 from .data import CalibrationDataError, CalibrationSet, input_specs, open_calibration
 from .observers import Observer
 
@@ -65,7 +67,8 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
             over the data (``None``: no bound, always one pass).
         threads: onnxruntime intra-op threads.
         progress: called as ``progress(runs done, total runs or None)`` after every feed of every
-            pass (one pass unless the budget splits the tensors).
+            pass (one pass unless the budget splits the tensors); None: a "calibration" bar where the
+            command asked for progress bars (:mod:`qcompiler.progress`).
 
     Returns ``{tensor name: observer}`` in the order of ``tensor_names``. Tensors that are not
     floating point (int64 shapes, bool masks) are not observed: their observers stay empty.
@@ -97,7 +100,10 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
     groups = _plan(fetched, estimates, first[1], max_outputs_bytes)
     total = None if data.length is None else data.length * max(1, len(groups))
     done = 0
-    with tempfile.TemporaryDirectory(prefix="qcompiler-calib-") as scratch:
+    with contextlib.ExitStack() as stack:
+        if progress is None:  # a bar where the command asked for progress (qcompiler.progress), else nothing
+            progress = advance(stack.enter_context(bar(total, "calibration", unit="feed")))
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompiler-calib-"))
         writer = _ModelWriter(proto, Path(scratch))
         for position, group in enumerate(groups or [[]]):
             session = writer.session(group, infos, threads) if group else None
