@@ -100,10 +100,19 @@ class Progress(Instrument):
         print(f"[{self.count}/{self.total}] {pass_.display_name()} ... {result}", file=self.stream, flush=True)
         self._bar.update(1)
         if self.count >= self.total:
-            self._bar.close()
-            self._bar = None
+            self.close()
         else:
             self._bar.refresh()
+
+    def close(self) -> None:
+        """Clear the bar and end the pass's bars context (done after the last pass; call it when a pass
+        raised, before printing the error, so the message does not land on the bar's line)."""
+        if self._bars is not None:
+            self._bars.__exit__(None, None, None)
+            self._bars = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class DumpIR(Instrument):

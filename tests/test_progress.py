@@ -80,3 +80,20 @@ def test_progress_instrument_on_a_terminal_has_a_bar_with_the_time_left(no_delay
     assert "[1/2] upgrade-opset:" in text and "0/2 [" in text and "pass/s" in text  # count, elapsed<left, rate
     finished = [part for part in text.replace("\r", "\n").splitlines() if " ... " in part]
     assert [line.split(" ... ")[0] for line in finished] == ["[1/2] upgrade-opset", "[2/2] fold-constants"]
+
+
+def test_progress_instrument_close_after_a_failing_pass_clears_the_bar(no_delay):
+    stream = Terminal()
+    model = ir.from_proto(onnx.parser.parse_model(MODEL))
+
+    class Broken(UpgradeOpset):
+        def call(self, model):
+            raise RuntimeError("boom")
+
+    instrument = Progress(2, stream)
+    with pytest.raises(Exception, match="boom"):
+        PassManager([Broken(), FoldConstants()], instruments=[instrument])(model)
+    assert progress.enabled()  # the failed pass never reached after()
+    instrument.close()
+    assert not progress.enabled()
+    assert stream.getvalue().endswith("\r")  # the bar's line is cleared: an error message starts a clean line
