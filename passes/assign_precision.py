@@ -1,13 +1,24 @@
-"""``assign-precision``: start the quantization plan (``qcompiler.assignment`` has the rules)."""
+"""``assign-precision``: start the quantization plan (``qcompiler.assignment`` has the rules).
+
+Only float32 layers are quantized. A model whose layers compute in another float type (float16,
+bfloat16, float64) is not left float in silence: with no float32 layer at all it is a user error, and
+the layers skipped in a mixed model are listed in the report (``qcompiler compile`` prints them).
+"""
 
 from __future__ import annotations
 
 from dataclasses import field
 
+from onnx import TensorProto
+
 from qcompiler.assignment import assign, excluded
-from qcompiler.ir import Model
+from qcompiler.errors import UnsupportedModelError
+from qcompiler.ir import Model, Node
+from qcompiler.ops import lookup
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import get_target
+
+OTHER_FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
 
 @register_pass("assign-precision")
@@ -25,5 +36,20 @@ class AssignPrecision(Pass):
         count = assign(model, target, list(self.exclude), self.per_channel and target.per_channel,
                        self.float_linear_outputs)
         unmatched = [p for p in self.exclude if not any(excluded(node, [p]) for node in model.graph)]
-        model.plan.reports["assign_precision"] = {"quantized_nodes": count, "unmatched_exclude": unmatched}
+        other_float = [n for n in model.graph if _other_float_layer(n) and not excluded(n, list(self.exclude))]
+        if other_float and not count:
+            first = other_float[0]
+            kind = TensorProto.DataType.Name(first.inputs[0].dtype).lower()
+            raise UnsupportedModelError(
+                f"assign-precision: {len(other_float)} layer(s) compute in {kind} (first: {first.op_type} "
+                f"{first.name!r}) and none in float32; qcompiler quantizes float32 layers: convert the model to "
+                f"float32 first")
+        model.plan.reports["assign_precision"] = {
+            "quantized_nodes": count, "unmatched_exclude": unmatched,
+            "other_float_layers": [n.name or n.op_type for n in other_float]}
         return PassResult(model, count > 0)
+
+
+def _other_float_layer(node: Node) -> bool:
+    x = node.inputs[0] if node.inputs else None
+    return lookup(node).role == "layer" and x is not None and x.dtype in OTHER_FLOAT_TYPES

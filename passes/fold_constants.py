@@ -7,9 +7,19 @@ huge initializer. Nodes left dead are removed. Subgraphs are left as they are. I
 constants even when they are also listed as graph inputs (an IR >= 4 overridable default), which is
 what every quantizer assumes of weights; the graph inputs themselves are kept, with their defaults,
 even when folding leaves them unread.
+
+graphsurgeon creates its onnxruntime sessions without session options, so onnxruntime's graph
+optimizers would log their warnings (``UnsqueezeElimination cannot remove node``, initializers that
+are also inputs) straight to the terminal, in the middle of the progress line. While it folds,
+sessions made without options get the log severity every qcompiler session uses (3: errors are
+still printed, warnings are not); sessions made with options are left as they are.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import onnx_graphsurgeon as gs
 
@@ -28,8 +38,9 @@ class FoldConstants(Pass):
         if not any(_foldable(node, model) for node in model.graph):
             return PassResult(model, False)
         graph = gs.import_onnx(to_proto(model))
-        graph.fold_constants(size_threshold=self.size_threshold, recurse_subgraphs=False,
-                             error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        with quiet_onnxruntime_sessions():
+            graph.fold_constants(size_threshold=self.size_threshold, recurse_subgraphs=False,
+                                 error_ok=True).cleanup(remove_unused_graph_inputs=False)
         folded = from_proto(gs.export_onnx(graph, do_type_check=False))
         if len(folded.graph) >= len(model.graph):
             return PassResult(model, False)
@@ -58,3 +69,32 @@ def _foldable(node, model: Model) -> bool:
     if node.op_type == "Shape" and inputs and inputs[0].shape is not None:
         return all(isinstance(d, int) for d in inputs[0].shape)
     return bool(inputs) and all(v.const is not None for v in inputs) or node.op_type == "Constant"
+
+
+SESSION_LOG_SEVERITY = 3
+"""onnxruntime's log severity for the sessions graphsurgeon creates: 0 verbose, 1 info, 2 warning, 3 error."""
+
+_QUIET_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime_sessions() -> Iterator[None]:
+    """Within the block, ``onnxruntime.InferenceSession(model)`` without session options gets options
+    with ``log_severity_level = SESSION_LOG_SEVERITY`` (graphsurgeon's ``fold_constants`` looks the class
+    up on the module at every call and passes none). Sessions given options are created unchanged."""
+    import onnxruntime as ort
+
+    with _QUIET_LOCK:
+        original = ort.InferenceSession
+
+        def quiet_session(path_or_bytes, sess_options=None, *args, **kwargs):
+            if sess_options is None:
+                sess_options = ort.SessionOptions()
+                sess_options.log_severity_level = SESSION_LOG_SEVERITY
+            return original(path_or_bytes, sess_options, *args, **kwargs)
+
+        ort.InferenceSession = quiet_session
+        try:
+            yield
+        finally:
+            ort.InferenceSession = original

@@ -12,7 +12,7 @@ import onnx
 import onnx.defs
 import onnx.version_converter
 
-from qcompiler.errors import UnsupportedModelError
+from qcompiler.errors import PipelineConfigError, UnsupportedModelError
 from qcompiler.ir import Model, from_proto, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
@@ -23,6 +23,11 @@ class UpgradeOpset(Pass):
 
     target: int = 13
     preserves_semantics = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 1:
+            raise PipelineConfigError(f"pass 'upgrade-opset' field 'target' must be an ONNX opset version (an "
+                                      f"integer >= 1), got {self.target!r}")
 
     def call(self, model: Model) -> PassResult:
         if model.opset >= self.target:

@@ -46,11 +46,13 @@ from typing import Any
 import numpy as np
 
 from . import ir
+from .calibration.collect import unsupported_operator
 from .errors import UserError
 from .options import CompileOptions
 from .pass_manager import Instrument, PassManager
-from .pipelines import NAMED_PIPELINES, resolve
 from .lowering import lower
+from .pipelines import NAMED_PIPELINES, resolve
+from .progress import advance, bar, bars
 from .sensitivity import Evaluator, error_measures, layer_sensitivity, name_nodes, nsr_db, run_session
 from .summary import align_columns, summarize
 
@@ -127,10 +129,46 @@ def _calibrated(model_path: str, pipeline_name: str, options: CompileOptions) ->
     model = ir.load(model_path)
     mixed = pipeline.passes[position]
     feeds = mixed.feeds(model)
-    drift = FloatDrift(feeds, run_session(ir.to_proto(model), feeds))
+    proto = ir.to_proto(model)
+    try:
+        reference = run_session(proto, feeds)
+    except Exception as exc:  # onnxruntime's exceptions have no common public base class
+        error = unsupported_operator(proto, exc, use="the analysis runs the model in it")
+        if error is None:
+            raise
+        raise error from None
+    drift = FloatDrift(feeds, reference)
     PassManager(pipeline.passes[:position], instruments=[drift], verify="end")(model)
     name_nodes(model)
     return model, mixed, drift.steps
+
+
+class _Counting:
+    """``evaluator``, with each ``evaluate`` and ``measure`` call moving a progress bar one step (the
+    analysis's loops run in ``qcompiler.sensitivity`` and ``mixed_precision``, which know no bars)."""
+
+    def __init__(self, evaluator: Evaluator, progress_bar: Any):
+        self._evaluator, self._bar = evaluator, progress_bar
+
+    def evaluate(self, float_layers: Any) -> Any:
+        result = self._evaluator.evaluate(float_layers)
+        self._bar.update(1)
+        return result
+
+    def measure(self, model: ir.Model) -> Any:
+        result = self._evaluator.measure(model)
+        self._bar.update(1)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._evaluator, name)
+
+
+def per_layer_evaluations(layers: int) -> int:
+    """``evaluate`` calls of the per-layer step for ``layers`` layers: ``explore`` (each layer quantized
+    alone, then the path of ``layers + 1`` configurations) and ``layer_sensitivity`` (each layer
+    quantized alone and kept float alone). Configurations already evaluated come from the cache."""
+    return layers + (layers + 1) + 2 * layers
 
 
 def sanity(evaluator: Evaluator, layers: list[str], drift: list[dict]) -> dict[str, Any]:
@@ -227,7 +265,8 @@ def _kernels(model: ir.Model, target: str, feeds: list[dict], source: str) -> di
     from .executor.profiles import get_profile
 
     profile = get_profile(target)
-    records = compare_layers(model, profile, feeds)
+    with bar(len(feeds), "kernel check", unit="feed") as step:
+        records = compare_layers(model, profile, feeds, progress=advance(step))
     return {"profile": profile.name, "description": profile.description, "model": source, "samples": len(feeds),
             "max_off_share": MAX_OFF_SHARE, "min_sqnr_db": MIN_SQNR_DB, "kernels": records,
             "flagged": [r["name"] for r in records if r["flagged"]]}
@@ -241,12 +280,21 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     ``quantized``: a QDQ model to check the kernels of (default: the all-int8 model analyzed here).
     ``target``, ``pipeline``, ``calibration``, ``per_tensor``, ``exclude`` and ``metric`` mean what they
     mean to ``qcompiler.compile``, so the recommended threshold reproduces with the same options.
+    ``progress(message)`` is called as each step starts; with it, long loops also show progress bars
+    on stderr (:mod:`qcompiler.progress`).
     """
+    with bars(progress is not None):  # tqdm bars for the long steps, unless quiet (qcompiler.progress)
+        return _analyze(model_path, calib, quantized=quantized, target=target, pipeline=pipeline,
+                        calibration=calibration, per_tensor=per_tensor, exclude=exclude, metric=metric,
+                        say=progress or (lambda message: None))
+
+
+def _analyze(model_path: str, calib: Any, *, quantized: str | None, target: str, pipeline: str, calibration: str,
+             per_tensor: bool, exclude: tuple[str, ...], metric: Any, say: Callable[[str], None]) -> dict[str, Any]:
     from .distributions import tensor_distributions
     from .mixed_precision import choose, explore
     from .targets import get_target
 
-    say = progress or (lambda message: None)
     start = time.perf_counter()
     target_name = get_target(target).name
     quantized_model = ir.load(quantized) if quantized is not None else None
@@ -264,10 +312,12 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     say(f"float sanity and weights/activations split on {len(evaluator.feeds)} feed(s)")
     report: dict[str, Any] = {"model": str(model_path), "pipeline": pipeline, "target": target_name,
                               "calibration": calibration, "samples": len(evaluator.feeds)}
-    report["sanity"] = sanity(evaluator, layers, drift)
-    all_int8 = evaluator.evaluate(())
-    report["split"] = {"weights_only": split_error(evaluator, "weights"),
-                       "activations_only": split_error(evaluator, "activations"), "all_int8": all_int8.errors}
+    with bar(4, "evaluations", unit="model") as step:
+        counted = _Counting(evaluator, step)
+        report["sanity"] = sanity(counted, layers, drift)
+        all_int8 = counted.evaluate(())
+        report["split"] = {"weights_only": split_error(counted, "weights"),
+                           "activations_only": split_error(counted, "activations"), "all_int8": all_int8.errors}
     say(f"per-layer sensitivity of {len(layers)} layers (2 evaluations each)")
     original_size = len(model.plan.original_model)
 
@@ -275,11 +325,12 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
         return choose(evaluator, layers, "nsr", threshold, original_size)
 
     # the searches first: they must see the configurations the pass sees, not the float-alone ones too
-    path, _ = explore(evaluator, layers, "nsr")
-    recommendation = recommend(search, all_int8.errors)
-    chosen = recommendation.pop("configuration")
-    sweep = {t: search(t) for t in SWEEP}
-    sensitivity = layer_sensitivity(evaluator, layers)
+    with bar(per_layer_evaluations(len(layers)), "per-layer evaluations", unit="config") as step:
+        path, _ = explore(_Counting(evaluator, step), layers, "nsr")
+        recommendation = recommend(search, all_int8.errors)
+        chosen = recommendation.pop("configuration")
+        sweep = {t: search(t) for t in SWEEP}
+        sensitivity = layer_sensitivity(_Counting(evaluator, step), layers)
     report["layers"] = _layer_table(evaluator, layers, sensitivity,
                                     chosen.quantized_nodes if chosen is not None else frozenset(), original)
     recommendation.update(_configuration(report["layers"], chosen, evaluator, original_size))
@@ -292,7 +343,9 @@ def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target
     report["kernels"] = _kernels(checked, target_name, evaluator.feeds[:KERNEL_SAMPLES],
                                  str(quantized) if quantized is not None else "the all-int8 model analyzed here")
     say("tensor distributions")
-    report["distributions"] = tensor_distributions(evaluator.base, evaluator.specs, evaluator.feeds)
+    with bar(2 * len(evaluator.feeds), "distributions", unit="feed") as step:
+        report["distributions"] = tensor_distributions(evaluator.base, evaluator.specs, evaluator.feeds,
+                                                       progress=advance(step))
     report["seconds"] = time.perf_counter() - start
     report["evaluations"] = evaluator.evaluations
     return jsonable(report)

@@ -106,7 +106,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     original = ir.load(args.model)  # for the summary's sizes: read now, --overwrite replaces the file
     before = len(model.graph)
     instruments, timing = _run_instruments(args, len(pipeline.passes), model)
-    compile_model(model, args.output, pipeline=pipeline, instruments=instruments, overwrite=True)
+    compile_model(model, args.output, pipeline=pipeline, options=options, instruments=instruments, overwrite=True)
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     _print_reports(model)
@@ -121,8 +121,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _print_reports(model: ir.Model) -> None:
     """The lines a compile prints about what its passes measured and decided."""
     reports = model.plan.reports
-    for pattern in reports.get("assign_precision", {}).get("unmatched_exclude", []):
+    assigned = reports.get("assign_precision", {})
+    for pattern in assigned.get("unmatched_exclude", []):
         print(f"warning: --exclude {pattern!r} matched no node (names are shell patterns; op types match exactly)")
+    if assigned.get("other_float_layers"):
+        print(f"warning: {len(assigned['other_float_layers'])} layer(s) compute in float16/bfloat16/float64 and stay "
+              f"unquantized (qcompiler quantizes float32 layers)")
     check = reports.get("check_kernels")
     if check and "skipped" in check:
         print(f"kernels ({check['target']}): {check['skipped']}; not checked against the simulation")

@@ -4,7 +4,8 @@ The Python API behind ``qcompiler compile``. Its keyword options are the fields 
 :class:`qcompiler.options.CompileOptions` (checked when given); it builds the pipeline once (the named
 ``int8`` pipeline by default, or a TOML file whose passes may name ``"@name"`` resources), refuses
 options the pipeline does not honour, runs it with verification after every pass, and writes the
-result atomically without touching the input.
+result atomically without touching the input. Calibration data is checked against the model's
+inputs before any pass runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ir
+from .calibration import check_calibration, model_inputs
 from .errors import ModelSaveError
 from .options import CompileOptions
 from .pass_manager import Instrument, PassManager
@@ -44,7 +46,8 @@ def compile(  # noqa: A001 - the natural name of the API
     instruments: Iterable[Instrument] = (),
     verify: str | None = None,
     overwrite: bool = False,
-    **options: Any,
+    options: CompileOptions | None = None,
+    **fields: Any,
 ) -> ir.Model:
     """Quantize ``model`` and return it (and write it to ``output`` when given).
 
@@ -56,17 +59,23 @@ def compile(  # noqa: A001 - the natural name of the API
         instruments: extra PassManager instruments (progress, timing, dumps).
         verify: IR verification mode; default: what the pipeline asks for ("each").
         overwrite: allow ``output`` to be the input file.
-        **options: the fields of :class:`~qcompiler.options.CompileOptions`: ``calib`` (calibration data:
+        options: the options as one object (the CLI's way); or give its fields as keywords:
+        **fields: the fields of :class:`~qcompiler.options.CompileOptions`: ``calib`` (calibration data:
             a directory of ``.npz`` files, one ``.npz``, an iterable of feed dicts or an onnxruntime
             ``CalibrationDataReader``), ``target``, ``calibration`` (the range method), ``percentile``,
             ``per_tensor``, ``exclude``, ``objective``, ``threads``, ``sensitivity_threshold``, ``metric``.
     """
+    if options is not None and fields:
+        raise TypeError("compile() takes options=CompileOptions(...) or its fields as keywords, not both")
+    options = options or CompileOptions(**fields)
     if output is not None:
         check_output_path(None if isinstance(model, ir.Model) else model, output, overwrite)
     if not isinstance(pipeline, Pipeline):
-        pipeline = resolve(pipeline, CompileOptions(**options))
+        pipeline = resolve(pipeline, options)
     if not isinstance(model, ir.Model):
         model = ir.load(model)
+    if options.calib is not None:  # data that does not fit the model is refused before any work
+        check_calibration(options.calib, model_inputs(model))
     PassManager(pipeline.passes, instruments=instruments, verify=verify or pipeline.verify)(model)
     if output is not None:
         ir.save(model, output)

@@ -21,6 +21,7 @@ model's values on the feeds, run in onnxruntime; weights: the constants), in qua
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,8 @@ def _weight(name: str, w: np.ndarray, spec: QuantSpec) -> dict[str, Any]:
             "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
 
 
-def _activations(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str, np.ndarray]]) -> list[dict]:
+def _activations(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str, np.ndarray]],
+                 progress: Callable[[int, int], None] | None = None) -> list[dict]:
     by_name = {v.name: v for v in model.graph.values()}
     names = [n for n in specs if n in by_name and by_name[n].const is None]
     inputs = {v.name for v in model.graph.inputs}
@@ -75,12 +77,16 @@ def _activations(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str
     def values(feed):
         return {**{n: feed[n] for n in names if n in inputs and n in feed}, **read(feed)}
 
+    total, done = 2 * len(feeds), 0  # two passes over the feeds: ranges, then histograms
     low = {n: np.inf for n in names}
     high = {n: -np.inf for n in names}
     for feed in feeds:
         for name, x in values(feed).items():
             if x.size:
                 low[name], high[name] = min(low[name], float(np.min(x))), max(high[name], float(np.max(x)))
+        done += 1
+        if progress is not None:
+            progress(done, total)
     seen = [n for n in names if np.isfinite(low[n])]
     stats = {}
     for name in seen:
@@ -97,6 +103,9 @@ def _activations(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str
             u = _levels(x, spec)
             record["clipped"] += int(np.sum((u < spec.qmin - 0.5) | (u > spec.qmax + 0.5)))
             record["elements"] += int(x.size)
+        done += 1
+        if progress is not None:
+            progress(done, total)
     result = []
     for name in seen:
         record, spec = stats[name], specs[name]
@@ -110,13 +119,13 @@ def _activations(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str
     return result
 
 
-def tensor_distributions(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str, np.ndarray]]
-                         ) -> list[dict[str, Any]]:
+def tensor_distributions(model: Model, specs: dict[str, QuantSpec], feeds: list[dict[str, np.ndarray]],
+                         progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Distribution records (see the module docstring) of the quantized values of the float ``model``,
     activations first, each kind in graph order; ``layer`` names the node that produces an activation
-    or reads a weight."""
+    or reads a weight. ``progress(done, total)`` is called after each feed of the two passes over them."""
     by_name = {v.name: v for v in model.graph.values()}
-    records = _activations(model, specs, feeds)
+    records = _activations(model, specs, feeds, progress)
     records += [_weight(name, by_name[name].const, spec) for name, spec in specs.items()
                 if name in by_name and by_name[name].const is not None and spec.block_size is None]
     for record in records:

@@ -3,7 +3,7 @@
 Concerns that cut across passes live here rather than inside passes (TVM's PassInstrument):
 
 * :class:`Timing` — wall time per pass (``--time-passes``).
-* :class:`Progress` — one line per pass on stderr, so long pipelines show where they are.
+* :class:`Progress` — one line per pass on stderr and, on a terminal, a progress bar with the time left.
 * :class:`DumpIR` — the canonical printed IR after every pass (``--dump-ir DIR``).
 * :class:`CheckModifiedFlag` — a pass that says ``modified=False`` must not have changed the IR,
   and one that says True must have.
@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+from tqdm import tqdm
 
+from . import progress
 from .errors import InternalError, UserError
 from .ir import Model, format_model
 from .ir.testing import run_onnxruntime
@@ -52,11 +54,20 @@ class Timing(Instrument):
 
 
 class Progress(Instrument):
-    """Prints ``[i/n] pass-name ... seconds`` to a stream as passes run."""
+    """Reports passes as they run, on a stream (stderr by default).
+
+    On a terminal: a tqdm bar (:mod:`qcompiler.progress`) naming the running pass, with the passes done,
+    the time spent and an estimate of the time left, and above it one line per finished pass,
+    ``[i/n] pass-name ... seconds, changed|no change, N nodes``; during each pass, the bars of long
+    loops inside it (calibration feeds) are enabled and appear below. Elsewhere (a CI log, a test
+    capturing stderr): the same lines, written as each pass starts and finishes, and no bar.
+    """
 
     def __init__(self, total: int, stream: TextIO | None = None):
         self.total, self.count = total, 0
         self._stream = stream
+        self._bar = None
+        self._bars = None  # the bars(True) context held while a pass runs
 
     @property
     def stream(self) -> TextIO:
@@ -64,11 +75,44 @@ class Progress(Instrument):
 
     def before(self, pass_: Pass, model: Model) -> None:
         self.count += 1
-        print(f"[{self.count}/{self.total}] {pass_.display_name()} ...", end="", file=self.stream, flush=True)
+        label = f"[{self.count}/{self.total}] {pass_.display_name()}"
+        if not progress.is_terminal(self.stream):
+            print(f"{label} ...", end="", file=self.stream, flush=True)
+            return
+        if self._bar is None:
+            self._bar = tqdm(total=self.total, initial=self.count - 1, desc=label, unit="pass", file=self.stream,
+                             leave=False, dynamic_ncols=True)
+        else:
+            self._bar.set_description_str(label)
+        self._bars = progress.bars(True)
+        self._bars.__enter__()
 
     def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
         change = "changed" if record.modified else "no change"
-        print(f" {record.seconds:.2f}s, {change}, {len(model.graph)} nodes", file=self.stream, flush=True)
+        result = f"{record.seconds:.2f}s, {change}, {len(model.graph)} nodes"
+        if self._bar is None:
+            print(f" {result}", file=self.stream, flush=True)
+            return
+        if self._bars is not None:
+            self._bars.__exit__(None, None, None)
+            self._bars = None
+        self._bar.clear()
+        print(f"[{self.count}/{self.total}] {pass_.display_name()} ... {result}", file=self.stream, flush=True)
+        self._bar.update(1)
+        if self.count >= self.total:
+            self.close()
+        else:
+            self._bar.refresh()
+
+    def close(self) -> None:
+        """Clear the bar and end the pass's bars context (done after the last pass; call it when a pass
+        raised, before printing the error, so the message does not land on the bar's line)."""
+        if self._bars is not None:
+            self._bars.__exit__(None, None, None)
+            self._bars = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class DumpIR(Instrument):
@@ -79,21 +123,33 @@ class DumpIR(Instrument):
 
     def __init__(self, directory: str | Path, model: Model | None = None):
         self.directory = Path(directory)
-        if self.directory.exists():
-            foreign = [p for p in self.directory.iterdir() if not p.name.endswith(".txt")]
-            if not self.directory.is_dir() or foreign:
-                raise UserError(f"--dump-ir {self.directory}: not an empty directory of IR dumps")
-            for old in self.directory.glob("*.txt"):
-                old.unlink()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UserError(f"--dump-ir {self.directory}: is a file, expected a directory (new, or holding only "
+                            f"earlier IR dumps)")
+        try:
+            if self.directory.is_dir():
+                foreign = [p for p in self.directory.iterdir() if not p.name.endswith(".txt")]
+                if foreign:
+                    raise UserError(f"--dump-ir {self.directory}: not an empty directory of IR dumps")
+                for old in self.directory.glob("*.txt"):
+                    old.unlink()
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--dump-ir {self.directory}: cannot create or clear it ({exc.strerror or exc})") from None
         self.count = 0
         if model is not None:
-            (self.directory / "00_input.txt").write_text(format_model(model) + "\n")
+            self._write("00_input.txt", model)
 
     def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
         self.count += 1
-        path = self.directory / f"{self.count:02d}_{pass_.display_name()}.txt"
-        path.write_text(format_model(model) + "\n")
+        self._write(f"{self.count:02d}_{pass_.display_name()}.txt", model)
+
+    def _write(self, name: str, model: Model) -> None:
+        path = self.directory / name
+        try:
+            path.write_text(format_model(model) + "\n")
+        except OSError as exc:
+            raise UserError(f"--dump-ir: cannot write {path} ({exc.strerror or exc})") from None
 
 
 class CheckModifiedFlag(Instrument):

@@ -118,3 +118,46 @@ def test_cli_compile_and_bad_calibration(model_path, calib_dir, tmp_path, capsys
     assert not out2.exists()
     assert main(["compile", str(model_path), "-o", str(out2), "--calib", str(calib_dir), "--target", "tpu"]) == 2
     assert "unknown target 'tpu'" in capsys.readouterr().err
+
+
+def test_cli_compile_refuses_a_zero_row_calibration_batch(model_path, calib_dir, tmp_path, capsys):
+    np.savez(calib_dir / "batch_9.npz", image=np.zeros((0, 3, 16, 16), np.float32))
+    out = tmp_path / "o.onnx"
+    assert main(["compile", str(model_path), "-o", str(out), "--calib", str(calib_dir), "-q", "--objective", "size"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"qcompiler: error: {calib_dir / 'batch_9.npz'}: input 'image' has no values (shape "
+                           f"(0, 3, 16, 16), size 0 on axis 0); a calibration feed needs at least one row")
+    assert not out.exists()
+
+
+def test_cli_compile_float16_model_with_float32_data_writes_nothing(tmp_path, capsys):
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float16[N,8] x) => (float16[N,4] y) { h = MatMul(x, w)
+      y = Relu(h) }""")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((8, 4), np.float16), "w"))
+    onnx.save(proto, str(tmp_path / "half.onnx"))
+    (tmp_path / "calib").mkdir()
+    np.savez(tmp_path / "calib" / "b0.npz", x=np.ones((2, 8), np.float32))
+    out = tmp_path / "o.onnx"
+    status = main(["compile", str(tmp_path / "half.onnx"), "-o", str(out), "--calib", str(tmp_path / "calib"),
+                   "--target", "arm64", "--objective", "size", "-q"])
+    assert status == 2
+    assert "input 'x' has dtype float32, the model expects float16" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_float16_model_is_not_left_unquantized_in_silence(tmp_path, capsys):
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float16[N,8] x) => (float16[N,4] y) { h = MatMul(x, w)
+      y = Relu(h) }""")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((8, 4), np.float16), "w"))
+    onnx.save(proto, str(tmp_path / "half.onnx"))
+    (tmp_path / "calib").mkdir()
+    np.savez(tmp_path / "calib" / "b0.npz", x=np.ones((2, 8), np.float16))
+    out = tmp_path / "o.onnx"
+    status = main(["compile", str(tmp_path / "half.onnx"), "-o", str(out), "--calib", str(tmp_path / "calib"),
+                   "--target", "x86-vnni", "--objective", "size", "-q"])
+    assert status == 2 and not out.exists()
+    assert "1 layer(s) compute in float16 (first: MatMul" in capsys.readouterr().err

@@ -12,8 +12,8 @@ Note: ``qcompiler.calibration.collect`` is the function; the module is
 """
 
 from .collect import DEFAULT_MAX_OUTPUTS_BYTES, collect
-from .data import (CalibrationDataError, CalibrationSet, InputSpec, OneShotSourceWarning, check_feed, input_specs,
-                   model_inputs, open_calibration)
+from .data import (CalibrationDataError, CalibrationSet, InputSpec, OneShotSourceWarning, check_calibration, check_feed,
+                   input_specs, model_inputs, open_calibration)
 from .observers import (OBSERVERS, EntropyObserver, MinMaxObserver, MSEObserver, Observer, PercentileObserver,
                         StreamingHistogram, kl_divergences, make_observer_factory)
 
@@ -34,6 +34,7 @@ __all__ = [
     "OneShotSourceWarning",
     "PercentileObserver",
     "StreamingHistogram",
+    "check_calibration",
     "check_feed",
     "collect",
     "input_specs",

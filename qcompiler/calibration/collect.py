@@ -23,7 +23,9 @@ external data (streamed one tensor at a time, no second in-memory copy) and load
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -34,8 +36,9 @@ import onnx
 import onnx.numpy_helper
 import onnx.shape_inference
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, UnsupportedModelError
 from ..ir.serde import PROTOBUF_LIMIT
+from ..progress import advance, bar
 from .data import CalibrationDataError, CalibrationSet, input_specs, open_calibration
 from .observers import Observer
 
@@ -64,7 +67,8 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
             over the data (``None``: no bound, always one pass).
         threads: onnxruntime intra-op threads.
         progress: called as ``progress(runs done, total runs or None)`` after every feed of every
-            pass (one pass unless the budget splits the tensors).
+            pass (one pass unless the budget splits the tensors); None: a "calibration" bar where the
+            command asked for progress bars (:mod:`qcompiler.progress`).
 
     Returns ``{tensor name: observer}`` in the order of ``tensor_names``. Tensors that are not
     floating point (int64 shapes, bool masks) are not observed: their observers stay empty.
@@ -96,7 +100,10 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
     groups = _plan(fetched, estimates, first[1], max_outputs_bytes)
     total = None if data.length is None else data.length * max(1, len(groups))
     done = 0
-    with tempfile.TemporaryDirectory(prefix="qcompiler-calib-") as scratch:
+    with contextlib.ExitStack() as stack:
+        if progress is None:  # a bar where the command asked for progress (qcompiler.progress), else nothing
+            progress = advance(stack.enter_context(bar(total, "calibration", unit="feed")))
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompiler-calib-"))
         writer = _ModelWriter(proto, Path(scratch))
         for position, group in enumerate(groups or [[]]):
             session = writer.session(group, infos, threads) if group else None
@@ -266,10 +273,68 @@ class _ModelWriter:
             path = self.directory / "model.onnx"
             onnx.save_model(augmented, str(path))
             del augmented
-            return ort.InferenceSession(str(path), options, providers=providers)
+            return open_session(self.proto, str(path), options, providers)
         serialized = augmented.SerializeToString()
         del augmented
-        return ort.InferenceSession(serialized, options, providers=providers)
+        return open_session(self.proto, serialized, options, providers)
+
+
+# -- operators onnxruntime does not implement ------------------------------------------------------------
+
+_MISSING_OP = (  # what onnxruntime says when it has no kernel for a node; (op, node name) groups where given
+    re.compile(r"Could not find an implementation for (?P<op>[\w.]+)\(\d+\) node with name '(?P<name>[^']*)'"),
+    re.compile(r"(?:(?P<domain>[\w.]+):)?(?P<op>\w+)\(-?\d+\) is not a registered function/op"),
+    re.compile(r"No Op registered for (?P<op>\w+) with domain_version of \d+"),
+)
+
+
+class UnsupportedOperatorError(UnsupportedModelError):
+    """onnxruntime has no kernel for a node of the model (an unknown custom op, or an op/type/opset it lacks)."""
+
+
+def unsupported_operator(proto: onnx.ModelProto, exc: BaseException, use: str = "calibration runs the model in it"
+                         ) -> UnsupportedOperatorError | None:
+    """The user error for onnxruntime's refusal ``exc`` to load ``proto`` when the cause is a node whose
+    operator (or operator for these types, at this opset) onnxruntime does not implement, naming the node,
+    its operator and opset; None for any other cause. ``use`` says why onnxruntime had to run it."""
+    text = str(exc).strip()
+    for pattern in _MISSING_OP:
+        found = pattern.search(text)
+        if found is not None:
+            break
+    else:
+        return None
+    groups = found.groupdict()
+    op, name = groups["op"], groups.get("name")
+    nodes = [n for n in proto.graph.node if n.op_type == op and (not name or n.name == name)]
+    if groups.get("domain"):
+        nodes = [n for n in nodes if n.domain == groups["domain"]] or nodes
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
+    if nodes:
+        node = nodes[0]
+        domain = node.domain or "ai.onnx"
+        label = f"node {node.name!r}" if node.name else f"the node computing {node.output[0]!r}"
+        more = f" and {len(nodes) - 1} more {op} node(s)" if len(nodes) > 1 else ""
+        what = f"{label} ({domain}::{op}, opset {opsets.get(domain, '?')}){more}"
+    else:
+        what = f"operator {op}"
+    reason = text.split(" : ")[-1].splitlines()[0].strip()
+    return UnsupportedOperatorError(f"onnxruntime has no kernel for {what}, and {use}: {reason}")
+
+
+def open_session(proto: onnx.ModelProto, model: bytes | str, options: Any, providers: list[str],
+                 use: str = "calibration runs the model in it"):
+    """``onnxruntime.InferenceSession(model, ...)``, where a node onnxruntime has no kernel for is an
+    :class:`UnsupportedOperatorError` naming the node of ``proto`` (the same model, as a proto)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:  # onnxruntime's exceptions have no common public base class
+        error = unsupported_operator(proto, exc, use)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:

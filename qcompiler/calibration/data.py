@@ -20,7 +20,7 @@ A :class:`CalibrationSet` is a re-iterable source of feed dicts ``{input name: a
 Files are read one at a time, so memory holds one feed. Every feed is checked as it is read:
 every input present, no unknown key, the exact dtype (no silent casts: float64 for a float32 input
 is an error), the rank and every static dimension, symbolic dimensions of the same name equal
-across the inputs of one feed, finite values. A problem raises :class:`CalibrationDataError`
+across the inputs of one feed, at least one value (no zero-row batch), finite values. A problem raises :class:`CalibrationDataError`
 naming the file (or feed number), the input, what it is and what the model expects.
 """
 
@@ -139,6 +139,10 @@ def check_feed(feed: Any, inputs: list[InputSpec], where: str) -> dict[str, np.n
                     raise CalibrationDataError(
                         f"{where}: input {spec.name!r} has size {size} on axis {axis} ({dim!r}) but input "
                         f"{first[0]!r} has size {first[2]} on axis {first[1]}; the model expects them equal")
+        if array.size == 0 and (spec.shape is None or all(d != 0 for d in spec.shape)):
+            empty = [axis for axis, n in enumerate(array.shape) if n == 0]
+            raise CalibrationDataError(f"{where}: input {spec.name!r} has no values (shape {tuple(array.shape)}, "
+                                       f"size 0 on axis {empty[0]}); a calibration feed needs at least one row")
         if array.dtype.kind in "fc" and array.size and not np.isfinite(array).all():
             raise CalibrationDataError(f"{where}: input {spec.name!r} has {_where_not_finite(array)}; "
                                        f"calibration data must be finite")
@@ -146,19 +150,47 @@ def check_feed(feed: Any, inputs: list[InputSpec], where: str) -> dict[str, np.n
     return arrays
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local file header, or an empty zip's end record
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_npz(path: str | os.PathLike, error: type[Exception] = UserError) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz`` file, or ``error`` with one line naming the file.
+
+    The file's first bytes are checked before numpy reads it: given anything that is neither a zip
+    archive nor an ``.npy`` array, ``np.load`` falls back to unpickling and, with pickles refused,
+    says the file holds "pickled data" that could be "loaded unsafely", which is no help for a text
+    file that happens to be named ``x.npz``.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(_NPY_MAGIC))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected an .npz file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if head.startswith(_NPY_MAGIC):
+        raise error(f"{path}: not a .npz archive (it is a single .npy array, not named arrays: "
+                    f"write it with np.savez(path, input_name=array))")
+    if head[:4] not in _ZIP_MAGIC:
+        content = "the file is empty" if not head else f"it starts with {head[:4]!r}, not a zip header"
+        raise error(f"{path}: not a .npz archive ({content}); write feeds with np.savez(path, input_name=array)")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise CalibrationDataError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
-    if not hasattr(data, "files"):
-        raise CalibrationDataError(f"{path}: cannot read as .npz (it is a single .npy array, not named arrays: "
-                                   f"write it with np.savez(path, input_name=array))")
+        raise error(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
     with data:
         try:
             return {key: data[key] for key in data.files}
         except Exception as exc:
-            raise CalibrationDataError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
+            raise error(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    return read_npz(path, CalibrationDataError)
 
 
 Source = Callable[[], Iterator[tuple[str, Any]]]  # a new pass: (where, feed) pairs
@@ -309,6 +341,24 @@ def open_calibration(source: Any, inputs: list[InputSpec]) -> CalibrationSet:
     raise CalibrationDataError(f"unsupported calibration data of type {type(source).__name__}: expected a directory "
                                f"of .npz files, an .npz file, a list of feed dicts, a function returning an iterator "
                                f"of feed dicts, or an onnxruntime CalibrationDataReader")
+
+
+def check_calibration(source: Any, inputs: list[InputSpec]) -> CalibrationSet:
+    """:func:`open_calibration`, and its first feed read and checked now (dtypes, shapes, values).
+
+    Passes read calibration data only when they need it, and a pipeline that ends up quantizing
+    nothing (a float16 model, everything excluded) may never read it; calling this before any
+    compile work reports data that does not fit the model (a float32 feed for a float16 input)
+    before anything is written. One-shot sources keep the feed read for the passes (see the module
+    docstring); other sources are read again from the start by each pass.
+    """
+    data = open_calibration(source, inputs)
+    items = data.items()
+    try:
+        next(items)  # raises CalibrationDataError for a bad first feed, or for no feed at all
+    finally:
+        items.close()
+    return data
 
 
 def _from_path(path: Path, inputs: list[InputSpec]) -> CalibrationSet:

@@ -16,8 +16,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import onnx
 
 from .. import ir
+from ..calibration.collect import unsupported_operator
 
 
 @dataclass
@@ -103,7 +105,14 @@ def run_onnxruntime(model: ir.Model | bytes, feeds: dict[str, np.ndarray], *, op
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's exceptions have no common public base class
+        proto = ir.to_proto(model) if isinstance(model, ir.Model) else onnx.load_from_string(data)
+        error = unsupported_operator(proto, exc, use="the comparison runs the model in it")
+        if error is None:
+            raise
+        raise error from None
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
 

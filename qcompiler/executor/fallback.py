@@ -6,6 +6,8 @@ graph; a call then costs a few microseconds on top of numpy, not a ``ReferenceEv
 An op without subgraphs, context or linked attributes is called through its ``_run`` with its
 attributes gathered once (what ``OpRun.run`` does on every call, less the per-call checks).
 Values a subgraph reads from the enclosing scope (the node's captures) are passed as its context.
+An operator ``onnx.reference`` does not know either (a custom domain's) is an
+:class:`~qcompiler.errors.UnsupportedModelError` naming the node when the executor plans the graph.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from onnx.reference import ReferenceEvaluator
 
 from .. import ir
+from ..errors import UnsupportedModelError
 from ..ir.serde import _node_to_proto
 
 
@@ -25,7 +28,16 @@ def reference_kernel(node: ir.Node, model: ir.Model) -> Callable[..., tuple]:
     Captured outer-scope values are expected after the inputs, in ``node.captures`` order.
     """
     opsets = {domain or "": version for domain, version in model.opset_imports.items()}
-    evaluator = ReferenceEvaluator(_node_to_proto(node), opsets=opsets, functions=model.functions or None)
+    try:
+        evaluator = ReferenceEvaluator(_node_to_proto(node), opsets=opsets, functions=model.functions or None)
+    except NotImplementedError as exc:  # an operator (or opset of one) onnx.reference does not know
+        label = f"node {node.name!r}" if node.name else f"the node computing {node.outputs[0].name!r}"
+        domain = node.domain or "ai.onnx"
+        version = opsets.get(node.domain or "", "?")
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"the executor has no kernel for {label} ({domain}::{node.op_type}, opset "
+                                    f"{version}): neither qcompiler's kernels nor onnx.reference implement it "
+                                    f"({reason})") from None
     op = evaluator.rt_nodes_[0]
     count = len(node.inputs)
     captured = [value.name for value in node.captures]

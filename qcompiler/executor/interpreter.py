@@ -73,6 +73,28 @@ def _accepts_accumulation(kernel: Callable) -> bool:
     return _accepts(kernel, "accumulation")
 
 
+def _describe_shape(shape: tuple) -> str:
+    text = ", ".join("?" if d is None or (isinstance(d, int) and d < 0) else str(d) for d in shape)
+    return f"({text},)" if len(shape) == 1 else f"({text})"
+
+
+def _check_shape(value: ir.Value, array: np.ndarray, symbols: dict[str, tuple[str, int, int]]) -> None:
+    """A feed's shape against the graph input's declared one: the rank, every static dimension, and
+    dimensions named by the same symbol equal across the inputs (``symbols``: first seen, by symbol)."""
+    if value.shape is None:
+        return
+    expected = _describe_shape(value.shape)
+    if len(value.shape) != array.ndim or any(isinstance(d, int) and d >= 0 and d != n
+                                             for d, n in zip(value.shape, array.shape)):
+        raise UserError(f"input {value.name!r} has shape {tuple(array.shape)}, the model expects {expected}")
+    for axis, (dim, size) in enumerate(zip(value.shape, array.shape)):
+        if isinstance(dim, str) and dim not in ("", "?"):
+            first = symbols.setdefault(dim, (value.name, axis, size))
+            if first[2] != size:
+                raise UserError(f"input {value.name!r} has size {size} on axis {axis} ({dim!r}) but input "
+                                f"{first[0]!r} has size {first[2]} on axis {first[1]}; the model expects them equal")
+
+
 class Interpreter:
     """Run ``model`` (an IR model or an ONNX file) with numerics ``profile`` (see :mod:`.profiles`).
 
@@ -172,6 +194,7 @@ class Interpreter:
     # -- running --------------------------------------------------------------------------------
     def _feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[ir.Value, np.ndarray]:
         env: dict[ir.Value, np.ndarray] = dict(self.constants)
+        symbols: dict[str, tuple[str, int, int]] = {}
         for value in self.model.graph.inputs:
             if value in env and value.name not in feeds:
                 continue  # an initializer listed as input, not overridden
@@ -182,6 +205,7 @@ class Interpreter:
             if value.dtype is not None and array.dtype != tensor_dtype_to_np_dtype(value.dtype):
                 raise UserError(f"input {value.name!r} has type {array.dtype}, the model expects "
                                 f"{np.dtype(tensor_dtype_to_np_dtype(value.dtype))}")
+            _check_shape(value, array, symbols)
             env[value] = array
         unknown = set(feeds) - {v.name for v in self.model.graph.inputs}
         if unknown:

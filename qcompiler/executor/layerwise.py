@@ -25,6 +25,7 @@ units whose weights can overflow), and the fix is 7-bit weights (reduced range, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,9 +105,11 @@ def _run(step: Step, args: list) -> np.ndarray:
     return np.asarray(result[0] if isinstance(result, tuple) else result)
 
 
-def compare_layers(model, profile: str | Profile, feeds: list[dict[str, np.ndarray]]) -> list[dict]:
+def compare_layers(model, profile: str | Profile, feeds: list[dict[str, np.ndarray]],
+                   progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """One record per fused integer kernel of ``model`` under ``profile`` (graph order; see the module
-    docstring): agreement with the simulation on identical inputs, flag, cause and fix."""
+    docstring): agreement with the simulation on identical inputs, flag, cause and fix.
+    ``progress(done, total)`` is called after each feed."""
     profile = get_profile(profile)
     target = Interpreter(model, profile=profile)
     exact = {s.outputs[0].name: s for s in Interpreter(model, profile="exact").steps if len(s.nodes) > 1}
@@ -115,7 +118,7 @@ def compare_layers(model, profile: str | Profile, feeds: list[dict[str, np.ndarr
     fused = [s for s in target.steps if len(s.nodes) > 1 and s.outputs[0].name in exact]
     errors = {s.outputs[0].name: KernelError(s.name or s.outputs[0].name, s.op, len(s.nodes)) for s in fused}
     with np.errstate(all="ignore"):
-        for feed in feeds:
+        for done, feed in enumerate(feeds, 1):
             simulation.run(feed)
             values = simulation.values
             for step in fused:
@@ -138,5 +141,7 @@ def compare_layers(model, profile: str | Profile, feeds: list[dict[str, np.ndarr
                     error.off += int(np.sum(np.abs(got - want) > 1))
                     error.exact_off += int(np.sum(np.abs(also - want) > 1))
                     error.max_lsb = max(error.max_lsb, float(np.max(np.abs(got - want), initial=0.0)))
+            if progress is not None:
+                progress(done, len(feeds))
     return [errors[s.outputs[0].name].record(profile, any(id(n) in saturable for n in s.nodes))
             for s in fused if errors[s.outputs[0].name].elements]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import ir
+from ..calibration.data import read_npz
 from ..errors import UserError
 from .agreement import compare_all, expose_quantized_outputs, format_outputs, run_onnxruntime
 from .interpreter import Interpreter
@@ -16,13 +17,9 @@ from .profiles import get_profile
 
 def load_feeds(path: str | Path) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file (keys = input names)."""
-    try:
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such inputs file") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable .npz file ({exc})") from None
+    if not Path(path).exists():
+        raise UserError(f"{path}: no such inputs file")
+    return read_npz(path, UserError)
 
 
 def run_report(model_path: str | Path, inputs: str | Path, *, target: str = "auto", compare_ort: bool = False) -> str:

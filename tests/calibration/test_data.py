@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from qcompiler.calibration import (CalibrationDataError, CalibrationSet, InputSpec, OneShotSourceWarning,
-                                   open_calibration)
+                                   check_calibration, open_calibration)
 from qcompiler.errors import UserError
 
 INPUTS = [InputSpec("x", np.dtype(np.float32), ("N", 3, 8, "W")), InputSpec("ids", np.dtype(np.int64), ("N", 4))]
@@ -120,6 +120,10 @@ def test_onnxruntime_calibration_data_reader():
      "input 'x' has shape (3, 8, 5), the model expects (N, 3, 8, W)"),
     ({**good_feed(), "ids": np.ones((3, 4), np.int64)},
      "input 'ids' has size 3 on axis 0 ('N') but input 'x' has size 2 on axis 0; the model expects them equal"),
+    (good_feed(n=0),
+     "input 'x' has no values (shape (0, 3, 8, 5), size 0 on axis 0); a calibration feed needs at least one row"),
+    ({**good_feed(), "x": np.zeros((2, 3, 8, 0), np.float32)},
+     "input 'x' has no values (shape (2, 3, 8, 0), size 0 on axis 3); a calibration feed needs at least one row"),
 ])
 def test_bad_feed_in_a_file_names_file_input_and_expectation(tmp_path, feed, message):
     write_dir(tmp_path, [good_feed(), feed])
@@ -162,11 +166,16 @@ def test_source_errors(tmp_path):
     with pytest.raises(CalibrationDataError, match=r"x\.npy: expected a directory of \.npz files or one \.npz file"):
         open_calibration(tmp_path / "x.npy", INPUTS)
     (tmp_path / "bad.npz").write_text("not a zip")
-    with pytest.raises(CalibrationDataError, match=r"bad\.npz: cannot read as \.npz \(.*\)"):
+    with pytest.raises(CalibrationDataError) as error:
         list(open_calibration(tmp_path, INPUTS))
+    assert str(error.value) == (f"{tmp_path / 'bad.npz'}: not a .npz archive (it starts with b'not ', not a zip "
+                                f"header); write feeds with np.savez(path, input_name=array)")
+    (tmp_path / "bad.npz").write_bytes(b"")
+    with pytest.raises(CalibrationDataError, match=r"bad\.npz: not a \.npz archive \(the file is empty\)"):
+        list(open_calibration(tmp_path / "bad.npz", INPUTS))
     np.save(tmp_path / "array.npy", np.zeros(3))
     (tmp_path / "array.npy").rename(tmp_path / "array.npz")
-    with pytest.raises(CalibrationDataError, match=r"array\.npz: cannot read as \.npz \(it is a single \.npy array"):
+    with pytest.raises(CalibrationDataError, match=r"array\.npz: not a \.npz archive \(it is a single \.npy array"):
         list(open_calibration(tmp_path / "array.npz", INPUTS))
     with pytest.raises(CalibrationDataError, match="empty collection"):
         open_calibration([], INPUTS)
@@ -176,6 +185,23 @@ def test_source_errors(tmp_path):
         open_calibration(3, INPUTS)
     with pytest.raises(CalibrationDataError, match=r"returned dict; expected an iterator of feed dicts"):
         list(open_calibration(lambda: good_feed(), INPUTS))
+
+
+def test_check_calibration_reads_the_first_feed_now(tmp_path):
+    half = [InputSpec("x", np.dtype(np.float16), ("N", 8))]
+    write_dir(tmp_path / "calib", [{"x": np.zeros((2, 8), np.float32)}, {"x": np.zeros((2, 8), np.float32)}])
+    data = open_calibration(tmp_path / "calib", half)  # lazy: nothing read yet
+    assert isinstance(data, CalibrationSet)
+    with pytest.raises(CalibrationDataError) as error:
+        check_calibration(tmp_path / "calib", half)
+    assert str(error.value) == (f"{tmp_path / 'calib' / 'batch_000.npz'}: input 'x' has dtype float32, the model "
+                                f"expects float16 (convert with .astype(np.float16))")
+    with pytest.raises(CalibrationDataError, match="no calibration data"):
+        check_calibration(lambda: iter([]), half)
+    feeds = [{"x": np.full((2, 8), i, np.float16)} for i in range(3)]
+    with pytest.warns(OneShotSourceWarning):
+        checked = check_calibration(iter(feeds), half)
+    assert [float(f["x"][0, 0]) for f in checked] == [0.0, 1.0, 2.0]  # the feed checked is not lost
 
 
 @pytest.mark.skipif(not (REALMODELS / "index.json").exists(), reason="realmodels calibration data not present")

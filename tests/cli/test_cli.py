@@ -202,6 +202,22 @@ def test_failed_write_leaves_no_partial_file(model_path, tmp_path, capsys, monke
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
+def test_dump_ir_into_an_existing_file_or_under_one(model_path, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me\n")
+    out = tmp_path / "o.onnx"
+    _expect_user_error(capsys, ["optimize", str(model_path), "-o", str(out), "--dump-ir", str(afile), "-q"],
+                       r"^qcompiler: error: --dump-ir .*afile: is a file, expected a directory \(new, or holding only "
+                       r"earlier IR dumps\)$", inputs=[model_path, afile], outputs=[out])
+    _expect_user_error(capsys, ["optimize", str(model_path), "-o", str(out), "--dump-ir", str(afile / "sub"), "-q"],
+                       r"^qcompiler: error: --dump-ir .*afile/sub: cannot create or clear it \(Not a directory\)$",
+                       inputs=[model_path, afile], outputs=[out])
+    (tmp_path / "dump").mkdir()
+    (tmp_path / "dump" / "notes.md").write_text("mine\n")
+    _expect_user_error(capsys, ["optimize", str(model_path), "-o", str(out), "--dump-ir", str(tmp_path / "dump")],
+                       r"not an empty directory of IR dumps", outputs=[out])
+
+
 def test_subprocess_user_error_has_no_traceback(tmp_path):
     status, _, err = run_cli("show", str(tmp_path / "missing.onnx"))
     assert status == 2

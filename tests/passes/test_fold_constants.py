@@ -100,3 +100,40 @@ def test_overridable_initializer_inputs_stay_graph_inputs():
     x = np.ones((1, 2), np.float32)
     np.testing.assert_array_equal(run_onnxruntime(m, {"x": x})[0], [[1, 4]])
     run_onnxruntime(m, {"x": x, "w": np.zeros(2, np.float32)})  # still accepted as an input
+
+
+UNSQUEEZED_TWICE = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N,4,1] x) => (float[N,4,1] y) <float[4] a = {1, 2, 3, 4}, int64[1] ax = {1}> {
+  u = Unsqueeze(a, ax)
+  b = Add(u, u)
+  v = Mul(u, b)
+  y = Mul(x, v)
+}"""
+
+
+def test_onnxruntime_optimizer_warnings_do_not_reach_the_terminal(capfd):
+    import onnxruntime as ort
+
+    before = ort.InferenceSession
+    m = parse(UNSQUEEZED_TWICE)
+    assert FoldConstants()(m).modified
+    assert ops(m) == ["Mul"]
+    err = capfd.readouterr().err  # onnxruntime logs from C++ to file descriptor 2
+    assert "W:onnxruntime" not in err and "UnsqueezeElimination" not in err, err
+    assert ort.InferenceSession is before
+
+
+def test_quiet_sessions_keep_errors_and_given_options():
+    import onnxruntime as ort
+
+    from qcompiler.passes.fold_constants import quiet_onnxruntime_sessions
+
+    data = onnx.parser.parse_model(UNSQUEEZED_TWICE).SerializeToString()
+    with quiet_onnxruntime_sessions():
+        quiet = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 1
+        given = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    assert quiet.get_session_options().log_severity_level == 3  # errors are still logged
+    assert given.get_session_options().log_severity_level == 1

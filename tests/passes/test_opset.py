@@ -94,3 +94,23 @@ def test_target_beyond_onnx_is_a_clear_error():
     m = parse(OPSET_11)
     with pytest.raises(UnsupportedModelError, match="cannot upgrade the model from opset 11 to 999"):
         UpgradeOpset(target=999)(m)
+
+
+@pytest.mark.parametrize("target", [-5, 0])
+def test_target_that_is_no_opset_is_a_pipeline_error(tmp_path, target, capsys):
+    from qcompiler.cli import main
+    from qcompiler.errors import PipelineConfigError
+
+    with pytest.raises(PipelineConfigError, match=rf"^pass 'upgrade-opset' field 'target' must be an ONNX opset "
+                                                  rf"version \(an integer >= 1\), got {target}$"):
+        UpgradeOpset(target=target)
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'[[pipeline.passes]]\nname = "upgrade-opset"\ntarget = {target}\n')
+    model = tmp_path / "m.onnx"
+    onnx.save(onnx.parser.parse_model(OPSET_11), str(model))
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", str(model), "-o", str(out), "--pipeline", str(toml), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qcompiler: error: ") and "Traceback" not in err
+    assert err.endswith(f"pass 'upgrade-opset' field 'target' must be an ONNX opset version (an integer >= 1), got {target}")
+    assert not out.exists()
