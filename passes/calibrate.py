@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from qcompiler.calibration import METHODS, model_inputs
+from qcompiler.calibration.observers import valid_percentile
 from qcompiler.errors import UserError
 from qcompiler.ir import Model, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
@@ -32,8 +33,8 @@ class Calibrate(Pass):
             raise UserError("calibrate: no calibration data given (--calib DIR or a '@calibration' resource)")
         if self.method not in METHODS:
             raise UserError(f"calibrate: unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not 0 < self.percentile <= 100:
-            raise UserError(f"calibrate: percentile must be in (0, 100], not {self.percentile}")
+        if not valid_percentile(self.percentile):
+            raise UserError(f"calibrate: percentile must be in (50, 100], not {self.percentile}")
 
     def call(self, model: Model) -> PassResult:
         plan = model.plan

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .calibration import METHODS
+from .calibration.observers import valid_percentile
 from .errors import UserError
 
 OBJECTIVES = ("latency", "size")
@@ -36,7 +37,7 @@ class CompileOptions:
     target: str = _option("auto", "--target", "auto (this CPU), x86-avx2, x86-vnni or arm64")
     calibration: str = _option("mse", "--calibration", "activation range method (default mse: the most accurate on "
                                "the realmodels set)", choices=METHODS)
-    percentile: float = _option(99.999, "--percentile", "for --calibration percentile, in (0, 100]", type=float)
+    percentile: float = _option(99.999, "--percentile", "for --calibration percentile, in (50, 100]", type=float)
     per_tensor: bool = _option(False, "--per-tensor", "per-tensor instead of per-channel weights",
                                action="store_true")
     exclude: tuple[str, ...] = _option((), "--exclude", "keep nodes (name, shell pattern) or an op type in float; "
@@ -62,8 +63,8 @@ class CompileOptions:
             raise UserError(f"unknown calibration method {self.calibration!r}; choose one of {', '.join(METHODS)}")
         if self.objective not in OBJECTIVES:
             raise UserError(f"objective must be 'latency' or 'size', not {self.objective!r}")
-        if not (isinstance(self.percentile, (int, float)) and 0 < self.percentile <= 100):
-            raise UserError(f"percentile must be in (0, 100], not {self.percentile!r}")
+        if not valid_percentile(self.percentile):
+            raise UserError(f"percentile must be in (50, 100], not {self.percentile!r}")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise UserError(f"threads must be 0 (onnxruntime's default) or a positive count, not {self.threads!r}")
         threshold = self.sensitivity_threshold

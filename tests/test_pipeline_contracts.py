@@ -88,7 +88,8 @@ def test_toml_pipeline_with_calibration_resource_compiles_from_the_cli(model_pat
     (["--pipeline", "w4a8", "--sensitivity-threshold", "0.01"],
      r"pipeline 'w4a8' does not take sensitivity_threshold \(--sensitivity-threshold\)"),
     (["--pipeline", "canonicalize"], r"pipeline 'canonicalize' does not take calib \(--calib\)"),
-    (["--percentile", "150"], r"percentile must be in \(0, 100\], not 150"),
+    (["--percentile", "150"], r"percentile must be in \(50, 100\], not 150"),
+    (["--percentile", "30"], r"percentile must be in \(50, 100\], not 30"),
     (["--threads", "-3"], r"threads must be 0 .* not -3"),
     (["--sensitivity-threshold", "-1"], r"sensitivity threshold must be a number >= 0"),
 ])

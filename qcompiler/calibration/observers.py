@@ -292,6 +292,11 @@ class StreamingHistogram(Observer):
         return float(start + self.bin_width * (index + min(max(offset, 0.0), 1.0)))
 
 
+def valid_percentile(percentile: float) -> bool:
+    """Whether ``percentile`` can bound a range from above: in (50, 100] (the median or less cannot)."""
+    return isinstance(percentile, (int, float)) and 50.0 < percentile <= 100.0
+
+
 class PercentileObserver(StreamingHistogram):
     """Range at percentiles of the values, read off the streaming histogram.
 
@@ -305,7 +310,7 @@ class PercentileObserver(StreamingHistogram):
     def __init__(self, percentile: float = 99.999, *, symmetric: bool = False, lower: float | None = None,
                  bins: int = 8192) -> None:
         super().__init__(bins)
-        if not 50.0 < percentile <= 100.0:
+        if not valid_percentile(percentile):
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
         if lower is not None and not 0.0 <= lower < percentile:
             raise ValueError(f"lower percentile must be in [0, {percentile}), got {lower}")
