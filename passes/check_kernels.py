@@ -38,7 +38,7 @@ import numpy as np
 from onnx import TensorProto
 
 from qcompiler.calibration import model_inputs
-from qcompiler.executor.fusion import SAFE_WEIGHT, saturating_units
+from qcompiler.executor.fusion import saturating_units
 from qcompiler.ir import Model, Scheme, Value, quantize
 from qcompiler.ir.quant import broadcast_param, dequantize_values, quantize_bias, spec_of_qdq
 from qcompiler.pass_manager import Pass, PassResult, register_pass

@@ -6,7 +6,7 @@ None of them looks inside subgraphs (If/Loop/Scan bodies are kept as they are).
 from __future__ import annotations
 
 from qcompiler.ir import Model, Node
-from qcompiler.ir.rewrite import bypass, bypass_all
+from qcompiler.ir.rewrite import bypass_all
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 

@@ -371,7 +371,7 @@ def format_text(report: dict[str, Any]) -> str:
                            ("both (all int8)", "all_int8"))])]
     kernel_by_name = {k["name"]: k for k in kernels["kernels"]}
     lines += ["", "3. per layer (SQNR dB of the output with the layer quantized alone / kept float alone; "
-              f"precision at the recommended threshold):"]
+              "precision at the recommended threshold):"]
     rows = [("layer", "op", "alone dB", "float-alone dB", "precision", "MACs %", "kernel dB", "flag")]
     for r in sorted(report["layers"], key=lambda r: float(r["quantized_alone"]["sqnr_db"])):
         kernel = kernel_by_name.get(r["name"])

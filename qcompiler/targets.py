@@ -121,7 +121,6 @@ def runtime_saturates_u8s8() -> bool:
     ``avx512_vnni``, onnxruntime 1.32 accumulates exactly).
     """
     import numpy as np
-    import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 

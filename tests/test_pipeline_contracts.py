@@ -20,7 +20,7 @@ from qcompiler.errors import ModelSaveError, PipelineOrderError, UserError
 from qcompiler.options import CompileOptions
 from qcompiler.passes import AssignPrecision, Calibrate, InsertQDQ
 
-from .test_compile import calib_dir, model_path  # noqa: F401  (fixtures)
+from .test_compile import calib_dir, model_path  # noqa: F401, F811  (fixtures shared with test_compile)
 
 
 def _one_line_error(capsys, argv: list[str], pattern: str) -> str:
