@@ -313,3 +313,27 @@ def test_toml_include_and_resources(tmp_path):
     assert pipeline.verify == "end"
     assert [p.display_name() for p in pipeline.passes][-2:] == ["infer-shapes", "upgrade-opset"]
     assert pipeline.passes[-1].target == 17
+
+
+def test_readme_quantization_scheme_runs_from_toml_and_plugin(tmp_path):
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "blocked_scheme.py").write_text(_readme_block("python", "# blocked_scheme.py"))
+    (plugin_dir / "blocked_pipeline.toml").write_text(_readme_block("toml", "# blocked_pipeline.toml"))
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[2,64] x) => (float[2,16] y) { y = MatMul(x, w) }""")
+    rng = np.random.default_rng(2)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((64, 16)).astype(np.float32), "w"))
+    model, out = tmp_path / "mm.onnx", tmp_path / "out.onnx"
+    onnx.save(proto, str(model))
+    done = subprocess.run([sys.executable, "-m", "qcompiler", "optimize", str(model), "-o", str(out), "--plugin",
+                           "blocked_scheme", "--pipeline", str(plugin_dir / "blocked_pipeline.toml")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(plugin_dir)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    written = onnx.load(str(out))
+    dequantize = [n for n in written.graph.node if n.op_type == "DequantizeLinear"]
+    assert [{a.name: a.i for a in n.attribute}.get("block_size") for n in dequantize] == [32]
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    want, got = run_onnxruntime(proto, {"x": x})[0], run_onnxruntime(written, {"x": x})[0]
+    assert 0 < np.sum((got - want) ** 2) < 1e-3 * np.sum(want ** 2)
