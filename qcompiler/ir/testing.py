@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -62,3 +65,16 @@ def run_onnxruntime(model: Model | onnx.ModelProto, feeds: dict[str, np.ndarray]
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
+
+
+def x86_cpu_flags() -> set[str]:
+    """The CPU flags ``/proc/cpuinfo`` lists on x86-64 Linux (empty elsewhere): what tests check their
+    expectations about the runtime's kernels against (the library itself probes the runtime instead)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import platform
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from qcompiler.ir.testing import x86_cpu_flags
 
 from qcompiler.errors import UserError
 from qcompiler.executor import PROFILES, CompareInterpreter, Interpreter, RangeObserver, get_profile
@@ -26,16 +27,6 @@ def test_every_target_is_a_profile_with_its_accumulation_and_float_kernels():
     assert (PROFILES["x86-avx2"].isa, PROFILES["x86-vnni"].isa, PROFILES["arm64"].isa) == ("fma3", "avx512f", None)
 
 
-def _x86_cpu_flags() -> set[str]:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return set(next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split(":", 1)[-1].split())
-
-
 def test_auto_follows_the_probe_and_a_cpu_without_vnni_saturates():
     """``auto`` is what onnxruntime computes here (the probe), not what the CPU flags suggest; the one
     thing the flags do settle is that an x86 CPU with AVX2 and no VNNI at all has only MLAS's
@@ -44,7 +35,7 @@ def test_auto_follows_the_probe_and_a_cpu_without_vnni_saturates():
     saturates = runtime_saturates_u8s8()
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert detect_target().name == ("x86-avx2" if saturates else "x86-vnni")
-    flags = _x86_cpu_flags()
+    flags = x86_cpu_flags()
     if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}:
         assert saturates and get_profile("auto").accumulation == "avx2_pair_saturate"
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qcompiler.ir.testing import x86_cpu_flags
+
 from qcompiler.executor import Interpreter
 from qcompiler.kernels import default_registry
 from qcompiler.kernels.jit import transcendental as jit
@@ -68,18 +70,7 @@ def _ours(op: str, isa: str, backend: str = "reference"):
     return [erf(erf_values(), isa=isa)]
 
 
-def _cpu_flags() -> set[str]:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
-
-
-FLAGS = _cpu_flags()
+FLAGS = x86_cpu_flags()
 NATIVE_ISA = "avx512f" if "avx512f" in FLAGS else "fma3" if {"avx2", "fma"} <= FLAGS else None
 QEMU = shutil.which("qemu-x86_64") if platform.machine().lower() in ("x86_64", "amd64") else None
 
