@@ -116,7 +116,10 @@ OPS: dict[str, OpQuant] = {
         OpQuant("Transpose", "pass_through", ort_propagates=True),
         OpQuant("Squeeze", "pass_through", ort_propagates=True),
         OpQuant("Unsqueeze", "pass_through", ort_propagates=True),
-        OpQuant("Slice", "pass_through", ort_propagates=True),
+        # onnxruntime drops an equal Q/DQ pair around Slice too (DropQDQNodesRules), but quantizing it as a
+        # pass-through op changes compiled models (PP-OCRv4 rec: 121 -> 131 QuantizeLinear nodes, other
+        # outputs): a placement decision to measure (latency, accuracy) before making; QDQ propagation does cross it
+        OpQuant("Slice", ort_propagates=True),
         OpQuant("Flatten", "pass_through"),
         OpQuant("Relu", "absorbable"),
         OpQuant("Clip", "absorbable"),

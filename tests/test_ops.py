@@ -4,7 +4,8 @@ targets derive from them, and the weight layout facts.
 Every pass-through op must be one whose equal Q/DQ pair onnxruntime drops (it then runs on integers),
 and ``ort_propagates`` must say exactly whether onnxruntime's QDQ propagation crosses it: seen through
 ``Softmax -> op -> QuantizeLinear``, which becomes QLinearSoftmax only when the Q is copied back across
-the op. Flatten and Slice are where the two facts differ.
+the op. Flatten and Slice are where the two facts differ. onnxruntime drops the pair around Slice too, but
+Slice is not quantized yet (see ``qcompiler/ops.py``): ``CALLS`` lists it for the onnxruntime facts.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def unit(op: str, before: str = "") -> ir.Model:
 
 
 def test_every_pass_through_op_is_checked():
-    assert ops_with("pass_through") == set(CALLS)
+    assert ops_with("pass_through") == set(CALLS) - {"Slice"}
 
 
 @pytest.mark.parametrize("op", sorted(CALLS))
@@ -58,15 +59,15 @@ def test_qdq_propagation_crosses_exactly_the_ops_that_say_so(op):
     assert ours == theirs == collections.Counter({"QLinearSoftmax": 1} if OPS[op].ort_propagates else {})
 
 
-def test_flatten_is_pass_through_but_does_not_propagate_and_slice_does_both():
-    assert OPS["Flatten"].role == OPS["Slice"].role == "pass_through"
+def test_flatten_is_pass_through_but_does_not_propagate_and_slice_propagates():
+    assert OPS["Flatten"].role == "pass_through" and OPS["Slice"].role is None
     assert not OPS["Flatten"].ort_propagates and OPS["Slice"].ort_propagates
 
 
 def test_targets_read_the_roles():
     for target in TARGETS.values():
         assert target.int8_ops == {"Conv", "MatMul", "Gemm", "Add", "Concat", "GlobalAveragePool", "AveragePool"}
-        assert target.pass_through_ops == set(CALLS)
+        assert target.pass_through_ops == set(CALLS) - {"Slice"}
         assert target.absorbed_activations == {"Relu", "Clip"}
 
 

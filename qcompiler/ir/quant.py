@@ -332,19 +332,20 @@ def fake_quantize(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
 
 
 def bias_scale(x_spec: QuantSpec, w_spec: QuantSpec, channels: int) -> np.ndarray:
-    """The float32 scale of a layer's int32 bias, ``s_x · s_w`` per output channel (Jacob et al. 2018,
-    eq. 7-9); a zero product (an all-zero weight channel) becomes 1."""
+    """The scale of a layer's int32 bias, ``s_x · s_w`` per output channel, in float64 (Jacob et al. 2018,
+    eq. 7-9); a zero product (an all-zero weight channel) becomes 1. The model stores it as float32."""
     scale = np.float64(x_spec.scale) * np.broadcast_to(np.asarray(w_spec.scale, np.float64).reshape(-1), (channels,))
-    return np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return np.where(scale > 0, scale, 1.0)
 
 
 def quantize_bias(bias: np.ndarray, x_spec: QuantSpec, w_spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
     """(int32 bias, its float32 scale per output channel) for a layer with input ``x_spec`` and weight
-    ``w_spec``: ``round_half_even(b / (s_x · s_w))`` saturated to int32, zero point 0."""
+    ``w_spec``: ``round_half_even(b / (s_x · s_w))`` with the float64 product, saturated to int32, zero
+    point 0."""
     scale = bias_scale(x_spec, w_spec, bias.shape[-1] if bias.ndim else 1)
     with np.errstate(over="ignore"):
-        integers = np.rint(bias.astype(np.float64) / scale.astype(np.float64))
-    return saturate(integers, np.int32), scale
+        integers = np.rint(bias.astype(np.float64) / scale)
+    return saturate(integers, np.int32), scale.astype(np.float32)
 
 
 def qdq_attributes(spec: QuantSpec) -> dict[str, int]:
