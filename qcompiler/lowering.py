@@ -4,6 +4,9 @@
   zp)`` right after its producer, and every reader of ``v`` reads ``v'`` (subgraphs that capture ``v``
   too) — one quantizer per tensor, so all readers share one scale, as onnxruntime's fused kernels
   require. When ``v`` is a graph output, ``v'`` takes its name, so the model's interface is unchanged.
+* An activation the plan quantizes at run time (a dynamic scheme) gets ``q, s, zp =
+  DynamicQuantizeLinear(v)`` and ``v' = DequantizeLinear(q, s, zp)``: uint8, per tensor, the scale
+  computed from the tensor itself on every run; readers are routed as for a static spec.
 * A weight gets ``DequantizeLinear(QuantizeLinear(W))`` with its axis and block size (the simulation
   form); :func:`fold_quantized_weights` then stores the integers.
 * The bias of a quantized Conv or Gemm whose weight is quantized per tensor or per channel becomes
@@ -64,6 +67,22 @@ def insert_pair(graph: Graph, value: Value, spec: QuantSpec) -> Value:
     return restored
 
 
+def insert_dynamic(graph: Graph, value: Value) -> Value:
+    """Insert ``DynamicQuantizeLinear -> DequantizeLinear`` for ``value`` and route its readers through it."""
+    readers = value.uses()
+    quantized = Value(graph.unique_name(f"{value.name}_quantized"), TensorProto.UINT8, value.shape)
+    scale = Value(graph.unique_name(f"{value.name}_scale"), TensorProto.FLOAT, ())
+    zero_point = Value(graph.unique_name(f"{value.name}_zero_point"), TensorProto.UINT8, ())
+    restored = Value(graph.unique_name(f"{value.name}_dequantized"), value.dtype, value.shape)
+    q = Node("DynamicQuantizeLinear", [value], [quantized, scale, zero_point],
+             name=graph.unique_name(f"{value.name}_DynamicQuantizeLinear"))
+    dq = Node("DequantizeLinear", [quantized, scale, zero_point], [restored],
+              name=graph.unique_name(f"{value.name}_DequantizeLinear"))
+    insert_after_producer(graph, value, q, dq)
+    value.redirect(readers, restored)
+    return restored
+
+
 def add_int32_bias(graph: Graph, node: Node) -> bool:
     """Replace the float bias of a quantized op with a bias input (Conv, Gemm) by int32 + DequantizeLinear
     (per-tensor or per-channel weights and a per-tensor input spec); the float bias initializer goes when
@@ -111,13 +130,15 @@ def insert_qdq(model: Model) -> bool:
     pending = [v for v in graph.values() if v.quant is not None and not _is_restored(v)]
     _check_opset(model, pending)
     restored = {value: insert_pair(graph, value, value.quant) for value in pending}
+    restored.update((value, insert_dynamic(graph, value)) for value in plan.dynamic)
     graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored})
     for node in graph:
         if node in plan.layers:
             changed |= add_int32_bias(graph, node)
     plan.absorbed.clear()
+    plan.dynamic.clear()
     plan.lowered = True
-    return changed or bool(pending)
+    return changed or bool(restored)
 
 
 def _is_restored(value: Value) -> bool:

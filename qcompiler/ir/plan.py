@@ -41,6 +41,8 @@ class QuantPlan:
         layers: the nodes that run quantized, in the order they were decided (an ordered set).
         absorbed: activations (Relu, Clip) folded into the output quantization of the layer before.
         pending: activations that need a range, with the scheme their spec will follow.
+        dynamic: activations quantized at run time (a dynamic scheme: the scale comes from the tensor
+            itself, ``DynamicQuantizeLinear``), which need no range.
         shares: pass-through outputs -> the value whose spec they reuse.
         lowered: Q/DQ nodes have been inserted for every spec.
         float_reference: the float model before quantization, serialized (``keep-float-reference``).
@@ -53,6 +55,7 @@ class QuantPlan:
     layers: dict[Node, None] = field(default_factory=dict)
     absorbed: set[Node] = field(default_factory=set)
     pending: dict[Value, Scheme] = field(default_factory=dict)
+    dynamic: dict[Value, None] = field(default_factory=dict)
     shares: dict[Value, Value] = field(default_factory=dict)
     lowered: bool = False
     float_reference: bytes | None = None
@@ -67,6 +70,7 @@ class QuantPlan:
         self.layers.clear()
         self.absorbed.clear()
         self.pending.clear()
+        self.dynamic.clear()
         self.shares.clear()
         self.lowered = False
 
@@ -81,8 +85,13 @@ class QuantPlan:
         self.absorbed.add(node)
 
     def needs_range(self, value: Value, scheme: Scheme) -> None:
-        """``value`` gets a spec of ``scheme`` once its range is known (unless it shares another's)."""
-        if value not in self.shares:
+        """``value`` gets a spec of ``scheme`` once its range is known (unless it shares another's); with a
+        dynamic scheme it is quantized at run time instead and needs no range."""
+        if value in self.shares:
+            return
+        if scheme.dynamic:
+            self.dynamic[value] = None
+        else:
             self.pending[value] = scheme
 
     def drop_range(self, value: Value) -> None:
@@ -122,6 +131,7 @@ class QuantPlan:
         copy.layers = {node(n): None for n in self.layers if node(n) is not None}
         copy.absorbed = {node(n) for n in self.absorbed if node(n) is not None}
         copy.pending = {values[v.name]: s for v, s in self.pending.items() if v.name in values}
+        copy.dynamic = {values[v.name]: None for v in self.dynamic if v.name in values}
         copy.shares = {values[v.name]: values[s.name] for v, s in self.shares.items()
                        if v.name in values and s.name in values}
         return copy

@@ -300,6 +300,8 @@ class Scheme:
             raise ValueError(f"block_size {self.block_size} does not fit granularity {self.granularity!r}")
         if self.block_size is not None and self.block_size < 2:
             raise ValueError(f"block_size must be at least 2, not {self.block_size}")
+        if self.dynamic and (self.dtype, self.symmetric, self.granularity) != (TensorProto.UINT8, False, "tensor"):
+            raise ValueError("a dynamic scheme is uint8, asymmetric, per tensor (ONNX DynamicQuantizeLinear)")
 
     def spec_from_range(self, lo, hi, axis: int | None = None) -> QuantSpec:
         """The spec of a tensor whose observed range is [lo, hi] (per the scheme's granularity)."""
