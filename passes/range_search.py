@@ -29,6 +29,7 @@ from dataclasses import field
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
 from qcompiler.calibration import model_inputs
 from qcompiler.calibration.observers import MSEObserver, PercentileObserver, StreamingHistogram
@@ -38,6 +39,9 @@ from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import error_measures
 from qcompiler.targets import Target
+
+FLOAT_OUTPUTS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+"""Graph outputs the held-out error is measured on (not shapes, masks or indices a model also returns)."""
 
 DEFAULT_RATIOS = tuple(round(1.0 - 0.01 * i, 2) for i in range(50))
 DEFAULT_CANDIDATES = ("minmax", "mse", "percentile:99.9", "percentile:99.99", "percentile:99.999",
@@ -178,7 +182,7 @@ class CalibrateSearch(Pass):
         fit, held = _split(data, self.holdout)
         held_feeds = [feed for _, feed in held.items()]
         histograms = collect(to_proto(model), names, fit, lambda name: _KeepingHistogram())
-        outputs = [v.name for v in graph.outputs]
+        outputs = [v.name for v in graph.outputs if v.dtype in FLOAT_OUTPUTS]  # what the error is measured on
         held_histograms = collect(to_proto(model), names + outputs, held_feeds,
                                   lambda name: _KeepingHistogram(keep=name in outputs))
         reference = [[held_histograms[o].arrays[i] for o in outputs] for i in range(len(held_feeds))]
@@ -186,7 +190,7 @@ class CalibrateSearch(Pass):
         for candidate in self.candidates:
             trial = model.clone()
             trial.plan.set_ranges({v: candidate_range(histograms[v.name], candidate) for v in trial.plan.pending})
-            errors[candidate] = error_measures(reference, _run_quantized(trial, held_feeds))["nsr"]
+            errors[candidate] = error_measures(reference, _run_quantized(trial, held_feeds, outputs))["nsr"]
         best = min(self.candidates, key=lambda c: errors[c])  # ties: the earlier candidate
         for name in names:
             histograms[name].merge(held_histograms[name])
@@ -213,11 +217,10 @@ def _split(data: Any, every: int) -> tuple[Any, Any]:
             CalibrationSet(part(True), data.inputs, held_count, f"{data.description} (held-out part)"))
 
 
-def _run_quantized(model: Model, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    """Outputs of ``model`` with Q/DQ inserted for its specs, on every feed."""
+def _run_quantized(model: Model, feeds: list[dict[str, np.ndarray]], names: list[str]) -> list[list[np.ndarray]]:
+    """The outputs ``names`` of ``model`` with Q/DQ inserted for its specs, on every feed."""
     import onnxruntime as ort
 
     lower(model, fold=False)
     session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [v.name for v in model.graph.outputs]
     return [session.run(names, feed) for feed in feeds]

@@ -9,9 +9,9 @@ import pytest
 from qcompiler import PassManager, ir
 from qcompiler.calibration import MSEObserver, PercentileObserver, StreamingHistogram
 from qcompiler.errors import UserError
-from qcompiler.ir import QuantSpec
-from qcompiler.passes import AssignPrecision, Calibrate, CalibrateSearch, InferShapes, SearchWeightRanges
-from qcompiler.ir import fake_quantize
+from qcompiler.ir import QuantSpec, fake_quantize
+from qcompiler.ir.testing import run_onnxruntime
+from qcompiler.passes import AssignPrecision, Calibrate, CalibrateSearch, InferShapes, InsertQDQ, SearchWeightRanges
 from qcompiler.options import CompileOptions
 from qcompiler.passes.range_search import candidate_range, clipped_weight_spec
 from qcompiler.pipelines import load_pipeline
@@ -172,3 +172,18 @@ name = "insert-qdq"
     ir.verify(model)
     assert model.plan.reports["calibrate_search"]["best"] in ("mse", "percentile:99.99")
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph) >= 4
+
+
+def test_search_ignores_graph_outputs_that_are_not_float():
+    """A model that also returns an int64 Shape (as torch and optimum exports often do): the held-out error
+    is measured on the float outputs, and the extra output is unchanged (issue 17's MiniLM case)."""
+    model = mlp()
+    x = model.graph.inputs[0]
+    shape = ir.Value("x_shape", onnx.TensorProto.INT64, (2,))
+    model.graph.append(ir.Node("Shape", [x], [shape], name="shape_of_x"))
+    model.graph.outputs.append(shape)
+    PassManager([AssignPrecision(target="x86-vnni"), CalibrateSearch(data=feeds(8), candidates=["minmax", "mse"]),
+                 InsertQDQ()])(model)
+    assert model.plan.reports["calibrate_search"]["best"] in ("minmax", "mse")
+    outputs = run_onnxruntime(model, feeds(1)[0])
+    assert outputs[1].tolist() == [8, 2048]
