@@ -30,6 +30,7 @@ class AssignPrecision(Pass):
     per_channel: bool = True
     float_linear_outputs: bool = False
     provides = ("plan",)
+    invalidates = ("ranges", "qdq")  # a new plan: its activations wait for ranges again
 
     def call(self, model: Model) -> PassResult:
         target = get_target(self.target)

@@ -47,8 +47,7 @@ from qcompiler.ir import Model, Node, Value, fake_quantize, to_proto
 from qcompiler.layers import add_to_bias, batchnorm_stats, channels_last, clip_bounds, input_ranges, input_sums, is_layer
 from qcompiler.lowering import lower
 from qcompiler.ops import lookup
-from qcompiler.ir.plan import facts_of
-from qcompiler.pass_manager import Pass, PassResult, order_error, register_pass
+from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 METHODS = ("empirical", "analytic")
 
@@ -120,7 +119,11 @@ class BiasCorrection(Pass):
 
     data: Any = None
     method: str = "empirical"
-    needs = ("plan",)  # and, for the empirical method, the activation ranges (checked in requires)
+    needs = ("plan",)
+
+    def __post_init__(self) -> None:
+        if self.method == "empirical":  # it runs the quantized model: the activations need their ranges
+            self.needs = ("plan", "ranges")
 
     def requires(self, model: Model) -> None:
         if self.method not in METHODS:
@@ -128,8 +131,6 @@ class BiasCorrection(Pass):
         if self.method == "empirical" and self.data is None:
             raise UserError("bias-correction: empirical correction needs calibration data "
                             "(--calib DIR or a '@calibration' resource), or use method = \"analytic\"")
-        if self.method == "empirical" and "ranges" not in facts_of(model):
-            raise order_error(self, "ranges", "the model has none (the empirical method runs the quantized model)")
 
     def call(self, model: Model) -> PassResult:
         layers = correctable_layers(model)

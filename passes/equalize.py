@@ -151,7 +151,6 @@ class KeepBatchNormStats(Pass):
     """Record beta and |gamma| of every foldable BatchNorm before fold-batchnorm removes them."""
 
     preserves_semantics = True
-    provides = ("batchnorm-stats",)
 
     def call(self, model: Model) -> PassResult:
         for _, bn in find_foldable_batchnorms(model.graph):

@@ -26,7 +26,6 @@ import onnx
 
 from qcompiler.calibration import model_inputs, open_calibration
 from qcompiler.ir import Model, from_proto, to_proto
-from qcompiler.ir.plan import QuantPlan
 from qcompiler.latency import measure_latencies
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
@@ -37,9 +36,7 @@ def restore(model: Model, serialized: bytes, where: str) -> None:
     model.update_from(from_proto(onnx.load_from_string(serialized), where))
     for value in model.graph.values():
         value.quant = None
-    plan = model.plan
-    model.plan = QuantPlan(target=plan.target, float_reference=plan.float_reference,
-                           original_model=plan.original_model, reports=plan.reports)
+    model.plan.start(model.plan.target)
 
 
 @register_pass("keep-float-reference")
@@ -65,6 +62,7 @@ class LatencyGuard(Pass):
     min_speedup: float = 1.05
     idempotent = False
     needs = ("float-reference",)
+    invalidates = ("float-reference",)  # used up: the reference is dropped (or restored as the model)
 
     def call(self, model: Model) -> PassResult:
         float_bytes = model.plan.float_reference

@@ -21,8 +21,6 @@ from .latency_guard import restore
 class KeepOriginalModel(Pass):
     """Keep the input model, serialized, as the exact float reference (``mixed-precision``)."""
 
-    provides = ("original-model",)
-
     def call(self, model: Model) -> PassResult:
         model.plan.original_model = to_proto(model).SerializeToString()
         return PassResult(model, False)

@@ -17,9 +17,11 @@ that no top-level package named ``passes`` or ``kernels`` clashes with other dis
 Python imports ``qcompiler`` from the checkout itself instead of from the installed copy (``python -m
 qcompiler`` or a script run in the checkout root, or ``PYTHONPATH=.``: the working directory comes
 first on ``sys.path`` and shadows site-packages), this package's folder has no ``passes/`` or
-``kernels/``. In that case only, the checkout root is appended to this package's ``__path__``, so that
-``qcompiler.passes`` and ``qcompiler.kernels`` resolve to the same folders the installed package is
-built from. Everything else still comes from ``qcompiler/`` (first on ``__path__``), and an installed
+``kernels/`` (an editable install imports it from there too). In that case only, the checkout root is
+appended to this package's ``__path__``, so that ``qcompiler.passes`` and ``qcompiler.kernels`` resolve
+to the same folders the installed package is built from. A side effect: the checkout's other folders
+(``tests``, ``benchmarks``, ``qcompiler`` itself) become importable as ``qcompiler.<name>``; nothing
+imports them that way, and ``qcompiler.qcompiler`` would be a second copy of the package. Everything else still comes from ``qcompiler/`` (first on ``__path__``), and an installed
 package (which has ``qcompiler/passes/`` and ``qcompiler/kernels/``) is left as it is. Extending
 ``__path__`` is the standard, lazy way for a package to span folders (what ``pkgutil.extend_path``
 does); a ``sys.meta_path`` finder mapping the two names would do the same with more code, and

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import sys
 import time
 
@@ -74,12 +75,25 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     model = ir.load(args.model)
     before = len(model.graph)
     instruments, timing = _run_instruments(args, len(pipeline.passes), model)
-    PassManager(pipeline.passes, instruments=instruments, verify=args.verify or pipeline.verify)(model)
+    with _closing(instruments):
+        PassManager(pipeline.passes, instruments=instruments, verify=args.verify or pipeline.verify)(model)
     ir.save(model, args.output)
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     print(f"wrote {args.output}: {before} -> {len(model.graph)} nodes in {time.perf_counter() - start:.2f}s")
     return 0
+
+
+@contextlib.contextmanager
+def _closing(instruments: list):
+    """Close the instruments that draw on the terminal (a progress bar) also when a pass fails, so that the
+    error message starts on a line of its own."""
+    try:
+        yield
+    finally:
+        for instrument in instruments:
+            if hasattr(instrument, "close"):
+                instrument.close()
 
 
 def _run_instruments(args: argparse.Namespace, total: int, model: ir.Model | None = None) -> tuple[list, Timing]:
@@ -106,7 +120,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     original = ir.load(args.model)  # for the summary's sizes: read now, --overwrite replaces the file
     before = len(model.graph)
     instruments, timing = _run_instruments(args, len(pipeline.passes), model)
-    compile_model(model, args.output, pipeline=pipeline, options=options, instruments=instruments, overwrite=True)
+    with _closing(instruments):
+        compile_model(model, args.output, pipeline=pipeline, options=options, instruments=instruments,
+                      overwrite=True)
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     _print_reports(model)

@@ -24,6 +24,9 @@ correction, AdaRound).
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import numpy as np
 from onnx import TensorProto
 
@@ -120,8 +123,29 @@ def _check_opset(model: Model, values: list[Value]) -> None:
                 f"{model.opset}); run upgrade-opset with target = {needed} before insert-qdq")
 
 
+@contextlib.contextmanager
+def _model_out_of_gc_view():
+    """Freeze the objects alive now (the model above all) out of the cyclic garbage collector's view
+    while a rewrite creates many small IR objects: each collection would otherwise traverse the whole
+    model again, and the cost per node grew with the graph's size. The rewrite makes no garbage of the
+    model's own objects worth collecting meanwhile. A freeze someone else holds is left alone."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def insert_qdq(model: Model) -> bool:
     """Materialize the plan's specs as Q/DQ nodes (see the module docstring); True when the graph changed."""
+    with _model_out_of_gc_view():
+        return _insert_qdq(model)
+
+
+def _insert_qdq(model: Model) -> bool:
     graph, plan = model.graph, model.plan
     absorbed = [node for node in graph if node in plan.absorbed]
     for node in absorbed:

@@ -65,11 +65,13 @@ class CompileOptions:
             raise UserError(f"objective must be 'latency' or 'size', not {self.objective!r}")
         if not valid_percentile(self.percentile):
             raise UserError(f"percentile must be in (50, 100], not {self.percentile!r}")
-        if not isinstance(self.threads, int) or self.threads < 0:
+        if not isinstance(self.per_tensor, bool):
+            raise UserError(f"per_tensor must be True or False, not {self.per_tensor!r}")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
             raise UserError(f"threads must be 0 (onnxruntime's default) or a positive count, not {self.threads!r}")
         threshold = self.sensitivity_threshold
-        if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)
-                                          and threshold >= 0):
+        if threshold is not None and not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+                                          and math.isfinite(threshold) and threshold >= 0):
             raise UserError(f"sensitivity threshold must be a number >= 0, not {threshold!r}")
         if self.metric is not None and threshold is None:
             raise UserError("a metric is only used with a sensitivity threshold")

@@ -21,7 +21,6 @@ its infrastructure; DESIGN.md calls it ``qcompiler/passes.py``, but that name wo
 from __future__ import annotations
 
 import dataclasses
-import gc
 import importlib
 import importlib.metadata
 import time
@@ -54,6 +53,7 @@ class Pass:
         idempotent: running the pass twice changes nothing the second time (checked by CheckIdempotent).
         needs: facts (``qcompiler.ir.plan.FACTS``) the model must have when the pass runs.
         provides: facts the model has after the pass.
+        invalidates: facts the model may have before the pass and no longer has after it.
     """
 
     name: ClassVar[str] = ""
@@ -61,6 +61,7 @@ class Pass:
     idempotent: ClassVar[bool] = True
     needs: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
+    invalidates: ClassVar[tuple[str, ...]] = ()
 
     def requires(self, model: Model) -> None:
         """Raise a UserError (bad parameters, missing data) or PreconditionError when the pass cannot run
@@ -73,9 +74,10 @@ class Pass:
         """Raise PostconditionError when the pass left ``model`` in a state it does not promise."""
 
     def __call__(self, model: Model) -> PassResult:
-        missing = [fact for fact in self.needs if fact not in facts_of(model)]
+        have = facts_of(model)
+        missing = [fact for fact in self.needs if fact not in have]
         if missing:
-            raise order_error(self, missing[0], "the model has none and it runs outside a pipeline that provides it")
+            raise order_error(self, missing[0], "the model does not have it when the pass runs")
         self.requires(model)
         result = self.call(model)
         if not isinstance(result, PassResult) or result.model is not model:
@@ -121,6 +123,7 @@ def check_order(passes: Sequence[Pass], available: Iterable[str] | None = None) 
                 raise order_error(pass_, fact, f"{later[0]} provides it only after it")
             if available is not None:
                 raise order_error(pass_, fact, "no pass before it provides it and the model has none")
+        have.difference_update(pass_.invalidates)
         have.update(pass_.provides)
 
 
@@ -243,17 +246,6 @@ class PassManager:
         return f"PassManager([{', '.join(map(repr, self.passes))}], verify={self.verify!r})"
 
     def __call__(self, model: Model) -> PipelineResult:
-        """Run the passes on ``model``. The objects alive when the run starts (the model above all) are
-        frozen out of the cyclic garbage collector's view meanwhile (``gc.freeze``): passes create many
-        small IR objects, and each collection would otherwise traverse the whole model again, which made
-        the cost per node of insert-qdq grow with the size of the graph."""
-        gc.freeze()
-        try:
-            return self._run(model)
-        finally:
-            gc.unfreeze()
-
-    def _run(self, model: Model) -> PipelineResult:
         check_order(self.passes, facts_of(model))
         result = PipelineResult(model, False)
         done: list[str] = []

@@ -163,3 +163,9 @@ def test_the_plan_survives_clone(model_path, calib_dir):
     assert all(n.graph is copy.graph for n in copy.plan.layers)
     assert {v.name for v in copy.plan.pending} == {v.name for v in model.plan.pending}
     assert np.array_equal(copy.find_value("w1").quant.scale, model.find_value("w1").quant.scale)
+
+
+def test_a_pass_that_starts_a_new_plan_invalidates_the_ranges_before_it(model_path):
+    passes = [AssignPrecision(), Calibrate(data=[{}]), AssignPrecision(), InsertQDQ()]
+    with pytest.raises(PipelineOrderError, match="insert-qdq needs a range for every activation"):
+        PassManager(passes)(ir.load(model_path))  # before any pass runs

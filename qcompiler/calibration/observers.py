@@ -294,7 +294,7 @@ class StreamingHistogram(Observer):
 
 def valid_percentile(percentile: float) -> bool:
     """Whether ``percentile`` can bound a range from above: in (50, 100] (the median or less cannot)."""
-    return isinstance(percentile, (int, float)) and 50.0 < percentile <= 100.0
+    return isinstance(percentile, (int, float)) and not isinstance(percentile, bool) and 50.0 < percentile <= 100.0
 
 
 class PercentileObserver(StreamingHistogram):

@@ -95,7 +95,9 @@ class QuantPlan:
             self.pending[value] = scheme
 
     def drop_range(self, value: Value) -> None:
+        """``value`` is no longer quantized by itself (its reader was absorbed into its quantization)."""
         self.pending.pop(value, None)
+        self.dynamic.pop(value, None)
 
     def share(self, value: Value, source: Value) -> None:
         """``value`` reuses ``source``'s spec (a pass-through op's output)."""
@@ -143,8 +145,6 @@ FACTS: dict[str, tuple[str, Callable[[Model], bool]]] = {
                lambda m: m.plan.target is not None and not m.plan.pending),
     "qdq": ("Q/DQ nodes for the plan's specs", lambda m: m.plan.lowered),
     "float-reference": ("the float model kept for comparison", lambda m: m.plan.float_reference is not None),
-    "original-model": ("the input model kept before canonicalization", lambda m: m.plan.original_model is not None),
-    "batchnorm-stats": ("BatchNorm statistics recorded before folding", lambda m: bool(m.plan.batchnorm_stats)),
 }
 """Facts passes need and provide: name -> (what it is, whether a model has it)."""
 

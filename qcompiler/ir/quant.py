@@ -304,7 +304,10 @@ class Scheme:
             raise ValueError("a dynamic scheme is uint8, asymmetric, per tensor (ONNX DynamicQuantizeLinear)")
 
     def spec_from_range(self, lo, hi, axis: int | None = None) -> QuantSpec:
-        """The spec of a tensor whose observed range is [lo, hi] (per the scheme's granularity)."""
+        """The spec of a tensor whose observed range is [lo, hi] (per the scheme's granularity: per-axis and
+        blocked ranges need their ``axis``)."""
+        if self.granularity != "tensor" and axis is None:
+            raise ValueError(f"a {self.granularity} scheme needs the axis its ranges run along")
         return QuantSpec.from_range(lo, hi, self.dtype, symmetric=self.symmetric,
                                     axis=None if self.granularity == "tensor" else axis,
                                     block_size=self.block_size, reduce_range=self.reduce_range)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qcompiler import PassManager, ir
-from qcompiler.errors import UserError
+from qcompiler.errors import PipelineOrderError, UserError
 from qcompiler.ir.testing import run_onnxruntime
 from qcompiler.passes import (AssignPrecision, BiasCorrection, Calibrate, FoldBatchNorm, InsertQDQ,
                               KeepBatchNormStats)
@@ -66,9 +66,13 @@ def test_empirical_correction_removes_the_mean_shift_on_held_out_data():
     assert after < 0.5 * before
 
 
-def test_empirical_correction_needs_data():
+def test_empirical_correction_needs_data_and_activation_ranges():
+    data = [{"x": np.ones((4, 3, 8, 8), np.float32)}]
     with pytest.raises(UserError, match="calibration data"):
-        PassManager([AssignPrecision(target="x86-vnni"), BiasCorrection()])(skewed_conv())
+        PassManager([AssignPrecision(target="x86-vnni"), Calibrate(data=data), BiasCorrection()])(skewed_conv())
+    with pytest.raises(PipelineOrderError, match="bias-correction needs .* run calibrate or calibrate-search"):
+        PassManager([AssignPrecision(target="x86-vnni"), BiasCorrection(data=data)])(skewed_conv())
+    PassManager([AssignPrecision(target="x86-vnni"), BiasCorrection(method="analytic")])  # needs no ranges
 
 
 def bn_relu_conv() -> ir.Model:
