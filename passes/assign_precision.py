@@ -11,14 +11,12 @@ from dataclasses import field
 
 from onnx import TensorProto
 
-from qcompiler.assignment import assign, excluded
+from qcompiler.assignment import OTHER_FLOAT_TYPES, assign, excluded
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import Model, Node
 from qcompiler.ops import lookup
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import get_target
-
-OTHER_FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
 
 @register_pass("assign-precision")

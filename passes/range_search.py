@@ -29,8 +29,8 @@ from dataclasses import field
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto
 
+from qcompiler.assignment import FLOAT_TYPES, OTHER_FLOAT_TYPES
 from qcompiler.calibration import model_inputs
 from qcompiler.calibration.observers import MSEObserver, PercentileObserver, StreamingHistogram
 from qcompiler.errors import UserError
@@ -39,9 +39,6 @@ from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import error_measures
 from qcompiler.targets import Target
-
-FLOAT_OUTPUTS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
-"""Graph outputs the held-out error is measured on (not shapes, masks or indices a model also returns)."""
 
 DEFAULT_RATIOS = tuple(round(1.0 - 0.01 * i, 2) for i in range(50))
 DEFAULT_CANDIDATES = ("minmax", "mse", "percentile:99.9", "percentile:99.99", "percentile:99.999",
@@ -182,7 +179,8 @@ class CalibrateSearch(Pass):
         fit, held = _split(data, self.holdout)
         held_feeds = [feed for _, feed in held.items()]
         histograms = collect(to_proto(model), names, fit, lambda name: _KeepingHistogram())
-        outputs = [v.name for v in graph.outputs if v.dtype in FLOAT_OUTPUTS]  # what the error is measured on
+        # the error is measured on the float outputs, not on shapes, masks or indices a model also returns
+        outputs = [v.name for v in graph.outputs if v.dtype in FLOAT_TYPES + OTHER_FLOAT_TYPES]
         held_histograms = collect(to_proto(model), names + outputs, held_feeds,
                                   lambda name: _KeepingHistogram(keep=name in outputs))
         reference = [[held_histograms[o].arrays[i] for o in outputs] for i in range(len(held_feeds))]

@@ -48,6 +48,10 @@ from .ops import OpQuant, lookup, weight_axis
 from .targets import Target
 
 FLOAT_TYPES = (TensorProto.FLOAT,)
+"""The float type whose layers are quantized."""
+
+OTHER_FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+"""Float types a model may compute in that are not quantized (yet)."""
 
 
 def is_float_activation(value: Value | None) -> bool:

@@ -269,8 +269,8 @@ def tensor_range(x: np.ndarray, axis: int | None, block_size: int | None = None)
     pad = blocks * block_size - x.shape[axis]
     widths = [(0, pad if i == axis else 0) for i in range(x.ndim)]
     split = x.shape[:axis] + (blocks, block_size) + x.shape[axis + 1:]
-    lo = np.pad(x, widths, mode="edge").reshape(split).min(axis=axis + 1)
-    hi = np.pad(x, widths, mode="edge").reshape(split).max(axis=axis + 1)
+    blocked = np.pad(x, widths, mode="edge").reshape(split)
+    lo, hi = blocked.min(axis=axis + 1), blocked.max(axis=axis + 1)
     return lo, hi
 
 
