@@ -2,8 +2,10 @@
 
 Each op type of the default ONNX domain that the compiler treats specially has one :class:`OpQuant` in
 :data:`OPS`; :func:`lookup` finds a node's (a blank descriptor, every fact absent, for the others). To
-teach the compiler an op, add its descriptor here: precision assignment, Q/DQ lowering, layer geometry,
-the summary, and the executor's model of onnxruntime's QDQ fusions and propagation all follow.
+teach the compiler an op, add its descriptor here: precision assignment, Q/DQ lowering, the summary, and
+the executor's model of onnxruntime's QDQ fusions and propagation all follow. Not yet the weight
+rewrites of ``qcompiler.layers`` (grouped layout, channel scaling, bias edits) and the sensitivity
+analysis: they still assume Conv, Gemm and MatMul with the weight at input 1 and the bias at input 2.
 
 The onnxruntime facts are those of onnxruntime 1.32's CPU provider, from
 ``core/optimizer/qdq_transformer/selectors_actions/qdq_selector_action_transformer.cc`` (which
@@ -11,8 +13,8 @@ The onnxruntime facts are those of onnxruntime 1.32's CPU provider, from
 pairs are dropped: ``DropQDQNodesRules``) and ``core/optimizer/qdq_transformer/qdq_propagation.cc``
 (``CanNodePropagate``: the ops Q/DQ pairs are copied across before fusing). The two lists differ, so
 they are two facts: Flatten's pair is dropped but Flatten does not propagate (``Softmax -> Flatten ->
-Q`` keeps a float Softmax), Slice does both (``tests/test_ops.py`` checks every pass-through op against
-the onnxruntime installed).
+Q`` keeps a float Softmax), Slice does both, but is not a pass-through op of precision assignment yet
+(see its entry; ``tests/test_ops.py`` checks every pass-through op against the onnxruntime installed).
 """
 
 from __future__ import annotations
