@@ -113,14 +113,15 @@ class FloatDrift(Instrument):
             self.steps.append({"pass": record.name, "sqnr_db": errors["sqnr_db"], "nsr": errors["nsr"]})
 
 
-def _calibrated(model_path: str, pipeline_name: str, options: CompileOptions) -> tuple[ir.Model, Any, list[dict]]:
-    """The model after the pipeline's passes before ``mixed-precision``, that pass (configured), and
-    the float drift after each of those passes (:class:`FloatDrift`)."""
+def _calibrated(model_path: str, pipeline_name: str, options: CompileOptions, metric: Any
+                ) -> tuple[ir.Model, Any, list[dict]]:
+    """The model after the pipeline's passes before ``mixed-precision``, that pass (configured with
+    ``metric``), and the float drift after each of those passes (:class:`FloatDrift`)."""
     named = NAMED_PIPELINES.get(pipeline_name)
     if named is not None and "sensitivity_threshold" not in named.honours:
         position, pipeline = None, None
     else:
-        pipeline = resolve(pipeline_name, dataclasses.replace(options, objective="size",
+        pipeline = resolve(pipeline_name, dataclasses.replace(options, objective="size", metric=metric,
                                                               sensitivity_threshold=ACCURACY_FLOOR))
         position = next((i for i, p in enumerate(pipeline.passes) if p.name == "mixed-precision"), None)
     if position is None:
@@ -302,8 +303,8 @@ def _analyze(model_path: str, calib: Any, *, quantized: str | None, target: str,
         raise UserError(f"{quantized}: no DequantizeLinear node, not a quantized (QDQ) model")
     say(f"calibrating with the {pipeline} pipeline")
     model, mixed, drift = _calibrated(model_path, pipeline, CompileOptions(
-        calib=calib, target=target_name, calibration=calibration, per_tensor=per_tensor, exclude=tuple(exclude),
-        metric=metric, sensitivity_threshold=ACCURACY_FLOOR if metric is not None else None))
+        calib=calib, target=target_name, calibration=calibration, per_tensor=per_tensor, exclude=tuple(exclude)),
+        metric)
     layers = mixed.layers(model)
     if not layers:
         raise UserError(f"{model_path}: no layer has an int8 kernel on {target_name}; nothing to analyze")
