@@ -9,20 +9,27 @@ dictionary in ``metadata_props``). graphsurgeon is used where it is good: consta
 What round-trips: node and value names, doc strings, attributes with their types, opset imports,
 IR version, producer, ``metadata_props`` of model and graph, ``value_info``, subgraphs of
 If/Loop/Scan (kept as opaque GraphProtos), model-local functions (kept as FunctionProtos), and
-external data (loaded into memory; a model whose tensors exceed protobuf's 2 GB limit is saved with
-external data in a file next to it). Sparse initializers and training info are refused with a
-clear message rather than dropped.
+external data. Sparse initializers and training info are refused with a clear message rather than
+dropped.
 
-Files are written atomically: to a temporary file in the destination directory, then renamed.
+Models past protobuf's 2 GB limit: the main graph's external initializers are memory-mapped when
+loaded (read-only NumPy views of the data file, :mod:`qcompiler.ir.external_data`), never copied into
+protobuf; a model whose tensors come near the limit is saved with external data, streamed one tensor at
+a time into the data file, so the whole model is never one protobuf message; :func:`onnxruntime_model`
+hands onnxruntime such a model as a file path, never as a >2 GB in-memory proto.
+
+Files are written atomically; a model with external data is replaced together with its data file, so a
+reader never sees one save's ``.onnx`` with another's data (:func:`qcompiler.ir.external_data.replace_pair`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
-import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,6 +38,7 @@ from onnx import AttributeProto, numpy_helper
 
 from ..errors import ModelLoadError, ModelSaveError, UnsupportedModelError
 from ._core import Graph, Model, Node, Value, captured_names
+from .external_data import DataFiles, TensorWriter, file_mode, replace_pair
 
 PROTOBUF_LIMIT = 2**31 - 1
 """Largest serialized protobuf message; larger models need external data."""
@@ -107,7 +115,7 @@ def _copy_graph(graph: onnx.GraphProto) -> onnx.GraphProto:
     return copy
 
 
-def _graph_from_proto(proto: onnx.GraphProto, where: str) -> Graph:
+def _graph_from_proto(proto: onnx.GraphProto, where: str, data: DataFiles | None = None) -> Graph:
     if len(proto.sparse_initializer):
         raise UnsupportedModelError(
             f"{where}: graph {proto.name!r} has sparse initializers, which qcompiler does not support"
@@ -122,7 +130,11 @@ def _graph_from_proto(proto: onnx.GraphProto, where: str) -> Graph:
         return values[name]
 
     for tensor in proto.initializer:
-        array = numpy_helper.to_array(tensor)
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        if external and data is None:
+            raise ModelLoadError(f"{where}: initializer {tensor.name!r} has external data but the model has no "
+                                 f"directory to read it from (load it from its file)")
+        array = data.array(tensor) if external else numpy_helper.to_array(tensor)
         value = Value(tensor.name, tensor.data_type, tuple(tensor.dims), array, doc_string=tensor.doc_string)
         values[tensor.name] = value
         graph.initializers[tensor.name] = value
@@ -159,11 +171,12 @@ def _graph_from_proto(proto: onnx.GraphProto, where: str) -> Graph:
     return graph
 
 
-def from_proto(proto: onnx.ModelProto, where: str = "<model>") -> Model:
-    """Build the IR from a ModelProto (external data must already be loaded)."""
+def from_proto(proto: onnx.ModelProto, where: str = "<model>", data: DataFiles | None = None) -> Model:
+    """Build the IR from a ModelProto: external data of the main graph's initializers is mapped from
+    ``data``; any other external data must already be loaded."""
     if len(proto.training_info):
         raise UnsupportedModelError(f"{where}: models with training_info are not supported")
-    graph = _graph_from_proto(proto.graph, where)
+    graph = _graph_from_proto(proto.graph, where, data)
     opsets = {op.domain: op.version for op in proto.opset_import}
     model = Model(graph, opsets)
     model.ir_version = proto.ir_version
@@ -238,10 +251,13 @@ def _node_to_proto(node: Node) -> onnx.NodeProto:
     return proto
 
 
-def _tensor_proto(value: Value, with_data: bool = True) -> onnx.TensorProto:
+def _tensor_proto(value: Value, with_data: bool = True, writer: TensorWriter | None = None) -> onnx.TensorProto:
     if not with_data:  # type and dims only (for analyses that never read the values)
         return onnx.TensorProto(name=value.name, data_type=value.dtype, dims=value.const.shape,
                                 data_location=onnx.TensorProto.DEFAULT)
+    if writer is not None and value.dtype == onnx.helper.np_dtype_to_tensor_dtype(value.const.dtype):
+        return writer.add(onnx.TensorProto(name=value.name, data_type=value.dtype, dims=value.const.shape,
+                                           doc_string=value.doc_string), value.const)
     tensor = numpy_helper.from_array(value.const, value.name)
     if value.dtype is not None and tensor.data_type != value.dtype:
         tensor = onnx.helper.make_tensor(value.name, value.dtype, value.const.shape,
@@ -250,13 +266,14 @@ def _tensor_proto(value: Value, with_data: bool = True) -> onnx.TensorProto:
     return tensor
 
 
-def _graph_to_proto(graph: Graph, include_data: Callable[[Value], bool] | None = None) -> onnx.GraphProto:
+def _graph_to_proto(graph: Graph, include_data: Callable[[Value], bool] | None = None,
+                    writer: TensorWriter | None = None) -> onnx.GraphProto:
     proto = onnx.GraphProto(name=graph.name, doc_string=graph.doc_string)
     for key, val in graph.metadata.items():
         proto.metadata_props.add(key=key, value=val)
     proto.input.extend(_value_info(v) for v in graph.inputs)
     proto.output.extend(_value_info(v) for v in graph.outputs)
-    proto.initializer.extend(_tensor_proto(v, include_data is None or include_data(v))
+    proto.initializer.extend(_tensor_proto(v, include_data is None or include_data(v), writer)
                              for v in graph.initializers.values())
     proto.node.extend(_node_to_proto(n) for n in graph)
     boundary = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
@@ -268,8 +285,10 @@ def _graph_to_proto(graph: Graph, include_data: Callable[[Value], bool] | None =
     return proto
 
 
-def to_proto(model: Model, include_data: Callable[[Value], bool] | None = None) -> onnx.ModelProto:
-    """Serialize the IR into a ModelProto (all tensor data inline).
+def to_proto(model: Model, include_data: Callable[[Value], bool] | None = None,
+             writer: TensorWriter | None = None) -> onnx.ModelProto:
+    """Serialize the IR into a ModelProto (all tensor data inline, or with ``writer`` the main graph's
+    initializers of 1 KiB and more streamed into its data file as external data).
 
     ``include_data(value)`` False leaves an initializer's data out (type and dims stay): for
     analyses such as shape inference that never read weights. Such a proto is not a valid model.
@@ -286,7 +305,7 @@ def to_proto(model: Model, include_data: Callable[[Value], bool] | None = None) 
         proto.opset_import.add(domain=domain, version=version)
     for key, val in model.metadata.items():
         proto.metadata_props.add(key=key, value=val)
-    proto.graph.CopyFrom(_graph_to_proto(model.graph, include_data))
+    proto.graph.CopyFrom(_graph_to_proto(model.graph, include_data, writer))
     proto.functions.extend(model.functions)
     return proto
 
@@ -295,19 +314,52 @@ def to_proto(model: Model, include_data: Callable[[Value], bool] | None = None) 
 # files
 
 
-def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file, with external data, turning every failure into a one-line error."""
-    path = Path(path)
+def _read_proto(path: Path) -> tuple[onnx.ModelProto, os.stat_result]:
+    """The ModelProto at ``path`` without its external data, and the status of the file read."""
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        with open(path, "rb") as stream:
+            status = os.fstat(stream.fileno())
+            proto = onnx.load(stream, load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and others
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if not proto.HasField("graph") or not proto.opset_import:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph or no opset_import; truncated or wrong file?)")
+    return proto, status
+
+
+def _load_nested_external_data(proto: onnx.ModelProto, directory: Path) -> None:
+    """Load into memory the external data of tensors other than the main graph's initializers
+    (node attributes, subgraphs, functions: kept as protos, and small in practice)."""
+    from onnx.external_data_helper import (_get_attribute_tensors, _get_initializer_tensors_from_graph,
+                                           _recursive_attribute_processor, load_external_data_for_tensor,
+                                           uses_external_data)
+
+    subgraph_initializers = (tensor for node in proto.graph.node for attribute in node.attribute
+                             for tensor in _recursive_attribute_processor(attribute, _get_initializer_tensors_from_graph))
+    for tensor in itertools.chain(subgraph_initializers, _get_attribute_tensors(proto)):
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(directory))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def _replaced_since(path: Path, status: os.stat_result) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_ino, now.st_dev) != (status.st_ino, status.st_dev)
+
+
+def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file with all its external data in memory (for tools that need one proto; a model
+    past 2 GB cannot be one). :func:`load` maps the data instead."""
+    path = Path(path)
+    proto, _ = _read_proto(path)
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
@@ -316,48 +368,47 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def load(path: str | os.PathLike) -> Model:
-    """Load an ONNX file into the IR."""
-    return from_proto(load_proto(path), where=str(path))
+    """Load an ONNX file into the IR, its external initializers memory-mapped (see the module docstring).
+
+    When the file is replaced by a concurrent save between reading the ``.onnx`` and opening its data
+    (whose old data file that save deletes), the new pair is read instead."""
+    path = Path(path)
+    for attempt in range(5):
+        proto, status = _read_proto(path)
+        try:
+            try:
+                _load_nested_external_data(proto, path.parent)
+            except Exception as exc:
+                raise ModelLoadError(f"{path}: cannot read its external data ({exc})") from exc
+            return from_proto(proto, where=str(path), data=DataFiles(path.parent, str(path)))
+        except ModelLoadError:
+            if attempt == 4 or not _replaced_since(path, status):
+                raise
+    raise AssertionError("unreachable")
 
 
-def _tensor_bytes(model: Model) -> int:
+def tensor_bytes(model: Model) -> int:
+    """Bytes of the main graph's initializers."""
     return sum(v.const.nbytes for v in model.graph.initializers.values())
 
 
-def save_proto(proto: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
-    """Write a ModelProto atomically; with external data when asked or when it exceeds 2 GB.
+EXTERNAL_DATA_BYTES = PROTOBUF_LIMIT - (64 << 20)
+"""Tensor bytes from which a model is saved (and handed to onnxruntime) with external data."""
 
-    External data goes to ``<file name>.data`` next to the model. Everything is first written into a
-    temporary directory beside the destination, then renamed into place, so a failure leaves no
-    partial file. With external data the proto's tensors are moved out of it (it is modified).
-    """
+
+def save_proto(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write a ModelProto (under 2 GB, all data inline) atomically, replacing any previous pair at ``path``."""
+    path = _checked_destination(path)
+    replace_pair(path, lambda _: proto.SerializeToString(), external=False)
+
+
+def _checked_destination(path: str | os.PathLike) -> Path:
     path = Path(path)
-    directory = path.parent
-    if not directory.is_dir():
-        raise ModelSaveError(f"{path}: directory {directory} does not exist")
+    if not path.parent.is_dir():
+        raise ModelSaveError(f"{path}: directory {path.parent} does not exist")
     if path.is_dir():
         raise ModelSaveError(f"{path}: is a directory")
-    if external_data is None:
-        external_data = proto.ByteSize() > PROTOBUF_LIMIT
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory))
-    except OSError as exc:
-        raise ModelSaveError(f"{path}: cannot write in {directory} ({exc.strerror})") from exc
-    try:
-        staged = staging / path.name
-        if external_data:
-            data_name = path.name + ".data"
-            onnx.save_model(proto, str(staged), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            if (staging / data_name).exists():  # not written when every tensor is under 1 KiB
-                os.replace(staging / data_name, directory / data_name)
-        else:
-            staged.write_bytes(proto.SerializeToString())
-        os.replace(staged, path)
-    except OSError as exc:
-        raise ModelSaveError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return path
 
 
 def write_atomically(path: str | os.PathLike, text: str) -> None:
@@ -369,12 +420,10 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
         handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise ModelSaveError(f"{path}: cannot write in {path.parent} ({exc.strerror or exc})") from exc
-    umask = os.umask(0)
-    os.umask(umask)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
-        os.chmod(staged, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        os.chmod(staged, file_mode(path))
         os.replace(staged, path)
     except BaseException as exc:
         Path(staged).unlink(missing_ok=True)
@@ -384,7 +433,39 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
 
 
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
-    """Write the IR to an ONNX file atomically (external data when over 2 GB or when asked)."""
+    """Write the IR to an ONNX file atomically: with its tensors streamed into a data file beside it when
+    they come near 2 GB or when asked, the pair replacing any previous one as a pair (see the module)."""
+    path = _checked_destination(path)
     if external_data is None:
-        external_data = _tensor_bytes(model) > PROTOBUF_LIMIT - (64 << 20)
-    save_proto(to_proto(model), path, external_data=external_data)
+        external_data = tensor_bytes(model) > EXTERNAL_DATA_BYTES
+    replace_pair(path, lambda writer: to_proto(model, writer=writer).SerializeToString(), external=external_data)
+
+
+def write_model(model: Model, path: Path, extra_outputs: list[str] = ()) -> None:
+    """Write ``model`` to a fresh ``path`` (a scratch directory nobody else reads) with external data in
+    ``path.name + ".data"``, ``extra_outputs`` added to the graph's outputs: what onnxruntime loads by path."""
+    with open(path.with_name(path.name + ".data"), "xb", buffering=0) as stream:
+        proto = to_proto(model, writer=TensorWriter(stream, path.name + ".data"))
+    _add_outputs(proto, extra_outputs)
+    path.write_bytes(proto.SerializeToString())
+
+
+def _add_outputs(proto: onnx.ModelProto, names: list[str]) -> None:
+    known = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in known)
+
+
+@contextlib.contextmanager
+def onnxruntime_model(model: Model, extra_outputs: list[str] = ()) -> Iterator[bytes | str]:
+    """What ``onnxruntime.InferenceSession`` takes for ``model`` (with ``extra_outputs`` exposed): the
+    serialized proto, or for tensors near 2 GB the path of a copy with external data in a scratch
+    directory, removed when the block ends (a session made inside the block keeps working)."""
+    if tensor_bytes(model) <= EXTERNAL_DATA_BYTES:
+        proto = to_proto(model)
+        _add_outputs(proto, list(extra_outputs))
+        yield proto.SerializeToString()
+        return
+    with tempfile.TemporaryDirectory(prefix="qcompiler-") as scratch:
+        path = Path(scratch) / "model.onnx"
+        write_model(model, path, list(extra_outputs))
+        yield str(path)

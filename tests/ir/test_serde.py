@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import re
 
 import numpy as np
 import onnx
@@ -12,6 +12,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from qcompiler import ir
 from qcompiler.errors import ModelLoadError, ModelSaveError, UnsupportedModelError
+from qcompiler.ir import external_data
 from qcompiler.ir.testing import parse, random_feeds, run_onnxruntime, tensor_text
 
 MODEL_TEXT = """
@@ -170,8 +171,9 @@ def test_external_data_is_written_next_to_the_model_and_reloads_identically(tmp_
     }}""")
     path = tmp_path / "model.onnx"
     ir.save(model, path, external_data=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
-    assert (tmp_path / "model.onnx.data").stat().st_size >= w.nbytes
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == "model.onnx" and re.fullmatch(r"model\.onnx\.[0-9a-f]{12}\.data", names[1]) and len(names) == 2
+    assert (tmp_path / names[1]).stat().st_size >= w.nbytes
     assert path.stat().st_size < w.nbytes  # the weights are not inline
     loaded = ir.load(path)
     np.testing.assert_array_equal(loaded.graph.initializers["w"].const, w)
@@ -197,19 +199,17 @@ def test_save_overwrites_and_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
-class _DiskFull(OSError):
-    pass
+def _disk_full(monkeypatch):
+    """Make every save fail like a full disk: the data is written, then its fsync fails."""
 
+    def failing_fsync(descriptor):
+        raise OSError(28, "No space left on device")
 
-def _failing_write(self, data):
-    """Write half of the data, then fail, like a full disk."""
-    with open(self, "wb") as f:
-        f.write(data[: len(data) // 2])
-    raise _DiskFull(28, "No space left on device")
+    monkeypatch.setattr(external_data.os, "fsync", failing_fsync)
 
 
 def test_failed_save_to_a_new_path_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(Path, "write_bytes", _failing_write)
+    _disk_full(monkeypatch)
     path = tmp_path / "new.onnx"
     with pytest.raises(ModelSaveError, match="No space left"):
         ir.save(rich_model(), path)
@@ -220,7 +220,7 @@ def test_failed_save_keeps_the_previous_file_intact(tmp_path, monkeypatch):
     path = tmp_path / "m.onnx"
     ir.save(rich_model(), path)
     previous = path.read_bytes()
-    monkeypatch.setattr(Path, "write_bytes", _failing_write)
+    _disk_full(monkeypatch)
     with pytest.raises(ModelSaveError, match=str(path)):
         ir.save(parse(CONV), path)
     assert path.read_bytes() == previous
@@ -233,12 +233,7 @@ def test_failed_external_data_save_keeps_the_previous_files(tmp_path, monkeypatc
     model.graph.add_initializer(ir.Value("big", const=np.zeros(1024, np.float32)))
     ir.save(model, path, external_data=True)
     previous = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-
-    def failing_save_model(proto, f, **kwargs):
-        Path(f).write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(onnx, "save_model", failing_save_model)
+    _disk_full(monkeypatch)
     with pytest.raises(ModelSaveError):
         ir.save(model, path, external_data=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == previous
@@ -295,7 +290,7 @@ def test_load_error_for_missing_external_data(tmp_path):
     model = parse(CONV)
     model.graph.add_initializer(ir.Value("big", const=np.zeros(1024, np.float32)))
     ir.save(model, path, external_data=True)
-    (tmp_path / "m.onnx.data").unlink()
+    next(tmp_path.glob("m.onnx.*.data")).unlink()
     with pytest.raises(ModelLoadError, match="external data"):
         ir.load(path)
 
