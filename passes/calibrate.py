@@ -14,7 +14,7 @@ from typing import Any
 from qcompiler.calibration import METHODS, model_inputs
 from qcompiler.calibration.observers import valid_percentile
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, to_proto
+from qcompiler.ir import Model, onnxruntime_model
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -45,7 +45,8 @@ class Calibrate(Pass):
         from qcompiler.calibration import collect, make_observer_factory, open_calibration
 
         data = open_calibration(self.data, model_inputs(model))
-        observers = collect(to_proto(model), [v.name for v in pending], data,
-                            make_observer_factory(self.method, percentile=self.percentile))
+        with onnxruntime_model(model) as source:  # a path for a model near 2 GB: no second copy in memory
+            observers = collect(source, [v.name for v in pending], data,
+                                make_observer_factory(self.method, percentile=self.percentile))
         plan.set_ranges({v: observers[v.name].compute_range() for v in pending})
         return PassResult(model, True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from qcompiler.calibration import model_inputs
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, to_proto
+from qcompiler.ir import Model, SavedModel
 from qcompiler.mixed_precision import RECOMMENDED_THRESHOLD, choose, explore
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import Evaluation, Evaluator, error_measures, name_nodes, quantizable_layers
@@ -19,10 +19,10 @@ from .latency_guard import restore
 
 @register_pass("keep-original-model")
 class KeepOriginalModel(Pass):
-    """Keep the input model, serialized, as the exact float reference (``mixed-precision``)."""
+    """Keep the input model aside as the exact float reference (``mixed-precision``)."""
 
     def call(self, model: Model) -> PassResult:
-        model.plan.original_model = to_proto(model).SerializeToString()
+        model.plan.original_model = SavedModel(model)
         return PassResult(model, False)
 
 
@@ -76,7 +76,7 @@ class MixedPrecision(Pass):
         evaluator = self.evaluator(model)
         original = model.plan.original_model
         measure = "metric" if self.metric is not None else "nsr"
-        best, path, sensitivity = self.search(evaluator, layers, measure, original and len(original))
+        best, path, sensitivity = self.search(evaluator, layers, measure, original and original.nbytes)
         quantized = best.quantized_nodes if best is not None else frozenset()
         model.plan.reports["mixed_precision"] = {
             "threshold": self.threshold, "measure": measure, "samples": len(evaluator.feeds),

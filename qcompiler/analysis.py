@@ -320,7 +320,7 @@ def _analyze(model_path: str, calib: Any, *, quantized: str | None, target: str,
         report["split"] = {"weights_only": split_error(counted, "weights"),
                            "activations_only": split_error(counted, "activations"), "all_int8": all_int8.errors}
     say(f"per-layer sensitivity of {len(layers)} layers (2 evaluations each)")
-    original_size = len(model.plan.original_model)
+    original_size = model.plan.original_model.nbytes
 
     def search(threshold: float):
         return choose(evaluator, layers, "nsr", threshold, original_size)

@@ -20,6 +20,7 @@ from . import ir
 from .compiler import check_output_path
 from .errors import InternalError, PassError, UserError
 from .instruments import CheckIdempotent, CheckModifiedFlag, DumpIR, Progress, Timing
+from .ir.serde import serialized_bytes
 from .options import CompileOptions, add_arguments
 from .pass_manager import PassManager, default_registry, load_plugin
 from .pipelines import NAMED_PIPELINES, resolve
@@ -117,7 +118,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     pipeline = resolve(args.pipeline, options)
     start = time.perf_counter()
     model = ir.load(args.model)
-    original = ir.load(args.model)  # for the summary's sizes: read now, --overwrite replaces the file
+    original_bytes = serialized_bytes(model)  # for the summary's sizes (not a second copy of the model)
     before = len(model.graph)
     instruments, timing = _run_instruments(args, len(pipeline.passes), model)
     with _closing(instruments):
@@ -126,7 +127,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     _print_reports(model)
-    print(_layer_summary(model, options.calib, original))
+    print(_layer_summary(model, options.calib, original_bytes))
     quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
     target = model.plan.target.name if model.plan.target is not None else "none"
     print(f"wrote {args.output}: target {target}, {before} -> {len(model.graph)} nodes, "
@@ -158,7 +159,7 @@ def _print_reports(model: ir.Model) -> None:
               + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
 
 
-def _layer_summary(model: ir.Model, calib: object, original: ir.Model) -> str:
+def _layer_summary(model: ir.Model, calib: object, original_bytes: int) -> str:
     """The per-layer summary table (``qcompiler.summary``), shapes taken on the first calibration feed
     (on random inputs when the compile had no calibration data)."""
     from .calibration import model_inputs, open_calibration
@@ -166,7 +167,7 @@ def _layer_summary(model: ir.Model, calib: object, original: ir.Model) -> str:
     from .summary import format_table, summarize
 
     feed = next(iter(open_calibration(calib, model_inputs(model)))) if calib is not None else random_feeds(model)
-    return format_table(summarize(model, feed, original))
+    return format_table(summarize(model, feed, original_bytes))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

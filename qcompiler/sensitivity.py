@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 
 from .assignment import assign
-from .ir import Model, QuantSpec, to_proto
+from .ir import Model, QuantSpec, SavedModel, to_proto
 from .lowering import lower
 from .ops import lookup
 
@@ -68,7 +68,7 @@ def nsr_db(nsr: float) -> float:
     return -10.0 * math.log10(nsr) if nsr > 0 else math.inf
 
 
-def run_session(model: bytes | onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
+def run_session(model: bytes | str | onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
                 simulated: bool = True) -> Outputs:
     """Outputs of ``model`` on every feed; ``simulated`` turns onnxruntime's graph optimizations off,
     so Q/DQ pairs run as written (fake-quant) instead of being fused into integer kernels."""
@@ -78,7 +78,7 @@ def run_session(model: bytes | onnx.ModelProto, feeds: Iterable[dict[str, np.nda
     options.log_severity_level = 3
     if simulated:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()  # str: a path
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     return [session.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
@@ -144,7 +144,7 @@ class Evaluator:
 
     @classmethod
     def from_calibrated(cls, model: Model, feeds: list[dict[str, np.ndarray]], *, assign_options: dict[str, Any],
-                        exclude: Iterable[str] = (), reference_model: bytes | None = None,
+                        exclude: Iterable[str] = (), reference_model: SavedModel | None = None,
                         metric: Metric | None = None) -> Evaluator:
         """From a model after ``assign-precision`` and calibration (its nodes must be uniquely named,
         see :func:`name_nodes`); the reference outputs are those of ``reference_model`` (the
@@ -153,7 +153,7 @@ class Evaluator:
         base = model.clone()
         for value in base.graph.values():
             value.quant = None
-        reference = run_session(reference_model or to_proto(base), feeds)
+        reference = run_session(reference_model.source if reference_model else to_proto(base), feeds)
         weights = {n.name: int(n.inputs[1].const.size) for n in base.graph
                    if lookup(n).role == "layer" and len(n.inputs) > 1 and n.inputs[1] is not None
                    and n.inputs[1].const is not None}

@@ -11,7 +11,8 @@ Multiply-accumulates per layer come from the op's descriptor, on the shapes the 
 (dynamic dimensions are resolved by running it: onnxruntime, optimizations off, the layer tensors
 exposed as outputs).
 
-Sizes are serialized model sizes (the ``.onnx`` file without external data). Everything is kept as
+Sizes are serialized model sizes (the ``.onnx`` file without external data; counted without
+serializing, so also for models past 2 GB). Everything is kept as
 JSON-able records (``summarize`` returns a dict) and ``format_table`` prints it.
 """
 
@@ -21,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import onnx
 
-from .ir import Model, Node, Value, to_proto
+from .ir import Model, Node, Value, onnxruntime_model
+from .ir.serde import serialized_bytes
 from .ops import lookup
 from .targets import TARGETS
 
@@ -72,13 +73,11 @@ def tensor_reader(model: Model, names: list[str]) -> Callable[[dict[str, np.ndar
     compute are left out."""
     import onnxruntime as ort
 
-    proto = to_proto(model)
-    known = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in known)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with onnxruntime_model(model, extra_outputs=names) as source:
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
     wanted = set(names)
     outputs = [o.name for o in session.get_outputs() if o.name in wanted]
@@ -107,8 +106,9 @@ def layer_nodes(model: Model) -> list[Node]:
         lookup(n).macs is not None or (n.op_type in INT8_OPS and (n.name in decided or precision(n) == "int8")))]
 
 
-def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | None = None) -> dict[str, Any]:
-    """Per-layer records and totals of a compiled ``model`` (``original``: the input model, for sizes)."""
+def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | int | None = None) -> dict[str, Any]:
+    """Per-layer records and totals of a compiled ``model`` (``original``: the input model, or its
+    :func:`~qcompiler.ir.serde.serialized_bytes`, for sizes)."""
     nodes = layer_nodes(model)
     needed = [v.name for n in nodes if lookup(n).macs is not None
               for v in (n.inputs[0], n.inputs[1], n.outputs[0])]
@@ -127,12 +127,12 @@ def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | None 
     for record in records:
         record["macs_share"] = record["macs"] / total_macs if total_macs else 0.0
     int8_macs = sum(r["macs"] for r in records if r["precision"] == "int8")
-    after = to_proto(model).ByteSize()
+    after = serialized_bytes(model)
     totals = {"layers": len(records), "int8_layers": sum(r["precision"] == "int8" for r in records),
               "macs": total_macs, "int8_macs_share": int8_macs / total_macs if total_macs else 0.0,
               "size_after": after}
     if original is not None:
-        before = to_proto(original).ByteSize()
+        before = original if isinstance(original, int) else serialized_bytes(original)
         totals.update(size_before=before, compression=before / after)
     if "predicted" in mixed and model.plan.reports.get("latency_guard", {}).get("kept", "int8") == "int8":
         totals["predicted"] = mixed["predicted"]  # (a guard that restored float leaves nothing predicted)

@@ -18,7 +18,9 @@ feed's input shapes; with dynamic shapes, a larger later feed can exceed the bud
 ratio. One tensor larger than the budget gets a pass of its own.
 
 Models over protobuf's 2 GB limit are written to a temporary directory with their initializers as
-external data (streamed one tensor at a time, no second in-memory copy) and loaded by path.
+external data (streamed one tensor at a time, no second in-memory copy) and loaded by path. A model
+given as a path keeps its external data on disk: its data files are hard-linked (copied across file
+systems) next to the augmented graph, and never read into this process.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -37,6 +40,7 @@ import onnx.numpy_helper
 import onnx.shape_inference
 
 from ..errors import ModelLoadError, UnsupportedModelError
+from ..ir.external_data import external_location
 from ..ir.serde import PROTOBUF_LIMIT
 from ..progress import advance, bar
 from .data import CalibrationDataError, CalibrationSet, input_specs, open_calibration
@@ -75,7 +79,7 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
     Raises ``ValueError`` for a name the main graph does not define, and
     :class:`CalibrationDataError` for bad data, including a feed onnxruntime rejects (named).
     """
-    proto = _load(model)
+    proto, directory = _load(model)
     names = list(dict.fromkeys(tensor_names))
     initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
     graph_inputs = {value.name for value in proto.graph.input if value.name not in initializers}
@@ -90,7 +94,7 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
     observers = {name: make_observer(name) for name in names}
     for name in names:
         if name in initializers and name not in graph_inputs:
-            _observe(observers[name], onnx.numpy_helper.to_array(initializers[name]))
+            _observe(observers[name], onnx.numpy_helper.to_array(initializers[name], directory or ""))
     fetched = [n for n in names if n in produced]
     observed_inputs = [n for n in names if n in graph_inputs]
 
@@ -104,7 +108,7 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
         if progress is None:  # a bar where the command asked for progress (qcompiler.progress), else nothing
             progress = advance(stack.enter_context(bar(total, "calibration", unit="feed")))
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompiler-calib-"))
-        writer = _ModelWriter(proto, Path(scratch))
+        writer = _ModelWriter(proto, Path(scratch), directory)
         for position, group in enumerate(groups or [[]]):
             session = writer.session(group, infos, threads) if group else None
             feeds = _resume([first], items) if position == 0 else data.items()
@@ -151,12 +155,13 @@ def _observe(observer: Observer, array: Any) -> None:
         observer.update(array)
 
 
-def _load(model: Any) -> onnx.ModelProto:
+def _load(model: Any) -> tuple[onnx.ModelProto, Path | None]:
+    """The proto (external data not loaded) and the directory its external data is relative to."""
     if isinstance(model, onnx.ModelProto):
-        return model
+        return model, None
     if isinstance(model, (bytes, bytearray)):
         try:
-            return onnx.load_from_string(bytes(model))
+            return onnx.load_from_string(bytes(model)), None
         except Exception as exc:
             raise ModelLoadError(f"collect: the model bytes are not an ONNX model ({exc})") from None
     if isinstance(model, (str, os.PathLike)):
@@ -164,7 +169,7 @@ def _load(model: Any) -> onnx.ModelProto:
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such model file")
         try:
-            return onnx.load(str(path))
+            return onnx.load(str(path), load_external_data=False), path.parent
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot load as ONNX ({type(exc).__name__}: {exc})") from None
     raise TypeError(f"collect: expected an onnx.ModelProto, bytes or a path, got {type(model).__name__}")
@@ -219,21 +224,34 @@ class _ModelWriter:
     graph (with its outputs) next to that data and loads it by path.
     """
 
-    def __init__(self, proto: onnx.ModelProto, directory: Path):
+    def __init__(self, proto: onnx.ModelProto, directory: Path, source: Path | None = None):
         self.proto = proto
         self.directory = directory
-        self.large = _byte_size(proto) > _SIZE_LIMIT
+        external = {external_location(t)[0] for t in proto.graph.initializer
+                    if t.data_location == onnx.TensorProto.EXTERNAL}
+        self.large = bool(external) or _byte_size(proto) > _SIZE_LIMIT
+        if external and source is None:
+            raise ModelLoadError("collect: a model with external data must be given by its path")
+        for location in external:  # the model's own data files, beside the graphs written here
+            if Path(location).is_absolute() or ".." in Path(location).parts:
+                raise ModelLoadError(f"collect: external data location {location!r} is outside the model's directory")
+            linked = directory / location
+            linked.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source / location, linked)
+            except OSError:
+                shutil.copyfile(source / location, linked)
         self._external: list[onnx.TensorProto] | None = None
 
     def _external_initializers(self) -> list[onnx.TensorProto]:
         if self._external is not None:
             return self._external
-        location = "model.onnx.data"
+        location = "qcompiler-collect.data"
         tensors = []
         with open(self.directory / location, "wb") as stream:
             for tensor in self.proto.graph.initializer:
                 if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type == onnx.TensorProto.STRING:
-                    tensors.append(tensor)  # already external (relative to a directory we do not have), or string
+                    tensors.append(tensor)  # already external (its data file linked beside), or string
                     continue
                 raw = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
                 written = onnx.TensorProto()

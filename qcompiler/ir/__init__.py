@@ -4,7 +4,7 @@ from ._core import CAPTURE_INDEX, Graph, Model, Node, Usage, Value
 from .printer import format_graph, format_model, format_node
 from .quant import (QuantSpec, Scheme, channel_shape, dequantize, fake_quantize, integer_range, quantize,
                     storage_dtype)
-from .serde import from_proto, load, save, to_proto
+from .serde import SavedModel, from_proto, load, onnxruntime_model, save, to_proto
 from .verify import verify
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Model",
     "Node",
     "QuantSpec",
+    "SavedModel",
     "Scheme",
     "Usage",
     "Value",
@@ -25,6 +26,7 @@ __all__ = [
     "from_proto",
     "integer_range",
     "load",
+    "onnxruntime_model",
     "quantize",
     "save",
     "storage_dtype",

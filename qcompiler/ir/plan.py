@@ -30,6 +30,7 @@ from .quant import Scheme
 if TYPE_CHECKING:
     from ..targets import Target
     from ._core import Model, Node, Value
+    from .serde import SavedModel
 
 
 @dataclass
@@ -45,8 +46,8 @@ class QuantPlan:
             itself, ``DynamicQuantizeLinear``), which need no range.
         shares: pass-through outputs -> the value whose spec they reuse.
         lowered: Q/DQ nodes have been inserted for every spec.
-        float_reference: the float model before quantization, serialized (``keep-float-reference``).
-        original_model: the input model before canonicalization, serialized (``keep-original-model``).
+        float_reference: the float model before quantization, kept aside (``keep-float-reference``).
+        original_model: the input model before canonicalization, kept aside (``keep-original-model``).
         batchnorm_stats: per-channel (mean, std) of BatchNorm outputs by value name, recorded before folding.
         reports: what passes measured and decided, by pass name, for people and the summary.
     """
@@ -58,8 +59,8 @@ class QuantPlan:
     dynamic: dict[Value, None] = field(default_factory=dict)
     shares: dict[Value, Value] = field(default_factory=dict)
     lowered: bool = False
-    float_reference: bytes | None = None
-    original_model: bytes | None = None
+    float_reference: SavedModel | None = None
+    original_model: SavedModel | None = None
     batchnorm_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     reports: dict[str, Any] = field(default_factory=dict)
 

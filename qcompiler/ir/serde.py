@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from onnx import AttributeProto, numpy_helper
 
 from ..errors import ModelLoadError, ModelSaveError, UnsupportedModelError
 from ._core import Graph, Model, Node, Value, captured_names
-from .external_data import DataFiles, TensorWriter, file_mode, replace_pair
+from .external_data import MAP_BYTES, DataFiles, TensorWriter, file_mode, replace_pair
 
 PROTOBUF_LIMIT = 2**31 - 1
 """Largest serialized protobuf message; larger models need external data."""
@@ -469,3 +471,58 @@ def onnxruntime_model(model: Model, extra_outputs: list[str] = ()) -> Iterator[b
         path = Path(scratch) / "model.onnx"
         write_model(model, path, list(extra_outputs))
         yield str(path)
+
+
+class SavedModel:
+    """A model kept aside for later (the float reference, the original model): its serialized bytes, or,
+    past :data:`IN_MEMORY_BYTES` of tensors, a file with external data in a scratch directory that goes
+    with the object, so a large model is never held twice in memory (tensors mapped from a file are
+    copied file to file)."""
+
+    IN_MEMORY_BYTES = 256 << 20
+
+    def __init__(self, model: Model):
+        self.nbytes = tensor_bytes(model)
+        """Bytes it takes as a file (what the model's size is compared on)."""
+        if self.nbytes <= self.IN_MEMORY_BYTES:
+            self.source: bytes | str = to_proto(model).SerializeToString()
+            self.nbytes = len(self.source)
+            return
+        scratch = tempfile.mkdtemp(prefix="qcompiler-saved-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, scratch, True)
+        path = Path(scratch) / "model.onnx"
+        write_model(model, path)
+        self.source = str(path)
+        self.nbytes += path.stat().st_size
+
+    def load(self, where: str) -> Model:
+        """The model as it was kept (a fresh IR; tensors of the file variant are mapped)."""
+        if isinstance(self.source, bytes):
+            return from_proto(onnx.load_from_string(self.source), where)
+        return load(self.source)
+
+
+def _varint_bytes(number: int) -> int:
+    return max(1, (number.bit_length() + 6) // 7)
+
+
+def serialized_bytes(model: Model) -> int:
+    """``to_proto(model).ByteSize()``, computed without serializing the tensors of 1 MiB and more
+    (their raw data is counted, not copied): the size of the model as one ``.onnx`` file, also for a
+    model past 2 GB that can only be written with external data."""
+    def counted(value: Value) -> bool:  # tensors serialized as raw data of exactly their bytes
+        return value.const.nbytes >= MAP_BYTES and value.dtype == onnx.helper.np_dtype_to_tensor_dtype(
+            value.const.dtype) and value.dtype != onnx.TensorProto.STRING
+
+    proto = to_proto(model, include_data=lambda v: not counted(v))
+    graph_before = proto.graph.ByteSize()
+    extra = 0
+    for tensor, value in zip(proto.graph.initializer, model.graph.initializers.values()):
+        if counted(value):
+            tensor.ClearField("data_location")
+            tensor.doc_string = value.doc_string  # as _tensor_proto writes it
+            without = tensor.ByteSize()
+            with_data = without + 1 + _varint_bytes(value.const.nbytes) + value.const.nbytes
+            extra += with_data + _varint_bytes(with_data) - without - _varint_bytes(without)
+    graph_after = graph_before + extra
+    return proto.ByteSize() + graph_after - graph_before + _varint_bytes(graph_after) - _varint_bytes(graph_before)
