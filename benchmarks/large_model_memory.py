@@ -74,10 +74,11 @@ def build_model(directory: Path, layers: int, width: int, batch: int = 4) -> tup
     return model_path, calib, offset
 
 
-def run_measured(command: list[str]) -> dict:
-    """Run ``command``; its peak RSS (MB), wall seconds and exit status."""
+def run_measured(command: list[str], directory: Path) -> dict:
+    """Run ``command`` in ``directory`` (not the checkout, whose ``qcompiler`` folder ``python -m`` would
+    import instead of the installed package); its peak RSS (MB), wall seconds and exit status."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=directory)
     output = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -109,7 +110,7 @@ def main() -> int:
                         help="comma-separated: optimize, compile-size (--objective size), compile (latency guard)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    directory = args.workdir / f"mlp_{args.layers}x{args.width}"
+    directory = (args.workdir / f"mlp_{args.layers}x{args.width}").resolve()
     model, calib = directory / "mlp.onnx", directory / "calib"
     tensor_bytes = (args.layers * (args.width * args.width + args.width)) * 4
     if not (directory / "complete").exists():
@@ -128,7 +129,7 @@ def main() -> int:
                "note": "peak RSS of the child process (ru_maxrss); shared machine", "runs": {}}
     print(f"model: {results['model']}, {tensor_bytes / 1e9:.2f} GB of tensors")
     for name in args.only.split(","):
-        result = run_measured(runs[name])
+        result = run_measured(runs[name], directory)
         result["peak_rss_over_model"] = round(result["peak_rss_mb"] * 2**20 / tensor_bytes, 3)
         if result["exit_status"] == 0:
             result["cosine_to_float"] = round(check_output(model, directory / outputs[name], calib), 5)
