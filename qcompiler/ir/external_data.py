@@ -194,11 +194,8 @@ class TensorWriter:
             tensor.raw_data = full.raw_data
             return tensor
         self._pad()
-        source = mapped_source(array) if dtype is not None else None
-        if source is not None:
-            self._copy_range(*source)
-        elif dtype is not None:
-            self._write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+        if dtype is not None:
+            self.raw(array)
         else:
             self._write(memoryview(full.raw_data))
         for key, value in (("location", self.location), ("offset", str(self.offset)), ("length", str(length))):
@@ -206,6 +203,14 @@ class TensorWriter:
         tensor.data_location = onnx.TensorProto.EXTERNAL
         self.offset += length
         return tensor
+
+    def raw(self, array: np.ndarray) -> None:
+        """Append the bytes of an array whose NumPy storage is its ONNX storage (little-endian)."""
+        source = mapped_source(array)
+        if source is not None:
+            self._copy_range(*source)
+        else:
+            self._write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
 
     def _pad(self) -> None:
         padding = -self.offset % ALIGNMENT
@@ -333,11 +338,12 @@ def _fsync_directory(directory: Path) -> None:
             os.close(descriptor)
 
 
-def replace_pair(path: Path, write: Callable[[TensorWriter | None], bytes], external: bool) -> None:
+def replace_pair(path: Path, write: Callable[[Any, TensorWriter | None], None], external: bool) -> None:
     """Replace the model at ``path`` (and its data) by what ``write`` produces, as the module describes.
 
-    ``write(writer)`` streams the tensors into ``writer`` (None: no external data) and returns the
-    serialized ``.onnx``. Failures are :class:`ModelSaveError`; a failed save leaves the previous pair."""
+    ``write(stream, writer)`` writes the ``.onnx`` into ``stream`` (an unbuffered binary file) and its
+    external data into ``writer`` (None: no external data). Failures are :class:`ModelSaveError`; a
+    failed save leaves the previous pair."""
     directory, name = path.parent, path.name
     token = secrets.token_hex(6)
     data_name = f"{name}.{token}.data"
@@ -348,22 +354,18 @@ def replace_pair(path: Path, write: Callable[[TensorWriter | None], bytes], exte
         replaced = _referenced(path) if path.exists() else set()
         with _writer_lock(directory, name, token):
             try:
-                if external:
-                    with open(directory / data_name, "xb", buffering=0) as stream:
-                        writer = TensorWriter(stream, data_name)
-                        serialized = write(writer)
-                        os.fsync(stream.fileno())
-                    if writer.offset:
-                        os.chmod(directory / data_name, mode)
-                    else:  # every tensor was small enough to stay inline
-                        os.unlink(directory / data_name)
-                else:
-                    serialized = write(None)
-                with open(staged, "xb") as stream:
-                    stream.write(serialized)
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                del serialized
+                with contextlib.ExitStack() as files:
+                    stream = files.enter_context(open(staged, "xb", buffering=0))
+                    data = files.enter_context(open(directory / data_name, "xb", buffering=0)) if external else None
+                    writer = TensorWriter(data, data_name) if external else None
+                    write(stream, writer)
+                    for written in (data, stream):
+                        if written is not None:
+                            os.fsync(written.fileno())
+                if writer is not None and writer.offset:
+                    os.chmod(directory / data_name, mode)
+                elif writer is not None:  # every tensor was small enough to stay inline
+                    os.unlink(directory / data_name)
                 os.chmod(staged, mode)
                 os.replace(staged, path)
             except BaseException:

@@ -401,7 +401,7 @@ EXTERNAL_DATA_BYTES = PROTOBUF_LIMIT - (64 << 20)
 def save_proto(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write a ModelProto (under 2 GB, all data inline) atomically, replacing any previous pair at ``path``."""
     path = _checked_destination(path)
-    replace_pair(path, lambda _: proto.SerializeToString(), external=False)
+    replace_pair(path, lambda stream, _: stream.write(proto.SerializeToString()), external=False)
 
 
 def _checked_destination(path: str | os.PathLike) -> Path:
@@ -440,7 +440,57 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
     path = _checked_destination(path)
     if external_data is None:
         external_data = tensor_bytes(model) > EXTERNAL_DATA_BYTES
-    replace_pair(path, lambda writer: to_proto(model, writer=writer).SerializeToString(), external=external_data)
+
+    def write(stream, writer: TensorWriter | None) -> None:
+        if writer is None:
+            write_inline(model, stream)
+        else:
+            stream.write(to_proto(model, writer=writer).SerializeToString())
+
+    replace_pair(path, write, external=external_data)
+
+
+_GRAPH_FIELD = 0x3A  # ModelProto.graph: field 7, length-delimited
+_INITIALIZER_FIELD = 0x2A  # GraphProto.initializer: field 5
+_RAW_DATA_FIELD = 0x4A  # TensorProto.raw_data: field 9
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, number = number & 0x7F, number >> 7
+        out.append(byte | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def write_inline(model: Model, stream) -> None:
+    """Write ``model`` as one ``.onnx`` (all data inline) without building it in memory.
+
+    Protobuf merges repeated occurrences of an embedded message field and appends repeated fields, so
+    the file is the model without initializers followed by, per initializer, a ``graph { initializer
+    { ... } }`` fragment; the raw data of a large tensor is written straight from its array (or copied
+    file to file when mapped). Parsers read the same ModelProto as ``to_proto(model)``."""
+    header = to_proto(model, include_data=lambda v: False)
+    del header.graph.initializer[:]
+    stream.write(header.SerializeToString())
+    del header
+    raw = TensorWriter(stream, "")
+    for value in model.graph.initializers.values():
+        streamed = value.const.nbytes >= MAP_BYTES and value.dtype == onnx.helper.np_dtype_to_tensor_dtype(
+            value.const.dtype) and value.dtype != onnx.TensorProto.STRING
+        if not streamed:
+            tensor = _tensor_proto(value).SerializeToString()
+            entry = bytes([_INITIALIZER_FIELD]) + _varint(len(tensor)) + tensor
+            stream.write(bytes([_GRAPH_FIELD]) + _varint(len(entry)) + entry)
+            continue
+        head = onnx.TensorProto(name=value.name, data_type=value.dtype, dims=value.const.shape,
+                                doc_string=value.doc_string).SerializeToString()
+        head += bytes([_RAW_DATA_FIELD]) + _varint(value.const.nbytes)
+        tensor_bytes = len(head) + value.const.nbytes
+        entry_head = bytes([_INITIALIZER_FIELD]) + _varint(tensor_bytes)
+        stream.write(bytes([_GRAPH_FIELD]) + _varint(len(entry_head) + tensor_bytes) + entry_head + head)
+        raw.raw(value.const)
 
 
 def write_model(model: Model, path: Path, extra_outputs: list[str] = ()) -> None:
