@@ -43,6 +43,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .ir import Model, Node, QuantSpec, Value
+from .ir.external_data import release_pages
 from .layers import clip_bounds
 from .ops import OpQuant, lookup, weight_axis
 from .targets import Target
@@ -113,6 +114,7 @@ def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
             if weight.const is not None:
                 axis = weight_axis(node, weight.const) if per_channel else None
                 weight.quant = weight_spec(weight.const, axis, target)
+                release_pages(weight.const)  # a model past memory: not every weight resident at once
             float_outputs = (float_linear_outputs and facts.float_output_fusion is not None
                              and not _becomes_float_gemm(node, facts))
         elif op in target.absorbed_activations and _clip_absorbable(node):

@@ -33,6 +33,7 @@ from onnx import TensorProto
 from .errors import UnsupportedModelError
 from .ir import Graph, Model, Node, QuantSpec, Value, quantize, verify
 from .ir.quant import min_opset, qdq_attributes, quantize_bias, spec_of_qdq
+from .ir.external_data import release_pages
 from .ir.rewrite import bypass_all, insert_after_producer
 from .ops import lookup
 
@@ -184,6 +185,7 @@ def fold_quantized_weights(model: Model) -> bool:
     for node in folded:
         out = node.outputs[0]
         integers = quantize(node.inputs[0].const, spec_of_qdq(node))
+        release_pages(node.inputs[0].const)  # a model past memory: the float weights are not all kept resident
         graph.remove(node, safe=False)
         out.const = integers
         out.shape = integers.shape

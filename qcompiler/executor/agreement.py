@@ -12,6 +12,7 @@ it under ``qemu-x86_64 -cpu Haswell-v4`` to get an AVX2 CPU without VNNI.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -99,16 +100,17 @@ def run_onnxruntime(model: ir.Model | bytes, feeds: dict[str, np.ndarray], *, op
     """onnxruntime's outputs by name (CPU provider; ``optimize``: all graph optimizations, else none)."""
     import onnxruntime as ort
 
-    data = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        with contextlib.nullcontext(model) if isinstance(model, bytes) else ir.onnxruntime_model(model) as data:
+            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's exceptions have no common public base class
-        proto = ir.to_proto(model) if isinstance(model, ir.Model) else onnx.load_from_string(data)
+        proto = ir.to_proto(model, include_data=lambda v: False) if isinstance(model, ir.Model) \
+            else onnx.load_from_string(model)
         error = unsupported_operator(proto, exc, use="the comparison runs the model in it")
         if error is None:
             raise

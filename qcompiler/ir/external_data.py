@@ -70,9 +70,9 @@ _PLAIN = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOA
           onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
           onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ}
 
-# id(array) -> (array weak reference, open data file, offset, length): arrays that are unchanged views of a
+# id(array) -> (array weak reference, open data file, offset, length, its mmap): arrays that are views of a
 # data file (the open file, not its name: a save may replace and delete that file while the model is in use)
-_MAPPED: dict[int, tuple[weakref.ref, Any, int, int]] = {}
+_MAPPED: dict[int, tuple[weakref.ref, Any, int, int, mmap.mmap]] = {}
 
 
 def _plain_dtype(data_type: int) -> np.dtype | None:
@@ -153,7 +153,7 @@ class DataFiles:
         mapped = mmap.mmap(stream.fileno(), offset + length - start, access=mmap.ACCESS_READ, offset=start)
         array = np.frombuffer(mapped, dtype=dtype, count=length // dtype.itemsize, offset=offset - start).reshape(shape)
         key = id(array)
-        _MAPPED[key] = (weakref.ref(array, lambda _: _MAPPED.pop(key, None)), stream, offset, length)
+        _MAPPED[key] = (weakref.ref(array, lambda _: _MAPPED.pop(key, None)), stream, offset, length, mapped)
         return array
 
 
@@ -381,3 +381,13 @@ def replace_pair(path: Path, write: Callable[[Any, TensorWriter | None], None], 
         clean_stale(path)
     except OSError as exc:
         raise ModelSaveError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the resident pages of a mapped tensor (``madvise(MADV_DONTNEED)``; the mapping is shared and
+    read-only, so nothing is lost: a later read faults them back in from the file or the page cache).
+    For a pass that reads every weight once, so the process does not end up holding them all. A no-op
+    for any other array."""
+    entry = _MAPPED.get(id(array))
+    if entry is not None and entry[0]() is array and hasattr(mmap, "MADV_DONTNEED"):
+        entry[4].madvise(mmap.MADV_DONTNEED)

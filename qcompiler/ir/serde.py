@@ -395,7 +395,12 @@ def tensor_bytes(model: Model) -> int:
 
 
 EXTERNAL_DATA_BYTES = PROTOBUF_LIMIT - (64 << 20)
-"""Tensor bytes from which a model is saved (and handed to onnxruntime) with external data."""
+"""Tensor bytes from which a model is saved with external data."""
+
+IN_MEMORY_BYTES = 256 << 20
+"""Tensor bytes up to which a model is handed to onnxruntime, or kept aside, serialized in memory; a
+larger one goes through a scratch file with external data (one more copy of hundreds of megabytes in
+memory costs more than writing it: the serialized bytes, and onnxruntime's parse of them)."""
 
 
 def save_proto(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
@@ -510,9 +515,9 @@ def _add_outputs(proto: onnx.ModelProto, names: list[str]) -> None:
 @contextlib.contextmanager
 def onnxruntime_model(model: Model, extra_outputs: list[str] = ()) -> Iterator[bytes | str]:
     """What ``onnxruntime.InferenceSession`` takes for ``model`` (with ``extra_outputs`` exposed): the
-    serialized proto, or for tensors near 2 GB the path of a copy with external data in a scratch
-    directory, removed when the block ends (a session made inside the block keeps working)."""
-    if tensor_bytes(model) <= EXTERNAL_DATA_BYTES:
+    serialized proto, or past :data:`IN_MEMORY_BYTES` of tensors the path of a copy with external data
+    in a scratch directory, removed when the block ends (a session made inside the block keeps working)."""
+    if tensor_bytes(model) <= IN_MEMORY_BYTES:
         proto = to_proto(model)
         _add_outputs(proto, list(extra_outputs))
         yield proto.SerializeToString()
@@ -529,12 +534,10 @@ class SavedModel:
     with the object, so a large model is never held twice in memory (tensors mapped from a file are
     copied file to file)."""
 
-    IN_MEMORY_BYTES = 256 << 20
-
     def __init__(self, model: Model):
         self.nbytes = tensor_bytes(model)
         """Bytes it takes as a file (what the model's size is compared on)."""
-        if self.nbytes <= self.IN_MEMORY_BYTES:
+        if self.nbytes <= IN_MEMORY_BYTES:
             self.source: bytes | str = to_proto(model).SerializeToString()
             self.nbytes = len(self.source)
             return

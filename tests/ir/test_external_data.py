@@ -103,7 +103,7 @@ def test_a_truncated_data_file_is_a_load_error_naming_the_tensor(tmp_path):
 def test_onnxruntime_gets_a_path_with_external_data_for_a_large_model(monkeypatch):
     model = filled_model(0.5)
     feeds = {"x": np.ones((1, WIDTH), np.float32)}
-    monkeypatch.setattr(serde, "EXTERNAL_DATA_BYTES", 1024)  # as if the weights were past 2 GB
+    monkeypatch.setattr(serde, "IN_MEMORY_BYTES", 1024)  # as if the weights were past 256 MB
 
     with serde.onnxruntime_model(model, extra_outputs=["x"]) as source:
         assert isinstance(source, str) and Path(source).is_file()
