@@ -20,6 +20,7 @@ import pytest
 
 from qcompiler import ir
 from qcompiler.cli import main
+from qcompiler.ir import external_data
 from qcompiler.ir.testing import run_onnxruntime
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -193,10 +194,10 @@ def test_unknown_plugin_module(model_path, tmp_path, capsys):
 def test_failed_write_leaves_no_partial_file(model_path, tmp_path, capsys, monkeypatch):
     out_path = tmp_path / "o.onnx"
 
-    def broken_write(self, data):
+    def broken_fsync(descriptor):  # the file is written, then the disk turns out to be full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_bytes", broken_write)
+    monkeypatch.setattr(external_data.os, "fsync", broken_fsync)
     _expect_user_error(capsys, ["optimize", str(model_path), "-o", str(out_path), "-q"], r"No space left on device",
                        inputs=[model_path], outputs=[out_path])
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
