@@ -33,7 +33,6 @@ def build_model(directory: Path, layers: int, width: int, batch: int = 4) -> tup
     """Write ``mlp.onnx`` + ``mlp.onnx.data`` and ``calib/*.npz`` into ``directory``; (model, calib, tensor bytes).
 
     The graph proto refers to the data file; the data is written one weight at a time."""
-    import onnx
     from onnx import TensorProto, helper
 
     directory.mkdir(parents=True, exist_ok=True)
