@@ -266,7 +266,7 @@ path, stop = sys.argv[1], sys.argv[2]
 import os
 reads = mismatches = missing = 0
 x = np.ones((1, 64), np.float32)
-while not os.path.exists(stop) or reads < 20:
+while not os.path.exists(stop) or reads < 10:
     model = ir.load(path)  # never fails: a replaced pair is read again
     fill = float(model.metadata["fill"])
     if not np.all(model.graph.initializers["w"].const == fill):
@@ -290,7 +290,7 @@ def test_concurrent_saves_over_one_pair_never_show_a_reader_a_mismatched_pair(tm
     ir.save(filled_model(0.0), path, external_data=True)
     here = str(Path(__file__).parent)
     readers = [_python(_READER, str(path), str(stop), stdout=subprocess.PIPE) for _ in range(2)]
-    writers = [_python(_WRITER, str(path), str(fill), here, "40") for fill in (1.0, 2.0, 3.0)]
+    writers = [_python(_WRITER, str(path), str(fill), here, "20") for fill in (1.0, 2.0)]
     try:
         assert all(w.wait(timeout=300) == 0 for w in writers)
     finally:
@@ -301,7 +301,7 @@ def test_concurrent_saves_over_one_pair_never_show_a_reader_a_mismatched_pair(tm
         assert reader.returncode == 0
         results.append([int(n) for n in out.split()])
     stop.unlink()
-    assert sum(r[0] for r in results) >= 40
+    assert sum(r[0] for r in results) >= 20
     assert sum(r[1] for r in results) == 0  # no reader ever saw one save's .onnx with another's data
     assert pair_names(tmp_path) == sorted(["m.onnx", *referenced_data(path)])  # nothing left behind
-    assert float(ir.load(path).metadata["fill"]) in (1.0, 2.0, 3.0)
+    assert float(ir.load(path).metadata["fill"]) in (1.0, 2.0)
