@@ -22,6 +22,11 @@ point, which MLAS computes exactly) are requantized to 7 bits (``[-64, 63]``, th
 ``2 * 255 * 64 < 32767``), their int32 biases rescaled to the new weight scales, and the check is run
 again. Everything measured is kept in ``model.plan.reports["check_kernels"]``; ``qcompiler compile`` prints it.
 
+The executor holds every dequantized weight in float while it simulates (and prepared integer copies
+for the kernels), about three times the float model; a model whose dequantized weights exceed
+``max_float_weight_bytes`` (2 GiB) is not checked (the report says so), so that a compile of a model
+past 2 GB stays within the memory the model itself needs.
+
 A target whose kernels accumulate exactly in int32 (``x86-vnni``, ``arm64``) cannot diverge by this
 definition (its error *is* the exact kernels' error), so the check is skipped there: it would only cost
 three runs of the model (5.5 s of an 11.6 s compile of PP-OCRv4's detector). ``qcompiler run
@@ -86,6 +91,12 @@ def _reduce_range(model: Model, fusion) -> None:
     graph.remove_unused_initializers()
 
 
+def _dequantized_weight_bytes(model: Model) -> int:
+    """Bytes of the float32 weights the simulation computes: every constant read by a DequantizeLinear."""
+    return sum(4 * node.inputs[0].const.size for node in model.graph
+               if node.op_type == "DequantizeLinear" and node.inputs[0].const is not None)
+
+
 @register_pass("check-kernels")
 class CheckKernels(Pass):
     """Compare simulation, the target's integer kernels and onnxruntime; fix int16 saturation."""
@@ -94,6 +105,7 @@ class CheckKernels(Pass):
     samples: int = 2
     fix: bool = True
     deploy: str = ""  # the target whose kernels are checked; default: the compile target
+    max_float_weight_bytes: int = 2 << 30
     idempotent = True
     needs = ("plan", "qdq")
 
@@ -118,6 +130,12 @@ class CheckKernels(Pass):
         target = get_target(self.deploy) if self.deploy else model.plan.target
         if target.accumulation == "exact":
             model.plan.reports["check_kernels"] = {"target": target.name, "skipped": "exact int32 accumulation, no saturation"}
+            return PassResult(model, False)
+        simulated = _dequantized_weight_bytes(model)
+        if simulated > self.max_float_weight_bytes:
+            model.plan.reports["check_kernels"] = {
+                "target": target.name, "skipped": f"the simulation would hold {simulated / 2**30:.1f} GiB of "
+                f"dequantized weights (over {self.max_float_weight_bytes / 2**30:.1f} GiB)"}
             return PassResult(model, False)
         feeds = list(itertools.islice(iter(open_calibration(self.data, model_inputs(model))), self.samples))
         report = {"target": target.name, **self._measure(model, feeds, target)}
