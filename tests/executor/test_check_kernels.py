@@ -71,3 +71,14 @@ def test_plan_and_qdq_are_required_as_a_user_error():
     with pytest.raises(PipelineOrderError, match="check-kernels needs a quantization plan .* run assign-precision"):
         PassManager([lib.CheckKernels(data=feeds(1))])(cnn_model())
     assert TARGETS["x86-avx2"].weight_reduce_range
+
+
+def test_a_model_whose_simulation_would_not_fit_the_budget_is_not_checked(cnn_qdq_copy):
+    model = cnn_qdq_copy
+    weights = sum(4 * n.inputs[0].const.size for n in model.graph
+                  if n.op_type == "DequantizeLinear" and n.inputs[0].const is not None)
+    PassManager([lib.CheckKernels(data=SATURATING, deploy="x86-avx2", max_float_weight_bytes=weights - 1)])(model)
+    report = model.plan.reports["check_kernels"]
+    assert report["target"] == "x86-avx2" and "GiB of dequantized weights" in report["skipped"]
+    PassManager([lib.CheckKernels(data=SATURATING, deploy="x86-avx2", max_float_weight_bytes=weights)])(model)
+    assert "skipped" not in model.plan.reports["check_kernels"]
