@@ -110,9 +110,12 @@ def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | int |
     """Per-layer records and totals of a compiled ``model`` (``original``: the input model, or its
     :func:`~qcompiler.ir.serde.serialized_bytes`, for sizes)."""
     nodes = layer_nodes(model)
-    needed = [v.name for n in nodes if lookup(n).macs is not None
-              for v in (n.inputs[0], n.inputs[1], n.outputs[0])]
-    shapes = tensor_shapes(model, needed, feed) if needed else {}
+    tensors = [v for n in nodes if lookup(n).macs is not None for v in (n.inputs[0], n.inputs[1], n.outputs[0])]
+    # a (dequantized) weight has its constant's shape: not run, so a large model's weights are not computed in float
+    shapes = {v.name: _constant(_source(v)).shape for v in tensors
+              if v is not None and _constant(_source(v)) is not None}
+    needed = [v.name for v in tensors if v is not None and v.name not in shapes]
+    shapes.update(tensor_shapes(model, needed, feed) if needed else {})
     mixed = model.plan.reports.get("mixed_precision", {})
     decided = mixed.get("layers", {})
     records = []
