@@ -349,9 +349,11 @@ def replace_pair(path: Path, write: Callable[[Any, TensorWriter | None], None], 
     data_name = f"{name}.{token}.data"
     staged = directory / f".{name}.{token}.onnx.tmp"
     mode = file_mode(path)
+    legacy = f"{name}.data"
     try:
         clean_stale(path)
-        replaced = _referenced(path) if path.exists() else set()
+        # the replaced .onnx is parsed only when there is something to decide (an inline one can be 2 GB)
+        replaced = _referenced(path) if (directory / legacy).exists() else set()
         with _writer_lock(directory, name, token):
             try:
                 with contextlib.ExitStack() as files:
@@ -374,7 +376,6 @@ def replace_pair(path: Path, write: Callable[[Any, TensorWriter | None], None], 
                         os.unlink(leftover)
                 raise
             _fsync_directory(directory)
-        legacy = f"{name}.data"
         if legacy in replaced and legacy not in _referenced(path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / legacy)
