@@ -40,7 +40,8 @@ with ``Q_a`` the target's per-tensor activation quantizer, its range read by ``m
 held-out feeds (every ``holdout``-th); ``s`` and the range of ``Q_a`` come from the other feeds, so
 an alpha is judged on data it was not fitted to (scored in-sample, alpha near 1 always wins, as it
 maps every channel onto the range it happened to reach, and on MiniLM it then lost accuracy). ``s = 1`` (no smoothing) is a candidate too: a group whose layers no alpha improves is
-left as it is. Decisions are kept in ``model.plan.reports["smoothquant"]``.
+left as it is. Decisions are kept in ``model.plan.reports["smoothquant"]``. With ``region`` (a treatment of
+``recognize-structure``) only the groups whose layers all lie in such regions are smoothed.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ from qcompiler.ir import Graph, Model, Node, Value, fake_quantize, to_proto
 from qcompiler.ir.rewrite import insert_after_producer
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import Target, get_target
+
+from .structure import require_regions
 
 DEFAULT_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))
 Apply = Callable[[np.ndarray], None]  # folds a per-channel factor into a producer
@@ -242,8 +245,10 @@ class SmoothQuant(Pass):
     rows: int = 512
     holdout: int = 4
     target: str = "x86-avx2"
+    region: str = ""
 
     def requires(self, model: Model) -> None:
+        require_regions(self, model, self.region)
         if self.data is None:
             raise UserError("smoothquant: no calibration data given (--calib DIR or a '@calibration' resource)")
         if self.method not in METHODS:
@@ -262,6 +267,8 @@ class SmoothQuant(Pass):
         report: list[dict[str, Any]] = []
         plans = []
         for x, layers in find_groups(graph):
+            if self.region and not all(model.plan.in_region(n, self.region) for n in layers):
+                continue
             apply, reason = folding(graph, x, layers)
             if apply is None and not self.explicit:
                 report.append({"input": x.name, "layers": [n.name for n in layers], "skipped": reason})
