@@ -36,7 +36,7 @@ from typing import Any
 from .errors import PipelineConfigError, UserError
 from .options import RESOURCES, CompileOptions
 from .pass_manager import Pass, default_registry
-from .structure import TRANSFORMER
+from .structure import CONVOLUTIONAL, TRANSFORMER
 from .targets import get_target
 
 PipelineFunction = Callable[[CompileOptions], list[Pass]]
@@ -181,7 +181,7 @@ def auto(options: CompileOptions) -> list[Pass]:
     ``recognize-structure`` finds the regions (attention, LayerNorms; ``qcompiler.structure``) and the
     region-aware passes act on them: in transformer regions SmoothQuant, MSE weight clipping, float
     linear-layer outputs and the activation range method searched on held-out feeds; elsewhere the
-    ``calibration`` method and the kernels check of ``int8``. A model without transformer structure
+    ``calibration`` method and the kernels check of ``int8`` (run when a layer there is quantized). A model without transformer structure
     is compiled exactly as by ``int8``, one without convolutional parts as by ``int8-transformer``.
     """
     from qcompiler import passes as lib
@@ -199,7 +199,7 @@ def auto(options: CompileOptions) -> list[Pass]:
         *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-        lib.CheckKernels(data=options.calib),
+        lib.CheckKernels(data=options.calib, region=CONVOLUTIONAL),
     ], options)
 
 
