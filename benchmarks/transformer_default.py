@@ -8,12 +8,16 @@ feed, reported as the ratio FP32 / candidate.
 
     python benchmarks/transformer_default.py [--realmodels /root/realmodels] [--models MODELS_DIR]
         [--only minilm_l6,ocr_rec_ppocrv4,all_mpnet_base_v2] [--pipelines auto,int8-transformer]
-        [--json OUT]
+        [--onnxruntime-dynamic] [--json OUT]
 
 ``minilm_l6`` and ``ocr_rec_ppocrv4`` come from the realmodels kit (``--realmodels``), scored by its
 evaluator (``../shared/realmodels/evaluate.py`` in ``$REALMODELS_VENV``: cosine to FP32 and topic 1-NN,
 line accuracy); ``all_mpnet_base_v2`` from ``benchmarks/models.py MODELS_DIR --only all_mpnet_base_v2``,
-scored by ``tasks.py`` (docstring retrieval R@1, cosine to FP32). Timings on a shared machine are
+scored by ``tasks.py`` (docstring retrieval R@1, cosine to FP32). ``--onnxruntime-dynamic`` adds
+onnxruntime's ``quantize_dynamic`` with its defaults (int8 weights per tensor), ``per_channel=True``,
+``weight_type=QUInt8`` and ``reduce_range=True``, to tell the causes of its loss apart: u8 x s8 products
+summed pairwise into a saturating int16 on x86 without VNNI (gone with uint8 weights, which take
+another kernel, or with 7-bit weights) and per-tensor ranges (what is left). Timings on a shared machine are
 noisy: only ratios measured in one run mean something, and the output says how loaded the machine was.
 """
 
@@ -39,6 +43,9 @@ sys.path.insert(0, str(HERE))
 import tasks  # noqa: E402  (benchmarks/tasks.py)
 
 REALMODELS = ("minilm_l6", "ocr_rec_ppocrv4")
+ORT_DYNAMIC = {"ort-dynamic": {}, "ort-dynamic-per-channel": {"per_channel": True},
+               "ort-dynamic-uint8-weights": {"weight_type": "QUInt8"},
+               "ort-dynamic-reduce-range": {"reduce_range": True}}
 
 
 def compile_timed(source: Path, output: Path, pipeline: str, calib: Path) -> dict:
@@ -49,6 +56,16 @@ def compile_timed(source: Path, output: Path, pipeline: str, calib: Path) -> dic
     return {"compile_s": round(time.perf_counter() - wall, 1), "compile_cpu_s": round(time.process_time() - cpu, 1),
             "structure": reports.get("structure"), "latency_guard": reports.get("latency_guard"),
             "calibrate_search": {k: v for k, v in (reports.get("calibrate_search") or {}).items() if k != "errors"}}
+
+
+def ort_dynamic(source: Path, output: Path, options: dict) -> dict:
+    """onnxruntime's ``quantize_dynamic`` of ``source`` with ``options`` (weight type by name), timed."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    options = {k: getattr(QuantType, v) if k == "weight_type" else v for k, v in options.items()}
+    wall, cpu = time.perf_counter(), time.process_time()
+    quantize_dynamic(str(source), str(output), **options)
+    return {"compile_s": round(time.perf_counter() - wall, 1), "compile_cpu_s": round(time.process_time() - cpu, 1)}
 
 
 def realmodels_scores(models_dir: Path, candidate: Path, name: str) -> dict:
@@ -71,13 +88,15 @@ def task_scores(models: dict[str, Path], eval_dir: Path) -> dict[str, dict]:
             for key, r in results.items() if key != "fp32"}
 
 
-def run_model(name: str, source: Path, calib: Path, eval_dir: Path | None, pipelines: list[str], work: Path) -> dict:
+def run_model(name: str, source: Path, calib: Path, eval_dir: Path | None, pipelines: list[str], work: Path,
+              ort_variants: dict[str, dict]) -> dict:
     outputs, row = {}, {"model": name, "pipelines": {}}
-    for pipeline in pipelines:
+    for pipeline in [*pipelines, *ort_variants]:
         out = work / pipeline / f"{name}.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"{name}: compiling with {pipeline}", file=sys.stderr, flush=True)
-        row["pipelines"][pipeline] = compile_timed(source, out, pipeline, calib)
+        row["pipelines"][pipeline] = (ort_dynamic(source, out, ort_variants[pipeline]) if pipeline in ort_variants
+                                      else compile_timed(source, out, pipeline, calib))
         outputs[pipeline] = out
     print(f"{name}: scoring", file=sys.stderr, flush=True)
     if eval_dir is None:
@@ -111,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, help="the folder benchmarks/models.py wrote all_mpnet_base_v2 into")
     parser.add_argument("--only", default="minilm_l6,ocr_rec_ppocrv4,all_mpnet_base_v2")
     parser.add_argument("--pipelines", default="auto,int8-transformer")
+    parser.add_argument("--onnxruntime-dynamic", action="store_true", help="add quantize_dynamic's variants")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler-transformer-default")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -127,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped (give --models, the folder benchmarks/models.py built it in)", file=sys.stderr)
             continue
         rows.append(run_model(name, folder / f"{name}.onnx", folder / "data" / "calib_npz" / name, eval_dir,
-                              pipelines, args.work))
+                              pipelines, args.work, ORT_DYNAMIC if args.onnxruntime_dynamic else {}))
         print(markdown(rows[-1:]), flush=True)
     machine["load_average_at_end"] = os.getloadavg()
     print(f"\n{markdown(rows)}\n\nmachine: {machine}")

@@ -209,10 +209,11 @@ def smoothing_scales(act_max: np.ndarray, weight_max: np.ndarray, alpha: float) 
 
 
 def layer_error(x: np.ndarray, fit: np.ndarray, weights: list[np.ndarray], scales: np.ndarray, target: Target,
-                method: str) -> float:
+                method: str, references: list[np.ndarray] | None = None) -> float:
     """``sum ||X W - Q_a(X / s) Q_w(s W)||²`` over the layers' ``[K, N]`` weights.
 
     ``Q_a``'s range is what ``method`` reads off the rows ``fit / s``; the error is measured on ``x``.
+    ``references``: the products ``X W`` when already computed (they do not depend on ``s``).
     """
     inverse = (1.0 / scales).astype(np.float32)
     observer = make_observer_factory(method)("x")
@@ -220,10 +221,11 @@ def layer_error(x: np.ndarray, fit: np.ndarray, weights: list[np.ndarray], scale
     lo, hi = observer.compute_range()
     x_hat = fake_quantize(x * inverse, target.activation_scheme.spec_from_range(lo, hi))
     error = 0.0
-    for w in weights:
+    for index, w in enumerate(weights):
         scaled = w * scales[:, None].astype(np.float32)
         w_hat = fake_quantize(scaled, weight_spec(scaled, 1, target))
-        error += float(np.square(x @ w - x_hat @ w_hat).sum(dtype=np.float64))
+        reference = references[index] if references is not None else x @ w
+        error += float(np.square(reference - x_hat @ w_hat).sum(dtype=np.float64))
     return error
 
 
@@ -314,7 +316,8 @@ class SmoothQuant(Pass):
         weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         held, fit = stat.sample(True), stat.sample(False)
         fit_max = stat.fit_absmax if stat.fit_absmax is not None else stat.absmax
-        error = lambda scales: layer_error(held, fit, weights, scales, target, self.method)  # noqa: E731
+        references = [held @ w for w in weights]
+        error = lambda scales: layer_error(held, fit, weights, scales, target, self.method, references)  # noqa: E731
         baseline = max(error(np.ones(held.shape[-1])), 1e-30)
         if self.alpha is not None:
             return smoothing_scales(stat.absmax, weight_max, self.alpha), self.alpha, \
