@@ -6,8 +6,9 @@ that still need a range (with the :class:`~qcompiler.ir.quant.Scheme` their spec
 values that reuse another value's spec (pass-through ops). ``calibrate`` turns pending activations into
 specs (:meth:`QuantPlan.set_ranges`); ``insert-qdq`` materializes every spec as Q/DQ and marks the plan
 lowered. ``recognize-structure`` records the model's regions and the treatment each gets
-(:class:`Region`; transformer blocks, the rest), which region-aware passes read. The plan also keeps the serialized models that later passes compare against (the float model
-before quantization, the original file) and the reports passes write for people (``reports``).
+(:class:`Region`; transformer blocks, the rest), which region-aware passes read. The plan also keeps
+the serialized models that later passes compare against (the float model before quantization, the
+original file) and the reports passes write for people (``reports``).
 
 Passes declare which *facts* they need and provide (:data:`FACTS`); a fact is read off the model, so it
 survives cloning and is the same whether a pass ran in this pipeline or an earlier one. The
