@@ -205,7 +205,8 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "qcompiler-bench")
     args = parser.parse_args()
     patterns = args.only.split(",")
-    names = [n for n in MODELS if any(fnmatch.fnmatch(n, p) for p in patterns) and (n not in ON_REQUEST or n in patterns)]
+    names = [n for n in MODELS
+             if any(fnmatch.fnmatch(n, p) for p in patterns) and (n not in ON_REQUEST or n in patterns)]
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     manifest_path = args.out / "MANIFEST.json"

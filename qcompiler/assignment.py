@@ -20,10 +20,11 @@ stay float unless an int8 reader needs them: onnxruntime runs ``DequantizeLinear
 float output as ``MatMulIntegerToFloat`` (and Gemm, with its int32 bias, as QGemm with a float
 output), so the layer still runs in int8, but the region does not extend through the bias and
 residual Adds after it; with ``region`` only for the layers in the plan's regions of that treatment
-(``recognize-structure``: the transformer blocks of a model that also has convolutional parts). Not for a MatMul read by an Add whose input is 2-D or has a fully static
-shape: onnxruntime 1.32 first fuses those into a Gemm (MatMulAddFusion, reshaping static 3-D inputs),
-which then runs in float; there the output stays quantized. Transformers exported with dynamic batch
-and sequence axes are not affected. In transformers these carry the outlier channels of the residual
+(``recognize-structure``: the transformer blocks of a model that also has convolutional parts). Not
+for a MatMul read by an Add whose input is 2-D or has a fully static shape: onnxruntime 1.32 first
+fuses those into a Gemm (MatMulAddFusion, reshaping static 3-D inputs), which then runs in float;
+there the output stays quantized. Transformers exported with dynamic batch and sequence axes are not
+affected. In transformers these carry the outlier channels of the residual
 stream (Bondarenko et al. 2021, "Understanding and Overcoming the
 Challenges of Efficient Transformer Quantization"), which one per-tensor 8-bit scale cannot hold:
 on MiniLM-L6 quantizing them cost 0.16 of cosine similarity to FP32 (see ``benchmarks/minilm_accuracy.py``).

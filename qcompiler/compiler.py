@@ -2,7 +2,8 @@
 
 The Python API behind ``qcompiler compile``. Its keyword options are the fields of
 :class:`qcompiler.options.CompileOptions` (checked when given); it builds the pipeline once (the named
-``auto`` pipeline by default: ``int8-transformer``'s treatment in transformer blocks, ``int8``'s elsewhere, or a TOML file whose passes may name ``"@name"`` resources), refuses
+``auto`` pipeline by default: ``int8-transformer``'s treatment in transformer blocks, ``int8``'s
+elsewhere; or a TOML file whose passes may name ``"@name"`` resources), refuses
 options the pipeline does not honour, runs it with verification after every pass, and writes the
 result atomically without touching the input. Calibration data is checked against the model's
 inputs before any pass runs.

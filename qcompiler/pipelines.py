@@ -181,8 +181,9 @@ def auto(options: CompileOptions) -> list[Pass]:
     ``recognize-structure`` finds the regions (attention, LayerNorms; ``qcompiler.structure``) and the
     region-aware passes act on them: in transformer regions SmoothQuant, MSE weight clipping, float
     linear-layer outputs and the activation range method searched on held-out feeds; elsewhere the
-    ``calibration`` method and the kernels check of ``int8`` (run when a layer there is quantized). A model without transformer structure
-    is compiled exactly as by ``int8``, one without convolutional parts as by ``int8-transformer``.
+    ``calibration`` method and the kernels check of ``int8`` (run when a layer there is quantized). A
+    model without transformer structure is compiled exactly as by ``int8``, one without convolutional
+    parts as by ``int8-transformer``.
     """
     from qcompiler import passes as lib
 

@@ -174,7 +174,8 @@ def test_auto_gives_each_region_its_treatment():
     quantized = _quantized_inputs(model)
     assert quantized["stem"] and quantized["enc_q"] and quantized["enc_h"]
     assert all(quantized[n.outputs[0].name] for n in model.graph if n.op_type in ("Conv", "MatMul"))
-    readers = {r.op_type for n in model.graph if n.outputs[0].name in ("enc_h", "enc_o") for r in n.outputs[0].consumers()}
+    readers = {r.op_type for n in model.graph if n.outputs[0].name in ("enc_h", "enc_o")
+               for r in n.outputs[0].consumers()}
     assert readers == {"Add"}  # transformer treatment: float linear outputs, the bias Adds read them directly
     stem_readers = {r.op_type for n in model.graph if n.outputs[0].name == "stem" for r in n.outputs[0].consumers()}
     assert stem_readers == {"QuantizeLinear"}  # convolutional treatment: the Relu is absorbed into the quantizer
