@@ -13,7 +13,12 @@ ocr_cls_ppocr_mobile_v2   the 200 lines upright and rotated 180 deg    the 64 li
 ocr_det_ppocrv4           24 pages 640x480 -> [1,3,736,992], boxes     8 pages
 crepe_tiny                40 tones of 0.5 s (51 frames each), f0       16 tones
 minilm_l6                 up to 30 sentences of each of 12 doc topics  up to 5 more per topic
+all_mpnet_base_v2         160 stdlib docstrings and their first lines  64 texts of other docstrings
 ========================  ===========================================  ==================================
+
+all_mpnet_base_v2's retrieval set: the docstrings of the public functions and classes of a fixed list of
+standard-library modules; a query is a docstring's first line, its document the rest. Which docstrings
+exist depends on the Python version that builds the data (written into ``labels.json``).
 
 Layout: ``OUT/data/calib_npz/<name>/batch_NNN.npz`` and ``OUT/data/eval_npz/<name>/batch_NNN.npz`` (one
 input batch per file, keys = the model's input names, arrays as the model takes them), and
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import random
 import re
 from pathlib import Path
@@ -76,21 +82,53 @@ def doc_sentences(per_topic: int, skip: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def tokenizer(path: Path):
-    """The model's WordPiece tokenizer: truncation at 128 tokens, padding to the longest of a batch."""
+def tokenizer(path: Path, pad_id: int = 0, pad_token: str = "[PAD]"):
+    """The model's tokenizer: truncation at 128 tokens, padding to the longest of a batch."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
     tok.enable_truncation(128)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
     return tok
 
 
-def tokenize(tok, texts: list[str]) -> dict[str, np.ndarray]:
+def tokenize(tok, texts: list[str], token_types: bool = True) -> dict[str, np.ndarray]:
     encoded = tok.encode_batch(texts)
-    return {"input_ids": np.array([e.ids for e in encoded], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encoded], np.int64)}
+    feed = {"input_ids": np.array([e.ids for e in encoded], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], np.int64)}
+    if token_types:
+        feed["token_type_ids"] = np.array([e.type_ids for e in encoded], np.int64)
+    return feed
+
+
+STDLIB_MODULES = ("argparse", "base64", "bisect", "calendar", "collections", "contextlib", "copy", "csv", "datetime",
+                  "difflib", "email.utils", "fnmatch", "fractions", "functools", "glob", "gzip", "heapq", "html",
+                  "inspect", "ipaddress", "itertools", "json", "logging", "mimetypes", "os", "pathlib", "pickle",
+                  "platform", "pprint", "queue", "random", "shlex", "shutil", "statistics", "string", "subprocess",
+                  "tarfile", "tempfile", "textwrap", "threading", "typing", "urllib.parse", "uuid", "warnings",
+                  "zipfile")
+
+
+def docstring_pairs() -> list[tuple[str, str, str]]:
+    """(qualified name, first line, rest) of the public functions and classes of :data:`STDLIB_MODULES` whose
+    docstring has a one-line summary of 20-160 characters and at least 80 more characters, sorted by name."""
+    import importlib
+    import inspect
+
+    pairs, seen = [], set()
+    for module_name in STDLIB_MODULES:
+        module = importlib.import_module(module_name)
+        for name, member in sorted(vars(module).items()):
+            if name.startswith("_") or not (inspect.isfunction(member) or inspect.isclass(member)) \
+                    or getattr(member, "__module__", None) != module.__name__:
+                continue
+            doc = inspect.getdoc(member) or ""
+            first, _, rest = doc.partition("\n\n")
+            first, rest = " ".join(first.split()), " ".join(rest.split())
+            if 20 <= len(first) <= 160 and len(rest) >= 80 and first.isascii() and first not in seen:
+                seen.add(first)
+                pairs.append((f"{module_name}.{name}", first, rest))
+    return pairs
 
 
 # -- rendered text (PP-OCR) -----------------------------------------------------------------------
@@ -278,8 +316,26 @@ def minilm_l6(out: Path, name: str):
     return calib, [tokenize(tok, [s for s, _ in b]) for b in evaluation], [[t for _, t in b] for b in evaluation]
 
 
+def all_mpnet_base_v2(out: Path, name: str):
+    """Every 4th docstring (by name) for calibration, the others shuffled; 160 of them for the retrieval
+    set, in batches of 8 queries and their 8 documents (labels ``["q"|"d", pair index]``)."""
+    tok = tokenizer(out / "all_mpnet_base_v2_tokenizer.json", pad_id=1, pad_token="<pad>")
+    pairs = docstring_pairs()
+    calib = [text for i, (_, first, rest) in enumerate(pairs) if i % 4 == 3 for text in (first, rest)]
+    evaluation = [p for i, p in enumerate(pairs) if i % 4 != 3]
+    random.Random(EVAL_SEED).shuffle(evaluation)
+    evaluation = evaluation[:160]
+    feeds, labels = [], []
+    for start, group in enumerate(batches(evaluation, 8)):
+        texts = [first for _, first, _ in group] + [rest for _, _, rest in group]
+        feeds.append(tokenize(tok, texts, token_types=False))
+        index = range(8 * start, 8 * start + len(group))
+        labels.append([["q", i] for i in index] + [["d", i] for i in index])
+    return [tokenize(tok, b, token_types=False) for b in batches(calib[:64], 8)], feeds, labels
+
+
 BUILDERS = {"ocr_rec_ppocrv4": ocr_rec, "ocr_cls_ppocr_mobile_v2": ocr_cls, "ocr_det_ppocrv4": ocr_det,
-            "crepe_tiny": crepe_tiny, "minilm_l6": minilm_l6}
+            "crepe_tiny": crepe_tiny, "minilm_l6": minilm_l6, "all_mpnet_base_v2": all_mpnet_base_v2}
 
 
 def write_feeds(folder: Path, feeds: list[dict[str, np.ndarray]]) -> None:
@@ -298,4 +354,5 @@ def write(name: str, out: Path) -> None:
     calib, evaluation, labels = BUILDERS[name](out, first_input)
     write_feeds(out / "data" / "calib_npz" / name, calib)
     write_feeds(out / "data" / "eval_npz" / name, evaluation)
-    (out / "data" / "eval_npz" / name / "labels.json").write_text(json.dumps({"task": name, "labels": labels}))
+    spec = {"task": name, "labels": labels, "python": platform.python_version()}
+    (out / "data" / "eval_npz" / name / "labels.json").write_text(json.dumps(spec))

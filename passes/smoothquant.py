@@ -40,7 +40,8 @@ with ``Q_a`` the target's per-tensor activation quantizer, its range read by ``m
 held-out feeds (every ``holdout``-th); ``s`` and the range of ``Q_a`` come from the other feeds, so
 an alpha is judged on data it was not fitted to (scored in-sample, alpha near 1 always wins, as it
 maps every channel onto the range it happened to reach, and on MiniLM it then lost accuracy). ``s = 1`` (no smoothing) is a candidate too: a group whose layers no alpha improves is
-left as it is. Decisions are kept in ``model.plan.reports["smoothquant"]``.
+left as it is. Decisions are kept in ``model.plan.reports["smoothquant"]``. With ``region`` (a treatment of
+``recognize-structure``) only the groups whose layers all lie in such regions are smoothed.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ from qcompiler.ir import Graph, Model, Node, Value, fake_quantize, to_proto
 from qcompiler.ir.rewrite import insert_after_producer
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import Target, get_target
+
+from .structure import require_regions
 
 DEFAULT_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))
 Apply = Callable[[np.ndarray], None]  # folds a per-channel factor into a producer
@@ -206,10 +209,11 @@ def smoothing_scales(act_max: np.ndarray, weight_max: np.ndarray, alpha: float) 
 
 
 def layer_error(x: np.ndarray, fit: np.ndarray, weights: list[np.ndarray], scales: np.ndarray, target: Target,
-                method: str) -> float:
+                method: str, references: list[np.ndarray] | None = None) -> float:
     """``sum ||X W - Q_a(X / s) Q_w(s W)||²`` over the layers' ``[K, N]`` weights.
 
     ``Q_a``'s range is what ``method`` reads off the rows ``fit / s``; the error is measured on ``x``.
+    ``references``: the products ``X W`` when already computed (they do not depend on ``s``).
     """
     inverse = (1.0 / scales).astype(np.float32)
     observer = make_observer_factory(method)("x")
@@ -217,10 +221,11 @@ def layer_error(x: np.ndarray, fit: np.ndarray, weights: list[np.ndarray], scale
     lo, hi = observer.compute_range()
     x_hat = fake_quantize(x * inverse, target.activation_scheme.spec_from_range(lo, hi))
     error = 0.0
-    for w in weights:
+    for index, w in enumerate(weights):
         scaled = w * scales[:, None].astype(np.float32)
         w_hat = fake_quantize(scaled, weight_spec(scaled, 1, target))
-        error += float(np.square(x @ w - x_hat @ w_hat).sum(dtype=np.float64))
+        reference = references[index] if references is not None else x @ w
+        error += float(np.square(reference - x_hat @ w_hat).sum(dtype=np.float64))
     return error
 
 
@@ -242,8 +247,10 @@ class SmoothQuant(Pass):
     rows: int = 512
     holdout: int = 4
     target: str = "x86-avx2"
+    region: str = ""
 
     def requires(self, model: Model) -> None:
+        require_regions(self, model, self.region)
         if self.data is None:
             raise UserError("smoothquant: no calibration data given (--calib DIR or a '@calibration' resource)")
         if self.method not in METHODS:
@@ -262,6 +269,8 @@ class SmoothQuant(Pass):
         report: list[dict[str, Any]] = []
         plans = []
         for x, layers in find_groups(graph):
+            if self.region and not all(model.plan.in_region(n, self.region) for n in layers):
+                continue
             apply, reason = folding(graph, x, layers)
             if apply is None and not self.explicit:
                 report.append({"input": x.name, "layers": [n.name for n in layers], "skipped": reason})
@@ -307,7 +316,8 @@ class SmoothQuant(Pass):
         weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         held, fit = stat.sample(True), stat.sample(False)
         fit_max = stat.fit_absmax if stat.fit_absmax is not None else stat.absmax
-        error = lambda scales: layer_error(held, fit, weights, scales, target, self.method)  # noqa: E731
+        references = [held @ w for w in weights]
+        error = lambda scales: layer_error(held, fit, weights, scales, target, self.method, references)  # noqa: E731
         baseline = max(error(np.ones(held.shape[-1])), 1e-30)
         if self.alpha is not None:
             return smoothing_scales(stat.absmax, weight_max, self.alpha), self.alpha, \

@@ -19,10 +19,12 @@ With ``float_linear_outputs`` the outputs of MatMul and Gemm (the layers with a 
 stay float unless an int8 reader needs them: onnxruntime runs ``DequantizeLinear -> MatMul`` with a
 float output as ``MatMulIntegerToFloat`` (and Gemm, with its int32 bias, as QGemm with a float
 output), so the layer still runs in int8, but the region does not extend through the bias and
-residual Adds after it. Not for a MatMul read by an Add whose input is 2-D or has a fully static
-shape: onnxruntime 1.32 first fuses those into a Gemm (MatMulAddFusion, reshaping static 3-D inputs),
-which then runs in float; there the output stays quantized. Transformers exported with dynamic batch
-and sequence axes are not affected. In transformers these carry the outlier channels of the residual
+residual Adds after it; with ``region`` only for the layers in the plan's regions of that treatment
+(``recognize-structure``: the transformer blocks of a model that also has convolutional parts). Not
+for a MatMul read by an Add whose input is 2-D or has a fully static shape: onnxruntime 1.32 first
+fuses those into a Gemm (MatMulAddFusion, reshaping static 3-D inputs), which then runs in float;
+there the output stays quantized. Transformers exported with dynamic batch and sequence axes are not
+affected. In transformers these carry the outlier channels of the residual
 stream (Bondarenko et al. 2021, "Understanding and Overcoming the
 Challenges of Efficient Transformer Quantization"), which one per-tensor 8-bit scale cannot hold:
 on MiniLM-L6 quantizing them cost 0.16 of cosine similarity to FP32 (see ``benchmarks/minilm_accuracy.py``).
@@ -97,7 +99,7 @@ def excluded(node: Node, patterns: list[str]) -> bool:
 
 
 def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
-           float_linear_outputs: bool = False) -> int:
+           float_linear_outputs: bool = False, region: str = "") -> int:
     """Start ``model``'s plan for ``target`` (see the module docstring); returns the number of quantized nodes."""
     plan = model.plan
     plan.start(target)
@@ -116,6 +118,7 @@ def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
                 weight.quant = weight_spec(weight.const, axis, target)
                 release_pages(weight.const)  # a model past memory: not every weight resident at once
             float_outputs = (float_linear_outputs and facts.float_output_fusion is not None
+                             and (not region or plan.in_region(node, region))
                              and not _becomes_float_gemm(node, facts))
         elif op in target.absorbed_activations and _clip_absorbable(node):
             source = node.inputs[0]

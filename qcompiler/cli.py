@@ -138,6 +138,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _print_reports(model: ir.Model) -> None:
     """The lines a compile prints about what its passes measured and decided."""
     reports = model.plan.reports
+    for region in reports.get("structure", []):
+        print(f"structure: {region['treatment']} treatment for {region['nodes']} nodes ({region['reason']})")
     assigned = reports.get("assign_precision", {})
     for pattern in assigned.get("unmatched_exclude", []):
         print(f"warning: --exclude {pattern!r} matched no node (names are shell patterns; op types match exactly)")
@@ -251,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.set_defaults(run=cmd_optimize)
 
     comp = sub.add_parser("compile", parents=[runner], help="quantize a model (static int8 QDQ by default)")
-    comp.add_argument("--pipeline", default="int8", help="a named pipeline or a TOML file (default: int8)")
+    comp.add_argument("--pipeline", default="auto", help="a named pipeline or a TOML file (default: auto, the "
+                      "transformer treatment in attention blocks and int8 elsewhere)")
     add_arguments(comp)
     comp.set_defaults(run=cmd_compile)
 

@@ -2,7 +2,8 @@
 
 The Python API behind ``qcompiler compile``. Its keyword options are the fields of
 :class:`qcompiler.options.CompileOptions` (checked when given); it builds the pipeline once (the named
-``int8`` pipeline by default, or a TOML file whose passes may name ``"@name"`` resources), refuses
+``auto`` pipeline by default: ``int8-transformer``'s treatment in transformer blocks, ``int8``'s
+elsewhere; or a TOML file whose passes may name ``"@name"`` resources), refuses
 options the pipeline does not honour, runs it with verification after every pass, and writes the
 result atomically without touching the input. Calibration data is checked against the model's
 inputs before any pass runs.
@@ -42,7 +43,7 @@ def compile(  # noqa: A001 - the natural name of the API
     model: str | os.PathLike | ir.Model,
     output: str | os.PathLike | None = None,
     *,
-    pipeline: str | Pipeline = "int8",
+    pipeline: str | Pipeline = "auto",
     instruments: Iterable[Instrument] = (),
     verify: str | None = None,
     overwrite: bool = False,

@@ -36,6 +36,7 @@ from typing import Any
 from .errors import PipelineConfigError, UserError
 from .options import RESOURCES, CompileOptions
 from .pass_manager import Pass, default_registry
+from .structure import CONVOLUTIONAL, TRANSFORMER
 from .targets import get_target
 
 PipelineFunction = Callable[[CompileOptions], list[Pass]]
@@ -107,7 +108,8 @@ def _latency_guarded(passes: list[Pass], options: CompileOptions, prefix: list[P
                                                                              threads=options.threads)]
 
 
-def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False) -> tuple[list[Pass], list[Pass]]:
+def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False,
+                     region: str = "") -> tuple[list[Pass], list[Pass]]:
     """(passes before canonicalization, passes after calibration) for the sensitivity threshold (none without)."""
     from qcompiler import passes as lib
 
@@ -115,7 +117,8 @@ def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False
         return [], []
     return [lib.KeepOriginalModel()], [lib.MixedPrecision(
         data=options.calib, threshold=options.sensitivity_threshold, metric=options.metric,
-        exclude=list(options.exclude), per_channel=not options.per_tensor, float_linear_outputs=float_linear_outputs)]
+        exclude=list(options.exclude), per_channel=not options.per_tensor, float_linear_outputs=float_linear_outputs,
+        region=region)]
 
 
 def _calibrate(options: CompileOptions) -> Pass:
@@ -168,6 +171,36 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
         *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
+    ], options)
+
+
+@named_pipeline("auto", honours=STATIC_INT8_OPTIONS)
+def auto(options: CompileOptions) -> list[Pass]:
+    """The default: ``int8-transformer``'s treatment in the transformer blocks, ``int8``'s everywhere else.
+
+    ``recognize-structure`` finds the regions (attention, LayerNorms; ``qcompiler.structure``) and the
+    region-aware passes act on them: in transformer regions SmoothQuant, MSE weight clipping, float
+    linear-layer outputs and the activation range method searched on held-out feeds; elsewhere the
+    ``calibration`` method and the kernels check of ``int8`` (run when a layer there is quantized). A
+    model without transformer structure is compiled exactly as by ``int8``, one without convolutional
+    parts as by ``int8-transformer``.
+    """
+    from qcompiler import passes as lib
+
+    name = get_target(options.target).name
+    first, mixed = _mixed_precision(options, float_linear_outputs=True, region=TRANSFORMER)
+    return first + _latency_guarded([
+        lib.RecognizeStructure(),
+        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True, region=TRANSFORMER),
+        lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
+                            float_linear_outputs=True, region=TRANSFORMER),
+        lib.SearchWeightRanges(region=TRANSFORMER),
+        lib.CalibrateSearch(data=options.calib, region=TRANSFORMER, method=options.calibration,
+                            percentile=options.percentile),
+        *mixed,
+        lib.InsertQDQ(),
+        lib.FoldQuantizedWeights(),
+        lib.CheckKernels(data=options.calib, region=CONVOLUTIONAL),
     ], options)
 
 

@@ -5,8 +5,10 @@ run quantized, the activations absorbed into the quantization before them (Relu,
 that still need a range (with the :class:`~qcompiler.ir.quant.Scheme` their spec will follow) and the
 values that reuse another value's spec (pass-through ops). ``calibrate`` turns pending activations into
 specs (:meth:`QuantPlan.set_ranges`); ``insert-qdq`` materializes every spec as Q/DQ and marks the plan
-lowered. The plan also keeps the serialized models that later passes compare against (the float model
-before quantization, the original file) and the reports passes write for people (``reports``).
+lowered. ``recognize-structure`` records the model's regions and the treatment each gets
+(:class:`Region`; transformer blocks, the rest), which region-aware passes read. The plan also keeps
+the serialized models that later passes compare against (the float model before quantization, the
+original file) and the reports passes write for people (``reports``).
 
 Passes declare which *facts* they need and provide (:data:`FACTS`); a fact is read off the model, so it
 survives cloning and is the same whether a pass ran in this pipeline or an earlier one. The
@@ -34,6 +36,15 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class Region:
+    """Nodes that get one treatment (``"transformer"``, ``"convolutional"``) and why (for the summary)."""
+
+    treatment: str
+    reason: str
+    nodes: dict[Node, None] = field(default_factory=dict)
+
+
+@dataclass
 class QuantPlan:
     """The quantization decisions of a model (see the module docstring).
 
@@ -49,6 +60,7 @@ class QuantPlan:
         float_reference: the float model before quantization, kept aside (``keep-float-reference``).
         original_model: the input model before canonicalization, kept aside (``keep-original-model``).
         batchnorm_stats: per-channel (mean, std) of BatchNorm outputs by value name, recorded before folding.
+        regions: the model's regions and their treatments (``recognize-structure``); kept by :meth:`start`.
         reports: what passes measured and decided, by pass name, for people and the summary.
     """
 
@@ -62,6 +74,7 @@ class QuantPlan:
     float_reference: SavedModel | None = None
     original_model: SavedModel | None = None
     batchnorm_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    regions: list[Region] = field(default_factory=list)
     reports: dict[str, Any] = field(default_factory=dict)
 
     # -- decisions -------------------------------------------------------------------------------
@@ -74,6 +87,15 @@ class QuantPlan:
         self.dynamic.clear()
         self.shares.clear()
         self.lowered = False
+
+    def in_region(self, node: Node | None, treatment: str) -> bool:
+        """Whether ``node`` lies in a region given ``treatment``."""
+        return node is not None and any(node in r.nodes for r in self.regions if r.treatment == treatment)
+
+    def value_in_region(self, value: Value, treatment: str) -> bool:
+        """Whether ``value``'s producer or one of its readers lies in a region given ``treatment``."""
+        return self.in_region(value.producer(), treatment) or any(
+            self.in_region(n, treatment) for n in value.consumers())
 
     def is_quantized(self, node: Node) -> bool:
         return node in self.layers
@@ -131,6 +153,8 @@ class QuantPlan:
         copy = QuantPlan(self.target, lowered=self.lowered, float_reference=self.float_reference,
                          original_model=self.original_model, batchnorm_stats=dict(self.batchnorm_stats),
                          reports=dict(self.reports))
+        copy.regions = [Region(r.treatment, r.reason, {node(n): None for n in r.nodes if node(n) is not None})
+                        for r in self.regions]
         copy.layers = {node(n): None for n in self.layers if node(n) is not None}
         copy.absorbed = {node(n) for n in self.absorbed if node(n) is not None}
         copy.pending = {values[v.name]: s for v, s in self.pending.items() if v.name in values}
@@ -146,6 +170,7 @@ FACTS: dict[str, tuple[str, Callable[[Model], bool]]] = {
                lambda m: m.plan.target is not None and not m.plan.pending),
     "qdq": ("Q/DQ nodes for the plan's specs", lambda m: m.plan.lowered),
     "float-reference": ("the float model kept for comparison", lambda m: m.plan.float_reference is not None),
+    "regions": ("the model's regions and their treatments", lambda m: bool(m.plan.regions)),
 }
 """Facts passes need and provide: name -> (what it is, whether a model has it)."""
 
