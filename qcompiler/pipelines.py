@@ -171,6 +171,29 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
     ], options)
 
 
+@named_pipeline("dynamic", honours=("calib", "target", "per_tensor", "exclude", "objective", "threads"))
+def dynamic(options: CompileOptions) -> list[Pass]:
+    """Dynamic int8, no calibration data: int8 MatMul/Gemm weights, their inputs quantized at run time.
+
+    Each linear layer's input goes through ``DynamicQuantizeLinear -> DequantizeLinear`` (uint8, the range
+    of every run's tensor), its weight through a per-channel int8 ``DequantizeLinear`` (7-bit where the
+    target's u8 x s8 kernels saturate); onnxruntime fuses these into ``DynamicQuantizeMatMul`` and
+    ``MatMulIntegerToFloat`` (``benchmarks/dynamic_minilm.py`` measures the forms). Gemms become MatMul +
+    Add first (``gemm-to-matmul``: onnxruntime fuses no dynamic Gemm). Conv layers are
+    refused unless excluded (``--exclude Conv``). ``calib`` is optional: given, the latency guard measures
+    on its first feed (``objective="latency"``); without it nothing is measured and the result stays int8.
+    """
+    from qcompiler import passes as lib
+
+    passes = [lib.GemmToMatMul(),
+              lib.AssignDynamic(target=get_target(options.target).name, exclude=list(options.exclude),
+                                per_channel=not options.per_tensor),
+              lib.InsertQDQ(),
+              lib.FoldQuantizedWeights(),
+              lib.LowerDynamicMatMul()]
+    return _latency_guarded(passes, options) if options.calib is not None else canonicalize() + passes
+
+
 def canonicalize_keeping_batchnorm_stats() -> list[Pass]:
     """``canonicalize`` with ``keep-batchnorm-stats`` just before BatchNorm folding (for HBA and analytic BC)."""
     from qcompiler import passes as lib

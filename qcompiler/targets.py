@@ -88,6 +88,11 @@ class Target:
         """Static activations: asymmetric, per tensor, in the target's activation type."""
         return Scheme(self.activation_dtype, symmetric=False)
 
+    @property
+    def dynamic_activation_scheme(self) -> Scheme:
+        """Activations quantized at run time: ``DynamicQuantizeLinear``'s uint8, asymmetric, per tensor."""
+        return Scheme(TensorProto.UINT8, symmetric=False, dynamic=True)
+
     def weight_scheme(self, per_channel: bool = True) -> Scheme:
         """Weights: symmetric, per output channel (or per tensor), reduced range where the target asks."""
         return Scheme(self.weight_dtype, symmetric=True, granularity="axis" if per_channel else "tensor",
