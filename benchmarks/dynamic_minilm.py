@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models_dir", type=Path)
     parser.add_argument("--model", default="minilm_l6")
     parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
-    parser.add_argument("--evaluator-python",
-                        default=os.path.join(os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv"), "bin", "python"))
+    venv = os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv")
+    parser.add_argument("--evaluator-python", default=os.path.join(venv, "bin", "python"))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler-dynamic-minilm")
     parser.add_argument("--rounds", type=int, default=8, help="latency rounds (candidates alternate in each)")
     parser.add_argument("--json", type=Path, help="write every number to this file")

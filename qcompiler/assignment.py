@@ -144,9 +144,10 @@ def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
 
 
 DYNAMIC_LAYERS = ("MatMul", "Gemm")
-"""The layers dynamic quantization runs in integer kernels: onnxruntime has u8 x s8 dynamic kernels for
-matrix products (``DynamicQuantizeMatMul``, ``MatMulIntegerToFloat``) but none for convolutions: its
-``ConvInteger`` takes uint8 weights only, and runs slower than float where it runs."""
+"""The layers dynamic quantization runs in integer kernels: onnxruntime fuses dynamic matrix products into
+``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat``, but has no fused dynamic convolution:
+``DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul`` runs slower than the float Conv (onnxruntime 1.32
+on PP-OCR's direction classifier; older releases lacked the u8 x s8 ConvInteger kernel altogether)."""
 
 
 def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel: bool) -> int:
@@ -160,8 +161,8 @@ def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel
     would need a run-time quantization of its own and their kernels gain little.
 
     A Conv layer that is not excluded is a user error: dynamic quantization has no fast convolution
-    kernel (onnxruntime's ``ConvInteger`` is uint8 x uint8 only and slower than float), so the message
-    points to static quantization, or to ``--exclude Conv`` to quantize the linear layers alone.
+    kernel (:data:`DYNAMIC_LAYERS`), so the message points to static quantization, or to ``--exclude
+    Conv`` to quantize the linear layers alone.
     """
     plan = model.plan
     plan.start(target)
@@ -171,12 +172,14 @@ def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel
         if node.domain not in ("", "ai.onnx") or excluded(node, exclude):
             continue
         facts = lookup(node)
-        if facts.role != "layer" or not _weighted_eligible(node, facts) or node.inputs[facts.weight_input].const is None:
+        if facts.role != "layer" or not _weighted_eligible(node, facts):
+            continue
+        weight = node.inputs[facts.weight_input]
+        if weight.const is None:  # a MatMul of two activations (attention scores)
             continue
         if node.op_type not in DYNAMIC_LAYERS:
             convolutions.append(node)
             continue
-        weight = node.inputs[facts.weight_input]
         axis = weight_axis(node, weight.const) if per_channel else None
         weight.quant = weight_spec(weight.const, axis, target)
         plan.quantize_node(node)
@@ -186,8 +189,8 @@ def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel
         first = convolutions[0]
         raise UnsupportedModelError(
             f"dynamic quantization covers MatMul and Gemm layers only, and the model has {len(convolutions)} "
-            f"{'/'.join(kinds)} layer(s) (first: {first.name or first.op_type!r}): onnxruntime has no fast dynamic "
-            f"kernel for them (no u8 x s8 ConvInteger). Use static quantization (--pipeline int8 with --calib "
-            f"DATA), or keep them float and quantize the MatMul/Gemm layers alone with "
+            f"{'/'.join(kinds)} layer(s) (first: {first.name or first.op_type!r}): onnxruntime has no fast "
+            f"dynamic kernel for them (its dynamic ConvInteger runs slower than float). Use static quantization "
+            f"(--pipeline int8 with --calib DATA), or keep them float and quantize the MatMul/Gemm layers alone with "
             + " ".join(f"--exclude {k}" for k in kinds))
     return len(plan.layers)

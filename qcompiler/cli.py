@@ -171,7 +171,8 @@ def _layer_summary(model: ir.Model, calib: object, original: ir.Model) -> str:
     if calib is not None:
         feed = next(iter(open_calibration(calib, model_inputs(model))))
     else:
-        feed = {k: v if np.issubdtype(v.dtype, np.floating) else np.zeros_like(v) for k, v in random_feeds(model).items()}
+        feed = {k: v if np.issubdtype(v.dtype, np.floating) else np.zeros_like(v)
+                for k, v in random_feeds(model).items()}
     return format_table(summarize(model, feed, original))
 
 

@@ -18,7 +18,8 @@ from qcompiler.ir.quant import (broadcast_param, dequantize_values, dynamic_spec
 
 from ..registry import register
 
-__all__ = ["DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear", "broadcast_param", "integer_range", "quantize_output_dtype",
+__all__ = ["DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear", "broadcast_param", "integer_range",
+           "quantize_output_dtype",
            "requantize", "saturate"]
 
 
@@ -80,4 +81,5 @@ def DynamicQuantizeLinear(x):
     """``(y, y_scale, y_zero_point)``: uint8 per tensor, the parameters from ``x``'s own range
     (:func:`qcompiler.ir.quant.dynamic_spec`, onnxruntime's float32 arithmetic), ``y`` as QuantizeLinear."""
     spec = dynamic_spec(x)
-    return quantize_values(np.asarray(x, np.float32), spec.scale, spec.zero_point, np.uint8), spec.scale, spec.zero_point
+    y = quantize_values(np.asarray(x, np.float32), spec.scale, spec.zero_point, np.uint8)
+    return y, spec.scale, spec.zero_point

@@ -110,7 +110,8 @@ def ort_optimized_ops(model: ir.Model) -> list[str]:
 def test_dynamic_numerics_equal_onnxruntime(scale):
     """The executor under this CPU's profile against onnxruntime with its fused dynamic kernels, bit for bit
     (DynamicQuantizeLinear, then MatMulInteger -> Cast -> Mul (-> Add) unfused, equals DynamicQuantizeMatMul
-    and MatMulIntegerToFloat with bias); the float model's outputs as a sanity bound. The target is this CPU's, so 7-bit weights where u8 x s8 saturates."""
+    and MatMulIntegerToFloat with bias); the float model's outputs as a sanity bound. The target is this
+    CPU's, so 7-bit weights where u8 x s8 saturates."""
     target = detect_target().name
     model = qcompiler.compile(linear_model(), None, pipeline="dynamic", target=target)
     reference = linear_model()
