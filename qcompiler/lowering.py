@@ -244,6 +244,7 @@ def lower_dynamic_matmuls(model: Model) -> int:
         graph.insert_before(matmul, integer, cast, scales, scaled)
         graph.substitute(output, scaled.outputs[0])
         graph.remove(matmul)
+        integer.name = matmul.name or integer.name  # the layer keeps its name (summaries, --exclude)
         for dq in (dq_x, dq_w):
             if not dq.outputs[0].uses() and dq.outputs[0] not in graph.outputs:
                 graph.remove(dq)
