@@ -16,6 +16,10 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
   reach ±127 in every channel and saturate often (MobileNetV2-style digits: 96.98 % in simulation,
   80.68 % on the real kernels). Weights limited to 7 bits (``reduce_range``: -64..63) cannot
   overflow (255·64·2 = 32640) and keep the accuracy (97.38 %).
+* Dynamic int8's kernels (``MatMulInteger`` and its fusions ``DynamicQuantizeMatMul`` and
+  ``MatMulIntegerToFloat``) are u8 x s8 GEMMs of the same MLAS family: on AVX2 without VNNI they saturate
+  alike, so dynamic weights follow ``weight_reduce_range`` too (``tests/schemes/test_dynamic_scheme.py``);
+  with uint8 weights (u8 x u8) they are exact.
 * With VNNI (``vpdpbusd``) products are accumulated in int32 directly: no saturation, full range.
   The ``avx2_pair_saturate`` accumulation was measured bit for bit against onnxruntime 1.32 under
   ``qemu-x86_64 -cpu Haswell`` (tests/kernels/test_avx2_profile.py, benchmarks/executor_vs_ort.py) and
