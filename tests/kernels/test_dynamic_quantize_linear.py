@@ -39,20 +39,25 @@ CASES = {
 }
 
 
+def ours(backend: str):
+    return default_registry.lookup("", "DynamicQuantizeLinear", 13, backends=(backend,))
+
+
+@pytest.mark.parametrize("backend", ["reference", "jit"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_dynamic_quantize_linear_equals_onnxruntime(name):
+def test_dynamic_quantize_linear_equals_onnxruntime(name, backend):
     x = np.asarray(CASES[name], np.float32)
-    ours = default_registry.lookup("", "DynamicQuantizeLinear", 13)(x)
     theirs = onnxruntime_dynamic_quantize(x)
-    for got, want in zip(ours, theirs, strict=True):
+    for got, want in zip(ours(backend)(x), theirs, strict=True):
         assert np.asarray(got).dtype == want.dtype
         np.testing.assert_array_equal(np.asarray(got).reshape(want.shape), want)
 
 
-def test_random_tensors_equal_onnxruntime():
+@pytest.mark.parametrize("backend", ["reference", "jit"])
+def test_random_tensors_equal_onnxruntime(backend):
+    kernel = ours(backend)
     for _ in range(50):
         shape = tuple(RNG.integers(1, 9, RNG.integers(1, 4)))
         x = (RNG.standard_normal(shape) * 10.0 ** RNG.uniform(-3, 3) + RNG.uniform(-2, 2)).astype(np.float32)
-        ours = default_registry.lookup("", "DynamicQuantizeLinear", 13)(x)
-        for got, want in zip(ours, onnxruntime_dynamic_quantize(x), strict=True):
+        for got, want in zip(kernel(x), onnxruntime_dynamic_quantize(x), strict=True):
             np.testing.assert_array_equal(np.asarray(got).reshape(want.shape), want)
