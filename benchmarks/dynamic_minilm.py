@@ -15,8 +15,10 @@ accuracy, and against FP32 the cosine of the sentence embeddings and ``same_outp
 sentences whose nearest neighbour is FP32's), and the onnxruntime latency on the first calibration feed
 (2 intra-op threads, the candidates and FP32 alternating, the median of all runs).
 
-    python benchmarks/dynamic_minilm.py MODELS_DIR [--model minilm_l6] [--evaluator-python PY]
+    python benchmarks/dynamic_minilm.py MODELS_DIR [--model minilm_l6] [--only 1,2,...] [--evaluator-python PY]
         [--evaluator PATH] [--work DIR] [--rounds N] [--json OUT]
+
+``--only`` picks candidates by number (in the order above; default all); ``--evaluator ''`` skips the scores.
 
 ``MODELS_DIR`` is laid out as the realmodels kit writes it; the evaluator (``../shared/realmodels/evaluate.py``)
 runs in its own Python (``$REALMODELS_VENV/bin/python``), which has the tokenizer.
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     venv = os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv")
     parser.add_argument("--evaluator-python", default=os.path.join(venv, "bin", "python"))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler-dynamic-minilm")
+    parser.add_argument("--only", help="comma-separated candidate numbers (1-based, in the docstring's order)")
     parser.add_argument("--rounds", type=int, default=8, help="latency rounds (candidates alternate in each)")
     parser.add_argument("--json", type=Path, help="write every number to this file")
     args = parser.parse_args(argv)
@@ -110,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime per_channel reduce_range": lambda out: onnxruntime_candidate(source, out, per_channel=True,
                                                                                   reduce_range=True),
     }
+    if args.only:
+        chosen = {int(i) for i in args.only.split(",")}
+        candidates = {k: v for i, (k, v) in enumerate(candidates.items(), 1) if i in chosen}
     rows = []
     for index, (name, build) in enumerate(candidates.items(), 1):
         folder = args.work / f"c{index}"
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.evaluator:
             row["eval"] = evaluate(args.evaluator_python, args.evaluator, args.models_dir, folder, args.model)
         rows.append(row)
-        print(f"{name}: compiled in {row['compile_s']} s, {row['size_mb']} MB, onnxruntime runs "
+        print(f"{name}: compiled in {row['compile_s']} s, {row['size_mb']} MB, {_scores(row)}, onnxruntime runs "
               f"{row['onnxruntime_ops']}", flush=True)
 
     feed = dict(np.load(sorted((args.models_dir / "data" / "calib_npz" / args.model).glob("*.npz"))[0]))
@@ -134,17 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for row, latency in zip(rows, latencies[1:]):
         row["latency_ms"] = round(latency.median_ms, 3)
-        scores = row.get("eval") or {}
-        cand, fp32 = scores.get("cand") or {}, scores.get("fp32") or {}
-        metric = next((k for k in fp32 if k not in ("n",)), None)
-        print(f"| {row['candidate']} | {row['compile_s']} | {row['size_mb']} | "
-              f"{cand.get(metric, float('nan')):.3f} (FP32 {fp32.get(metric, float('nan')):.3f}) | "
-              f"{cand.get('same_output', float('nan')):.3f} | {cand.get('cos_mean', float('nan')):.4f} | "
+        print(f"| {row['candidate']} | {row['compile_s']} | {row['size_mb']} | {_scores(row, ' | ')} | "
               f"{latency.median_ms:.2f} | {fp32_ms / latency.median_ms:.2f}x |")
     if args.json:
         args.json.write_text(json.dumps({"fp32_latency_ms": fp32_ms, "feed_shape": list(shape),
                                          "rounds": args.rounds, "candidates": rows}, indent=1, default=str))
     return 0
+
+
+def _scores(row: dict, separator: str = ", ") -> str:
+    """Topic 1-NN (and FP32's), same 1-NN as FP32, cosine to FP32, from the evaluator's scores."""
+    scores = row.get("eval") or {}
+    cand, fp32 = scores.get("cand") or {}, scores.get("fp32") or {}
+    metric = next((k for k in fp32 if k != "n"), None)
+    nan = float("nan")
+    return separator.join((f"{cand.get(metric, nan):.3f} (FP32 {fp32.get(metric, nan):.3f})",
+                           f"{cand.get('same_output', nan):.3f}", f"{cand.get('cos_mean', nan):.4f}"))
 
 
 if __name__ == "__main__":
