@@ -9,6 +9,8 @@
   computed from the tensor itself on every run. Only the quantized layers that read ``v`` read ``v'``;
   other readers (a residual Add, a Shape) keep the float ``v``, as in onnxruntime's dynamic quantizer:
   nothing but the layer's integer kernel gains from the rounding.
+* A 16-bit activation spec (int16/uint16) in a model below opset 21 gets ``com.microsoft``'s
+  QuantizeLinear/DequantizeLinear, which onnxruntime runs at any opset (ONNX's take 16 bits from 21).
 * A weight gets ``DequantizeLinear(QuantizeLinear(W))`` with its axis and block size (the simulation
   form); :func:`fold_quantized_weights` then stores the integers.
 * The bias of a quantized Conv or Gemm whose weight is quantized per tensor or per channel becomes
@@ -44,28 +46,29 @@ def _param(graph: Graph, base: str, array: np.ndarray) -> Value:
     return graph.add_initializer(Value(graph.unique_name(base), const=np.asarray(array)))
 
 
-def quantize_pair(graph: Graph, value: Value, spec: QuantSpec) -> tuple[Node, Node]:
-    """The (QuantizeLinear, DequantizeLinear) nodes for ``value`` with ``spec`` (not yet inserted)."""
+def quantize_pair(graph: Graph, value: Value, spec: QuantSpec, domain: str = "") -> tuple[Node, Node]:
+    """The (QuantizeLinear, DequantizeLinear) nodes for ``value`` with ``spec`` (not yet inserted), of the
+    ONNX domain or ``com.microsoft``'s (see :func:`qdq_domain`)."""
     scale = _param(graph, f"{value.name}_scale", spec.scale)
     zero_point = _param(graph, f"{value.name}_zero_point", spec.zero_point)
     attrs = qdq_attributes(spec)
     quantized = Value(graph.unique_name(f"{value.name}_quantized"), spec.dtype, value.shape)
     restored = Value(graph.unique_name(f"{value.name}_dequantized"), value.dtype, value.shape)
-    q = Node("QuantizeLinear", [value, scale, zero_point], [quantized], attrs=dict(attrs),
+    q = Node("QuantizeLinear", [value, scale, zero_point], [quantized], attrs=dict(attrs), domain=domain,
              name=graph.unique_name(f"{value.name}_QuantizeLinear"))
-    dq = Node("DequantizeLinear", [quantized, scale, zero_point], [restored], attrs=dict(attrs),
+    dq = Node("DequantizeLinear", [quantized, scale, zero_point], [restored], attrs=dict(attrs), domain=domain,
               name=graph.unique_name(f"{value.name}_DequantizeLinear"))
     restored.quant = spec
     return q, dq
 
 
-def insert_pair(graph: Graph, value: Value, spec: QuantSpec) -> Value:
+def insert_pair(graph: Graph, value: Value, spec: QuantSpec, domain: str = "") -> Value:
     """Insert Q/DQ for ``value`` and route every reader through the DQ output, which is returned.
 
     A graph output stays ``value``: the caller hands it to the DQ output (:meth:`Graph.replace_outputs`).
     """
     readers = value.uses()
-    q, dq = quantize_pair(graph, value, spec)
+    q, dq = quantize_pair(graph, value, spec, domain)
     insert_after_producer(graph, value, q, dq)
     restored = dq.outputs[0]
     value.redirect(readers, restored)
@@ -117,6 +120,19 @@ def add_int32_bias(graph: Graph, node: Node) -> bool:
     return True
 
 
+SIXTEEN_BIT = (TensorProto.INT16, TensorProto.UINT16)
+MS = "com.microsoft"
+
+
+def qdq_domain(model: Model, spec: QuantSpec) -> str:
+    """The domain of ``spec``'s Q/DQ in ``model``: the ONNX one where the model's opset expresses it, else
+    ``com.microsoft`` for 16-bit specs per tensor or per axis (onnxruntime's contrib QuantizeLinear /
+    DequantizeLinear take int16/uint16 at any opset; ONNX's only from opset 21)."""
+    if min_opset(spec) <= model.opset or spec.dtype not in SIXTEEN_BIT or spec.block_size is not None:
+        return ""
+    return MS
+
+
 def _check_opset(model: Model, values: list[Value]) -> None:
     for value in values:
         needed = min_opset(value.quant)
@@ -156,8 +172,11 @@ def _insert_qdq(model: Model) -> bool:
         node.inputs[0].quant = node.outputs[0].quant
     changed = bool(bypass_all(graph, absorbed))
     pending = [v for v in graph.values() if v.quant is not None and not _is_restored(v)]
-    _check_opset(model, pending)
-    restored = {value: insert_pair(graph, value, value.quant) for value in pending}
+    domains = {value: qdq_domain(model, value.quant) for value in pending}
+    _check_opset(model, [value for value in pending if not domains[value]])
+    if MS in domains.values():
+        model.opset_imports.setdefault(MS, 1)
+    restored = {value: insert_pair(graph, value, value.quant, domains[value]) for value in pending}
     graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored})
     dynamic = {value: insert_dynamic(graph, value, plan.layers) for value in plan.dynamic}
     for node in graph:

@@ -54,6 +54,8 @@ def DequantizeLinear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, out
 
 
 DequantizeLinear.prepare = partial(prepared.dequantize_linear, kernel=DequantizeLinear)
+register("QuantizeLinear", domain="com.microsoft", since=1, backend="jit")(QuantizeLinear)  # 16-bit, opset < 21
+register("DequantizeLinear", domain="com.microsoft", since=1, backend="jit")(DequantizeLinear)
 
 
 @register("DynamicQuantizeLinear", since=11, backend="jit")

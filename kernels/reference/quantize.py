@@ -83,3 +83,7 @@ def DynamicQuantizeLinear(x):
     spec = dynamic_spec(x)
     y = quantize_values(np.asarray(x, np.float32), spec.scale, spec.zero_point, np.uint8)
     return y, spec.scale, spec.zero_point
+
+
+register("QuantizeLinear", domain="com.microsoft", since=1)(QuantizeLinear)  # 16-bit Q/DQ below opset 21
+register("DequantizeLinear", domain="com.microsoft", since=1)(DequantizeLinear)
