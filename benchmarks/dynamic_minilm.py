@@ -2,10 +2,11 @@
 
 All candidates are built without calibration data and compared in one run:
 
-* ``qcompiler dynamic``: the named pipeline (``--target auto``: 7-bit weights on x86 without VNNI);
+* ``qcompiler dynamic``: the named pipeline (``--target auto``: uint8 weights on x86 without VNNI);
 * ``qcompiler dynamic, QDQ form``: the same plan left as ``DynamicQuantizeLinear -> DequantizeLinear ->
   MatMul`` (no ``lower-dynamic-matmul``), the other graph form onnxruntime fuses;
-* ``qcompiler dynamic, x86-vnni weights``: full 8-bit int8 weights (what a VNNI CPU gets);
+* ``qcompiler dynamic, x86-vnni weights``: int8 weights (what a VNNI CPU gets; on x86 without VNNI their
+  u8 x s8 products saturate);
 * onnxruntime ``quantize_dynamic`` with its defaults, with ``per_channel=True``, and with
   ``per_channel=True, reduce_range=True`` (its documented setting for x86 without VNNI).
 

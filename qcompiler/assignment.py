@@ -154,11 +154,12 @@ def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel
     """Start ``model``'s plan for dynamic quantization; returns the number of quantized layers.
 
     Every MatMul and Gemm with a constant float32 weight (the linear layers, attention projections
-    included) gets the target's weight spec, and its activation input the target's dynamic scheme
-    (``DynamicQuantizeLinear``: uint8, asymmetric, per tensor, the range taken from the tensor on every
-    run). Outputs stay float, so nothing needs a range and no calibration data is read. MatMuls of two
-    activations (attention scores) stay float, as in onnxruntime's dynamic quantizer: their second input
-    would need a run-time quantization of its own and their kernels gain little.
+    included) gets the target's dynamic weight spec (``Target.dynamic_weight_scheme``), and its
+    activation input the target's dynamic scheme (``DynamicQuantizeLinear``: uint8, asymmetric, per
+    tensor, the range taken from the tensor on every run). Outputs stay float, so nothing needs a range
+    and no calibration data is read. MatMuls of two activations (attention scores) stay float, as in
+    onnxruntime's dynamic quantizer: their second input would need a run-time quantization of its own
+    and their kernels gain little.
 
     A Conv layer that is not excluded is a user error: dynamic quantization has no fast convolution
     kernel (:data:`DYNAMIC_LAYERS`), so the message points to static quantization, or to ``--exclude
@@ -181,7 +182,7 @@ def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel
             convolutions.append(node)
             continue
         axis = weight_axis(node, weight.const) if per_channel else None
-        weight.quant = weight_spec(weight.const, axis, target)
+        weight.quant = target.dynamic_weight_scheme(per_channel=axis is not None).spec_for(weight.const, axis)
         plan.quantize_node(node)
         plan.needs_range(node.inputs[0], scheme)
     if convolutions:

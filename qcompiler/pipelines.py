@@ -173,15 +173,16 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
 
 @named_pipeline("dynamic", honours=("calib", "target", "per_tensor", "exclude", "objective", "threads"))
 def dynamic(options: CompileOptions) -> list[Pass]:
-    """Dynamic int8, no calibration data: int8 MatMul/Gemm weights, their inputs quantized at run time.
+    """Dynamic int8, no calibration data: 8-bit MatMul/Gemm weights, their inputs quantized at run time.
 
-    Each linear layer's input goes through ``DynamicQuantizeLinear -> DequantizeLinear`` (uint8, the range
-    of every run's tensor), its weight through a per-channel int8 ``DequantizeLinear`` (7-bit where the
-    target's u8 x s8 kernels saturate); onnxruntime fuses these into ``DynamicQuantizeMatMul`` and
-    ``MatMulIntegerToFloat`` (``benchmarks/dynamic_minilm.py`` measures the forms). Gemms become MatMul +
-    Add first (``gemm-to-matmul``: onnxruntime fuses no dynamic Gemm). Conv layers are
-    refused unless excluded (``--exclude Conv``). ``calib`` is optional: given, the latency guard measures
-    on its first feed (``objective="latency"``); without it nothing is measured and the result stays int8.
+    Gemms become MatMul + Add (``gemm-to-matmul``); every linear layer gets per-channel 8-bit weights
+    (uint8 where the target's u8 x s8 kernels saturate: ``Target.dynamic_weight_scheme``) and its input
+    a ``DynamicQuantizeLinear`` (uint8, the range of every run's tensor); ``lower-dynamic-matmul`` writes
+    them as ``MatMulInteger -> Cast -> Mul``, which onnxruntime fuses into ``DynamicQuantizeMatMul`` and
+    ``MatMulIntegerToFloat`` (``benchmarks/dynamic_minilm.py`` compares the forms). Conv layers are
+    refused unless excluded (``--exclude Conv``). ``calib`` is optional: given, the latency guard
+    measures on its first feed (``objective="latency"``); without it nothing is measured and the result
+    stays quantized.
     """
     from qcompiler import passes as lib
 

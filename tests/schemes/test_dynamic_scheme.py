@@ -111,9 +111,12 @@ def test_dynamic_numerics_equal_onnxruntime(scale):
     """The executor under this CPU's profile against onnxruntime with its fused dynamic kernels, bit for bit
     (DynamicQuantizeLinear, then MatMulInteger -> Cast -> Mul (-> Add) unfused, equals DynamicQuantizeMatMul
     and MatMulIntegerToFloat with bias); the float model's outputs as a sanity bound. The target is this
-    CPU's, so 7-bit weights where u8 x s8 saturates."""
+    CPU's: uint8 weights (u8 x u8, exact) where u8 x s8 saturates, else int8."""
     target = detect_target().name
     model = qcompiler.compile(linear_model(), None, pipeline="dynamic", target=target)
+    weights = {model.graph.initializers[n.inputs[1].name].const.dtype for n in model.graph
+               if n.op_type == "MatMulInteger"}
+    assert weights == {np.dtype(np.uint8 if target == "x86-avx2" else np.int8)}
     reference = linear_model()
     rng = np.random.default_rng(11)
     for rows in (1, 5):
