@@ -9,7 +9,8 @@ One module per family:
 * ``fold_batchnorm`` — FoldBatchNorm (also per-channel Mul/Div/Add/Sub by constants)
 * ``fuse_activations`` — FuseHardSwish
 * ``shape_inference`` — InferShapes
-* ``assign_precision`` — AssignPrecision (which nodes run in int8, weight specs)
+* ``dynamic`` — GemmToMatMul, LowerDynamicMatMul (dynamic int8: Gemm as MatMul + Add; MatMulInteger form)
+* ``assign_precision`` — AssignPrecision (which nodes run in int8, weight specs), AssignDynamic (dynamic int8)
 * ``calibrate`` — Calibrate (activation specs from observed ranges)
 * ``insert_qdq`` — InsertQDQ (QuantizeLinear/DequantizeLinear, int32 biases)
 * ``fold_weights`` — FoldQuantizedWeights (integer weight initializers)
@@ -26,12 +27,13 @@ One module per family:
 """
 
 from .adaround import AdaRound
-from .assign_precision import AssignPrecision
+from .assign_precision import AssignDynamic, AssignPrecision
 from .bias_correction import BiasCorrection
 from .calibrate import Calibrate
 from .check_kernels import CheckKernels
 from .cleanup import EliminateDeadNodes, RemoveDropout, RemoveIdentity, SumToAdd
 from .constants import ConstantToInitializer
+from .dynamic import GemmToMatMul, LowerDynamicMatMul
 from .equalize import CrossLayerEqualization, HighBiasAbsorption, KeepBatchNormStats, ReplaceReLU6
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
@@ -49,6 +51,7 @@ from .weight_bits import WeightBits
 
 __all__ = [
     "AdaRound",
+    "AssignDynamic",
     "AssignPrecision",
     "BiasCorrection",
     "Calibrate",
@@ -56,9 +59,11 @@ __all__ = [
     "CheckKernels",
     "FoldQuantizedWeights",
     "FuseHardSwish",
+    "GemmToMatMul",
     "InsertQDQ",
     "KeepFloatReference",
     "KeepOriginalModel",
+    "LowerDynamicMatMul",
     "MixedPrecision",
     "LatencyGuard",
     "ConstantToInitializer",

@@ -1,4 +1,5 @@
-"""``assign-precision``: start the quantization plan (``qcompiler.assignment`` has the rules).
+"""``assign-precision`` and ``assign-dynamic``: start the quantization plan (``qcompiler.assignment`` has
+the rules), for static int8 and for dynamic int8 (activations quantized at run time).
 
 Only float32 layers are quantized. A model whose layers compute in another float type (float16,
 bfloat16, float64) is not left float in silence: with no float32 layer at all it is a user error, and
@@ -11,7 +12,7 @@ from dataclasses import field
 
 from onnx import TensorProto
 
-from qcompiler.assignment import OTHER_FLOAT_TYPES, assign, excluded
+from qcompiler.assignment import OTHER_FLOAT_TYPES, assign, assign_dynamic, excluded
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import Model, Node
 from qcompiler.ops import lookup
@@ -40,19 +41,41 @@ class AssignPrecision(Pass):
         target = get_target(self.target)
         count = assign(model, target, list(self.exclude), self.per_channel and target.per_channel,
                        self.float_linear_outputs, self.region)
-        unmatched = [p for p in self.exclude if not any(excluded(node, [p]) for node in model.graph)]
-        other_float = [n for n in model.graph if _other_float_layer(n) and not excluded(n, list(self.exclude))]
-        if other_float and not count:
-            first = other_float[0]
-            kind = TensorProto.DataType.Name(first.inputs[0].dtype).lower()
-            raise UnsupportedModelError(
-                f"assign-precision: {len(other_float)} layer(s) compute in {kind} (first: {first.op_type} "
-                f"{first.name!r}) and none in float32; qcompiler quantizes float32 layers: convert the model to "
-                f"float32 first")
-        model.plan.reports["assign_precision"] = {
-            "quantized_nodes": count, "unmatched_exclude": unmatched,
-            "other_float_layers": [n.name or n.op_type for n in other_float]}
+        _report(model, count, list(self.exclude))
         return PassResult(model, count > 0)
+
+
+@register_pass("assign-dynamic")
+class AssignDynamic(Pass):
+    """Dynamic int8: quantize the MatMul/Gemm layers' weights; their inputs are quantized at run time."""
+
+    target: str = "x86-avx2"
+    exclude: list[str] = field(default_factory=list)
+    per_channel: bool = True
+    provides = ("plan", "ranges")  # dynamic activations need no range
+    invalidates = ("qdq",)
+
+    def call(self, model: Model) -> PassResult:
+        target = get_target(self.target)
+        count = assign_dynamic(model, target, list(self.exclude), self.per_channel and target.per_channel)
+        _report(model, count, list(self.exclude))
+        return PassResult(model, count > 0)
+
+
+def _report(model: Model, count: int, exclude: list[str]) -> None:
+    """Keep the assignment report; a model whose layers all compute in another float type is an error."""
+    unmatched = [p for p in exclude if not any(excluded(node, [p]) for node in model.graph)]
+    other_float = [n for n in model.graph if _other_float_layer(n) and not excluded(n, exclude)]
+    if other_float and not count:
+        first = other_float[0]
+        kind = TensorProto.DataType.Name(first.inputs[0].dtype).lower()
+        raise UnsupportedModelError(
+            f"assign-precision: {len(other_float)} layer(s) compute in {kind} (first: {first.op_type} "
+            f"{first.name!r}) and none in float32; qcompiler quantizes float32 layers: convert the model to "
+            f"float32 first")
+    model.plan.reports["assign_precision"] = {
+        "quantized_nodes": count, "unmatched_exclude": unmatched,
+        "other_float_layers": [n.name or n.op_type for n in other_float]}
 
 
 def _other_float_layer(node: Node) -> bool:

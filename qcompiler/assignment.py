@@ -44,6 +44,7 @@ import fnmatch
 import numpy as np
 from onnx import TensorProto
 
+from .errors import UnsupportedModelError
 from .ir import Model, Node, QuantSpec, Value
 from .ir.external_data import release_pages
 from .layers import clip_bounds
@@ -144,4 +145,58 @@ def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
             if value is not None and value.dtype in FLOAT_TYPES:
                 plan.needs_range(value, activations_scheme)
                 quantized_values.add(value)
+    return len(plan.layers)
+
+
+DYNAMIC_LAYERS = ("MatMul", "Gemm")
+"""The layers dynamic quantization runs in integer kernels: onnxruntime fuses dynamic matrix products into
+``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat``, but has no fused dynamic convolution:
+``DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul`` runs slower than the float Conv (onnxruntime 1.32
+on PP-OCR's direction classifier; older releases lacked the u8 x s8 ConvInteger kernel altogether)."""
+
+
+def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel: bool) -> int:
+    """Start ``model``'s plan for dynamic quantization; returns the number of quantized layers.
+
+    Every MatMul and Gemm with a constant float32 weight (the linear layers, attention projections
+    included) gets the target's dynamic weight spec (``Target.dynamic_weight_scheme``), and its
+    activation input the target's dynamic scheme (``DynamicQuantizeLinear``: uint8, asymmetric, per
+    tensor, the range taken from the tensor on every run). Outputs stay float, so nothing needs a range
+    and no calibration data is read. MatMuls of two activations (attention scores) stay float, as in
+    onnxruntime's dynamic quantizer: their second input would need a run-time quantization of its own
+    and their kernels gain little.
+
+    A Conv layer that is not excluded is a user error: dynamic quantization has no fast convolution
+    kernel (:data:`DYNAMIC_LAYERS`), so the message points to static quantization, or to ``--exclude
+    Conv`` to quantize the linear layers alone.
+    """
+    plan = model.plan
+    plan.start(target)
+    scheme = target.dynamic_activation_scheme
+    convolutions = []
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") or excluded(node, exclude):
+            continue
+        facts = lookup(node)
+        if facts.role != "layer" or not _weighted_eligible(node, facts):
+            continue
+        weight = node.inputs[facts.weight_input]
+        if weight.const is None:  # a MatMul of two activations (attention scores)
+            continue
+        if node.op_type not in DYNAMIC_LAYERS:
+            convolutions.append(node)
+            continue
+        axis = weight_axis(node, weight.const) if per_channel else None
+        weight.quant = target.dynamic_weight_scheme(per_channel=axis is not None).spec_for(weight.const, axis)
+        plan.quantize_node(node)
+        plan.needs_range(node.inputs[0], scheme)
+    if convolutions:
+        kinds = sorted({n.op_type for n in convolutions})
+        first = convolutions[0]
+        raise UnsupportedModelError(
+            f"dynamic quantization covers MatMul and Gemm layers only, and the model has {len(convolutions)} "
+            f"{'/'.join(kinds)} layer(s) (first: {first.name or first.op_type!r}): onnxruntime has no fast "
+            f"dynamic kernel for them (its dynamic ConvInteger runs slower than float). Use static quantization "
+            f"(--pipeline int8 with --calib DATA), or keep them float and quantize the MatMul/Gemm layers alone with "
+            + " ".join(f"--exclude {k}" for k in kinds))
     return len(plan.layers)

@@ -128,7 +128,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(timing.table(), file=sys.stderr)
     _print_reports(model)
     print(_layer_summary(model, options.calib, original_bytes))
-    quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
+    quantized = sum(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph)
     target = model.plan.target.name if model.plan.target is not None else "none"
     print(f"wrote {args.output}: target {target}, {before} -> {len(model.graph)} nodes, "
           f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
@@ -163,12 +163,19 @@ def _print_reports(model: ir.Model) -> None:
 
 def _layer_summary(model: ir.Model, calib: object, original_bytes: int) -> str:
     """The per-layer summary table (``qcompiler.summary``), shapes taken on the first calibration feed
-    (on random inputs when the compile had no calibration data)."""
+    (without calibration data: on random float inputs and zero integer inputs, which are valid token and
+    type ids for any embedding table)."""
+    import numpy as np
+
     from .calibration import model_inputs, open_calibration
     from .ir.testing import random_feeds
     from .summary import format_table, summarize
 
-    feed = next(iter(open_calibration(calib, model_inputs(model)))) if calib is not None else random_feeds(model)
+    if calib is not None:
+        feed = next(iter(open_calibration(calib, model_inputs(model))))
+    else:
+        feed = {k: v if np.issubdtype(v.dtype, np.floating) else np.zeros_like(v)
+                for k, v in random_feeds(model).items()}
     return format_table(summarize(model, feed, original_bytes))
 
 

@@ -6,7 +6,11 @@
   require. When ``v`` is a graph output, ``v'`` takes its name, so the model's interface is unchanged.
 * An activation the plan quantizes at run time (a dynamic scheme) gets ``q, s, zp =
   DynamicQuantizeLinear(v)`` and ``v' = DequantizeLinear(q, s, zp)``: uint8, per tensor, the scale
-  computed from the tensor itself on every run; readers are routed as for a static spec.
+  computed from the tensor itself on every run. Only the quantized layers that read ``v`` read ``v'``;
+  other readers (a residual Add, a Shape) keep the float ``v``, as in onnxruntime's dynamic quantizer:
+  nothing but the layer's integer kernel gains from the rounding.
+* A 16-bit activation spec (int16/uint16) in a model below opset 21 gets ``com.microsoft``'s
+  QuantizeLinear/DequantizeLinear, which onnxruntime runs at any opset (ONNX's take 16 bits from 21).
 * A weight gets ``DequantizeLinear(QuantizeLinear(W))`` with its axis and block size (the simulation
   form); :func:`fold_quantized_weights` then stores the integers.
 * The bias of a quantized Conv or Gemm whose weight is quantized per tensor or per channel becomes
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from collections.abc import Collection
 
 import numpy as np
 from onnx import TensorProto
@@ -42,28 +47,29 @@ def _param(graph: Graph, base: str, array: np.ndarray) -> Value:
     return graph.add_initializer(Value(graph.unique_name(base), const=np.asarray(array)))
 
 
-def quantize_pair(graph: Graph, value: Value, spec: QuantSpec) -> tuple[Node, Node]:
-    """The (QuantizeLinear, DequantizeLinear) nodes for ``value`` with ``spec`` (not yet inserted)."""
+def quantize_pair(graph: Graph, value: Value, spec: QuantSpec, domain: str = "") -> tuple[Node, Node]:
+    """The (QuantizeLinear, DequantizeLinear) nodes for ``value`` with ``spec`` (not yet inserted), of the
+    ONNX domain or ``com.microsoft``'s (see :func:`qdq_domain`)."""
     scale = _param(graph, f"{value.name}_scale", spec.scale)
     zero_point = _param(graph, f"{value.name}_zero_point", spec.zero_point)
     attrs = qdq_attributes(spec)
     quantized = Value(graph.unique_name(f"{value.name}_quantized"), spec.dtype, value.shape)
     restored = Value(graph.unique_name(f"{value.name}_dequantized"), value.dtype, value.shape)
-    q = Node("QuantizeLinear", [value, scale, zero_point], [quantized], attrs=dict(attrs),
+    q = Node("QuantizeLinear", [value, scale, zero_point], [quantized], attrs=dict(attrs), domain=domain,
              name=graph.unique_name(f"{value.name}_QuantizeLinear"))
-    dq = Node("DequantizeLinear", [quantized, scale, zero_point], [restored], attrs=dict(attrs),
+    dq = Node("DequantizeLinear", [quantized, scale, zero_point], [restored], attrs=dict(attrs), domain=domain,
               name=graph.unique_name(f"{value.name}_DequantizeLinear"))
     restored.quant = spec
     return q, dq
 
 
-def insert_pair(graph: Graph, value: Value, spec: QuantSpec) -> Value:
+def insert_pair(graph: Graph, value: Value, spec: QuantSpec, domain: str = "") -> Value:
     """Insert Q/DQ for ``value`` and route every reader through the DQ output, which is returned.
 
     A graph output stays ``value``: the caller hands it to the DQ output (:meth:`Graph.replace_outputs`).
     """
     readers = value.uses()
-    q, dq = quantize_pair(graph, value, spec)
+    q, dq = quantize_pair(graph, value, spec, domain)
     insert_after_producer(graph, value, q, dq)
     restored = dq.outputs[0]
     value.redirect(readers, restored)
@@ -71,9 +77,10 @@ def insert_pair(graph: Graph, value: Value, spec: QuantSpec) -> Value:
     return restored
 
 
-def insert_dynamic(graph: Graph, value: Value) -> Value:
-    """Insert ``DynamicQuantizeLinear -> DequantizeLinear`` for ``value`` and route its readers through it."""
-    readers = value.uses()
+def insert_dynamic(graph: Graph, value: Value, layers: Collection[Node]) -> Value:
+    """Insert ``DynamicQuantizeLinear -> DequantizeLinear`` for ``value`` and route its readers among
+    ``layers`` (the quantized nodes) through it."""
+    readers = [use for use in value.uses() if use.node in layers]
     quantized = Value(graph.unique_name(f"{value.name}_quantized"), TensorProto.UINT8, value.shape)
     scale = Value(graph.unique_name(f"{value.name}_scale"), TensorProto.FLOAT, ())
     zero_point = Value(graph.unique_name(f"{value.name}_zero_point"), TensorProto.UINT8, ())
@@ -112,6 +119,19 @@ def add_int32_bias(graph: Graph, node: Node) -> bool:
     if not b.uses() and graph.initializers.get(b.name) is b and b not in graph.outputs:
         del graph.initializers[b.name]
     return True
+
+
+SIXTEEN_BIT = (TensorProto.INT16, TensorProto.UINT16)
+MS = "com.microsoft"
+
+
+def qdq_domain(model: Model, spec: QuantSpec) -> str:
+    """The domain of ``spec``'s Q/DQ in ``model``: the ONNX one where the model's opset expresses it, else
+    ``com.microsoft`` for 16-bit specs per tensor or per axis (onnxruntime's contrib QuantizeLinear /
+    DequantizeLinear take int16/uint16 at any opset; ONNX's only from opset 21)."""
+    if min_opset(spec) <= model.opset or spec.dtype not in SIXTEEN_BIT or spec.block_size is not None:
+        return ""
+    return MS
 
 
 def _check_opset(model: Model, values: list[Value]) -> None:
@@ -153,17 +173,20 @@ def _insert_qdq(model: Model) -> bool:
         node.inputs[0].quant = node.outputs[0].quant
     changed = bool(bypass_all(graph, absorbed))
     pending = [v for v in graph.values() if v.quant is not None and not _is_restored(v)]
-    _check_opset(model, pending)
-    restored = {value: insert_pair(graph, value, value.quant) for value in pending}
-    restored.update((value, insert_dynamic(graph, value)) for value in plan.dynamic)
+    domains = {value: qdq_domain(model, value.quant) for value in pending}
+    _check_opset(model, [value for value in pending if not domains[value]])
+    if MS in domains.values():
+        model.opset_imports.setdefault(MS, 1)
+    restored = {value: insert_pair(graph, value, value.quant, domains[value]) for value in pending}
     graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored})
+    dynamic = {value: insert_dynamic(graph, value, plan.layers) for value in plan.dynamic}
     for node in graph:
         if node in plan.layers:
             changed |= add_int32_bias(graph, node)
     plan.absorbed.clear()
     plan.dynamic.clear()
     plan.lowered = True
-    return changed or bool(restored)
+    return changed or bool(restored) or bool(dynamic)
 
 
 def _is_restored(value: Value) -> bool:
@@ -194,6 +217,60 @@ def fold_quantized_weights(model: Model) -> bool:
             if value is not None and not value.uses() and graph.initializers.get(value.name) is value:
                 del graph.initializers[value.name]
     return bool(folded)
+
+
+def _dynamic_matmul_unit(node: Node) -> tuple[Node, Node, Node] | None:
+    """``(activation DQ, DynamicQuantizeLinear, weight DQ)`` when ``node`` is a MatMul reading a dynamic
+    activation and a constant integer weight quantized per tensor or per column."""
+    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+        return None
+    dq_x, dq_w = (v.producer() for v in node.inputs[:2])
+    if dq_x is None or dq_w is None or dq_x.op_type != "DequantizeLinear" or dq_w.op_type != "DequantizeLinear":
+        return None
+    dql = dq_x.inputs[0].producer()
+    if dql is None or dql.op_type != "DynamicQuantizeLinear" or len(dq_x.inputs) < 3 or len(dq_w.inputs) < 3:
+        return None
+    weight, scale, zero_point = dq_w.inputs[:3]
+    if any(v is None or v.const is None for v in (weight, scale, zero_point)) or weight.const.ndim != 2:
+        return None
+    if scale.const.size > 1 and dq_w.attrs.get("axis", 1) % 2 != 1:
+        return None
+    return dq_x, dql, dq_w
+
+
+def lower_dynamic_matmuls(model: Model) -> int:
+    """Write each dynamic MatMul unit ``DynamicQuantizeLinear -> DequantizeLinear -> MatMul <-
+    DequantizeLinear(W)`` in integer operators: ``Y = Cast(MatMulInteger(q_x, W_q, zp_x, zp_w)) · (s_x ·
+    s_w)``, the form onnxruntime's dynamic quantizer writes and fuses (with a following bias Add) into
+    ``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat``. In the QDQ form onnxruntime first fuses a 2-D
+    ``MatMul + Add`` into a float Gemm, which then dequantizes its weight on every run. Returns the number
+    of units rewritten; the activation DQs nothing else reads are removed."""
+    graph = model.graph
+    units = [(node, unit) for node in graph if (unit := _dynamic_matmul_unit(node)) is not None]
+    for matmul, (dq_x, dql, dq_w) in units:
+        q, s, zp = dql.outputs
+        name = matmul.name or graph.unique_name("matmul")
+        output = matmul.outputs[0]
+        integer = Node("MatMulInteger", [q, dq_w.inputs[0], zp, dq_w.inputs[2]], 1,
+                       name=graph.unique_name(f"{name}_MatMulInteger"))
+        cast = Node("Cast", [integer.outputs[0]], 1, attrs={"to": TensorProto.FLOAT},
+                    name=graph.unique_name(f"{name}_Cast"))
+        scales = Node("Mul", [s, dq_w.inputs[1]], 1, name=graph.unique_name(f"{name}_scales"))
+        scaled = Node("Mul", [cast.outputs[0], scales.outputs[0]], 1, name=graph.unique_name(f"{name}_scaled"))
+        for node, suffix, dtype in ((integer, "int32", TensorProto.INT32), (cast, "float", TensorProto.FLOAT),
+                                    (scales, "scales", TensorProto.FLOAT)):
+            node.outputs[0].name = graph.unique_name(f"{output.name}_{suffix}")
+            node.outputs[0].dtype = dtype
+        integer.outputs[0].shape = cast.outputs[0].shape = output.shape
+        graph.insert_before(matmul, integer, cast, scales, scaled)
+        graph.substitute(output, scaled.outputs[0])
+        graph.remove(matmul)
+        integer.name = matmul.name or integer.name  # the layer keeps its name (summaries, --exclude)
+        for dq in (dq_x, dq_w):
+            if not dq.outputs[0].uses() and dq.outputs[0] not in graph.outputs:
+                graph.remove(dq)
+    graph.remove_unused_initializers()
+    return len(units)
 
 
 def lower(model: Model, *, fold: bool = True) -> Model:

@@ -108,6 +108,7 @@ OPS: dict[str, OpQuant] = {
                 ort_fusion=("", "QLinearMatMul"), float_output_fusion=(MS, "MatMulIntegerToFloat"),
                 gemm_with_add=True, macs=_linear_macs),
         OpQuant("ConvTranspose", weight_input=1, macs=_conv_transpose_macs),
+        OpQuant("MatMulInteger", weight_input=1, macs=_linear_macs),  # dynamic int8's linear layers
         OpQuant("Add", "int8_op", ort_fusion=(MS, "QLinearAdd")),
         OpQuant("Concat", "int8_op", ort_fusion=(MS, "QLinearConcat")),
         OpQuant("GlobalAveragePool", "int8_op", ort_fusion=(MS, "QLinearGlobalAveragePool")),

@@ -204,6 +204,30 @@ def auto(options: CompileOptions) -> list[Pass]:
     ], options)
 
 
+@named_pipeline("dynamic", honours=("calib", "target", "per_tensor", "exclude", "objective", "threads"))
+def dynamic(options: CompileOptions) -> list[Pass]:
+    """Dynamic int8, no calibration data: 8-bit MatMul/Gemm weights, their inputs quantized at run time.
+
+    Gemms become MatMul + Add (``gemm-to-matmul``); every linear layer gets per-channel 8-bit weights
+    (uint8 where the target's u8 x s8 kernels saturate: ``Target.dynamic_weight_scheme``) and its input
+    a ``DynamicQuantizeLinear`` (uint8, the range of every run's tensor); ``lower-dynamic-matmul`` writes
+    them as ``MatMulInteger -> Cast -> Mul``, which onnxruntime fuses into ``DynamicQuantizeMatMul`` and
+    ``MatMulIntegerToFloat`` (``benchmarks/dynamic_minilm.py`` compares the forms). Conv layers are
+    refused unless excluded (``--exclude Conv``). ``calib`` is optional: given, the latency guard
+    measures on its first feed (``objective="latency"``); without it nothing is measured and the result
+    stays quantized.
+    """
+    from qcompiler import passes as lib
+
+    passes = [lib.GemmToMatMul(),
+              lib.AssignDynamic(target=get_target(options.target).name, exclude=list(options.exclude),
+                                per_channel=not options.per_tensor),
+              lib.InsertQDQ(),
+              lib.FoldQuantizedWeights(),
+              lib.LowerDynamicMatMul()]
+    return _latency_guarded(passes, options) if options.calib is not None else canonicalize() + passes
+
+
 def canonicalize_keeping_batchnorm_stats() -> list[Pass]:
     """``canonicalize`` with ``keep-batchnorm-stats`` just before BatchNorm folding (for HBA and analytic BC)."""
     from qcompiler import passes as lib

@@ -3,7 +3,8 @@
 ``summarize`` reads a compiled (QDQ) model as written, so it also describes models compiled elsewhere:
 a layer runs in int8 when its activation input (and its weight, for a weighted op) comes from a
 ``DequantizeLinear``, the pattern onnxruntime fuses into an integer kernel. The layers listed are the
-compute ops (those with a MAC count in :mod:`qcompiler.ops`: Conv, ConvTranspose, MatMul, Gemm) and the
+compute ops (those with a MAC count in :mod:`qcompiler.ops`: Conv, ConvTranspose, MatMul, Gemm, and
+MatMulInteger, which dynamic int8 writes) and the
 other ops some target runs in int8 (Add, Concat, pooling) when they are int8 or were decided on by
 ``mixed-precision``.
 
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
 from .ir import Model, Node, Value, onnxruntime_model
 from .ir.serde import serialized_bytes
@@ -29,6 +31,7 @@ from .ops import lookup
 from .targets import TARGETS
 
 INT8_OPS = frozenset().union(*(t.int8_ops for t in TARGETS.values()))
+EIGHT_BIT = (TensorProto.UINT8, TensorProto.INT8)
 
 
 def _source(value: Value | None) -> Value | None:
@@ -53,7 +56,11 @@ def _dequantized(value: Value | None) -> bool:
 
 
 def precision(node: Node) -> str:
-    """``int8`` when the node reads every activation (and a weighted op its weight) through DequantizeLinear."""
+    """``int8`` when the node reads every activation (and a weighted op its weight) through DequantizeLinear,
+    or is a compute op on 8-bit integers (MatMulInteger: dynamic int8)."""
+    if node.inputs and node.inputs[0] is not None and node.inputs[0].dtype in EIGHT_BIT \
+            and lookup(node).macs is not None:
+        return "int8"
     inputs = [v for v in node.inputs if v is not None]
     activations = [v for v in inputs if _constant(_source(v)) is None]
     index = lookup(node).weight_input

@@ -16,6 +16,11 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
   reach ±127 in every channel and saturate often (MobileNetV2-style digits: 96.98 % in simulation,
   80.68 % on the real kernels). Weights limited to 7 bits (``reduce_range``: -64..63) cannot
   overflow (255·64·2 = 32640) and keep the accuracy (97.38 %).
+* Dynamic int8's kernels (``MatMulInteger`` and its fusions ``DynamicQuantizeMatMul`` and
+  ``MatMulIntegerToFloat``) are u8 x s8 GEMMs of the same MLAS family: on AVX2 without VNNI they saturate
+  alike (``tests/schemes/test_dynamic_scheme.py``); with uint8 weights (u8 x u8) they are exact, so
+  ``x86-avx2`` gives dynamic int8 8-bit uint8 weights: on MiniLM-L6 closer to FP32 than 7-bit int8 ones
+  and about as fast (``benchmarks/dynamic_minilm.py``).
 * With VNNI (``vpdpbusd``) products are accumulated in int32 directly: no saturation, full range.
   The ``avx2_pair_saturate`` accumulation was measured bit for bit against onnxruntime 1.32 under
   ``qemu-x86_64 -cpu Haswell`` (tests/kernels/test_avx2_profile.py, benchmarks/executor_vs_ort.py) and
@@ -60,6 +65,8 @@ class Target:
         activation_dtype: ONNX element type of quantized activations.
         weight_dtype: ONNX element type of quantized weights.
         weight_reduce_range: limit weights to 7 bits (x86 without VNNI: avoids int16 saturation).
+        dynamic_weight_dtype: ONNX element type of dynamic int8's weights (uint8 where u8 x s8 saturates:
+            onnxruntime's u8 x u8 dynamic kernels are exact there, so the weights keep 8 bits).
         per_channel: weights quantized per output channel by default.
         int8_ops: ops with fused integer kernels, quantized when their neighbours allow (default: the
             layers and int8 ops of :mod:`qcompiler.ops`).
@@ -76,6 +83,7 @@ class Target:
     activation_dtype: int = TensorProto.UINT8
     weight_dtype: int = TensorProto.INT8
     weight_reduce_range: bool = False
+    dynamic_weight_dtype: int = TensorProto.INT8
     per_channel: bool = True
     int8_ops: frozenset[str] = field(default_factory=lambda: ops_with("layer", "int8_op"))
     pass_through_ops: frozenset[str] = field(default_factory=lambda: ops_with("pass_through"))
@@ -88,10 +96,23 @@ class Target:
         """Static activations: asymmetric, per tensor, in the target's activation type."""
         return Scheme(self.activation_dtype, symmetric=False)
 
+    @property
+    def dynamic_activation_scheme(self) -> Scheme:
+        """Activations quantized at run time: ``DynamicQuantizeLinear``'s uint8, asymmetric, per tensor."""
+        return Scheme(TensorProto.UINT8, symmetric=False, dynamic=True)
+
     def weight_scheme(self, per_channel: bool = True) -> Scheme:
         """Weights: symmetric, per output channel (or per tensor), reduced range where the target asks."""
         return Scheme(self.weight_dtype, symmetric=True, granularity="axis" if per_channel else "tensor",
                       reduce_range=self.weight_reduce_range)
+
+    def dynamic_weight_scheme(self, per_channel: bool = True) -> Scheme:
+        """Dynamic int8's weights: symmetric, per output channel (or per tensor), in ``dynamic_weight_dtype``
+        (uint8 with zero point 128 where that type is uint8), reduced range only for int8 weights where the
+        target asks for it."""
+        reduce_range = self.weight_reduce_range and self.dynamic_weight_dtype == TensorProto.INT8
+        return Scheme(self.dynamic_weight_dtype, symmetric=True, granularity="axis" if per_channel else "tensor",
+                      reduce_range=reduce_range)
 
     def with_options(self, **changes) -> Target:
         """A copy with some fields changed (e.g. ``per_channel=False``)."""
@@ -101,8 +122,9 @@ class Target:
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("x86-avx2", "x86-64 with AVX2, no VNNI: U8S8, 7-bit per-channel weights",
-               weight_reduce_range=True, accumulation="avx2_pair_saturate", isa="fma3"),
+        Target("x86-avx2", "x86-64 with AVX2, no VNNI: U8S8, 7-bit per-channel weights (dynamic: U8U8, 8-bit)",
+               weight_reduce_range=True, dynamic_weight_dtype=TensorProto.UINT8, accumulation="avx2_pair_saturate",
+               isa="fma3"),
         Target("x86-vnni", "x86-64 with AVX512-VNNI or AVX-VNNI: U8S8, full-range per-channel weights",
                isa="avx512f"),
         Target("arm64", "64-bit Arm (NEON dot product): U8S8, full-range per-channel weights"),

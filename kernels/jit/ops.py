@@ -13,6 +13,8 @@ import numpy as np
 from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype
 
+from qcompiler.ir.quant import dynamic_spec
+
 from ..reference import conv, elementwise, matmul, qgemm, quantize
 from ..registry import register
 from . import fused, prepared
@@ -52,6 +54,15 @@ def DequantizeLinear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, out
 
 
 DequantizeLinear.prepare = partial(prepared.dequantize_linear, kernel=DequantizeLinear)
+register("QuantizeLinear", domain="com.microsoft", since=1, backend="jit")(QuantizeLinear)  # 16-bit, opset < 21
+register("DequantizeLinear", domain="com.microsoft", since=1, backend="jit")(DequantizeLinear)
+
+
+@register("DynamicQuantizeLinear", since=11, backend="jit")
+def DynamicQuantizeLinear(x):
+    """The reference DynamicQuantizeLinear's parameters, the integers in the numba quantize loop."""
+    spec = dynamic_spec(x)
+    return quantize_loop(np.asarray(x, np.float32), spec.scale, spec.zero_point, np.uint8), spec.scale, spec.zero_point
 
 
 @register("MatMulInteger", since=10, backend="jit")

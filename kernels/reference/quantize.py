@@ -13,11 +13,13 @@ import numpy as np
 from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype, tensor_dtype_to_np_dtype
 
-from qcompiler.ir.quant import broadcast_param, dequantize_values, integer_range, quantize_values, saturate
+from qcompiler.ir.quant import (broadcast_param, dequantize_values, dynamic_spec, integer_range, quantize_values,
+                                saturate)
 
 from ..registry import register
 
-__all__ = ["DequantizeLinear", "QuantizeLinear", "broadcast_param", "integer_range", "quantize_output_dtype",
+__all__ = ["DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear", "broadcast_param", "integer_range",
+           "quantize_output_dtype",
            "requantize", "saturate"]
 
 
@@ -72,3 +74,16 @@ def DequantizeLinear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, out
     out = np.dtype(tensor_dtype_to_np_dtype(output_dtype)) if output_dtype else np.asarray(x_scale).dtype
     zero_point = None if x_zero_point is None else broadcast_param(x_zero_point, x.shape, axis, block_size)
     return dequantize_values(x, broadcast_param(x_scale, x.shape, axis, block_size), zero_point, out)
+
+
+@register("DynamicQuantizeLinear", since=11)
+def DynamicQuantizeLinear(x):
+    """``(y, y_scale, y_zero_point)``: uint8 per tensor, the parameters from ``x``'s own range
+    (:func:`qcompiler.ir.quant.dynamic_spec`, onnxruntime's float32 arithmetic), ``y`` as QuantizeLinear."""
+    spec = dynamic_spec(x)
+    y = quantize_values(np.asarray(x, np.float32), spec.scale, spec.zero_point, np.uint8)
+    return y, spec.scale, spec.zero_point
+
+
+register("QuantizeLinear", domain="com.microsoft", since=1)(QuantizeLinear)  # 16-bit Q/DQ below opset 21
+register("DequantizeLinear", domain="com.microsoft", since=1)(DequantizeLinear)

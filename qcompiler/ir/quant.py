@@ -250,6 +250,18 @@ class QuantSpec:
         return cls(dtype, scale, zero_point.astype(storage_dtype(dtype)), axis=axis, block_size=block_size)
 
 
+def dynamic_spec(x: np.ndarray) -> QuantSpec:
+    """The per-tensor uint8 spec ONNX ``DynamicQuantizeLinear`` computes from ``x`` at run time, in float32
+    as onnxruntime does (``GetQuantizationParameter``): the range widened to include 0, ``scale = (hi - lo)
+    / 255`` (1 for an all-zero tensor), ``zero_point = round_half_even(clamp(0 - lo / scale, 0, 255))``."""
+    x = np.asarray(x, np.float32)
+    lo = np.minimum(x.min(initial=np.float32(0)), np.float32(0))
+    hi = np.maximum(x.max(initial=np.float32(0)), np.float32(0))
+    scale = np.float32(1) if hi == lo else np.float32((hi - lo) / np.float32(255))
+    zero_point = np.rint(np.clip(np.float32(0) - lo / scale, np.float32(0), np.float32(255)))
+    return QuantSpec(TensorProto.UINT8, np.asarray(scale, np.float32), np.asarray(zero_point, np.uint8))
+
+
 def _middle(dtype: int) -> int:
     """The zero point of a symmetric spec: 0 for signed types, the middle of the range for unsigned."""
     qmin, qmax = integer_range(dtype)

@@ -71,13 +71,14 @@ def test_register_returns_the_function_unchanged():
     assert KernelRegistry().register("Op")(kernel) is kernel
 
 
-BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "ConvTranspose", "DequantizeLinear", "Erf",
+BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "ConvTranspose", "DequantizeLinear",
+                                "DynamicQuantizeLinear", "Erf",
                                 "HardSigmoid", "LayerNormalization", "MatMulInteger", "MaxPool", "Mul", "QLinearConv",
                                 "QLinearMatMul", "QuantizeLinear", "Softmax", "Sub"]] + [
-    ("com.microsoft", op) for op in ["MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool",
-                                     "QLinearSoftmax"]]
-JIT = ["ConvInteger", "DequantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear", "QGemm",
-       "MatMulIntegerToFloat", "HardSigmoid"]
+    ("com.microsoft", op) for op in ["DequantizeLinear", "MatMulIntegerToFloat", "QGemm", "QLinearAdd",
+                                     "QLinearGlobalAveragePool", "QLinearSoftmax", "QuantizeLinear"]]
+JIT = ["ConvInteger", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul",
+       "QuantizeLinear", "QGemm", "MatMulIntegerToFloat", "HardSigmoid"]
 JIT_TRANSCENDENTAL = ["Erf", "Softmax"]
 
 
