@@ -43,9 +43,16 @@ class Calibrate(Pass):
             plan.set_ranges({})  # pass-through outputs still take their source's spec
             return PassResult(model, False)
         from qcompiler.calibration import collect, make_observer_factory, open_calibration
+        from qcompiler.scaleout import current
 
-        data = open_calibration(self.data, model_inputs(model))
-        observers = collect(to_proto(model), [v.name for v in pending], data,
-                            make_observer_factory(self.method, percentile=self.percentile))
+        proto, names, inputs = to_proto(model), [v.name for v in pending], model_inputs(model)
+        observers = None
+        if (executor := current()) is not None:  # workers calibrate shares of the data (merged exactly)
+            from qcompiler.scaleout.calibration import collect_sharded
+
+            observers = collect_sharded(executor, proto, names, self.data, inputs, self.method, self.percentile)
+        if observers is None:
+            observers = collect(proto, names, open_calibration(self.data, inputs),
+                                make_observer_factory(self.method, percentile=self.percentile))
         plan.set_ranges({v: observers[v.name].compute_range() for v in pending})
         return PassResult(model, True)

@@ -1,0 +1,83 @@
+"""Sensitivity configurations measured on workers: one task per configuration.
+
+Every configuration of the per-layer analysis, the mixed-precision path and the threshold sweeps is
+independent of the others (``qcompiler.sensitivity``: build the model with some layers kept float,
+lower it, run it in onnxruntime on the feeds, compare with the reference). :func:`prefetch` ships the
+evaluator's state once per executor (the canonical float model as ONNX bytes, the calibrated specs, the
+feeds and the reference outputs: :class:`Replica`), each worker rebuilds the evaluator from it once
+(:func:`qcompiler.scaleout.worker_cache`), and every task builds and measures one configuration and
+returns ``(quantized nodes, errors, size)``. The driver enters the results in the evaluator's cache in
+the order the loop would have evaluated them, so every later ``evaluate`` (and the threshold search,
+which reads the cache) sees exactly what the sequential run sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .. import ir
+from ..ir import QuantSpec
+from ..sensitivity import Evaluation, Evaluator, Metric, Outputs
+from . import Executor
+
+
+@dataclass
+class Replica:
+    """What a worker needs to rebuild an :class:`Evaluator` (pickled once per executor)."""
+
+    base: bytes
+    specs: dict[str, QuantSpec]
+    assign_options: dict[str, Any]
+    exclude: list[str]
+    feeds: list[dict[str, np.ndarray]]
+    reference: Outputs
+    metric: Metric | None
+    weights: dict[str, int]
+    threads: int
+    _evaluator: Evaluator | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, evaluator: Evaluator, threads: int) -> Replica:
+        return cls(ir.to_proto(evaluator.base).SerializeToString(), evaluator.specs, evaluator.assign_options,
+                   evaluator.exclude, evaluator.feeds, evaluator.reference, evaluator.metric, evaluator.weights,
+                   threads)
+
+    def evaluator(self) -> Evaluator:
+        """The evaluator (built on the first call in this process, then kept)."""
+        if self._evaluator is None:
+            base = ir.from_proto(onnx.load_from_string(self.base))
+            self._evaluator = Evaluator(base, self.specs, self.assign_options, self.exclude, self.feeds,
+                                        self.reference, self.metric, self.weights, threads=self.threads)
+        return self._evaluator
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_evaluator": None}
+
+
+def measure(replica: Replica, float_layers: frozenset[str]) -> tuple[frozenset[str], dict[str, float], int]:
+    """One task: ``(nodes quantized, error measures, written size)`` of a configuration."""
+    evaluator = replica.evaluator()
+    model = evaluator.build(float_layers)
+    errors, size = evaluator.measure(model)
+    return frozenset(n.name for n in model.plan.layers), errors, size
+
+
+def prefetch(executor: Executor, evaluator: Evaluator, configurations: list[frozenset[str]]) -> None:
+    """Measure the ``configurations`` ``evaluator`` does not know yet on ``executor``'s workers and enter
+    them in its cache in the order given (see the module docstring)."""
+    unknown = list(dict.fromkeys(c for c in configurations if c not in evaluator.keys))
+    if not unknown:
+        return
+    if evaluator.remote is None or evaluator.remote[0] is not executor:
+        replica = Replica.of(evaluator, getattr(executor, "cpus_per_task", 0))
+        evaluator.remote = (executor, executor.share(replica))
+    results = executor.map(measure, unknown, evaluator.remote[1])
+    for float_layers, (quantized, errors, size) in zip(unknown, results):
+        evaluator.keys[float_layers] = quantized
+        if quantized not in evaluator.cache:
+            evaluator.cache[quantized] = Evaluation(float_layers, quantized, errors, size)
+            evaluator.evaluations += 1
