@@ -16,42 +16,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx
 
 from .. import ir
-from ..ir import QuantSpec
-from ..sensitivity import Evaluation, Evaluator, Metric, Outputs
+from ..sensitivity import Evaluation, Evaluator
 from . import Executor
+
+
+SHIPPED = ("specs", "assign_options", "exclude", "feeds", "reference", "metric", "weights")
+"""The :class:`Evaluator` fields a worker gets as they are (the float model goes as ONNX bytes: the IR's
+linked node list is too deep for pickle)."""
 
 
 @dataclass
 class Replica:
-    """What a worker needs to rebuild an :class:`Evaluator` (pickled once per executor)."""
+    """What a worker needs to rebuild an :class:`Evaluator` (pickled once per executor): the float model
+    as ONNX bytes, the fields in :data:`SHIPPED`, and the onnxruntime threads of a task."""
 
     base: bytes
-    specs: dict[str, QuantSpec]
-    assign_options: dict[str, Any]
-    exclude: list[str]
-    feeds: list[dict[str, np.ndarray]]
-    reference: Outputs
-    metric: Metric | None
-    weights: dict[str, int]
+    state: dict[str, Any]
     threads: int
     _evaluator: Evaluator | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, evaluator: Evaluator, threads: int) -> Replica:
-        return cls(ir.to_proto(evaluator.base).SerializeToString(), evaluator.specs, evaluator.assign_options,
-                   evaluator.exclude, evaluator.feeds, evaluator.reference, evaluator.metric, evaluator.weights,
-                   threads)
+        return cls(ir.to_proto(evaluator.base).SerializeToString(),
+                   {name: getattr(evaluator, name) for name in SHIPPED}, threads)
 
     def evaluator(self) -> Evaluator:
         """The evaluator (built on the first call in this process, then kept)."""
         if self._evaluator is None:
             base = ir.from_proto(onnx.load_from_string(self.base))
-            self._evaluator = Evaluator(base, self.specs, self.assign_options, self.exclude, self.feeds,
-                                        self.reference, self.metric, self.weights, threads=self.threads)
+            self._evaluator = Evaluator(base, **self.state, threads=self.threads)
         return self._evaluator
 
     def __getstate__(self) -> dict[str, Any]:
