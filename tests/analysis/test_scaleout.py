@@ -64,6 +64,14 @@ def test_local_spec_is_the_unchanged_path():
         executor_for(None, workers=2)
 
 
+def test_ray_missing_is_a_user_error(monkeypatch, cnn_path, calib_dir, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without ray looks like to import
+    assert main(["compile", str(cnn_path), "-o", str(tmp_path / "out.onnx"), "--calib", str(calib_dir),
+                 "--ray", "auto", "-q"]) == 2
+    assert "pip install 'onnx-qcompiler[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_shares_are_contiguous_and_cover_the_data(calib_dir):
     files = sorted(calib_dir.iterdir())
     cut = shares(calib_dir, 4)
