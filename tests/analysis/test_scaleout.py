@@ -115,8 +115,24 @@ def test_analyze_on_ray_gives_the_same_report(ray_cluster, cnn_path, calib_dir):
     assert len(local["layers"]) == 4 and local["evaluations"] >= 9
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this test process (a worker of the session's cluster, not another's)."""
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == os.getpid():
+            return True
+    return False
+
+
 def _killer(stop: threading.Event, killed: list[int]) -> None:
-    """Kill (SIGKILL) the first Ray worker seen running a qcompiler task."""
+    """Kill (SIGKILL) the first worker of this session's Ray cluster seen running a qcompiler task."""
     while not stop.is_set() and not killed:
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -125,7 +141,7 @@ def _killer(stop: threading.Event, killed: list[int]) -> None:
                 title = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if title.startswith(TASK_TITLE):
+            if title.startswith(TASK_TITLE) and _ours(int(entry.name)):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))
                 return
