@@ -117,6 +117,38 @@ def bench_calibration(args, executors: dict) -> dict:
             "median": {n: statistics.median(v) for n, v in rows.items()}, "identical": True}
 
 
+def bench_configurations(args, executors: dict) -> dict:
+    """The step ``analyze`` farms out, alone: the first ``--configurations`` per-layer configurations (each
+    layer quantized alone) measured by each candidate from an empty cache; the errors must be identical."""
+    from qcompiler.analysis import _calibrated
+    from qcompiler.options import CompileOptions
+    from qcompiler.scaleout import using
+
+    with using(executors["ray-2"]):  # the calibration shards; not timed
+        model, mixed, _ = _calibrated(args.model, "int8", CompileOptions(calib=args.calib, target=args.target), None)
+    evaluator = mixed.evaluator(model)
+    layers = mixed.layers(model)
+    configurations = [frozenset(layers) - {name} for name in layers[:args.configurations]]
+    rows: dict[str, list[float]] = {name: [] for name in executors}
+    reference = None
+    for repeat in range(args.repeats):
+        order = list(executors) if repeat % 2 == 0 else list(reversed(executors))
+        for name in order:
+            evaluator.cache, evaluator.keys, evaluator.evaluations, evaluator.remote = {}, {}, 0, None
+            start = time.perf_counter()
+            with using(executors[name]):
+                errors = [e.errors for e in evaluator.evaluate_all(configurations)]
+            rows[name].append(time.perf_counter() - start)
+            if reference is None:
+                reference = errors
+            elif errors != reference:
+                sys.exit(f"configurations measured with {name} differ from the first run's")
+            print(f"configurations {name:>8}: {rows[name][-1]:7.1f} s ({len(configurations)} of {3 * len(layers) + 1} "
+                  f"per analysis)", flush=True)
+    return {"configurations": len(configurations), "layers": len(layers), "seconds": rows,
+            "median": {n: statistics.median(v) for n, v in rows.items()}, "identical": True}
+
+
 def planning_inputs(args, executor) -> dict:
     """Bytes shipped per analysis, the ray.put time, and the median time of one configuration's task."""
     from qcompiler.analysis import _calibrated
@@ -197,6 +229,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--configurations", type=int, default=0, metavar="K",
+                        help="also time the farmed-out step alone on K configurations (a quick check)")
     parser.add_argument("--skip", action="append", default=[], choices=("analyze", "calibration", "planning"))
     parser.add_argument("--json", default="benchmarks/results/ray_scaling.json")
     args = parser.parse_args()
@@ -216,12 +250,14 @@ def main() -> int:
     result["warm_up_seconds"] = time.perf_counter() - start
     if "calibration" not in args.skip:
         result["calibration"] = bench_calibration(args, executors)
+    if args.configurations:
+        result["configurations"] = bench_configurations(args, executors)
     if "analyze" not in args.skip:
         result["analyze"] = bench_analyze(args, executors)
     if "planning" not in args.skip:
         result["planning"] = planning_inputs(args, executors["ray-2"])
     result["loadavg_after"] = os.getloadavg()
-    for part in ("calibration", "analyze"):
+    for part in ("calibration", "configurations", "analyze"):
         if part in result:
             median = result[part]["median"]
             result[part]["speedup_2_over_1"] = median["ray-1"] / median["ray-2"]

@@ -37,7 +37,6 @@ class _Job:
     inputs: list[InputSpec]
     method: str
     percentile: float
-    threads: int
 
 
 def shares(source: Any, count: int) -> list[Any] | None:
@@ -66,8 +65,7 @@ def _observe_share(job: _Job, item: tuple[int, list[Any]]) -> dict[str, Observer
         data = open_files(share, job.inputs, f"calibration share {index}")
     else:
         data = open_calibration(share, job.inputs)
-    return collect(proto, names, data, make_observer_factory(job.method, percentile=job.percentile),
-                   threads=job.threads)
+    return collect(proto, names, data, make_observer_factory(job.method, percentile=job.percentile))  # threads as locally
 
 
 def collect_sharded(executor: Executor, proto: onnx.ModelProto, names: list[str], source: Any,
@@ -77,8 +75,7 @@ def collect_sharded(executor: Executor, proto: onnx.ModelProto, names: list[str]
     cut = shares(source, executor.workers)
     if cut is None:
         return None
-    job = executor.share(_Job(proto.SerializeToString(), list(names), list(inputs), method, percentile,
-                              getattr(executor, "cpus_per_task", 0)))
+    job = executor.share(_Job(proto.SerializeToString(), list(names), list(inputs), method, percentile))
     results = executor.map(_observe_share, list(enumerate(cut)), job)
     merged = copy.deepcopy(results[0])  # writable: Ray hands back numpy arrays read-only (zero-copy)
     for observers in results[1:]:

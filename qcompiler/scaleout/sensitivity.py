@@ -9,6 +9,11 @@ feeds and the reference outputs: :class:`Replica`), each worker rebuilds the eva
 returns ``(quantized nodes, errors, size)``. The driver enters the results in the evaluator's cache in
 the order the loop would have evaluated them, so every later ``evaluate`` (and the threshold search,
 which reads the cache) sees exactly what the sequential run sees.
+
+Workers run onnxruntime with the thread count of the local path (its default, one per physical core),
+not one per task: onnxruntime's float results depend on the intra-op thread count (ocr_rec_ppocrv4, one
+configuration: nsr 0.0491143988 with 2 threads, 0.0491144069 with 1), and identical numbers come first.
+Nodes whose core count differs from the driver's can therefore differ in the last bits.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ def prefetch(executor: Executor, evaluator: Evaluator, configurations: list[froz
     if not unknown:
         return
     if evaluator.remote is None or evaluator.remote[0] is not executor:
-        replica = Replica.of(evaluator, getattr(executor, "cpus_per_task", 0))
+        replica = Replica.of(evaluator, evaluator.threads)  # the local path's threads: see the module docstring
         evaluator.remote = (executor, executor.share(replica))
     results = executor.map(measure, unknown, evaluator.remote[1])
     for float_layers, (quantized, errors, size) in zip(unknown, results):
