@@ -142,7 +142,9 @@ def bench_configurations(args, executors: dict) -> dict:
             if reference is None:
                 reference = errors
             elif errors != reference:
-                sys.exit(f"configurations measured with {name} differ from the first run's")
+                first = next(i for i, (a, b) in enumerate(zip(errors, reference)) if a != b)
+                sys.exit(f"configurations measured with {name} differ from the first run's: configuration {first}: "
+                         f"{errors[first]} against {reference[first]}")
             print(f"configurations {name:>8}: {rows[name][-1]:7.1f} s ({len(configurations)} of {3 * len(layers) + 1} "
                   f"per analysis)", flush=True)
     return {"configurations": len(configurations), "layers": len(layers), "seconds": rows,

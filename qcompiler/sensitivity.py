@@ -179,12 +179,16 @@ class Evaluator:
         model.plan.pending.clear()
         return model
 
-    def measure(self, model: Model) -> tuple[dict[str, float], int]:
-        """(error measures, written size) of a model with specs and no Q/DQ yet (:func:`lower`ed here)."""
+    def run(self, model: Model) -> tuple[Outputs, int]:
+        """(outputs on the feeds, written size) of a model with specs and no Q/DQ yet (:func:`lower`ed here)."""
         proto = to_proto(lower(model))
-        outputs = run_session(proto, self.feeds, threads=self.threads)
+        return run_session(proto, self.feeds, threads=self.threads), proto.ByteSize()
+
+    def measure(self, model: Model) -> tuple[dict[str, float], int]:
+        """(error measures, written size) of a model with specs and no Q/DQ yet."""
+        outputs, size = self.run(model)
         self.evaluations += 1
-        return error_measures(self.reference, outputs, self.metric), proto.ByteSize()
+        return error_measures(self.reference, outputs, self.metric), size
 
     def evaluate(self, float_layers: Iterable[str]) -> Evaluation:
         """Error of the configuration against the reference (cached by the nodes actually quantized)."""
