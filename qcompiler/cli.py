@@ -3,7 +3,8 @@
 Subcommands: ``show`` (printed IR and a summary), ``passes`` (registered passes and named pipelines),
 ``optimize`` (run a pipeline and write the result), ``compile`` (int8 quantization), ``bench`` (latency,
 size, memory and output agreement of models), ``run`` (the integer reference executor, optionally
-compared with onnxruntime), ``analyze`` (the quantization debugging report). A user mistake prints one line
+compared with onnxruntime), ``analyze`` (the quantization debugging report), ``compile-many`` (a TOML
+manifest of models x targets; ``--ray`` runs it, and compile's and analyze's parallel steps, on Ray). A user mistake prints one line
 ``qcompiler: error: ...`` and exits with status 2, without a traceback; the input model is never
 modified and outputs are written atomically.
 """

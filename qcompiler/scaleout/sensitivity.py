@@ -39,7 +39,7 @@ linked node list is too deep for pickle)."""
 @dataclass
 class Replica:
     """What a worker needs to rebuild an :class:`Evaluator` (pickled once per executor): the float model
-    as ONNX bytes, the fields in :data:`SHIPPED`, and the onnxruntime threads of a task."""
+    as ONNX bytes, the fields in :data:`SHIPPED`, and onnxruntime's thread count (the local path's)."""
 
     base: bytes
     state: dict[str, Any]
