@@ -14,7 +14,7 @@ from typing import Any
 from qcompiler.calibration import METHODS, model_inputs
 from qcompiler.calibration.observers import valid_percentile
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, onnxruntime_model
+from qcompiler.ir import Model, onnxruntime_model, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -43,10 +43,18 @@ class Calibrate(Pass):
             plan.set_ranges({})  # pass-through outputs still take their source's spec
             return PassResult(model, False)
         from qcompiler.calibration import collect, make_observer_factory, open_calibration
+        from qcompiler.scaleout import current
 
-        data = open_calibration(self.data, model_inputs(model))
-        with onnxruntime_model(model) as source:  # a path for a model near 2 GB: no second copy in memory
-            observers = collect(source, [v.name for v in pending], data,
-                                make_observer_factory(self.method, percentile=self.percentile))
+        names, inputs = [v.name for v in pending], model_inputs(model)
+        observers = None
+        if (executor := current()) is not None:  # workers calibrate shares of the data (merged exactly)
+            from qcompiler.scaleout.calibration import collect_sharded
+
+            observers = collect_sharded(executor, to_proto(model), names, self.data, inputs, self.method,
+                                        self.percentile)
+        if observers is None:
+            with onnxruntime_model(model) as source:  # a path for a model near 2 GB: no second copy in memory
+                observers = collect(source, names, open_calibration(self.data, inputs),
+                                    make_observer_factory(self.method, percentile=self.percentile))
         plan.set_ranges({v: observers[v.name].compute_range() for v in pending})
         return PassResult(model, True)

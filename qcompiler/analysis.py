@@ -161,6 +161,11 @@ class _Counting:
         self._bar.update(1)
         return result
 
+    def evaluate_all(self, configurations: Any) -> Any:
+        results = self._evaluator.evaluate_all(configurations)
+        self._bar.update(len(results))
+        return results
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._evaluator, name)
 
@@ -275,16 +280,21 @@ def _kernels(model: ir.Model, target: str, feeds: list[dict], source: str) -> di
 
 def analyze(model_path: str, calib: Any, *, quantized: str | None = None, target: str = "auto",
             pipeline: str = "int8", calibration: str = "mse", per_tensor: bool = False, exclude: tuple[str, ...] = (),
-            metric: Any = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            metric: Any = None, progress: Callable[[str], None] | None = None, executor: Any = None
+            ) -> dict[str, Any]:
     """Run the five steps of the module docstring on the FP32 ONNX file ``model_path``.
 
     ``quantized``: a QDQ model to check the kernels of (default: the all-int8 model analyzed here).
     ``target``, ``pipeline``, ``calibration``, ``per_tensor``, ``exclude`` and ``metric`` mean what they
     mean to ``qcompiler.compile``, so the recommended threshold reproduces with the same options.
     ``progress(message)`` is called as each step starts; with it, long loops also show progress bars
-    on stderr (:mod:`qcompiler.progress`).
+    on stderr (:mod:`qcompiler.progress`). ``executor``: where calibration shares and the per-layer
+    configurations run (as for ``qcompiler.compile``: None, "auto", a Ray address or an executor); the
+    report's numbers do not depend on it.
     """
-    with bars(progress is not None):  # tqdm bars for the long steps, unless quiet (qcompiler.progress)
+    from .scaleout import executor_for, using
+
+    with bars(progress is not None), using(executor_for(executor)):  # tqdm bars for the long steps, unless quiet (qcompiler.progress)
         return _analyze(model_path, calib, quantized=quantized, target=target, pipeline=pipeline,
                         calibration=calibration, per_tensor=per_tensor, exclude=exclude, metric=metric,
                         say=progress or (lambda message: None))

@@ -3,7 +3,8 @@
 Subcommands: ``show`` (printed IR and a summary), ``passes`` (registered passes and named pipelines),
 ``optimize`` (run a pipeline and write the result), ``compile`` (int8 quantization), ``bench`` (latency,
 size, memory and output agreement of models), ``run`` (the integer reference executor, optionally
-compared with onnxruntime), ``analyze`` (the quantization debugging report). A user mistake prints one line
+compared with onnxruntime), ``analyze`` (the quantization debugging report), ``compile-many`` (a TOML
+manifest of models x targets; ``--ray`` runs it, and compile's and analyze's parallel steps, on Ray). A user mistake prints one line
 ``qcompiler: error: ...`` and exits with status 2, without a traceback; the input model is never
 modified and outputs are written atomically.
 """
@@ -123,7 +124,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     instruments, timing = _run_instruments(args, len(pipeline.passes), model)
     with _closing(instruments):
         compile_model(model, args.output, pipeline=pipeline, options=options, instruments=instruments,
-                      overwrite=True)
+                      overwrite=True, executor=_executor(args))
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     _print_reports(model)
@@ -217,13 +218,38 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options = CompileOptions.from_args(args)
     report = analyze(args.model, calibration_source(args.calib), quantized=args.quantized, target=options.target,
                      pipeline=args.pipeline, calibration=options.calibration, per_tensor=options.per_tensor,
-                     exclude=options.exclude, progress=say)
+                     exclude=options.exclude, progress=say, executor=_executor(args))
     print(format_text(report))
     if args.json:
         write_atomically(args.json, json.dumps(report, indent=1) + "\n")
     if args.html:
         write_atomically(args.html, render(report))
     return 0
+
+
+def cmd_compile_many(args: argparse.Namespace) -> int:
+    from .scaleout.fleet import compile_many, format_summary
+
+    rows, output_dir = compile_many(args.manifest, _executor(args))
+    print(format_summary(rows))
+    failed = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows) - failed}/{len(rows)} compiled into {output_dir}; table: {output_dir / 'summary.md'}")
+    return EXIT_INTERNAL_ERROR if failed else 0
+
+
+def _executor(args: argparse.Namespace):
+    """The scale-out executor of ``--ray``/``--workers`` (None: this process; :mod:`qcompiler.scaleout`)."""
+    from .scaleout import executor_for
+
+    return executor_for(args.ray, args.workers)
+
+
+def _scaleout_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", metavar="auto|ADDRESS", help="run the parallel steps as tasks of a Ray cluster: auto "
+                        "(the running one, else a new local one) or its address; needs "
+                        "pip install 'onnx-qcompiler[ray]'. Results are identical to a run without it")
+    parser.add_argument("--workers", type=int, metavar="N", help="with --ray: tasks at once (default: the "
+                        "cluster's CPUs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,7 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--pipeline", default="auto", help="a named pipeline or a TOML file (default: auto, the "
                       "transformer treatment in attention blocks and int8 elsewhere)")
     add_arguments(comp)
+    _scaleout_arguments(comp)
     comp.set_defaults(run=cmd_compile)
+
+    many = sub.add_parser("compile-many", help="compile models x targets x options from a TOML manifest into "
+                          "outputs and one summary table")
+    many.add_argument("manifest", metavar="MANIFEST.toml", help="the fleet (see qcompiler.scaleout.fleet)")
+    _scaleout_arguments(many)
+    many.set_defaults(run=cmd_compile_many)
 
     bench = sub.add_parser("bench", help="latency, throughput, size, memory and output agreement of models")
     bench.add_argument("models", nargs="+", metavar="MODEL",
@@ -305,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     analysis.add_argument("--html", metavar="OUT.html", help="also write the self-contained HTML report")
     analysis.add_argument("--json", metavar="OUT.json", help="also write the analysis as JSON")
     analysis.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _scaleout_arguments(analysis)
     analysis.set_defaults(run=cmd_analyze)
     return parser
 

@@ -22,6 +22,7 @@ from .errors import ModelSaveError
 from .options import CompileOptions
 from .pass_manager import Instrument, PassManager
 from .pipelines import Pipeline, resolve
+from .scaleout import executor_for, using
 
 
 def check_output_path(source: str | os.PathLike | None, output: str | os.PathLike, overwrite: bool = False) -> None:
@@ -48,6 +49,7 @@ def compile(  # noqa: A001 - the natural name of the API
     verify: str | None = None,
     overwrite: bool = False,
     options: CompileOptions | None = None,
+    executor: Any = None,
     **fields: Any,
 ) -> ir.Model:
     """Quantize ``model`` and return it (and write it to ``output`` when given).
@@ -61,6 +63,9 @@ def compile(  # noqa: A001 - the natural name of the API
         verify: IR verification mode; default: what the pipeline asks for ("each").
         overwrite: allow ``output`` to be the input file.
         options: the options as one object (the CLI's way); or give its fields as keywords:
+        executor: where the parallel steps (calibration shares, sensitivity configurations) run: None or
+            "local" (this process, as always), "auto" or a Ray address (``qcompiler.scaleout``), or an
+            executor object. The output is the same byte for byte.
         **fields: the fields of :class:`~qcompiler.options.CompileOptions`: ``calib`` (calibration data:
             a directory of ``.npz`` files, one ``.npz``, an iterable of feed dicts or an onnxruntime
             ``CalibrationDataReader``), ``target``, ``calibration`` (the range method), ``percentile``,
@@ -77,7 +82,8 @@ def compile(  # noqa: A001 - the natural name of the API
         model = ir.load(model)
     if options.calib is not None:  # data that does not fit the model is refused before any work
         check_calibration(options.calib, model_inputs(model))
-    PassManager(pipeline.passes, instruments=instruments, verify=verify or pipeline.verify)(model)
+    with using(executor_for(executor)):
+        PassManager(pipeline.passes, instruments=instruments, verify=verify or pipeline.verify)(model)
     if output is not None:
         ir.save(model, output)
     return model

@@ -63,9 +63,8 @@ def explore(evaluator: Evaluator, layers: list[str], measure: str
     sensitivity = layer_sensitivity(evaluator, layers, both=False)
     position = {name: i for i, name in enumerate(layers)}
     order = sorted(layers, key=lambda n: (sensitivity[n]["quantized_alone"][measure], position[n]))
-    path = [{"int8": "none", **_record(evaluator, evaluator.evaluate(layers))}]
-    for k, name in enumerate(order, 1):
-        path.append({"int8": name, **_record(evaluator, evaluator.evaluate(order[k:]))})
+    evaluations = evaluator.evaluate_all([layers] + [order[k:] for k in range(1, len(order) + 1)])
+    path = [{"int8": name, **_record(evaluator, evaluation)} for name, evaluation in zip(["none", *order], evaluations)]
     return path, sensitivity
 
 

@@ -69,13 +69,15 @@ def nsr_db(nsr: float) -> float:
 
 
 def run_session(model: bytes | str | onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
-                simulated: bool = True) -> Outputs:
+                simulated: bool = True, threads: int = 0) -> Outputs:
     """Outputs of ``model`` on every feed; ``simulated`` turns onnxruntime's graph optimizations off,
-    so Q/DQ pairs run as written (fake-quant) instead of being fused into integer kernels."""
+    so Q/DQ pairs run as written (fake-quant) instead of being fused into integer kernels; ``threads``:
+    intra-op threads (0: onnxruntime's default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     if simulated:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model if isinstance(model, (bytes, str)) else model.SerializeToString()  # str: a path
@@ -129,6 +131,9 @@ class Evaluator:
         reference: the float outputs on ``feeds``.
         metric: optional user error callback.
         weights: elements of the constant weight of every weighted node, by node name.
+        threads: onnxruntime intra-op threads of each evaluation (0: onnxruntime's default).
+        cache: evaluations by the set of nodes quantized; keys: that set by set of float layers asked for.
+        remote: a scale-out executor's handle on this evaluator's state (:mod:`qcompiler.scaleout.sensitivity`).
     """
 
     base: Model
@@ -139,8 +144,11 @@ class Evaluator:
     reference: Outputs
     metric: Metric | None = None
     weights: dict[str, int] = field(default_factory=dict)
+    threads: int = 0
     cache: dict[frozenset[str], Evaluation] = field(default_factory=dict)
+    keys: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
     evaluations: int = 0
+    remote: Any = field(default=None, repr=False)
 
     @classmethod
     def from_calibrated(cls, model: Model, feeds: list[dict[str, np.ndarray]], *, assign_options: dict[str, Any],
@@ -171,31 +179,53 @@ class Evaluator:
         model.plan.pending.clear()
         return model
 
-    def measure(self, model: Model) -> tuple[dict[str, float], int]:
-        """(error measures, written size) of a model with specs and no Q/DQ yet (:func:`lower`ed here)."""
+    def run(self, model: Model) -> tuple[Outputs, int]:
+        """(outputs on the feeds, written size) of a model with specs and no Q/DQ yet (:func:`lower`ed here)."""
         proto = to_proto(lower(model))
-        outputs = run_session(proto, self.feeds)
+        return run_session(proto, self.feeds, threads=self.threads), proto.ByteSize()
+
+    def measure(self, model: Model) -> tuple[dict[str, float], int]:
+        """(error measures, written size) of a model with specs and no Q/DQ yet."""
+        outputs, size = self.run(model)
         self.evaluations += 1
-        return error_measures(self.reference, outputs, self.metric), proto.ByteSize()
+        return error_measures(self.reference, outputs, self.metric), size
 
     def evaluate(self, float_layers: Iterable[str]) -> Evaluation:
         """Error of the configuration against the reference (cached by the nodes actually quantized)."""
         float_layers = frozenset(float_layers)
-        model = self.build(float_layers)
-        quantized = frozenset(n.name for n in model.plan.layers)
-        if quantized not in self.cache:
-            self.cache[quantized] = Evaluation(float_layers, quantized, *self.measure(model))
+        quantized = self.keys.get(float_layers)
+        if quantized is None:
+            model = self.build(float_layers)
+            quantized = self.keys[float_layers] = frozenset(n.name for n in model.plan.layers)
+            if quantized not in self.cache:
+                self.cache[quantized] = Evaluation(float_layers, quantized, *self.measure(model))
         cached = self.cache[quantized]
         return Evaluation(float_layers, quantized, cached.errors, cached.size)
+
+    def evaluate_all(self, configurations: Iterable[Iterable[str]]) -> list[Evaluation]:
+        """:meth:`evaluate` of each configuration, in order. With a scale-out executor in scope
+        (:func:`qcompiler.scaleout.current`), the configurations not known yet are first measured on its
+        workers, all at once, and entered in the cache in the order given: the cache, ``evaluations`` and
+        every result are the loop's (:mod:`qcompiler.scaleout.sensitivity`)."""
+        configurations = [frozenset(c) for c in configurations]
+        from .scaleout import current
+
+        if (executor := current()) is not None:
+            from .scaleout.sensitivity import prefetch
+
+            prefetch(executor, self, configurations)
+        return [self.evaluate(c) for c in configurations]
 
 
 def layer_sensitivity(evaluator: Evaluator, layers: list[str], both: bool = True) -> dict[str, dict[str, Any]]:
     """Per layer: the errors with the layer ``quantized_alone`` and (``both``) with it ``float_alone``."""
     everything = frozenset(layers)
+    configurations = [c for name in layers for c in ([everything - {name}, {name}] if both else [everything - {name}])]
+    evaluations = iter(evaluator.evaluate_all(configurations))
     result: dict[str, dict[str, Any]] = {}
     for name in layers:
-        record = {"quantized_alone": evaluator.evaluate(everything - {name}).errors}
+        record = {"quantized_alone": next(evaluations).errors}
         if both:
-            record["float_alone"] = evaluator.evaluate({name}).errors
+            record["float_alone"] = next(evaluations).errors
         result[name] = record
     return result

@@ -365,16 +365,27 @@ def _from_path(path: Path, inputs: list[InputSpec]) -> CalibrationSet:
     if not path.exists():
         raise CalibrationDataError(f"{path}: no such calibration file or directory")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file() and not p.name.startswith("."))
+        files = npz_files(path)
         if not files:
             others = sorted({p.suffix or p.name for p in path.iterdir()})
             found = f" (found: {', '.join(others[:8])})" if others else " (it is empty)"
             raise CalibrationDataError(f"{path}: no .npz files in this directory{found}; calibration data is one "
                                        f".npz file per feed, keys = model input names")
-        return CalibrationSet(lambda: ((str(f), _read_npz(f)) for f in files), inputs, len(files), str(path))
+        return open_files(files, inputs, str(path))
     if path.suffix != ".npz":
         raise CalibrationDataError(f"{path}: expected a directory of .npz files or one .npz file")
     return CalibrationSet(lambda: iter([(str(path), _read_npz(path))]), inputs, 1, str(path))
+
+
+def open_files(files: list[Path], inputs: list[InputSpec], description: str) -> CalibrationSet:
+    """A :class:`CalibrationSet` of ``.npz`` files, one feed each, read in the order given (a directory's
+    files, or a share of them that a worker calibrates on: :mod:`qcompiler.scaleout.calibration`)."""
+    return CalibrationSet(lambda: ((str(f), _read_npz(f)) for f in files), inputs, len(files), description)
+
+
+def npz_files(directory: Path) -> list[Path]:
+    """The feeds of a calibration directory: its ``.npz`` files in name order (hidden ones skipped)."""
+    return sorted(p for p in directory.iterdir() if p.suffix == ".npz" and p.is_file() and not p.name.startswith("."))
 
 
 def _from_reader(reader: Any, inputs: list[InputSpec]) -> CalibrationSet:

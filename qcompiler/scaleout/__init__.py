@@ -1,0 +1,110 @@
+"""Scale-out: the independent pieces of a compile, run on workers (Ray) or in this process.
+
+The expensive steps of quantizing are embarrassingly parallel: calibration is a fold of per-feed
+observer updates whose merge is exact (:mod:`qcompiler.calibration.observers`), the sensitivity
+analysis evaluates one model configuration per task, and a fleet of compiles is one compile per
+task. An :class:`Executor` maps a function over such items:
+
+* :class:`LocalExecutor`: this process, one item after the other (what runs without ``--ray``);
+* :class:`~qcompiler.scaleout.ray_executor.RayExecutor`: tasks of a Ray cluster (``--ray auto|ADDRESS``,
+  ``pip install 'onnx-qcompiler[ray]'``); imported only when chosen, so nothing imports ray otherwise.
+
+``executor.share(value)`` ships what every task needs (the model, the feeds) once: the Ray executor
+puts it in the object store and each worker process deserializes it once and keeps it
+(:func:`worker_cache`); ``executor.map(function, items, shared)`` returns
+``[function(shared, item) for item in items]`` in the order of ``items``, whatever order the
+workers finish in, so the results are those of the sequential loop.
+
+The code that can farm out work asks :func:`current` for the executor in scope (set by
+``qcompiler.compile(..., executor=...)`` and ``qcompiler.analyze(..., executor=...)`` with
+:func:`using`); with none (the default) it runs exactly as it always has: same code path, same speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from ..errors import UserError
+
+
+class Executor(Protocol):
+    """What the scale-out code needs of an execution backend (see the module docstring)."""
+
+    workers: int
+    """How many tasks run at once."""
+
+    def share(self, value: Any) -> Any:
+        """A handle on ``value`` that :meth:`map` passes to every task (shipped once per worker)."""
+
+    def map(self, function: Callable[[Any, Any], Any], items: Sequence[Any], shared: Any = None) -> list[Any]:
+        """``[function(shared value, item) for item in items]``, in the order of ``items``."""
+
+
+class LocalExecutor:
+    """Runs every item in this process, in order."""
+
+    workers = 1
+
+    def share(self, value: Any) -> Any:
+        return value
+
+    def map(self, function: Callable[[Any, Any], Any], items: Sequence[Any], shared: Any = None) -> list[Any]:
+        return [function(shared, item) for item in items]
+
+    def __repr__(self) -> str:
+        return "LocalExecutor()"
+
+
+def executor_for(spec: Any, workers: int | None = None) -> Executor | None:
+    """The executor ``spec`` names: None or ``"local"`` -> None (run as always); an executor -> itself;
+    ``"auto"`` (a running cluster, else a new local one) or a Ray address (``"ray://host:10001"``,
+    ``"host:6379"``) -> a :class:`~qcompiler.scaleout.ray_executor.RayExecutor` with ``workers``
+    concurrent tasks (default: the cluster's CPUs)."""
+    if spec is None or spec == "local":
+        if workers is not None:
+            raise UserError("--workers needs --ray (the local path runs in this process)")
+        return None
+    if not isinstance(spec, str):
+        return spec
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(address=spec, workers=workers)
+
+
+_CURRENT: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("qcompiler_executor", default=None)
+
+
+@contextlib.contextmanager
+def using(executor: Executor | None) -> Iterator[Executor | None]:
+    """Within the block, :func:`current` returns ``executor`` (None: the local path)."""
+    token = _CURRENT.set(executor)
+    try:
+        yield executor
+    finally:
+        _CURRENT.reset(token)
+
+
+def current() -> Executor | None:
+    """The executor in scope that work may be farmed out to, or None (run here, as always)."""
+    executor = _CURRENT.get()
+    return None if isinstance(executor, LocalExecutor) else executor
+
+
+_WORKER_CACHE: dict[str, Any] = {}
+_WORKER_CACHE_SIZE = 2  # a worker keeps the shared values of the two most recent maps (model + feeds each)
+
+
+def worker_cache(key: str, load: Callable[[], Any]) -> Any:
+    """The value of ``key`` in this worker process, ``load()``ed the first time (then kept, least
+    recently used evicted past :data:`_WORKER_CACHE_SIZE`): shared values are deserialized once per worker."""
+    if key in _WORKER_CACHE:
+        _WORKER_CACHE[key] = _WORKER_CACHE.pop(key)  # most recently used last
+        return _WORKER_CACHE[key]
+    value = load()
+    _WORKER_CACHE[key] = value
+    while len(_WORKER_CACHE) > _WORKER_CACHE_SIZE:
+        del _WORKER_CACHE[next(iter(_WORKER_CACHE))]
+    return value

@@ -1,0 +1,87 @@
+"""Sensitivity configurations measured on workers: one task per configuration.
+
+Every configuration of the per-layer analysis, the mixed-precision path and the threshold sweeps is
+independent of the others (``qcompiler.sensitivity``: build the model with some layers kept float,
+lower it, run it in onnxruntime on the feeds, compare with the reference). :func:`prefetch` ships the
+evaluator's state once per executor (the canonical float model as ONNX bytes, the calibrated specs and
+the feeds: :class:`Replica`), each worker rebuilds the evaluator from it once
+(:func:`qcompiler.scaleout.worker_cache`), and every task builds and runs one configuration and returns
+``(quantized nodes, outputs, size)``. The driver computes the error measures (and the user's metric, which
+need not be picklable) from the outputs, in this process: numpy's float64 dot products go through BLAS,
+whose summation order follows its thread count, and Ray workers run BLAS on one thread (the 14th digit
+of an nsr differed when workers computed it). The driver enters the results in the evaluator's cache in
+the order the loop would have evaluated them, so every later ``evaluate`` (and the threshold search,
+which reads the cache) sees exactly what the sequential run sees.
+
+Workers run onnxruntime with the thread count of the local path (its default, one per physical core),
+not one per task: onnxruntime's float results depend on the intra-op thread count (ocr_rec_ppocrv4, one
+configuration: nsr 0.0491143988 with 2 threads, 0.0491144069 with 1), and identical numbers come first.
+Nodes whose core count differs from the driver's can therefore differ in the last bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from .. import ir
+from ..sensitivity import Evaluation, Evaluator, Outputs, error_measures
+from . import Executor
+
+
+SHIPPED = ("specs", "assign_options", "exclude", "feeds", "weights")
+"""The :class:`Evaluator` fields a worker gets as they are (the float model goes as ONNX bytes: the IR's
+linked node list is too deep for pickle)."""
+
+
+@dataclass
+class Replica:
+    """What a worker needs to rebuild an :class:`Evaluator` (pickled once per executor): the float model
+    as ONNX bytes, the fields in :data:`SHIPPED`, and onnxruntime's thread count (the local path's)."""
+
+    base: bytes
+    state: dict[str, Any]
+    threads: int
+    _evaluator: Evaluator | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, evaluator: Evaluator, threads: int) -> Replica:
+        return cls(ir.to_proto(evaluator.base).SerializeToString(),
+                   {name: getattr(evaluator, name) for name in SHIPPED}, threads)
+
+    def evaluator(self) -> Evaluator:
+        """The evaluator (built on the first call in this process, then kept)."""
+        if self._evaluator is None:
+            base = ir.from_proto(onnx.load_from_string(self.base))
+            self._evaluator = Evaluator(base, **self.state, reference=[], threads=self.threads)
+        return self._evaluator
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_evaluator": None}
+
+
+def measure(replica: Replica, float_layers: frozenset[str]) -> tuple[frozenset[str], Outputs, int]:
+    """One task: ``(nodes quantized, outputs, written size)`` of a configuration."""
+    evaluator = replica.evaluator()
+    model = evaluator.build(float_layers)
+    return frozenset(n.name for n in model.plan.layers), *evaluator.run(model)
+
+
+def prefetch(executor: Executor, evaluator: Evaluator, configurations: list[frozenset[str]]) -> None:
+    """Measure the ``configurations`` ``evaluator`` does not know yet on ``executor``'s workers and enter
+    them in its cache in the order given (see the module docstring)."""
+    unknown = list(dict.fromkeys(c for c in configurations if c not in evaluator.keys))
+    if not unknown:
+        return
+    if evaluator.remote is None or evaluator.remote[0] is not executor:
+        replica = Replica.of(evaluator, evaluator.threads)  # the local path's threads: see the module docstring
+        evaluator.remote = (executor, executor.share(replica))
+    results = executor.map(measure, unknown, evaluator.remote[1])
+    for float_layers, (quantized, outputs, size) in zip(unknown, results):
+        evaluator.keys[float_layers] = quantized
+        if quantized not in evaluator.cache:
+            errors = error_measures(evaluator.reference, outputs, evaluator.metric)
+            evaluator.cache[quantized] = Evaluation(float_layers, quantized, errors, size)
+            evaluator.evaluations += 1
