@@ -3,7 +3,8 @@
 * An activation ``v`` with a spec gets ``q = QuantizeLinear(v, s, zp)``, ``v' = DequantizeLinear(q, s,
   zp)`` right after its producer, and every reader of ``v`` reads ``v'`` (subgraphs that capture ``v``
   too) — one quantizer per tensor, so all readers share one scale, as onnxruntime's fused kernels
-  require. When ``v`` is a graph output, ``v'`` takes its name, so the model's interface is unchanged.
+  require. When ``v`` is a graph output, ``v'`` takes its name, so the model's interface is unchanged (a graph
+  input returned as an output is returned as it is).
 * An activation the plan quantizes at run time (a dynamic scheme) gets ``q, s, zp =
   DynamicQuantizeLinear(v)`` and ``v' = DequantizeLinear(q, s, zp)``: uint8, per tensor, the scale
   computed from the tensor itself on every run; readers are routed as for a static spec.
@@ -155,7 +156,8 @@ def _insert_qdq(model: Model) -> bool:
     _check_opset(model, pending)
     restored = {value: insert_pair(graph, value, value.quant) for value in pending}
     restored.update((value, insert_dynamic(graph, value)) for value in plan.dynamic)
-    graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored})
+    inputs = set(graph.inputs)  # an input returned as an output stays the input (its name is the interface)
+    graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored and v not in inputs})
     for node in graph:
         if node in plan.layers:
             changed |= add_int32_bias(graph, node)

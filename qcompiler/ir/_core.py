@@ -455,17 +455,19 @@ class Graph:
         self.replace_outputs({old: new})
 
     def replace_outputs(self, replacements: dict[Value, Value]) -> None:
-        """:meth:`replace_output` for every ``old: new`` pair, in one pass over the graph outputs.
+        """:meth:`replace_output` for every ``old: new`` pair, in one pass over the graph outputs (every
+        slot of an output listed more than once).
 
         A pass that replaces many outputs one by one would search the outputs once per value.
         """
         pending = dict(replacements)
         for position, old in enumerate(self.outputs):
-            new = pending.pop(old, None)
+            new = replacements.get(old)
             if new is not None:
-                name = old.name
-                old.name = self.unique_name(name + "_replaced")
-                new.name = name
+                if pending.pop(old, None) is not None:  # an output listed twice is renamed once
+                    name = old.name
+                    old.name = self.unique_name(name + "_replaced")
+                    new.name = name
                 self.outputs[position] = new
         if pending:
             raise InternalError(f"{next(iter(pending)).name!r} is not an output of graph {self.name!r}")

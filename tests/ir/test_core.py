@@ -316,6 +316,19 @@ def test_replace_outputs_hands_each_slot_and_name_to_the_new_value():
         graph.replace_output(v["a"], v["x"])
 
 
+def test_replace_outputs_replaces_every_slot_of_an_output_listed_twice():
+    """Issue 17: the same tensor returned twice kept its second slot on the old value, renamed."""
+    model, v, n = chain_model()
+    graph = model.graph
+    graph.outputs.append(v["y"])
+    abs_ = Node("Abs", [v["y"]], [Value("y_abs", FLOAT, (2, 3))], name="abs")
+    graph.append(abs_)
+    graph.replace_outputs({v["y"]: abs_.outputs[0]})
+    assert graph.outputs == [abs_.outputs[0], abs_.outputs[0]]
+    assert [o.name for o in graph.outputs] == ["y", "y"]
+    ir.verify(model)
+
+
 # -- verify() --------------------------------------------------------------------------------
 
 

@@ -173,3 +173,16 @@ def test_quantized_model_keeps_interface_and_metadata():
     assert [i.name for i in proto.graph.input] == ["x"] and [o.name for o in proto.graph.output] == ["y"]
     assert {p.key: p.value for p in proto.metadata_props} == {"character": "abc"}
     assert TARGETS["x86-avx2"].weight_reduce_range and not TARGETS["x86-vnni"].weight_reduce_range
+
+
+def test_a_graph_input_returned_as_an_output_stays_the_input():
+    """Issue 17: the quantized input took over the output's name and the input was renamed, so the
+    model's input name changed; an input returned as an output is returned as it is."""
+    model = conv_model()
+    model.graph.outputs.append(model.graph.inputs[0])
+    feeds = random_feeds(model)
+    quantize(model, feeds)
+    assert [v.name for v in model.graph.inputs] == ["x"] and [v.name for v in model.graph.outputs] == ["y", "x"]
+    assert model.graph.outputs[1] is model.graph.inputs[0]
+    ir.verify(model)
+    np.testing.assert_array_equal(run_onnxruntime(model, feeds)[1], feeds["x"])
