@@ -15,6 +15,9 @@ campaign in chunks with different ``--seed``s).
 
     nice -n 10 python benchmarks/graph_campaign.py --graphs 400 [--seed 0] [--max-ops 8]
         [--json benchmarks/results/graph_campaign.json] [--work /tmp/graph_campaign] [--append]
+    python benchmarks/graph_campaign.py --merge CHUNK.json ... --json benchmarks/results/graph_campaign.json
+
+``--merge`` sums the reports of chunks run side by side (different ``--seed``s, separate ``--json``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,23 @@ def empty_pipeline() -> dict:
     return {"graphs": 0, "compiled": 0, "refused": {}, "problems": {}, "quantized_compared": 0}
 
 
+def merge(reports: list[dict]) -> dict:
+    """One report of several chunks: counts summed, chunks and findings concatenated."""
+    def add(into: dict, other: dict) -> None:
+        for key, value in other.items():
+            if isinstance(value, dict):
+                add(into.setdefault(key, {}), value)
+            elif isinstance(value, list):
+                into[key] = into.get(key, []) + value
+            else:
+                into[key] = round(into.get(key, 0) + value, 1)
+
+    total: dict = {}
+    for report in reports:
+        add(total, report)
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--graphs", type=int, default=200)
@@ -47,7 +67,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/graph_campaign.json"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/graph_campaign"))
     parser.add_argument("--append", action="store_true")
+    parser.add_argument("--merge", nargs="+", type=Path, help="sum these chunk reports into --json and stop")
     args = parser.parse_args()
+    if args.merge:
+        args.json.write_text(json.dumps(merge([json.loads(p.read_text()) for p in args.merge]), indent=1))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     report = json.loads(args.json.read_text()) if args.append and args.json.exists() else {
         "graphs": 0, "seconds": 0.0, "chunks": [], "canonicalize": {"graphs": 0, "problems": {}},
@@ -64,6 +88,7 @@ def main() -> None:
         nonlocal count
         proto, feeds = case
         count += 1
+        report["graphs"] += 1
         ops.update(n.op_type for n in proto.graph.node)
         findings = check_graph(proto, feeds)
         report["canonicalize"]["graphs"] += 1
@@ -97,7 +122,6 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=1))
 
     campaign()
-    report["graphs"] += count
     report["seconds"] = round(report["seconds"] + time.perf_counter() - start, 1)
     report["chunks"].append({"seed": args.seed, "graphs": count, "max_ops": args.max_ops,
                              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine()})

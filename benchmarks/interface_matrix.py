@@ -40,7 +40,9 @@ from tests.robustness.variants import PIPELINES, VARIANTS, run_case  # noqa: E40
 def models(directory: Path, only: list[str], coverage: bool) -> list[str]:
     manifest = json.loads((directory / "MANIFEST.json").read_text())
     names = [n.removesuffix(".onnx") for n in manifest if coverage or not n.startswith("coverage/")]
-    return [n for n in names if not only or n in only or n.split("/")[-1] in only]
+    if not only:
+        return names
+    return [n for wanted in only for n in names if wanted in (n, n.split("/")[-1])]  # in the order asked
 
 
 def calibration(directory: Path, name: str, batches: int) -> list[dict[str, np.ndarray]]:
