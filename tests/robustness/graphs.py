@@ -3,11 +3,13 @@
 :func:`graphs` draws a model and its calibration feeds. It starts from one of four interfaces (an
 image ``[N, C, H, W]``, a sequence ``[N, T, D]``, a vector ``[N, D]``, or int64 token ids looked up in
 an embedding table) and appends 1 to ``max_ops`` operators, each on tensors drawn from those built so
-far, from the set the compiler quantizes and passes through: Conv (grouped, depthwise, strided),
-MatMul (constant weight, or activation x activation as in attention), Gemm, Add/Mul (same shape or
+far, from the set the compiler quantizes and passes through: Conv (1d and 2d, grouped, depthwise,
+strided, dilated), MatMul (constant weight on either side, or activation x activation as in
+attention), Gemm (transA/transB, alpha/beta), Add/Mul (same shape or
 broadcast constant), Concat, Reshape, Flatten, Transpose, MaxPool/AveragePool/GlobalAveragePool,
 Relu/Sigmoid/Tanh/LeakyRelu/Clip/HardSigmoid/HardSwish, LayerNormalization, Softmax, Gather, Slice,
-and If whose branches read captured outer values. Shapes are tracked statically (batch 2), weights
+If whose branches read captured outer values, and what canonicalize rewrites (BatchNormalization,
+Identity, Dropout, Sum, Constant, the HardSwish pattern). Shapes are tracked statically (batch 2), weights
 come from a drawn seed, and the graph returns its last tensor and up to two others.
 
 :func:`check_graph` compiles one graph with ``canonicalize`` and every quantizing pipeline of
@@ -77,18 +79,24 @@ def _ranked(builder: Builder, ranks: tuple[int, ...]) -> list[str]:
 
 
 def _conv(draw, b: Builder, x: str) -> str:
-    n, c, h, w = b.tensors[x]
-    k = draw(st.sampled_from([1, 3] if min(h, w) >= 3 else [1]))
-    stride = draw(st.sampled_from([1, 2] if min(h, w) >= 4 else [1]))
-    pad = draw(st.sampled_from([0, k // 2]))
+    """Conv2d on ``[N, C, H, W]`` (grouped, depthwise, strided, dilated) or Conv1d on ``[N, C, L]``."""
+    n, c, *spatial = b.tensors[x]
+    smallest = min(spatial)
+    k = draw(st.sampled_from([1, 3] if smallest >= 3 else [1]))
+    dilation = draw(st.sampled_from([1, 2] if k == 3 and smallest >= 5 else [1]))
+    stride = draw(st.sampled_from([1, 2] if smallest >= 4 else [1]))
+    pad = draw(st.sampled_from([0, dilation * (k // 2)]))
     depthwise = c > 1 and draw(st.booleans())
     out = c if depthwise else draw(st.integers(1, 8))
     group = c if depthwise else 1
-    inputs = [x, b.weight((out, c // group, k, k), c // group * k * k)]
+    rank = len(spatial)
+    inputs = [x, b.weight((out, c // group, *[k] * rank), c // group * k ** rank)]
     if draw(st.booleans()):
         inputs.append(b.const(b.rng.normal(0, 0.1, out).astype(np.float32), "b"))
-    shape = (n, out, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
-    return b.add("Conv", inputs, shape, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group)
+    extent = dilation * (k - 1) + 1
+    shape = (n, out, *[(d + 2 * pad - extent) // stride + 1 for d in spatial])
+    return b.add("Conv", inputs, shape, kernel_shape=[k] * rank, strides=[stride] * rank, pads=[pad] * 2 * rank,
+                 dilations=[dilation] * rank, group=group)
 
 
 def _matmul(draw, b: Builder, x: str) -> str:
@@ -99,6 +107,8 @@ def _matmul(draw, b: Builder, x: str) -> str:
         transposed = b.add("Transpose", [other], (shape[0], shape[2], shape[1]), perm=[0, 2, 1])
         return b.add("MatMul", [x, transposed], (shape[0], shape[1], shape[1]))
     out = draw(st.integers(1, 12))
+    if len(shape) == 3 and draw(st.booleans()):  # constant on the left: W [out, T] @ x [N, T, D]
+        return b.add("MatMul", [b.weight((out, shape[1]), shape[1]), x], (shape[0], out, shape[2]))
     return b.add("MatMul", [x, b.weight((shape[-1], out), shape[-1])], (*shape[:-1], out))
 
 
@@ -106,10 +116,17 @@ def _gemm(draw, b: Builder, x: str) -> str:
     n, d = b.tensors[x]
     out = draw(st.integers(1, 12))
     trans_b = draw(st.sampled_from([0, 1]))
-    inputs = [x, b.weight((out, d) if trans_b else (d, out), d)]
+    alpha, beta = draw(st.sampled_from([(1.0, 1.0), (0.5, 2.0)]))
+    if draw(st.booleans()):  # x transposed first, read back with transA
+        x = b.add("Transpose", [x], (d, n), perm=[1, 0])
+        inputs = [x, b.weight((out, d) if trans_b else (d, out), d)]
+        attrs = {"transA": 1}
+    else:
+        inputs = [x, b.weight((out, d) if trans_b else (d, out), d)]
+        attrs = {}
     if draw(st.booleans()):
         inputs.append(b.const(b.rng.normal(0, 0.1, out).astype(np.float32), "b"))
-    return b.add("Gemm", inputs, (n, out), transB=trans_b)
+    return b.add("Gemm", inputs, (n, out), transB=trans_b, alpha=alpha, beta=beta, **attrs)
 
 
 def _binary(draw, b: Builder, x: str) -> str:
@@ -231,10 +248,37 @@ def _if(draw, b: Builder, x: str) -> str:
     return out
 
 
+def _canonicalized(draw, b: Builder, x: str) -> str:
+    """What ``canonicalize`` rewrites: BatchNormalization (folded into a Conv/Gemm before it), Identity,
+    inference Dropout, Sum, a Constant node, and HardSwish written as ``x * HardSigmoid(x)``."""
+    shape = b.tensors[x]
+    op = draw(st.sampled_from(["BatchNormalization", "Identity", "Dropout", "Sum", "Constant", "HardSwishPattern"]))
+    if op == "BatchNormalization":
+        c = shape[1]
+        stats = [b.const(b.rng.normal(1, 0.2, c).astype(np.float32), "bn_scale"),
+                 b.const(b.rng.normal(0, 0.2, c).astype(np.float32), "bn_bias"),
+                 b.const(b.rng.normal(0, 0.2, c).astype(np.float32), "bn_mean"),
+                 b.const(b.rng.uniform(0.5, 2, c).astype(np.float32), "bn_var")]
+        return b.add(op, [x, *stats], shape, epsilon=1e-5)
+    if op == "Sum":
+        others = draw(st.lists(st.sampled_from([t for t, s in b.tensors.items() if s == shape]), min_size=1,
+                               max_size=2))
+        return b.add(op, [x, *others], shape)
+    if op == "Constant":
+        value = b.name("constant_")
+        b.nodes.append(helper.make_node("Constant", [], [value], name=value, value=numpy_helper.from_array(
+            b.rng.normal(0, 1, shape[-1]).astype(np.float32))))
+        return b.add("Add", [x, value], shape)
+    if op == "HardSwishPattern":
+        gate = b.add("HardSigmoid", [x], shape, alpha=1 / 6, beta=0.5)
+        return b.add("Mul", [x, gate], shape)
+    return b.add(op, [x], shape)
+
+
 OPS = {  # operator builder -> the ranks of the tensors it applies to
-    _conv: (4,), _matmul: (2, 3), _gemm: (2,), _binary: (2, 3, 4), _concat: (2, 3, 4), _reshape: (2, 3, 4),
+    _conv: (3, 4), _matmul: (2, 3), _gemm: (2,), _binary: (2, 3, 4), _concat: (2, 3, 4), _reshape: (2, 3, 4),
     _transpose: (3, 4), _pool: (4,), _activation: (2, 3, 4), _gather: (2, 3, 4), _slice: (2, 3, 4),
-    _if: (2, 3, 4),
+    _if: (2, 3, 4), _canonicalized: (2, 3, 4),
 }
 WEIGHT = {_conv: 3, _matmul: 3, _gemm: 3}  # the quantized ops are drawn three times as often as the others
 
@@ -273,7 +317,7 @@ def graphs(draw, max_ops: int = 8) -> tuple[onnx.ModelProto, list[dict[str, np.n
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
-    scale = draw(st.sampled_from([0.1, 1.0, 10.0]))
+    scale = draw(st.sampled_from([0.0, 0.1, 1.0, 10.0, 1000.0]))  # 0: a constant input, zero ranges
     rng = np.random.default_rng(seed + 1)
     if interface == "tokens":
         feeds = [{"ids": rng.integers(0, vocabulary, shape[:2]).astype(np.int64)} for _ in range(FEEDS)]
