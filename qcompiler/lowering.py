@@ -109,8 +109,7 @@ def add_int32_bias(graph: Graph, node: Node) -> bool:
               name=graph.unique_name(f"{b.name}_DequantizeLinear"))
     graph.insert_before(node, dq)
     node.set_input(op.bias_input, restored)
-    if not b.uses() and graph.initializers.get(b.name) is b and b not in graph.outputs:
-        del graph.initializers[b.name]
+    graph.drop_initializer(b)
     return True
 
 
@@ -191,8 +190,8 @@ def fold_quantized_weights(model: Model) -> bool:
         out.shape = integers.shape
         graph.add_initializer(out)
         for value in node.inputs:
-            if value is not None and not value.uses() and graph.initializers.get(value.name) is value:
-                del graph.initializers[value.name]
+            if value is not None:
+                graph.drop_initializer(value)
     return bool(folded)
 
 

@@ -442,6 +442,16 @@ class Graph:
             self._taken_names.add(value.name)
         return value
 
+    def drop_initializer(self, value: Value) -> bool:
+        """Delete the initializer ``value`` if nothing reads it and it is not a graph output or input; an
+        input with a default (an initializer of the same name, as exports before IR version 4 list every
+        weight) keeps it, so the model's interface is unchanged. True when it was deleted."""
+        if value.uses() or self.initializers.get(value.name) is not value \
+                or any(v is value for v in self.inputs) or any(v is value for v in self.outputs):
+            return False
+        del self.initializers[value.name]
+        return True
+
     def remove_unused_initializers(self) -> int:
         """Drop initializers nothing reads; returns how many were removed."""
         output_ids = set(map(id, self.outputs)) | set(map(id, self.inputs))

@@ -329,6 +329,19 @@ def test_replace_outputs_replaces_every_slot_of_an_output_listed_twice():
     ir.verify(model)
 
 
+def test_drop_initializer_keeps_one_that_is_read_returned_or_an_input_default():
+    graph = Graph("g")
+    default = graph.add_initializer(Value("d", const=np.zeros(2, np.float32)))
+    returned = graph.add_initializer(Value("r", const=np.zeros(2, np.float32)))
+    read = graph.add_initializer(Value("u", const=np.zeros(2, np.float32)))
+    unused = graph.add_initializer(Value("n", const=np.zeros(2, np.float32)))
+    graph.inputs.append(default)
+    graph.outputs.append(returned)
+    graph.append(Node("Abs", [read], [Value("a", FLOAT, (2,))]))
+    assert [graph.drop_initializer(v) for v in (default, returned, read, unused)] == [False, False, False, True]
+    assert set(graph.initializers) == {"d", "r", "u"}
+
+
 # -- verify() --------------------------------------------------------------------------------
 
 

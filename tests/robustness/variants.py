@@ -15,6 +15,7 @@ compiles one variant with one pipeline and classifies the outcome. The variants 
 * ``initializer-output``: an output fed directly by an initializer;
 * ``optional-input``: a new float input ``gain`` with a default (an initializer of the same name) that
   scales the first output; calibration feeds do not give it;
+* ``weights-as-inputs``: every initializer also a graph input with that default (IR version < 4);
 * ``dynamic-batch``: dimension 0 of every input and output made symbolic, calibrated with batches of
   different sizes.
 
@@ -149,6 +150,17 @@ def optional_input(proto, feeds):
     return proto, feeds, {}
 
 
+def weights_as_inputs(proto, feeds):
+    """Every initializer also listed as a graph input (an input with a default), as exports before IR
+    version 4 write every weight; calibration feeds give none of them."""
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    listed = {v.name for v in graph.input}
+    graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                       for i in graph.initializer if i.name not in listed)
+    return proto, feeds, {}
+
+
 def dynamic_batch(proto, feeds):
     """Symbolic dim 0 everywhere; feeds regrouped into batches of 1, 2, 3, ... samples (cycling)."""
     proto = copy.deepcopy(proto)
@@ -183,6 +195,7 @@ VARIANTS: dict[str, Variant] = {
     "input-passthrough": input_passthrough,
     "initializer-output": initializer_output,
     "optional-input": optional_input,
+    "weights-as-inputs": weights_as_inputs,
     "dynamic-batch": dynamic_batch,
 }
 
