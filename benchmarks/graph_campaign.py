@@ -74,11 +74,14 @@ def main() -> None:
         return
     args.work.mkdir(parents=True, exist_ok=True)
     report = json.loads(args.json.read_text()) if args.append and args.json.exists() else {
-        "graphs": 0, "seconds": 0.0, "chunks": [], "canonicalize": {"graphs": 0, "problems": {}},
+        "graphs": 0, "chunks": [], "canonicalize": {"graphs": 0, "problems": {}},
         "pipelines": {name: empty_pipeline() for name in PIPELINES}, "ops": {}, "findings": []}
     ops = collections.Counter(report["ops"])
     start = time.perf_counter()
     count = 0
+    chunk = {"seed": args.seed, "graphs": 0, "max_ops": args.max_ops, "date": time.strftime("%Y-%m-%d %H:%M"),
+             "machine": platform.processor() or platform.machine()}
+    report["chunks"].append(chunk)  # kept up to date, so a chunk stopped early still says what it ran
 
     @seed(args.seed)
     @settings(max_examples=args.graphs, deadline=None, database=None, phases=[Phase.generate],
@@ -88,6 +91,7 @@ def main() -> None:
         nonlocal count
         proto, feeds = case
         count += 1
+        chunk["graphs"] = count
         report["graphs"] += 1
         ops.update(n.op_type for n in proto.graph.node)
         findings = check_graph(proto, feeds)
@@ -119,12 +123,10 @@ def main() -> None:
 
     def save():
         report["ops"] = dict(ops.most_common())
+        chunk["seconds"] = round(time.perf_counter() - start, 1)
         args.json.write_text(json.dumps(report, indent=1))
 
     campaign()
-    report["seconds"] = round(report["seconds"] + time.perf_counter() - start, 1)
-    report["chunks"].append({"seed": args.seed, "graphs": count, "max_ops": args.max_ops,
-                             "date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine()})
     save()
     print(json.dumps({k: {"graphs": v["graphs"], "compiled": v["compiled"], "problems": v["problems"]}
                       for k, v in report["pipelines"].items()}, indent=1))
