@@ -242,19 +242,6 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _session_outputs(data: bytes, feed: dict[str, np.ndarray], optimize: bool) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    return session.run(None, {k: v for k, v in feed.items() if k in names})
-
-
 def run_case(proto: onnx.ModelProto, feeds: Feeds, extra: dict[str, str], compile_options: dict) -> Outcome:
     """Compile the variant ``proto`` with ``compile_options`` (a :data:`PIPELINES` entry, through
     :func:`resolve_pipeline`) on ``feeds``, run the result in onnxruntime on the first feed and compare its
@@ -263,10 +250,11 @@ def run_case(proto: onnx.ModelProto, feeds: Feeds, extra: dict[str, str], compil
     from qcompiler import ir
     from qcompiler.errors import UserError
     from qcompiler.executor.agreement import sqnr_db
+    from qcompiler.ir.testing import run_onnxruntime
 
     start = time.perf_counter()
     try:
-        reference = _session_outputs(proto.SerializeToString(), feeds[0], optimize=False)
+        reference = run_onnxruntime(proto, feeds[0], optimize=False)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors have no common base
         return Outcome("invalid-variant", str(exc).splitlines()[0][:300])
     try:
@@ -279,7 +267,7 @@ def run_case(proto: onnx.ModelProto, feeds: Feeds, extra: dict[str, str], compil
     except Exception:  # noqa: BLE001 - every other exception is a bug, reported with its traceback
         return Outcome("internal-error", traceback.format_exc(limit=-4), seconds=time.perf_counter() - start)
     try:
-        compiled = _session_outputs(ir.to_proto(model).SerializeToString(), feeds[0], optimize=True)
+        compiled = run_onnxruntime(model, feeds[0], optimize=True)
     except Exception as exc:  # noqa: BLE001
         return Outcome("internal-error", f"onnxruntime cannot run the compiled model: {exc}",
                        seconds=time.perf_counter() - start)
