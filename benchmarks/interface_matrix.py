@@ -6,7 +6,7 @@ activation, an output also consumed, a duplicated output, an input passed throug
 output, an optional input with a default, a dynamic batch with calibration batches of different sizes)
 and each quantizing pipeline (int8, int8 with ``sensitivity_threshold=0.005``, int8-transformer,
 int8-dfq, w4a8; ``objective="size"`` so the quantized graph is what is checked), it compiles the
-derived model on ``--batches`` calibration batches, runs the result in onnxruntime on the first batch
+derived model on ``--batches`` calibration batches (``--samples``: each cut to its first N samples), runs the result in onnxruntime on the first batch
 and compares every output with the float variant's: the added outputs that must be unchanged (shapes,
 masks, inputs, constants) bit for bit, float ones by SQNR. A case is ``ok``, a one-line ``user-error``
 (counted with its message) or an ``internal-error`` (a crash, a compiled model onnxruntime cannot run,
@@ -14,7 +14,7 @@ a changed output). Results (counts, messages, every case) go to ``--json`` and a
 to it, rewritten after every case.
 
     nice -n 10 python benchmarks/interface_matrix.py [--models-dir /root/realmodels] [--only NAME ...]
-        [--coverage] [--variants V ...] [--pipelines P ...] [--batches 2]
+        [--coverage] [--variants V ...] [--pipelines P ...] [--batches 4] [--samples N]
         [--json benchmarks/results/interface_matrix.json]
 """
 
@@ -45,9 +45,10 @@ def models(directory: Path, only: list[str], coverage: bool) -> list[str]:
     return [n for wanted in only for n in names if wanted in (n, n.split("/")[-1])]  # in the order asked
 
 
-def calibration(directory: Path, name: str, batches: int) -> list[dict[str, np.ndarray]]:
+def calibration(directory: Path, name: str, batches: int, samples: int | None) -> list[dict[str, np.ndarray]]:
+    """The first ``batches`` calibration batches, each cut to its first ``samples`` samples when given."""
     files = sorted(glob.glob(str(directory / "data" / "calib_npz" / name / "*.npz")))[:batches]
-    return [dict(np.load(f)) for f in files]
+    return [{k: v[:samples] for k, v in np.load(f).items()} for f in files]
 
 
 def summarize(cases: list[dict]) -> dict:
@@ -65,7 +66,7 @@ def write(path: Path, cases: list[dict], settings: dict) -> None:
              f"{summary['cases']} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())),
              "", f"Models: {', '.join(settings['models'])}", f"Variants: {', '.join(settings['variants'])}",
              f"Pipelines: {', '.join(settings['pipelines'])} (objective size, {settings['batches']} calibration "
-             "batches)", "", "## User errors", ""]
+             f"batches of {settings.get('samples') or 'all'} samples)", "", "## User errors", ""]
     lines += [f"- {u['cases']} x `{u['message']}`" for u in summary["user_errors"]] or ["none"]
     lines += ["", "## Internal errors", ""]
     lines += [f"- {c['model']} / {c['variant']} / {c['pipeline']}: `{c['message'].splitlines()[-1][:300]}`"
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--pipelines", nargs="*", default=list(PIPELINES), choices=list(PIPELINES))
     parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=None, help="cut each batch to its first N samples")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/interface_matrix.json"))
     parser.add_argument("--append", action="store_true", help="keep the cases already in --json")
     args = parser.parse_args()
@@ -94,10 +96,10 @@ def main() -> None:
     done = {(c["model"], c["variant"], c["pipeline"]) for c in cases}
     settings = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}".strip(),
                 "models": sorted({c["model"] for c in cases} | set(names)), "variants": args.variants,
-                "pipelines": args.pipelines, "batches": args.batches}
+                "pipelines": args.pipelines, "batches": args.batches, "samples": args.samples}
     for name in names:
         proto = onnx.load(str(args.models_dir / f"{name}.onnx"))
-        feeds = calibration(args.models_dir, name, args.batches)
+        feeds = calibration(args.models_dir, name, args.batches, args.samples)
         for variant in args.variants:
             derived, variant_feeds, extra = VARIANTS[variant](proto, feeds)
             for pipeline in args.pipelines:
