@@ -6,8 +6,8 @@ activation, an output also consumed, a duplicated output, an input passed throug
 output, an optional input with a default, a dynamic batch with calibration batches of different sizes)
 and each quantizing pipeline (int8, int8 with ``sensitivity_threshold=0.005``, int8-transformer,
 int8-dfq, w4a8; ``objective="size"`` so the quantized graph is what is checked), it compiles the
-derived model on ``--batches`` calibration batches (``--samples``: each cut to its first N samples), runs the result in onnxruntime on the first batch
-and compares every output with the float variant's: the added outputs that must be unchanged (shapes,
+derived model on ``--batches`` calibration batches (``--samples``: each cut to its first N samples),
+runs the result in onnxruntime on the first batch and compares every output with the float variant's: the added outputs that must be unchanged (shapes,
 masks, inputs, constants) bit for bit, float ones by SQNR. A case is ``ok``, a one-line ``user-error``
 (counted with its message) or an ``internal-error`` (a crash, a compiled model onnxruntime cannot run,
 a changed output). Results (counts, messages, every case) go to ``--json`` and a Markdown summary next
@@ -71,7 +71,8 @@ def write(path: Path, cases: list[dict], settings: dict) -> None:
     lines += ["", "## Internal errors", ""]
     lines += [f"- {c['model']} / {c['variant']} / {c['pipeline']}: `{c['message'].splitlines()[-1][:300]}`"
               for c in summary["internal_errors"]] or ["none"]
-    lines += ["", "## Cases", "", "| model | variant | pipeline | status | s | min SQNR dB |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Cases", "", "| model | variant | pipeline | status | s | min SQNR dB |",
+              "|---|---|---|---|---|---|"]
     for c in cases:
         sqnr = min(c["sqnr_db"].values(), default=None)
         lines.append(f"| {c['model']} | {c['variant']} | {c['pipeline']} | {c['status']} | {c['seconds']:.1f} | "

@@ -17,8 +17,8 @@ from .variants import PIPELINES, VARIANTS, run_case
 def small_cnn() -> tuple:
     """Conv -> Relu -> MaxPool -> Conv -> GlobalAveragePool -> Flatten -> Gemm, and 4 feeds of batch 2."""
     rng = np.random.default_rng(0)
-    weights = {"w1": rng.normal(0, 0.3, (6, 3, 3, 3)), "b1": rng.normal(0, 0.1, 6), "w2": rng.normal(0, 0.3, (8, 6, 1, 1)),
-               "wf": rng.normal(0, 0.3, (5, 8)), "bf": rng.normal(0, 0.1, 5)}
+    weights = {"w1": rng.normal(0, 0.3, (6, 3, 3, 3)), "b1": rng.normal(0, 0.1, 6),
+               "w2": rng.normal(0, 0.3, (8, 6, 1, 1)), "wf": rng.normal(0, 0.3, (5, 8)), "bf": rng.normal(0, 0.1, 5)}
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),

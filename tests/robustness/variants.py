@@ -173,7 +173,8 @@ def dynamic_batch(proto, feeds):
         dim.Clear()
         dim.dim_param = "batch"
     del graph.value_info[:]
-    samples = [{k: v[i:i + 1] for k, v in feed.items()} for feed in feeds for i in range(len(next(iter(feed.values()))))]
+    samples = [{k: v[i:i + 1] for k, v in feed.items()}
+               for feed in feeds for i in range(len(next(iter(feed.values()))))]
     regrouped, start, size = [], 0, 1
     while start < len(samples) and len(regrouped) < len(feeds):
         group = samples[start:start + size]
