@@ -5,9 +5,9 @@ each variant of ``tests/robustness/variants.py`` (a non-float output, an exposed
 activation, an output also consumed, a duplicated output, an input passed through, an initializer
 output, an optional input with a default, every weight also an input with a default, a dynamic batch
 with calibration batches of different sizes) and each quantizing pipeline (int8, int8 with
-``sensitivity_threshold=0.005``, int8-transformer, int8-dfq, w4a8; ``objective="size"`` so the quantized graph is what is checked), it compiles the
-derived model on ``--batches`` calibration batches (``--samples``: each cut to its first N samples),
-runs the result in onnxruntime on the first batch and compares every output with the float variant's:
+``sensitivity_threshold=0.005``, int8-transformer, int8-dfq, w4a8; ``objective="size"`` so the
+quantized graph is what is checked), it compiles the derived model on ``--batches`` calibration
+batches (``--samples``: each cut to its first N samples), runs the result in onnxruntime on the first batch and compares every output with the float variant's:
 the added outputs that must be unchanged (shapes, masks, inputs, constants) bit for bit, float ones by
 SQNR. A case is ``ok``, a one-line ``user-error``
 (counted with its message) or an ``internal-error`` (a crash, a compiled model onnxruntime cannot run,
