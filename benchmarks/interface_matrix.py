@@ -7,12 +7,12 @@ output, an optional input with a default, every weight also an input with a defa
 with calibration batches of different sizes) and each quantizing pipeline (int8, int8 with
 ``sensitivity_threshold=0.005``, int8-transformer, int8-dfq, w4a8; ``objective="size"`` so the
 quantized graph is what is checked), it compiles the derived model on ``--batches`` calibration
-batches (``--samples``: each cut to its first N samples), runs the result in onnxruntime on the first batch and compares every output with the float variant's:
-the added outputs that must be unchanged (shapes, masks, inputs, constants) bit for bit, float ones by
-SQNR. A case is ``ok``, a one-line ``user-error``
-(counted with its message) or an ``internal-error`` (a crash, a compiled model onnxruntime cannot run,
-a changed output). Results (counts, messages, every case) go to ``--json`` and a Markdown summary next
-to it, rewritten after every case.
+batches (``--samples``: each cut to its first N samples), runs the result in onnxruntime on the first
+batch and compares every output with the float variant's: the added outputs that must be unchanged
+(shapes, masks, inputs, constants) bit for bit, float ones by SQNR. A case is ``ok``, a one-line
+``user-error`` (counted with its message) or an ``internal-error`` (a crash, a compiled model
+onnxruntime cannot run, a changed output). Results (counts, messages, every case) go to ``--json`` and
+a Markdown summary next to it, rewritten after every case.
 
     nice -n 10 python benchmarks/interface_matrix.py [--models-dir /root/realmodels] [--only NAME ...]
         [--coverage] [--variants V ...] [--pipelines P ...] [--batches 4] [--samples N]
