@@ -117,3 +117,31 @@ def test_a_float_layer_between_dequantize_and_quantize_runs_as_onnxruntime_quant
         ours, theirs = interpreter.run(feed), run_onnxruntime(probe, feed, optimize=True)
         for name in names + ["y"]:
             np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_a_gemm_with_alpha_and_a_bias_stays_unfused_as_in_onnxruntime():
+    """Issue 17's graph campaign: QGemm multiplies its int32 bias by alpha too, so onnxruntime fuses no
+    Gemm with a bias and alpha != 1 and runs it in float; the executor fused it (1 LSB apart)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qcompiler
+
+    rng = np.random.default_rng(5)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], alpha=0.5, transB=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 10])],
+                              [numpy_helper.from_array(rng.normal(0, 0.3, (10, 16)).astype(np.float32), "w"),
+                               numpy_helper.from_array(rng.normal(0, 1.0, 10).astype(np.float32), "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.normal(0, 2, (8, 16)).astype(np.float32)} for _ in range(4)]
+    model = qcompiler.compile(ir.from_proto(proto), None, calib=calib, objective="size")
+    gemm = next(n for n in model.graph if n.op_type == "Gemm")
+    assert gemm.inputs[2].producer().op_type == "DequantizeLinear"  # an int32 bias
+    probe = expose_quantized_outputs(model, every=True)
+    interpreter = Interpreter(probe, profile=detect_target().name)
+    assert not any(step.op == "QGemm" for step in interpreter.steps)
+    names = quantized_names(model)
+    for feed in calib:
+        ours, theirs = interpreter.run(feed), run_onnxruntime(probe, feed, optimize=True)
+        for name in names:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
