@@ -18,6 +18,8 @@ campaign in chunks with different ``--seed``s).
     python benchmarks/graph_campaign.py --merge CHUNK.json ... --json benchmarks/results/graph_campaign.json
 
 ``--merge`` sums the reports of chunks run side by side (different ``--seed``s, separate ``--json``).
+``--recheck MODEL ...`` runs the checks again on graphs a campaign saved (with new standard-normal
+feeds), to confirm a fix.
 """
 
 from __future__ import annotations
@@ -59,6 +61,24 @@ def merge(reports: list[dict]) -> dict:
     return total
 
 
+def recheck(paths: list[Path]) -> None:
+    """``check_graph`` on saved graphs, with 4 standard-normal feeds for their (static) inputs."""
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    for path in paths:
+        proto = onnx.load(str(path))
+        shapes = {i.name: ([d.dim_value for d in i.type.tensor_type.shape.dim], i.type.tensor_type.elem_type)
+                  for i in proto.graph.input}
+        feeds = [{name: (rng.integers(0, 2, shape) if dtype == onnx.TensorProto.INT64 else rng.standard_normal(shape))
+                  .astype(helper.tensor_dtype_to_np_dtype(dtype)) for name, (shape, dtype) in shapes.items()}
+                 for _ in range(4)]
+        findings = check_graph(proto, feeds)
+        print(f"{path}: {len(findings.problems)} problem(s), {len(findings.refusals)} refusal(s) "
+              f"{[(p, k, m.strip().splitlines()[-1][:200]) for p, k, m in findings.problems]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--graphs", type=int, default=200)
@@ -68,7 +88,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/graph_campaign"))
     parser.add_argument("--append", action="store_true")
     parser.add_argument("--merge", nargs="+", type=Path, help="sum these chunk reports into --json and stop")
+    parser.add_argument("--recheck", nargs="+", type=Path, help="check these saved graphs again and stop")
     args = parser.parse_args()
+    if args.recheck:
+        recheck(args.recheck)
+        return
     if args.merge:
         args.json.write_text(json.dumps(merge([json.loads(p.read_text()) for p in args.merge]), indent=1))
         return
