@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
@@ -63,7 +64,6 @@ def merge(reports: list[dict]) -> dict:
 
 def recheck(paths: list[Path]) -> None:
     """``check_graph`` on saved graphs, with 4 standard-normal feeds for their (static) inputs."""
-    import numpy as np
     from onnx import helper
 
     rng = np.random.default_rng(0)
@@ -101,6 +101,7 @@ def main() -> None:
         "graphs": 0, "chunks": [], "canonicalize": {"graphs": 0, "problems": {}},
         "pipelines": {name: empty_pipeline() for name in PIPELINES}, "ops": {}, "findings": []}
     ops = collections.Counter(report["ops"])
+    current = args.work / f"current_seed{args.seed}.onnx"
     start = time.perf_counter()
     count = 0
     chunk = {"seed": args.seed, "graphs": 0, "max_ops": args.max_ops, "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -118,6 +119,9 @@ def main() -> None:
         chunk["graphs"] = count
         report["graphs"] += 1
         ops.update(n.op_type for n in proto.graph.node)
+        onnx.save(proto, str(current))  # left behind when onnxruntime aborts the process on it
+        np.savez(current.with_suffix(".npz"),
+                 **{f"{i}/{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()})
         findings = check_graph(proto, feeds)
         report["canonicalize"]["graphs"] += 1
         for name, stats in report["pipelines"].items():
@@ -151,6 +155,8 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=1))
 
     campaign()
+    current.unlink(missing_ok=True)
+    current.with_suffix(".npz").unlink(missing_ok=True)
     save()
     print(json.dumps({k: {"graphs": v["graphs"], "compiled": v["compiled"], "problems": v["problems"]}
                       for k, v in report["pipelines"].items()}, indent=1))
