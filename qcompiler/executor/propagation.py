@@ -87,7 +87,8 @@ def _propagate_dq_forward(graph: ir.Graph, dq: ir.Node, outputs: set) -> None:
         node = pending.pop()
         if not _propagates(node) or node.outputs[0] in outputs:
             continue
-        readers = [(use.node, use.index) for use in node.outputs[0].uses() if not _is(use.node, "QuantizeLinear")]
+        readers = [(use.node, use.index) for use in node.outputs[0].uses()  # a subgraph's capture (index -1) keeps
+                   if use.index >= 0 and not _is(use.node, "QuantizeLinear")]  # reading the value itself
         if not readers:
             continue
         _insert_pair(graph, node.outputs[0], readers, dq)

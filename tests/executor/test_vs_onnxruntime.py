@@ -145,3 +145,51 @@ def test_a_gemm_with_alpha_and_a_bias_stays_unfused_as_in_onnxruntime():
         ours, theirs = interpreter.run(feed), run_onnxruntime(probe, feed, optimize=True)
         for name in names:
             np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_propagation_leaves_a_subgraph_capture_alone():
+    """Issue 17's graph campaign: a Slice after a DequantizeLinear, whose output an If captures, got a
+    propagated Q/DQ pair for the capture too, wired as input -1 of the If: it replaced the condition."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qcompiler
+    from qcompiler.executor.propagation import propagate_qdq
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipelines import resolve
+
+    def branch(name, op, extra):
+        out = f"{name}_out"
+        return helper.make_graph([helper.make_node(op, ["s", *extra], [out])], name, [],
+                                 [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, 1, 4])])
+
+    rng = np.random.default_rng(7)
+    constants = {"starts": np.array([0]), "ends": np.array([1]), "axes": np.array([1]), "zero": np.float32(0),
+                 "gain": np.float32(1.5)}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "t"], ["m"]),
+             helper.make_node("Slice", ["m", "starts", "ends", "axes"], ["s"]),
+             helper.make_node("ReduceMean", ["s"], ["mean"], keepdims=0),
+             helper.make_node("Greater", ["mean", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Mul", ["gain"]),
+                              else_branch=branch("else", "Relu", []))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1, 4])],
+                              [numpy_helper.from_array(np.asarray(v, np.int64 if k in ("starts", "ends", "axes")
+                                                                  else np.float32), k) for k, v in constants.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.normal(0, 1, (2, 4, 3)).astype(np.float32)} for _ in range(4)]
+    # onnxruntime 1.32 with graph optimizations aborts the process on this model (an assertion in its
+    # optimizer; still open, see issue 17's notes), so check-kernels, which runs it so, is left out and
+    # the reference is onnxruntime without optimizations: the QDQ graph in float
+    options = CompileOptions(calib=calib, objective="size")
+    pipeline = resolve("int8", options)
+    pipeline.passes = [p for p in pipeline.passes if p.name != "check-kernels"]
+    model = qcompiler.compile(ir.from_proto(proto), None, pipeline=pipeline, options=options)
+    propagated = propagate_qdq(model)
+    if_node = next(n for n in propagated.graph if n.op_type == "If")
+    assert if_node.inputs[0].name == "cond"
+    for profile in ("exact", detect_target().name):
+        interpreter = Interpreter(model, profile=profile)
+        for feed in calib[:2]:
+            ours, theirs = interpreter.run(feed)["y"], run_onnxruntime(model, feed, optimize=False)["y"]
+            np.testing.assert_allclose(ours, theirs, atol=0.05 * np.abs(theirs).max())
