@@ -264,7 +264,7 @@ class ReplaceReLU6(Pass):
             graph.substitute(node.outputs[0], out)
             graph.remove(node)
             for bound in bounds:
-                if bound is not None and not bound.uses() and graph.initializers.get(bound.name) is bound:
-                    del graph.initializers[bound.name]
+                if bound is not None:
+                    graph.drop_initializer(bound)
             replaced = True
         return PassResult(model, replaced)

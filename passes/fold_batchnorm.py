@@ -196,8 +196,7 @@ def fold_affine(graph: Graph, producer: Node, node: Node, scale: np.ndarray, shi
     folded.replace_all_uses_with(result)
     graph.remove(node)
     for value in orphans:
-        if not value.uses() and graph.initializers.get(value.name) is value:
-            del graph.initializers[value.name]
+        graph.drop_initializer(value)
 
 
 @register_pass("fold-batchnorm")

@@ -160,8 +160,7 @@ def _scale_input(graph: Graph, node: Node, index: int, factor: np.ndarray) -> No
     array = (old.const.astype(np.float64) * factor).astype(old.const.dtype)
     new = graph.add_initializer(Value(graph.unique_name(f"{old.name}_smoothed"), const=array))
     node.set_input(index, new)
-    if not old.uses() and graph.initializers.get(old.name) is old and not any(v is old for v in graph.inputs):
-        del graph.initializers[old.name]
+    graph.drop_initializer(old)
 
 
 # -- statistics and the alpha search ---------------------------------------------------------------

@@ -90,9 +90,7 @@ def own_input(graph: Graph, node: Node, index: int) -> Value:
         return value
     copy = graph.add_initializer(Value(graph.unique_name(value.name + "_equalized"), const=value.const.copy()))
     node.set_input(index, copy)
-    if not value.uses() and graph.initializers.get(value.name) is value \
-            and not any(v is value for v in graph.inputs + graph.outputs):
-        del graph.initializers[value.name]
+    graph.drop_initializer(value)
     return copy
 
 

@@ -3,7 +3,8 @@
 * An activation ``v`` with a spec gets ``q = QuantizeLinear(v, s, zp)``, ``v' = DequantizeLinear(q, s,
   zp)`` right after its producer, and every reader of ``v`` reads ``v'`` (subgraphs that capture ``v``
   too) — one quantizer per tensor, so all readers share one scale, as onnxruntime's fused kernels
-  require. When ``v`` is a graph output, ``v'`` takes its name, so the model's interface is unchanged.
+  require. When ``v`` is a graph output, ``v'`` takes its name, so the model's interface is unchanged (a graph
+  input returned as an output is returned as it is).
 * An activation the plan quantizes at run time (a dynamic scheme) gets ``q, s, zp =
   DynamicQuantizeLinear(v)`` and ``v' = DequantizeLinear(q, s, zp)``: uint8, per tensor, the scale
   computed from the tensor itself on every run. Only the quantized layers that read ``v`` read ``v'``;
@@ -116,8 +117,7 @@ def add_int32_bias(graph: Graph, node: Node) -> bool:
               name=graph.unique_name(f"{b.name}_DequantizeLinear"))
     graph.insert_before(node, dq)
     node.set_input(op.bias_input, restored)
-    if not b.uses() and graph.initializers.get(b.name) is b and b not in graph.outputs:
-        del graph.initializers[b.name]
+    graph.drop_initializer(b)
     return True
 
 
@@ -178,7 +178,8 @@ def _insert_qdq(model: Model) -> bool:
     if MS in domains.values():
         model.opset_imports.setdefault(MS, 1)
     restored = {value: insert_pair(graph, value, value.quant, domains[value]) for value in pending}
-    graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored})
+    inputs = set(graph.inputs)  # an input returned as an output stays the input (its name is the interface)
+    graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored and v not in inputs})
     dynamic = {value: insert_dynamic(graph, value, plan.layers) for value in plan.dynamic}
     for node in graph:
         if node in plan.layers:
@@ -214,8 +215,8 @@ def fold_quantized_weights(model: Model) -> bool:
         out.shape = integers.shape
         graph.add_initializer(out)
         for value in node.inputs:
-            if value is not None and not value.uses() and graph.initializers.get(value.name) is value:
-                del graph.initializers[value.name]
+            if value is not None:
+                graph.drop_initializer(value)
     return bool(folded)
 
 

@@ -214,8 +214,9 @@ def _gemm(node, op: OpQuant, dqs, q, clip, int8_allowed):
     if types[0] == TensorProto.INT8 and types[1] != TensorProto.INT8:
         return None
     bias = dqs[2] if len(dqs) > 2 else None
-    if bias is not None and (node.attrs.get("beta", 1.0) != 1.0 or quantized_type(bias) != TensorProto.INT32):
-        return None
+    if bias is not None and (node.attrs.get("beta", 1.0) != 1.0 or node.attrs.get("alpha", 1.0) != 1.0
+                             or quantized_type(bias) != TensorProto.INT32):
+        return None  # QGemm scales the int32 bias by alpha too: onnxruntime fuses none with a bias and alpha != 1
     inputs = (_dq_args(dqs[0]) + _dq_args(dqs[1]) + [bias.inputs[0] if bias is not None else None]
               + (_q_args(q) if q is not None else [None, None]))
     attrs = {k: node.attrs[k] for k in ("alpha", "transA", "transB") if k in node.attrs}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..ops import lookup
+from .weight_bias_quantization import quantize_layer_weights
 
 
 def _is(node: ir.Node | None, op_type: str) -> bool:
@@ -86,7 +87,8 @@ def _propagate_dq_forward(graph: ir.Graph, dq: ir.Node, outputs: set) -> None:
         node = pending.pop()
         if not _propagates(node) or node.outputs[0] in outputs:
             continue
-        readers = [(use.node, use.index) for use in node.outputs[0].uses() if not _is(use.node, "QuantizeLinear")]
+        readers = [(use.node, use.index) for use in node.outputs[0].uses()  # a subgraph's capture (index -1) keeps
+                   if use.index >= 0 and not _is(use.node, "QuantizeLinear")]  # reading the value itself
         if not readers:
             continue
         _insert_pair(graph, node.outputs[0], readers, dq)
@@ -94,8 +96,10 @@ def _propagate_dq_forward(graph: ir.Graph, dq: ir.Node, outputs: set) -> None:
 
 
 def propagate_qdq(model: ir.Model) -> ir.Model:
-    """A copy of ``model`` with onnxruntime's Q/DQ pairs inserted (main graph)."""
+    """A copy of ``model`` with onnxruntime's Q/DQ pairs inserted (main graph), after its quantization of
+    the float weights and biases of layers between Q/DQ (:mod:`.weight_bias_quantization`)."""
     model = model.clone()
+    quantize_layer_weights(model)
     graph = model.graph
     outputs = set(graph.outputs)
     for node in [n for n in graph if _is(n, "QuantizeLinear")]:

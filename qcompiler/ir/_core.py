@@ -442,6 +442,16 @@ class Graph:
             self._taken_names.add(value.name)
         return value
 
+    def drop_initializer(self, value: Value) -> bool:
+        """Delete the initializer ``value`` if nothing reads it and it is not a graph output or input; an
+        input with a default (an initializer of the same name, as exports before IR version 4 list every
+        weight) keeps it, so the model's interface is unchanged. True when it was deleted."""
+        if value.uses() or self.initializers.get(value.name) is not value \
+                or any(v is value for v in self.inputs) or any(v is value for v in self.outputs):
+            return False
+        del self.initializers[value.name]
+        return True
+
     def remove_unused_initializers(self) -> int:
         """Drop initializers nothing reads; returns how many were removed."""
         output_ids = set(map(id, self.outputs)) | set(map(id, self.inputs))
@@ -455,17 +465,19 @@ class Graph:
         self.replace_outputs({old: new})
 
     def replace_outputs(self, replacements: dict[Value, Value]) -> None:
-        """:meth:`replace_output` for every ``old: new`` pair, in one pass over the graph outputs.
+        """:meth:`replace_output` for every ``old: new`` pair, in one pass over the graph outputs (every
+        slot of an output listed more than once).
 
         A pass that replaces many outputs one by one would search the outputs once per value.
         """
         pending = dict(replacements)
         for position, old in enumerate(self.outputs):
-            new = pending.pop(old, None)
+            new = replacements.get(old)
             if new is not None:
-                name = old.name
-                old.name = self.unique_name(name + "_replaced")
-                new.name = name
+                if pending.pop(old, None) is not None:  # an output listed twice is renamed once
+                    name = old.name
+                    old.name = self.unique_name(name + "_replaced")
+                    new.name = name
                 self.outputs[position] = new
         if pending:
             raise InternalError(f"{next(iter(pending)).name!r} is not an output of graph {self.name!r}")

@@ -85,3 +85,111 @@ def test_avx2_profile_equals_onnxruntime_on_an_emulated_haswell(cnn_qdq, tmp_pat
     for name in names:
         np.testing.assert_array_equal(avx2[name], theirs[name], err_msg=name)
     assert any(not np.array_equal(exact[name], theirs[name]) for name in names)  # the case discriminates
+
+
+def test_a_float_layer_between_dequantize_and_quantize_runs_as_onnxruntime_quantizes_it():
+    """Issue 17's graph campaign: a Gemm with transA (kept float by the compiler) read a quantized input
+    and fed a quantized one; onnxruntime quantizes its float weight itself (WeightBiasQuantization,
+    int8 per tensor asymmetric) and runs QGemm, which the executor did not model (up to 72 LSB apart)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qcompiler
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Gemm", ["x", "w0"], ["g0"]),
+             helper.make_node("Transpose", ["g0"], ["t"], perm=[1, 0]),
+             helper.make_node("Gemm", ["t", "w1"], ["g1"], transA=1),
+             helper.make_node("Gemm", ["g1", "w2", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])],
+                              [numpy_helper.from_array(rng.normal(0, 0.4, s).astype(np.float32), n)
+                               for n, s in (("w0", (6, 6)), ("w1", (6, 9)), ("w2", (9, 5)), ("b2", (5,)))])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.normal(0, 3, (4, 6)).astype(np.float32)} for _ in range(4)]
+    model = qcompiler.compile(ir.from_proto(proto), None, calib=calib, objective="size")
+    first = next(n for n in model.graph if n.op_type == "Gemm" and n.attrs.get("transA"))
+    assert first.inputs[1].producer() is None and first.inputs[0].producer().op_type == "DequantizeLinear"
+    probe = expose_quantized_outputs(model, every=True)
+    interpreter = Interpreter(probe, profile=detect_target().name)
+    names = quantized_names(model)
+    for feed in calib[:2]:
+        ours, theirs = interpreter.run(feed), run_onnxruntime(probe, feed, optimize=True)
+        for name in names + ["y"]:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_a_gemm_with_alpha_and_a_bias_stays_unfused_as_in_onnxruntime():
+    """Issue 17's graph campaign: QGemm multiplies its int32 bias by alpha too, so onnxruntime fuses no
+    Gemm with a bias and alpha != 1 and runs it in float; the executor fused it (1 LSB apart)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qcompiler
+
+    rng = np.random.default_rng(5)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], alpha=0.5, transB=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 10])],
+                              [numpy_helper.from_array(rng.normal(0, 0.3, (10, 16)).astype(np.float32), "w"),
+                               numpy_helper.from_array(rng.normal(0, 1.0, 10).astype(np.float32), "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.normal(0, 2, (8, 16)).astype(np.float32)} for _ in range(4)]
+    model = qcompiler.compile(ir.from_proto(proto), None, calib=calib, objective="size")
+    gemm = next(n for n in model.graph if n.op_type == "Gemm")
+    assert gemm.inputs[2].producer().op_type == "DequantizeLinear"  # an int32 bias
+    probe = expose_quantized_outputs(model, every=True)
+    interpreter = Interpreter(probe, profile=detect_target().name)
+    assert not any(step.op == "QGemm" for step in interpreter.steps)
+    names = quantized_names(model)
+    for feed in calib:
+        ours, theirs = interpreter.run(feed), run_onnxruntime(probe, feed, optimize=True)
+        for name in names:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_propagation_leaves_a_subgraph_capture_alone():
+    """Issue 17's graph campaign: a Slice after a DequantizeLinear, whose output an If captures, got a
+    propagated Q/DQ pair for the capture too, wired as input -1 of the If: it replaced the condition."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qcompiler
+    from qcompiler.executor.propagation import propagate_qdq
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipelines import resolve
+
+    def branch(name, op, extra):
+        out = f"{name}_out"
+        return helper.make_graph([helper.make_node(op, ["s", *extra], [out])], name, [],
+                                 [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, 1, 4])])
+
+    rng = np.random.default_rng(7)
+    constants = {"starts": np.array([0]), "ends": np.array([1]), "axes": np.array([1]), "zero": np.float32(0),
+                 "gain": np.float32(1.5)}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "t"], ["m"]),
+             helper.make_node("Slice", ["m", "starts", "ends", "axes"], ["s"]),
+             helper.make_node("ReduceMean", ["s"], ["mean"], keepdims=0),
+             helper.make_node("Greater", ["mean", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Mul", ["gain"]),
+                              else_branch=branch("else", "Relu", []))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1, 4])],
+                              [numpy_helper.from_array(np.asarray(v, np.int64 if k in ("starts", "ends", "axes")
+                                                                  else np.float32), k) for k, v in constants.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.normal(0, 1, (2, 4, 3)).astype(np.float32)} for _ in range(4)]
+    # onnxruntime 1.32 with graph optimizations aborts the process on this model (an assertion in its
+    # optimizer; still open, see issue 17's notes), so check-kernels, which runs it so, is left out and
+    # the reference is onnxruntime without optimizations: the QDQ graph in float
+    options = CompileOptions(calib=calib, objective="size")
+    pipeline = resolve("int8", options)
+    pipeline.passes = [p for p in pipeline.passes if p.name != "check-kernels"]
+    model = qcompiler.compile(ir.from_proto(proto), None, pipeline=pipeline, options=options)
+    propagated = propagate_qdq(model)
+    if_node = next(n for n in propagated.graph if n.op_type == "If")
+    assert if_node.inputs[0].name == "cond"
+    for profile in ("exact", detect_target().name):
+        interpreter = Interpreter(model, profile=profile)
+        for feed in calib[:2]:
+            ours, theirs = interpreter.run(feed)["y"], run_onnxruntime(model, feed, optimize=False)["y"]
+            np.testing.assert_allclose(ours, theirs, atol=0.05 * np.abs(theirs).max())

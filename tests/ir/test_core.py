@@ -316,6 +316,32 @@ def test_replace_outputs_hands_each_slot_and_name_to_the_new_value():
         graph.replace_output(v["a"], v["x"])
 
 
+def test_replace_outputs_replaces_every_slot_of_an_output_listed_twice():
+    """Issue 17: the same tensor returned twice kept its second slot on the old value, renamed."""
+    model, v, n = chain_model()
+    graph = model.graph
+    graph.outputs.append(v["y"])
+    abs_ = Node("Abs", [v["y"]], [Value("y_abs", FLOAT, (2, 3))], name="abs")
+    graph.append(abs_)
+    graph.replace_outputs({v["y"]: abs_.outputs[0]})
+    assert graph.outputs == [abs_.outputs[0], abs_.outputs[0]]
+    assert [o.name for o in graph.outputs] == ["y", "y"]
+    ir.verify(model)
+
+
+def test_drop_initializer_keeps_one_that_is_read_returned_or_an_input_default():
+    graph = Graph("g")
+    default = graph.add_initializer(Value("d", const=np.zeros(2, np.float32)))
+    returned = graph.add_initializer(Value("r", const=np.zeros(2, np.float32)))
+    read = graph.add_initializer(Value("u", const=np.zeros(2, np.float32)))
+    unused = graph.add_initializer(Value("n", const=np.zeros(2, np.float32)))
+    graph.inputs.append(default)
+    graph.outputs.append(returned)
+    graph.append(Node("Abs", [read], [Value("a", FLOAT, (2,))]))
+    assert [graph.drop_initializer(v) for v in (default, returned, read, unused)] == [False, False, False, True]
+    assert set(graph.initializers) == {"d", "r", "u"}
+
+
 # -- verify() --------------------------------------------------------------------------------
 
 

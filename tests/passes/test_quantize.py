@@ -173,3 +173,33 @@ def test_quantized_model_keeps_interface_and_metadata():
     assert [i.name for i in proto.graph.input] == ["x"] and [o.name for o in proto.graph.output] == ["y"]
     assert {p.key: p.value for p in proto.metadata_props} == {"character": "abc"}
     assert TARGETS["x86-avx2"].weight_reduce_range and not TARGETS["x86-vnni"].weight_reduce_range
+
+
+def test_a_graph_input_returned_as_an_output_stays_the_input():
+    """Issue 17: the quantized input took over the output's name and the input was renamed, so the
+    model's input name changed; an input returned as an output is returned as it is."""
+    model = conv_model()
+    model.graph.outputs.append(model.graph.inputs[0])
+    feeds = random_feeds(model)
+    quantize(model, feeds)
+    assert [v.name for v in model.graph.inputs] == ["x"] and [v.name for v in model.graph.outputs] == ["y", "x"]
+    assert model.graph.outputs[1] is model.graph.inputs[0]
+    ir.verify(model)
+    np.testing.assert_array_equal(run_onnxruntime(model, feeds)[1], feeds["x"])
+
+
+def test_a_weight_that_is_also_a_graph_input_keeps_its_default():
+    """Issue 17: exports before IR version 4 list every initializer as an input (an input with a
+    default). Folding the quantized weight and the int32 bias deleted the float initializers, so the
+    inputs lost their defaults and became required; they keep them (unread: the quantized copy is used)."""
+    model = conv_model()
+    graph = model.graph
+    graph.inputs.extend([graph.initializers["w"], graph.initializers["b"]])
+    feeds = random_feeds(model)
+    expected = run_onnxruntime(model, feeds)[0]
+    quantize(model, feeds)
+    assert [v.name for v in graph.inputs] == ["x", "w", "b"] and {"w", "b"} <= set(graph.initializers)
+    ir.verify(model)
+    assert "QLinearConv" in fused_ops(model)
+    got = run_onnxruntime(model, feeds)[0]
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
