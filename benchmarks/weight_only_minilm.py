@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import onnx
 
 import qcompiler
-from minilm_accuracy import HERE, evaluate
+from minilm_accuracy import add_evaluator_arguments, evaluate
 
 MODEL = "minilm_l6"
 
@@ -44,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", default="32,128")
     parser.add_argument("--methods", default="rtn,hqq,awq,gptq,ort-rtn")
     parser.add_argument("--asymmetric", dest="symmetric", action="store_false")
-    parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
-    parser.add_argument("--evaluator-python",
-                        default=os.path.join(os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv"), "bin", "python"))
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler-weight-only-minilm")
-    parser.add_argument("--json", type=Path, help="write every number to this file")
+    add_evaluator_arguments(parser, "qcompiler-weight-only-minilm")
     args = parser.parse_args(argv)
 
     source = args.models_dir / f"{MODEL}.onnx"
