@@ -8,6 +8,7 @@ SQNR, the retrieval metric), with onnxruntime's ``MatMulNBitsQuantizer`` (RTN, i
 ``MODELS_DIR`` is laid out as the realmodels kit writes it (``minilm_l6.onnx``, calibration feeds in
 ``data/calib_npz/minilm_l6/``, which AWQ and GPTQ use). Every candidate is a MatMulNBits model (the
 embedding tables as blocked DequantizeLinear + Gather; onnxruntime's quantizer leaves them float).
+onnxruntime's quantizer imports ``onnx_ir`` (``pip install onnx-ir``). Results: ``results/weight_only_minilm.md``.
 """
 
 from __future__ import annotations
