@@ -22,6 +22,9 @@ One module per family:
 * ``weight_bits`` — WeightBits (4-bit weights in int8 storage)
 * ``check_kernels`` — CheckKernels (deployed integer kernels vs simulation; avoids int16 saturation)
 * ``mixed_precision`` — KeepOriginalModel, MixedPrecision (layers kept float under an output-error budget)
+* ``weight_rtn`` — WeightRTN (weight-only plan: 2/4/8-bit blocks, round to nearest)
+* ``weight_hqq``, ``weight_awq``, ``weight_gptq`` — WeightHQQ, WeightAWQ, WeightGPTQ (weight-only algorithms)
+* ``matmulnbits`` — LowerMatMulNBits (weight-only layers as onnxruntime's MatMulNBits)
 """
 
 from .adaround import AdaRound
@@ -38,12 +41,17 @@ from .fold_weights import FoldQuantizedWeights
 from .fuse_activations import FuseHardSwish
 from .insert_qdq import InsertQDQ
 from .latency_guard import KeepFloatReference, LatencyGuard
+from .matmulnbits import LowerMatMulNBits
 from .mixed_precision import KeepOriginalModel, MixedPrecision
 from .opset import UpgradeOpset
 from .range_search import CalibrateSearch, SearchWeightRanges
 from .shape_inference import InferShapes
 from .smoothquant import SmoothQuant
+from .weight_awq import WeightAWQ
 from .weight_bits import WeightBits
+from .weight_gptq import WeightGPTQ
+from .weight_hqq import WeightHQQ
+from .weight_rtn import WeightRTN
 
 __all__ = [
     "AdaRound",
@@ -59,6 +67,7 @@ __all__ = [
     "KeepOriginalModel",
     "MixedPrecision",
     "LatencyGuard",
+    "LowerMatMulNBits",
     "ConstantToInitializer",
     "CrossLayerEqualization",
     "HighBiasAbsorption",
@@ -74,5 +83,9 @@ __all__ = [
     "SmoothQuant",
     "SumToAdd",
     "UpgradeOpset",
+    "WeightAWQ",
     "WeightBits",
+    "WeightGPTQ",
+    "WeightHQQ",
+    "WeightRTN",
 ]

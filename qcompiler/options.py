@@ -22,6 +22,9 @@ from .calibration.observers import valid_percentile
 from .errors import UserError
 
 OBJECTIVES = ("latency", "size")
+WEIGHT_METHODS = ("rtn", "hqq", "awq", "gptq")
+WEIGHT_FORMATS = ("matmulnbits", "qdq")
+WEIGHT_BITS = (2, 4, 8)
 
 
 def _option(default: Any, flag: str, help: str, **argparse_options: Any) -> Any:  # noqa: A002 - argparse's word
@@ -53,6 +56,18 @@ class CompileOptions:
         "model; start with 0.005, an output SQNR of 23 dB); default: all int8", type=float, metavar="T")
     metric: Any = field(default=None, metadata={"help": "with sensitivity_threshold, an error callback "
                                                         "metric(reference, outputs) -> float (Python only)"})
+    weight_bits: int = _option(4, "--bits", "weight-only: bits per weight, 2, 4 or 8 (default 4)", type=int,
+                               choices=WEIGHT_BITS)
+    block_size: int = _option(128, "--block-size", "weight-only: weights per block along the input dimension, a "
+                              "power of two >= 16 (default 128); 0: one scale per output channel", type=int,
+                              metavar="B")
+    symmetric: bool = _option(True, "--asymmetric", "weight-only: asymmetric blocks (a zero point per block) "
+                              "instead of symmetric ones", action="store_false")
+    weight_method: str = _option("rtn", "--method", "weight-only algorithm: rtn, hqq (both need no data), awq or "
+                                 "gptq (need --calib); default rtn", choices=WEIGHT_METHODS)
+    weight_format: str = _option("matmulnbits", "--weight-format", "weight-only output: matmulnbits "
+                                 "(onnxruntime's com.microsoft::MatMulNBits, default) or qdq (standard opset-21 "
+                                 "blocked DequantizeLinear + MatMul)", choices=WEIGHT_FORMATS)
 
     def __post_init__(self) -> None:
         exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude or ())
@@ -75,6 +90,21 @@ class CompileOptions:
             raise UserError(f"sensitivity threshold must be a number >= 0, not {threshold!r}")
         if self.metric is not None and threshold is None:
             raise UserError("a metric is only used with a sensitivity threshold")
+        self._check_weight_only()
+
+    def _check_weight_only(self) -> None:
+        if self.weight_bits not in WEIGHT_BITS or isinstance(self.weight_bits, bool):
+            raise UserError(f"weight_bits must be one of {WEIGHT_BITS} (onnxruntime's MatMulNBits runs 2, 4 and 8 "
+                            f"bits), not {self.weight_bits!r}")
+        size = self.block_size
+        if isinstance(size, bool) or not isinstance(size, int) or (size and (size < 16 or size & (size - 1))):
+            raise UserError(f"block_size must be 0 (per output channel) or a power of two >= 16, not {size!r}")
+        if not isinstance(self.symmetric, bool):
+            raise UserError(f"symmetric must be True or False, not {self.symmetric!r}")
+        if self.weight_method not in WEIGHT_METHODS:
+            raise UserError(f"unknown weight_method {self.weight_method!r}; choose one of {', '.join(WEIGHT_METHODS)}")
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise UserError(f"unknown weight_format {self.weight_format!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
 
     def changed(self) -> set[str]:
         """The fields set to something other than their default."""
@@ -99,7 +129,8 @@ class CompileOptions:
 
 RESOURCES = {"calibration": "calib", "target": "target", "method": "calibration", "percentile": "percentile",
              "per_tensor": "per_tensor", "exclude": "exclude", "objective": "objective", "threads": "threads",
-             "sensitivity_threshold": "sensitivity_threshold", "metric": "metric"}
+             "sensitivity_threshold": "sensitivity_threshold", "metric": "metric", "bits": "weight_bits",
+             "block_size": "block_size", "symmetric": "symmetric"}
 """TOML resource names (``data = "@calibration"``) -> the option they read."""
 
 
@@ -111,4 +142,5 @@ def add_arguments(parser: argparse.ArgumentParser, only: Iterable[str] | None = 
             continue
         extra = {k: v for k, v in f.metadata.items() if k not in ("flag", "help")}
         default = [] if extra.get("action") == "append" else (False if extra.get("action") == "store_true" else None)
+        # store_false (--asymmetric): None when not given, so the dataclass default stays unchanged
         parser.add_argument(f.metadata["flag"], dest=f.name, help=f.metadata["help"], default=default, **extra)

@@ -219,6 +219,39 @@ def w4a8(options: CompileOptions) -> list[Pass]:
     ], options)
 
 
+WEIGHT_ONLY_OPTIONS = ("calib", "exclude", "weight_bits", "block_size", "symmetric", "weight_method", "weight_format")
+
+
+@named_pipeline("weight-only", honours=WEIGHT_ONLY_OPTIONS)
+def weight_only(options: CompileOptions) -> list[Pass]:
+    """Weight-only low-bit quantization (LLMs, transformers): 2/4/8-bit weight blocks, float activations.
+
+    Every MatMul/Gemm with a constant weight and every embedding Gather gets ``weight_bits`` weights in blocks
+    of ``block_size`` along the input dimension (0: per output channel), symmetric or not, chosen by
+    ``weight_method``: ``rtn`` (round to nearest) or ``hqq`` without data, ``awq`` or ``gptq`` with ``calib``.
+    ``weight_format`` ``matmulnbits`` writes the linear layers as onnxruntime's MatMulNBits and the embedding
+    tables (and a tied output projection sharing one) as blocked DequantizeLinear + Gather; ``qdq`` writes
+    every weight as a blocked DequantizeLinear of an integer initializer (opset 21; 25 for 2 bits).
+    """
+    from qcompiler import passes as lib
+
+    if options.weight_method in ("awq", "gptq") and options.calib is None:
+        raise UserError(f"weight_method {options.weight_method!r} needs calibration data (--calib DIR of .npz "
+                        "feeds); rtn and hqq need none")
+    method = {"rtn": [], "hqq": [lib.WeightHQQ()], "awq": [lib.WeightAWQ(data=options.calib)],
+              "gptq": [lib.WeightGPTQ(data=options.calib)]}[options.weight_method]
+    lowering = [lib.LowerMatMulNBits()] if options.weight_format == "matmulnbits" else []
+    return canonicalize() + [
+        lib.UpgradeOpset(target=25 if options.weight_bits == 2 else 21),
+        lib.WeightRTN(bits=options.weight_bits, block_size=options.block_size, symmetric=options.symmetric,
+                      exclude=list(options.exclude)),
+        *method,
+        *lowering,
+        lib.InsertQDQ(),
+        lib.FoldQuantizedWeights(),
+    ]
+
+
 @dataclass
 class Pipeline:
     """A resolved pipeline: its passes, the verification mode it asks for and the options it honours."""

@@ -78,6 +78,58 @@ def storage_dtype(dtype: int) -> np.dtype:
     return np.dtype(tensor_dtype_to_np_dtype(dtype))
 
 
+INTEGER_TYPES = {(2, True): TensorProto.INT2, (2, False): TensorProto.UINT2, (4, True): TensorProto.INT4,
+                 (4, False): TensorProto.UINT4, (8, True): TensorProto.INT8, (8, False): TensorProto.UINT8,
+                 (16, True): TensorProto.INT16, (16, False): TensorProto.UINT16}
+"""(bits, signed) -> the ONNX integer type."""
+
+
+def integer_type(bits: int, signed: bool) -> int:
+    """The ONNX integer type of ``bits`` bits (2, 4, 8 or 16), signed or not."""
+    try:
+        return INTEGER_TYPES[bits, signed]
+    except KeyError:
+        raise NotAnIntegerType(f"no {'signed' if signed else 'unsigned'} ONNX integer type of {bits} bits") from None
+
+
+def bit_width(dtype: int) -> int:
+    """The number of bits of an integer type of :data:`INTEGER_TYPES`."""
+    qmin, qmax = integer_range(dtype)
+    return (qmax - qmin).bit_length()
+
+
+def unsigned_offset(dtype: int) -> int:
+    """What maps ``dtype``'s values onto the unsigned type of the same width: ``-qmin`` (8 for int4, 0 for
+    uint4). ``q + offset`` with ``zero_point + offset`` is the same quantization in the unsigned type."""
+    return -integer_range(dtype)[0]
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned ``bits``-bit integers (2, 4 or 8) along the last axis into uint8, ``8 // bits`` values
+    per byte, the first one in the lowest bits; the last axis is zero-padded to whole bytes. This is the
+    layout of onnxruntime's ``MatMulNBits`` weights and zero points (and of ONNX's packed int4 tensors)."""
+    if bits not in (2, 4, 8):
+        raise ValueError(f"only 2, 4 and 8-bit values pack into whole bytes, not {bits}")
+    per_byte = 8 // bits
+    values = np.asarray(values).astype(np.uint8)
+    pad = -values.shape[-1] % per_byte
+    if pad:
+        values = np.concatenate([values, np.zeros(values.shape[:-1] + (pad,), np.uint8)], axis=-1)
+    grouped = values.reshape(values.shape[:-1] + (-1, per_byte))
+    packed = np.zeros(grouped.shape[:-1], np.uint8)
+    for j in range(per_byte):
+        packed |= (grouped[..., j] & ((1 << bits) - 1)) << np.uint8(bits * j)
+    return packed
+
+
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The first ``count`` unsigned values along the last axis of :func:`pack_bits`' bytes, as uint8."""
+    per_byte = 8 // bits
+    shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
+    values = (np.asarray(packed, np.uint8)[..., None] >> shifts) & np.uint8((1 << bits) - 1)
+    return values.reshape(values.shape[:-2] + (-1,))[..., :count]
+
+
 def channel_shape(ndim: int, axis: int | None) -> list[int]:
     """The shape that broadcasts a per-channel vector (scale, zero point) along ``axis`` of an
     ``ndim``-dimensional tensor: ``-1`` at ``axis``, 1 elsewhere (all 1 when ``axis`` is None)."""

@@ -1,0 +1,46 @@
+"""``weight-gptq``: GPTQ (Frantar et al. 2023) for every weight-only layer with calibration samples: the
+rounding error of each input channel compensated on the channels not yet quantized, with the inverse
+Hessian of the layer's inputs. The algorithm and its equations: ``qcompiler.weight_only.gptq``; samples of
+the inputs: ``qcompiler.weight_only.activations``. Layers without samples keep round to nearest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qcompiler.ir import Model
+from qcompiler.pass_manager import Pass, PassResult, register_pass
+from qcompiler.weight_only.activations import sample_inputs
+from qcompiler.weight_only.gptq import BATCH, DAMP, gptq, hessian
+from qcompiler.weight_only.layers import scheme_of
+
+from .weight_awq import calibrated_groups, require_data
+
+
+@register_pass("weight-gptq")
+class WeightGPTQ(Pass):
+    """GPTQ weights for every weight-only layer with calibration samples (after ``weight-rtn``)."""
+
+    data: Any = None
+    max_tokens: int = 2048
+    act_order: bool = True
+    damp: float = DAMP
+    batch: int = BATCH
+    needs = ("plan",)
+
+    def requires(self, model: Model) -> None:
+        require_data("weight-gptq", self.data, self.max_tokens)
+
+    def call(self, model: Model) -> PassResult:
+        groups = calibrated_groups(model)
+        samples = sample_inputs(model, list(groups), self.data, self.max_tokens) if groups else {}
+        changed = False
+        for x, group in groups.items():
+            if not samples[x].size:
+                continue
+            h = hessian(samples[x])
+            for layer in group:
+                layer.store(*gptq(layer.matrix(), h, scheme_of(layer.spec()), act_order=self.act_order,
+                                  damp=self.damp, batch=self.batch))
+                changed = True
+        return PassResult(model, changed)

@@ -1,0 +1,52 @@
+"""Weight-only quantization, RTN: start a weight-only plan with the min/max spec of every weight block.
+
+``weight-rtn`` picks the weight layers (``qcompiler.weight_only.layers``: MatMul/Gemm with a constant 2-D
+weight, and embedding Gathers unless ``embeddings = false``), gives each weight the round-to-nearest spec
+of the scheme (``bits``, ``block_size`` along K — 0: per output channel —, ``symmetric``) and leaves every
+activation float. ``weight-hqq``, ``weight-awq`` and ``weight-gptq`` refine those specs; ``lower-matmulnbits``
+or ``insert-qdq`` + ``fold-quantized-weights`` write them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+from qcompiler.errors import UserError
+from qcompiler.ir import Model
+from qcompiler.pass_manager import Pass, PassResult, register_pass
+from qcompiler.targets import get_target
+from qcompiler.weight_only.layers import BITS, find_layers, rtn, weight_scheme
+
+
+def check_scheme(name: str, bits: int, block_size: int) -> None:
+    """The user error for a weight-only scheme this compiler cannot write."""
+    if bits not in BITS:
+        raise UserError(f"{name}: weight-only quantization takes {', '.join(map(str, BITS))} bits, not {bits!r} "
+                        "(onnxruntime's MatMulNBits runs 2, 4 and 8 bits; ONNX has no 3-bit type)")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0 or block_size == 1:
+        raise UserError(f"{name}: block_size must be 0 (per output channel) or at least 2, not {block_size!r}")
+
+
+@register_pass("weight-rtn")
+class WeightRTN(Pass):
+    """Weight-only quantization by round to nearest (min/max per block); starts the plan."""
+
+    bits: int = 4
+    block_size: int = 128
+    symmetric: bool = True
+    exclude: list[str] = field(default_factory=list)
+    embeddings: bool = True
+    provides = ("plan", "ranges")  # weight-only: no activation waits for a range
+
+    def requires(self, model: Model) -> None:
+        check_scheme("weight-rtn", self.bits, self.block_size)
+
+    def call(self, model: Model) -> PassResult:
+        scheme = weight_scheme(self.bits, self.block_size, self.symmetric)
+        plan = model.plan
+        plan.start(get_target("auto"))
+        for layer in find_layers(model, self.exclude, self.embeddings):
+            layer.store(layer.matrix(), rtn(layer.matrix(), scheme)[1])
+            for node in layer.nodes:
+                plan.quantize_node(node)
+        return PassResult(model, bool(plan.layers))

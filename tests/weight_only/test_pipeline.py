@@ -1,0 +1,135 @@
+"""The ``weight-only`` pipeline end to end on a small transformer: both output forms run in onnxruntime and
+compute the same outputs, every bit width, block size and symmetry; the algorithms; size; options, CLI
+flags and user errors; the executor on MatMulNBits models."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import qcompiler
+from qcompiler.cli import main
+from qcompiler.errors import UserError
+from qcompiler.executor.interpreter import Interpreter
+
+
+def outputs(path, feeds):
+    """onnxruntime's outputs; its fusion of blocked DequantizeLinear + MatMul into MatMulNBits is told to
+    keep float activations (its default, accuracy level 4, quantizes them to int8), as MatMulNBits
+    written with accuracy_level 0 does."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [session.run(None, feed) for feed in feeds]
+
+
+def relative_error(got, reference):
+    return max(np.linalg.norm(g - r) / np.linalg.norm(r) for gs, rs in zip(got, reference, strict=True)
+               for g, r in zip(gs, rs, strict=True))
+
+
+def op_types(path):
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize("bits, block_size, symmetric", [
+    (4, 32, True), (4, 128, False), (4, 0, True), (4, 16, False), (8, 64, True), (8, 256, False), (2, 16, True),
+    (2, 32, False)])
+def test_both_formats_run_and_agree(tiny_transformer, tmp_path, bits, block_size, symmetric):
+    model, _, feeds = tiny_transformer
+    paths = {}
+    for fmt in ("matmulnbits", "qdq"):
+        paths[fmt] = tmp_path / f"{fmt}.onnx"
+        qcompiler.compile(model, paths[fmt], pipeline="weight-only", weight_bits=bits, block_size=block_size,
+                          symmetric=symmetric, weight_format=fmt)
+    nbits, qdq = outputs(paths["matmulnbits"], feeds), outputs(paths["qdq"], feeds)
+    for got, expected in zip(nbits, qdq, strict=True):
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    # untied linear layers became MatMulNBits; the table shared by the Gather and the tied Gemm is one
+    # blocked DequantizeLinear in both forms
+    assert op_types(paths["matmulnbits"]).count("MatMulNBits") == 5
+    assert "MatMulNBits" not in op_types(paths["qdq"])
+    dequantized = [n for n in onnx.load(str(paths["matmulnbits"])).graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dequantized) == 1 and {n.op_type for n in onnx.load(str(paths["matmulnbits"])).graph.node
+                                      if dequantized[0].output[0] in n.input} == {"Gather", "Gemm"}
+    error = relative_error(nbits, outputs(model, feeds))
+    assert error < {2: 2.0, 4: 0.35, 8: 0.02}[bits]  # 2 bits: three or four levels per block
+
+
+def test_four_bit_model_is_under_a_third_of_fp32(tiny_transformer, tmp_path):
+    model, _, _ = tiny_transformer
+    for fmt in ("matmulnbits", "qdq"):
+        out = tmp_path / f"{fmt}.onnx"
+        qcompiler.compile(model, out, pipeline="weight-only", block_size=32, weight_format=fmt)
+        assert out.stat().st_size < 0.3 * model.stat().st_size
+
+
+@pytest.mark.parametrize("method", ["hqq", "awq", "gptq"])
+def test_methods_beat_round_to_nearest(tiny_transformer, tmp_path, method):
+    model, calib, feeds = tiny_transformer
+    reference = outputs(model, feeds)
+    errors = {}
+    for name in ("rtn", method):
+        out = tmp_path / f"{name}.onnx"
+        qcompiler.compile(model, out, pipeline="weight-only", block_size=32, weight_method=name,
+                          calib=calib if name in ("awq", "gptq") else None)
+        errors[name] = relative_error(outputs(out, feeds), reference)
+    assert errors[method] < errors["rtn"]
+
+
+def test_awq_folds_or_inserts_its_scales(tiny_transformer, tmp_path):
+    model, calib, feeds = tiny_transformer
+    out = tmp_path / "awq.onnx"
+    qcompiler.compile(model, out, pipeline="weight-only", calib=calib, weight_method="awq", weight_format="qdq")
+    graph = onnx.load(str(out)).graph
+    # ln feeds q/k only: 1/s folds into the LayerNorm; h (also read by the residual Add), r (a Relu's
+    # output) and out (also reshaped for the tied head) get a Mul each, next to the model's own two Muls
+    assert sum(n.op_type == "Mul" for n in graph.node) == 2 + 3
+    layer_norm = next(n for n in graph.node if n.op_type == "LayerNormalization")
+    gamma = next(t for t in graph.initializer if t.name == layer_norm.input[1])
+    assert not np.allclose(onnx.numpy_helper.to_array(gamma), 1.5)
+
+
+def test_executor_runs_matmulnbits_models(tiny_transformer, tmp_path):
+    model, _, feeds = tiny_transformer
+    out = tmp_path / "nbits.onnx"
+    qcompiler.compile(model, out, pipeline="weight-only", block_size=32, symmetric=False)
+    ours = Interpreter(out).run(feeds[0])
+    theirs = outputs(out, feeds[:1])[0]
+    for name, expected in zip(("logits", "tied_logits"), theirs, strict=True):
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("fields, pattern", [
+    ({"weight_method": "awq"}, "needs calibration data"),
+    ({"weight_method": "gptq"}, "needs calibration data"),
+    ({"weight_bits": 3}, "weight_bits must be one of"),
+    ({"block_size": 24}, "power of two"),
+    ({"block_size": 8}, "power of two"),
+    ({"weight_format": "gguf"}, "unknown weight_format"),
+])
+def test_user_errors(tiny_transformer, tmp_path, fields, pattern):
+    model, _, _ = tiny_transformer
+    with pytest.raises(UserError, match=pattern):
+        qcompiler.compile(model, tmp_path / "out.onnx", pipeline="weight-only", **fields)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_other_pipelines_refuse_weight_only_options(tiny_transformer, tmp_path):
+    model, calib, _ = tiny_transformer
+    with pytest.raises(UserError, match="does not take weight_bits"):
+        qcompiler.compile(model, tmp_path / "out.onnx", pipeline="int8", calib=calib, weight_bits=8)
+
+
+def test_cli_flags(tiny_transformer, tmp_path, capsys):
+    model, _, feeds = tiny_transformer
+    out = tmp_path / "cli.onnx"
+    status = main(["compile", str(model), "-o", str(out), "--pipeline", "weight-only", "--bits", "8", "--block-size",
+                   "0", "--asymmetric", "--method", "hqq", "--weight-format", "qdq", "-q"])
+    assert status == 0
+    integers = [t for t in onnx.load(str(out)).graph.initializer if t.data_type == onnx.TensorProto.UINT8]
+    assert integers  # asymmetric: unsigned weights with zero points
+    assert relative_error(outputs(out, feeds), outputs(model, feeds)) < 0.02
