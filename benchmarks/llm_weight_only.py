@@ -119,14 +119,30 @@ def build(row: Row, src: Path, dst: Path, calib: Path) -> dict:
     return {"status": "ok", "compile_s": round(child.seconds, 1), "peak_mb": round(child.peak_mb)}
 
 
+def build_candidate(row: Row, work: Path, say) -> dict:
+    """Build the row's no-KV candidate once: ``candidates/NAME.onnx`` and ``NAME.build.json`` (the child's
+    time and memory), both renamed into place when complete, so a scoring run can use what a
+    ``--build-only`` run made meanwhile."""
+    model, kept = work / "candidates" / f"{row.name}.onnx", work / "candidates" / f"{row.name}.build.json"
+    if kept.exists():
+        return json.loads(kept.read_text())
+    say(f"{row.name}: building")
+    staging = model.with_suffix(".staging.onnx")
+    result = build(row, work / llm_export.NOKV, staging, work / "calib_npz")
+    if result["status"] == "ok":
+        staging.replace(model)
+    staging.with_suffix(".json").write_text(json.dumps(result))
+    staging.with_suffix(".json").replace(kept)
+    return result
+
+
 def score_row(row: Row, work: Path, tokens: np.ndarray, threads: int, force: bool, say) -> dict:
     kept = work / "rows" / f"{row.name}.json"
     if kept.exists() and not force:
         return json.loads(kept.read_text())
     model = work / "candidates" / f"{row.name}.onnx"
-    say(f"{row.name}: building")
-    result = {"name": row.name, "method": row.method, "bits": row.bits, "block": row.block,
-              "symmetric": row.symmetric, **build(row, work / llm_export.NOKV, model, work / "calib_npz")}
+    result = {"name": row.name, "method": row.method, "bits": row.bits, "block": row.block, "symmetric": row.symmetric}
+    result.update(build_candidate(row, work, say))
     if result["status"] == "ok":
         say(f"{row.name}: perplexity")
         start = time.perf_counter()
@@ -135,6 +151,7 @@ def score_row(row: Row, work: Path, tokens: np.ndarray, threads: int, force: boo
         result["size_ratio"] = round(model.stat().st_size / (work / llm_export.NOKV).stat().st_size, 4)
         result["size_mb"] = round(model.stat().st_size / 1e6, 1)
         model.unlink()  # the candidates are large; the row keeps what was measured
+        (work / "candidates" / f"{row.name}.build.json").unlink()
     say(f"{row.name}: {result}")
     kept.parent.mkdir(exist_ok=True)
     kept.write_text(json.dumps(result, indent=1))
@@ -225,6 +242,8 @@ def main() -> int:
     parser.add_argument("--latency", action="store_true", help="also measure prefill and decode latency")
     parser.add_argument("--latency-rows", default="ort_default-w4-b32-asym,qc_rtn-w4-b32-asym",
                         help="rows whose KV and no-KV models are timed against FP32")
+    parser.add_argument("--build-only", action="store_true",
+                        help="only build the selected rows' candidates (a scoring run picks them up)")
     parser.add_argument("--force", action="store_true", help="rebuild rows already kept in WORK/rows")
     args = parser.parse_args()
     from qcompiler.bench.report import machine, machine_label
@@ -236,6 +255,10 @@ def main() -> int:
     tokens = np.load(args.work / "eval_tokens.npy")
     patterns = args.only.split(",")
     selected = [row for row in ROWS if any(fnmatch.fnmatch(row.name, p) for p in patterns)]
+    if args.build_only:
+        for row in selected:
+            say(f"{row.name}: {build_candidate(row, args.work, say)}")
+        return 0
     fp32 = fp32_row(args.work, tokens, args.threads, args.force)
     say(f"fp32 perplexity {fp32['perplexity']}")
     for row in selected:
