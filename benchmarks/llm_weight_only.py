@@ -207,6 +207,21 @@ def latency(work: Path, export: dict, tokens: np.ndarray, threads: int, rows: li
     return results
 
 
+def best_by_setting(rows: list[dict]) -> dict:
+    """{(bits, block): {"qc": "method sym perplexity", "peer": ...}}, the lowest perplexity of each side."""
+    best: dict = {}
+    for row in rows:
+        if row.get("perplexity") is None or row["method"] == "fp32":
+            continue
+        side = "qc" if row["method"].startswith("qc_") else "peer"
+        entry = best.setdefault((row["bits"], row["block"]), {"qc": None, "peer": None, "qc_ppl": None,
+                                                              "peer_ppl": None})
+        if entry[f"{side}_ppl"] is None or row["perplexity"] < entry[f"{side}_ppl"]:
+            entry[f"{side}_ppl"] = row["perplexity"]
+            entry[side] = f"{row['method']} {'sym' if row['symmetric'] else 'asym'} {row['perplexity']:.3f}"
+    return dict(sorted(best.items(), key=lambda item: (-item[0][0], -item[0][1])))
+
+
 def markdown(report: dict) -> str:
     def number(value, digits=3):
         return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -222,6 +237,10 @@ def markdown(report: dict) -> str:
                      f"{number(row.get('perplexity'))} | {number(row.get('size_ratio'))} | "
                      f"{number(row.get('size_mb'), 1)} | {number(row.get('compile_s'), 1)} | "
                      f"{number(row.get('peak_mb'))} | {row['status']} |")
+    lines += ["", "Best per bits and block (acceptance line 1: qcompiler's best below every peer's):", "",
+              "| bits | block | best qcompiler | best onnxruntime / NNCF |", "|---|---|---|---|"]
+    for (bits, block), best in best_by_setting(report["rows"]).items():
+        lines.append(f"| {bits} | {block} | {best['qc'] or 'not available'} | {best['peer'] or 'not available'} |")
     if report.get("latency"):
         lines += ["", f"Latency (median, models in alternation): prefill {PREFILL_TOKENS} tokens without cache, "
                   f"decode 1 token after {DECODE_PAST} cached.", "",
@@ -251,6 +270,7 @@ def main() -> int:
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    args.work = args.work.resolve()  # the children run in scratch folders
     export = ensure_export(args.work)
     tokens = np.load(args.work / "eval_tokens.npy")
     patterns = args.only.split(",")
