@@ -87,17 +87,22 @@ def evaluate(python: str, evaluator: str, models_dir: Path, candidate_dir: Path,
         return json.loads(Path(out.name).read_text())
 
 
+def add_evaluator_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """--evaluator, --evaluator-python, --work (default: ``work`` in the temporary directory), --json."""
+    parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
+    parser.add_argument("--evaluator-python",
+                        default=os.path.join(os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv"), "bin", "python"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / work)
+    parser.add_argument("--json", type=Path, help="write every number to this file")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models_dir", type=Path)
     parser.add_argument("--model", default="minilm_l6")
     parser.add_argument("--target", default="auto")
     parser.add_argument("--variants", help="comma-separated variant numbers (1-based) to run; default all")
-    parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
-    parser.add_argument("--evaluator-python",
-                        default=os.path.join(os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv"), "bin", "python"))
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler-minilm-accuracy")
-    parser.add_argument("--json", type=Path, help="write every number to this file")
+    add_evaluator_arguments(parser, "qcompiler-minilm-accuracy")
     args = parser.parse_args(argv)
 
     calib = args.models_dir / "data" / "calib_npz" / args.model

@@ -25,4 +25,6 @@ class LowerMatMulNBits(Pass):
                             f"not {self.accuracy_level!r}")
 
     def call(self, model: Model) -> PassResult:
-        return PassResult(model, lower_to_matmulnbits(model, self.accuracy_level) > 0)
+        lowered = lower_to_matmulnbits(model, self.accuracy_level)
+        model.plan.reports.setdefault("weight_only", {})["matmulnbits"] = lowered
+        return PassResult(model, lowered > 0)

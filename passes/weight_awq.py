@@ -56,6 +56,7 @@ class WeightAWQ(Pass):
         require_data("weight-awq", self.data, self.max_tokens)
 
     def call(self, model: Model) -> PassResult:
+        model.plan.reports.setdefault("weight_only", {})["method"] = "awq"
         graph = model.graph
         schemes: dict[Node, Scheme] = {n: scheme_of(layer.spec()) for layer in quantized_layers(model)
                                        for n in layer.nodes}

@@ -32,6 +32,7 @@ class WeightGPTQ(Pass):
         require_data("weight-gptq", self.data, self.max_tokens)
 
     def call(self, model: Model) -> PassResult:
+        model.plan.reports.setdefault("weight_only", {})["method"] = "gptq"
         groups = calibrated_groups(model)
         samples = sample_inputs(model, list(groups), self.data, self.max_tokens) if groups else {}
         changed = False

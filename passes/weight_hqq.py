@@ -17,6 +17,7 @@ class WeightHQQ(Pass):
     needs = ("plan",)
 
     def call(self, model: Model) -> PassResult:
+        model.plan.reports.setdefault("weight_only", {})["method"] = "hqq"
         layers = quantized_layers(model)
         for layer in layers:
             spec = layer.spec()

@@ -45,8 +45,12 @@ class WeightRTN(Pass):
         scheme = weight_scheme(self.bits, self.block_size, self.symmetric)
         plan = model.plan
         plan.start(get_target("auto"))
-        for layer in find_layers(model, self.exclude, self.embeddings):
+        layers = find_layers(model, self.exclude, self.embeddings)
+        for layer in layers:
             layer.store(layer.matrix(), rtn(layer.matrix(), scheme)[1])
             for node in layer.nodes:
                 plan.quantize_node(node)
+        plan.reports["weight_only"] = {"bits": self.bits, "block_size": self.block_size, "symmetric": self.symmetric,
+                                       "method": "rtn", "weights": len(layers),
+                                       "parameters": sum(layer.weight.const.size for layer in layers)}
         return PassResult(model, bool(plan.layers))

@@ -126,12 +126,25 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.time_passes:
         print(timing.table(), file=sys.stderr)
     _print_reports(model)
-    print(_layer_summary(model, options.calib, original))
+    weight_only = model.plan.reports.get("weight_only")
+    print(describe_weight_only(weight_only, original, model) if weight_only and "bits" in weight_only else
+          _layer_summary(model, options.calib, original))
     quantized = sum(n.op_type == "QuantizeLinear" for n in model.graph)
     target = model.plan.target.name if model.plan.target is not None else "none"
     print(f"wrote {args.output}: target {target}, {before} -> {len(model.graph)} nodes, "
           f"{quantized} quantized activations, {time.perf_counter() - start:.2f}s")
     return 0
+
+
+def describe_weight_only(report: dict, original: ir.Model, model: ir.Model) -> str:
+    """The line a weight-only compile prints instead of the int8 per-layer table."""
+    before, after = ir.to_proto(original).ByteSize(), ir.to_proto(model).ByteSize()
+    blocks = f"blocks of {report['block_size']}" if report["block_size"] else "per output channel"
+    written = (f"{report['matmulnbits']} as MatMulNBits, the rest as blocked DequantizeLinear"
+               if "matmulnbits" in report else "as blocked DequantizeLinear")
+    return (f"weight-only {report['method']}: {report['weights']} weights ({report['parameters']:,} parameters) in "
+            f"{report['bits']}-bit {'symmetric' if report['symmetric'] else 'asymmetric'} {blocks}, {written}; "
+            f"size {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB ({after / before:.2f}x)")
 
 
 def _print_reports(model: ir.Model) -> None:

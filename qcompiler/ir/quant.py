@@ -19,8 +19,10 @@ and :func:`storage_dtype` (one table, one int4 storage convention: the ml_dtypes
 onnx itself uses, one element per byte), :func:`broadcast_param` (ONNX's per-axis and blocked layouts),
 :func:`quantize_values` / :func:`dequantize_values` (the ONNX operators' arithmetic, shared with the
 numpy reference kernels), :func:`quantize`, :func:`dequantize`, :func:`fake_quantize`, the int32 bias of
-a quantized layer (:func:`bias_scale`, :func:`quantize_bias`), and the Q/DQ form of a spec
-(:func:`qdq_attributes`, :func:`min_opset`).
+a quantized layer (:func:`bias_scale`, :func:`quantize_bias`), the Q/DQ form of a spec
+(:func:`qdq_attributes`, :func:`min_opset`), and packed sub-byte storage (:func:`integer_type`,
+:func:`bit_width`, :func:`unsigned_offset`, :func:`pack_bits` / :func:`unpack_bits`: onnxruntime's
+MatMulNBits layout).
 """
 
 from __future__ import annotations

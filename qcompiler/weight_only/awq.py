@@ -28,14 +28,19 @@ from ..ir.quant import tensor_range
 from .layers import matrix_axis, rtn
 
 GRID = 20
+SEARCH_COLUMNS = 4096
 CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(11))
 
 
 def input_scale(x: np.ndarray, weights: list[np.ndarray], scheme: Scheme, grid: int = GRID) -> np.ndarray:
     """The per-input-channel scale ``s`` (``[K]``) that minimizes the group's output error (see above);
-    all ones when no ``α > 0`` beats plain quantization."""
+    all ones when no ``α > 0`` beats plain quantization. The error of a layer wider than
+    :data:`SEARCH_COLUMNS` outputs is measured on that many of its columns (a fixed random sample)."""
     x = x.astype(np.float32)
     magnitude = np.maximum(np.abs(x).mean(axis=0), 1e-4)
+    rng = np.random.default_rng(0)  # wide layers (an output projection onto a vocabulary): a column sample
+    weights = [w[:, np.sort(rng.choice(w.shape[1], SEARCH_COLUMNS, replace=False))] if w.shape[1] > SEARCH_COLUMNS
+               else w for w in weights]
     references = [x @ w for w in weights]
     best, best_loss = np.ones_like(magnitude), np.inf
     for alpha in np.arange(grid) / grid:
@@ -58,12 +63,12 @@ def clipped(w: np.ndarray, x: np.ndarray, scheme: Scheme, ratios=CLIP_RATIOS) ->
     blocks = -(-w.shape[0] // size)
     pad = blocks * size - w.shape[0]
     xb = np.pad(x.astype(np.float64), ((0, 0), (0, pad))).reshape(len(x), blocks, size)
-    gram = np.einsum("tbi,tbj->bij", xb, xb)  # G_b = X_bᵀ X_b
+    gram = np.matmul(xb.transpose(1, 2, 0), xb.transpose(1, 0, 2))  # G_b = X_bᵀ X_b
     best_lo, best_hi, best_error = lo, hi, None
     for ratio in ratios:
         spec = scheme.spec_from_range(lo * ratio, hi * ratio, axis)
         delta = np.pad((w - fake_quantize(w, spec)).astype(np.float64), ((0, pad), (0, 0))).reshape(blocks, size, -1)
-        error = np.einsum("bin,bij,bjn->bn", delta, gram, delta)  # ||X_b ΔW_b||² per block and column
+        error = (delta * np.matmul(gram, delta)).sum(axis=1)  # ||X_b ΔW_b||² per block and column
         error = error if scheme.block_size else error[0]
         if best_error is None:
             best_error = error

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import QuantSpec, Scheme, fake_quantize
-from ..ir.quant import dequantize_values, quantize_values
+from ..ir.quant import quantize_values
 from .layers import block_params, rtn, to_blocks, with_block_params
 
 
@@ -32,36 +32,36 @@ def shrink_lp(x: np.ndarray, beta: float, p: float) -> np.ndarray:
     """The generalized soft-thresholding operator of the ``l_p`` proximal step."""
     magnitude = np.abs(x)
     with np.errstate(divide="ignore"):
-        threshold = np.where(magnitude > 0, magnitude ** (p - 1), 0.0) / beta
-    return np.sign(x) * np.maximum(magnitude - threshold, 0.0)
+        threshold = np.power(magnitude, np.float32(p - 1), dtype=np.float32) / np.float32(beta)  # inf at 0
+    return np.copysign(np.maximum(magnitude - threshold, 0, dtype=np.float32), x)
 
 
 def hqq(w: np.ndarray, scheme: Scheme, *, iterations: int = 20, p: float = 0.7, beta: float = 10.0,
         kappa: float = 1.01) -> tuple[np.ndarray, QuantSpec]:
     """(``w`` on the grid, its spec) for a ``[K, N]`` matrix under ``scheme`` (see the module docstring)."""
     _, spec = rtn(w, scheme)
-    blocks, mask = to_blocks(w.astype(np.float64), spec)
-    scale, zero_point = (a[:, None, :].astype(np.float64) for a in block_params(spec))
+    blocks, mask = to_blocks(w.astype(np.float32), spec)  # float32 throughout: tables of 10^7 weights
+    scale, zero_point = (a[:, None, :].astype(np.float32) for a in block_params(spec))
     qmin, qmax = spec.qmin, spec.qmax
 
     def quantize_blocks(s, z):
-        return quantize_values(blocks, s.astype(np.float32), z, spec.dtype).astype(np.float64)
+        return quantize_values(blocks, s, z, spec.dtype).astype(np.float32)
 
     def error(q, s, z):
-        return (((blocks - (q - z) * s) ** 2) * mask).sum(axis=1, keepdims=True)
+        return np.square((blocks - (q - z) * s) * mask).sum(axis=1, keepdims=True)
 
     q = quantize_blocks(scale, zero_point)
     best_scale, best_zero, best_error = scale.copy(), zero_point.copy(), error(q, scale, zero_point)
     for _ in range(iterations):
-        w_e = shrink_lp(blocks - dequantize_values(q, scale, zero_point, np.float64), beta, p)
+        w_e = shrink_lp(blocks - (q - zero_point) * scale, beta, p)
         target = blocks - w_e
         if not scheme.symmetric:
             z = ((q - target / scale) * mask).sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True)
-            zero_point = np.clip(np.rint(z), qmin, qmax)
+            zero_point = np.clip(np.rint(z), qmin, qmax).astype(np.float32)
         centred = (q - zero_point) * mask
         norm = (centred ** 2).sum(axis=1, keepdims=True)
         fitted = (target * centred).sum(axis=1, keepdims=True) / np.where(norm > 0, norm, 1.0)
-        scale = np.where((norm > 0) & (fitted > 0), fitted, scale)
+        scale = np.where((norm > 0) & (fitted > 0), fitted, scale).astype(np.float32)
         q = quantize_blocks(scale, zero_point)
         err = error(q, scale, zero_point)
         better = err < best_error

@@ -74,8 +74,8 @@ def test_register_returns_the_function_unchanged():
 BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "ConvTranspose", "DequantizeLinear", "Erf",
                                 "HardSigmoid", "LayerNormalization", "MatMulInteger", "MaxPool", "Mul", "QLinearConv",
                                 "QLinearMatMul", "QuantizeLinear", "Softmax", "Sub"]] + [
-    ("com.microsoft", op) for op in ["MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool",
-                                     "QLinearSoftmax"]]
+    ("com.microsoft", op) for op in ["MatMulIntegerToFloat", "MatMulNBits", "QGemm", "QLinearAdd",
+                                     "QLinearGlobalAveragePool", "QLinearSoftmax"]]
 JIT = ["ConvInteger", "DequantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear", "QGemm",
        "MatMulIntegerToFloat", "HardSigmoid"]
 JIT_TRANSCENDENTAL = ["Erf", "Softmax"]

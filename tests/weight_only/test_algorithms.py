@@ -90,3 +90,17 @@ def test_pack_bits_round_trip_and_layout(bits):
     np.testing.assert_array_equal(unpack_bits(packed, bits, 37), values)
     assert pack_bits(np.array([1, 2, 3, 0][: 8 // bits] if bits < 8 else [7]), bits)[0] == (
         {2: 1 | 2 << 2 | 3 << 4, 4: 1 | 2 << 4, 8: 7}[bits])  # first value in the lowest bits
+
+
+def test_awq_searches_wide_layers_on_a_column_sample():
+    """An output projection onto a vocabulary: the alpha search reads a sample of its columns."""
+    from qcompiler.weight_only.awq import SEARCH_COLUMNS
+
+    rng = np.random.default_rng(5)
+    x = correlated_inputs(5, tokens=256, k=64, outliers=2)
+    w = (rng.standard_normal((64, SEARCH_COLUMNS + 904)) * 0.05).astype(np.float32)
+    scheme = weight_scheme(4, 32, True)
+    s = input_scale(x, [w], scheme)
+    assert s.shape == (64,) and s[:2].mean() > s[2:].mean()
+    reference = x @ w
+    assert ((x / s) @ rtn(w * s[:, None], scheme)[0] - reference).var() < (x @ rtn(w, scheme)[0] - reference).var()
