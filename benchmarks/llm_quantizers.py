@@ -1,0 +1,100 @@
+"""The weight-only quantizers compared by ``llm_weight_only.py``, each run in a child process.
+
+Loaded by file path in the child (``qcompiler.bench.run_child``); it imports only numpy at the top, so a
+child's peak memory is its quantizer's. ``build(method, src, dst, bits, block, symmetric, calib)`` writes
+``dst`` and returns what the table should say about it.
+
+What each method does with the tied output projection (the export holds the embedding twice: the
+``Gather`` table of ``embed_tokens`` and, constant-folded, its transpose as the initializer of the last
+``MatMul``, the lm_head, 49152 x 576): every method quantizes every ``MatMul`` with a constant weight,
+the lm_head included, with the row's bits and block (NNCF with ``all_layers=True``, which it needs to
+treat the first and last layer like the others instead of keeping them at its 8-bit backup precision);
+the embedding ``Gather`` stays float32 for every method (onnxruntime quantizes ``Gather`` only in its
+DEFAULT method at 4 bits, as ``GatherBlockQuantized``; NNCF and qcompiler leave it alone here), so the
+size ratio counts a float embedding table in every row alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ORT_METHODS = ("ort_default", "ort_rtn", "ort_k_quant", "ort_hqq", "ort_gptq")
+QC_METHODS = ("qc_rtn", "qc_hqq", "qc_awq", "qc_gptq")
+METHODS = (*ORT_METHODS, "nncf_awq", *QC_METHODS)
+
+
+def calibration_feeds(calib: str) -> list[dict[str, np.ndarray]]:
+    feeds = []
+    for path in sorted(Path(calib).glob("*.npz")):
+        with np.load(path) as data:
+            feeds.append({key: data[key] for key in data.files})
+    return feeds
+
+
+class _Reader:
+    """onnxruntime ``CalibrationDataReader`` over the calibration feeds (GPTQ deep-copies it)."""
+
+    def __init__(self, feeds):
+        self.feeds, self.position = feeds, 0
+
+    def get_next(self):
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+    def rewind(self):
+        self.position = 0
+
+
+def ort(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool, calib: str) -> dict:
+    """onnxruntime's ``MatMulNBitsQuantizer`` with one of its algorithm configurations (MatMulNBits)."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    configs = {
+        "ort_default": lambda: mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, bits=bits),
+        "ort_rtn": lambda: mnq.RTNWeightOnlyQuantConfig(),
+        "ort_k_quant": lambda: mnq.KQuantWeightOnlyQuantConfig(),
+        "ort_hqq": lambda: mnq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits),
+        "ort_gptq": lambda: mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calibration_feeds(calib))),
+    }
+    quantizer = mnq.MatMulNBitsQuantizer(src, bits=bits, block_size=block, is_symmetric=symmetric,
+                                         algo_config=configs[method]())
+    quantizer.process()
+    quantizer.model.save_model_to_file(dst, use_external_data_format=False)
+    return {}
+
+
+def nncf_awq(src: str, dst: str, bits: int, block: int, symmetric: bool, calib: str) -> dict:
+    """NNCF ``compress_weights``: INT4 with AWQ on the calibration feeds, every layer at 4 bits."""
+    import nncf
+    import onnx
+
+    mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
+    feeds = calibration_feeds(calib)
+    compressed = nncf.compress_weights(onnx.load(src), mode=mode, ratio=1.0, group_size=block, all_layers=True,
+                                       awq=True, dataset=nncf.Dataset(feeds), subset_size=len(feeds))
+    onnx.save(compressed, dst)
+    return {}
+
+
+def qcompiler_weight_only(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool,
+                          calib: str) -> dict:
+    """qcompiler's ``weight-only`` pipeline (output as MatMulNBits)."""
+    import qcompiler
+
+    algorithm = method.removeprefix("qc_")
+    qcompiler.compile(src, dst, pipeline="weight-only", calib=calib if algorithm in ("awq", "gptq") else None,
+                      weight_bits=bits, block_size=block, symmetric=symmetric, weight_method=algorithm,
+                      weight_format="matmulnbits")
+    return {}
+
+
+def build(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool, calib: str) -> dict:
+    if method in ORT_METHODS:
+        return ort(method, src, dst, bits, block, symmetric, calib)
+    if method == "nncf_awq":
+        return nncf_awq(src, dst, bits, block, symmetric, calib)
+    return qcompiler_weight_only(method, src, dst, bits, block, symmetric, calib)
