@@ -99,8 +99,14 @@ P = TypeVar("P", bound=type[Pass])
 
 
 def order_error(pass_: Pass, fact: str, why: str) -> PipelineOrderError:
-    """The user error for ``pass_`` missing ``fact``, naming the registered passes that provide it."""
+    """The user error for ``pass_`` missing ``fact``, naming the registered passes that provide it.
+
+    A pass that starts a new plan as well (``assign-dynamic`` and ``weight-rtn`` provide ranges by needing
+    none) is named only when no other pass provides the fact: a pipeline missing its calibration is told
+    to calibrate, not to switch to another scheme."""
     providers = [name for name in default_registry.names() if fact in default_registry.get(name).provides]
+    if fact != "plan":
+        providers = [n for n in providers if "plan" not in default_registry.get(n).provides] or providers
     hint = f"; run {' or '.join(providers)} before it" if providers else ""
     return PipelineOrderError(f"pipeline order: {pass_.display_name()} needs {FACTS[fact][0]} ({fact}), "
                               f"but {why}{hint}")
