@@ -78,3 +78,17 @@ def test_readme_python_snippet_from_the_checkout_root(mode, tmp_path):
     done = _run_in_root(mode, "-c", snippet)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "model.canonical.onnx").is_file() and (tmp_path / "model.int8.onnx").is_file()
+
+
+def test_every_package_of_the_checkout_is_installed_by_pip_install():
+    """``pip install .`` (non-editable, as CI runs it) installs only the packages pyproject.toml lists: a new
+    subpackage missing there imports in an editable install and fails everywhere else."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"qcompiler": ROOT / "qcompiler", "qcompiler.passes": ROOT / "passes",
+               "qcompiler.kernels": ROOT / "kernels"}
+    found = {prefix + "".join("." + part for part in init.parent.relative_to(folder).parts)
+             for prefix, folder in folders.items() for init in folder.rglob("__init__.py")
+             if "__pycache__" not in init.parts}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
