@@ -19,19 +19,9 @@ from qcompiler.ir import Model, Node, Scheme, Value
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.weight_only.activations import sample_inputs
 from qcompiler.weight_only.awq import GRID, clipped, input_scale
-from qcompiler.weight_only.layers import WeightLayer, find_layers, quantized_layers, rtn, scheme_of
+from qcompiler.weight_only.layers import WeightLayer, calibrated_groups, find_layers, quantized_layers, rtn, scheme_of
 
 from .smoothquant import _insert_mul, folding
-
-
-def calibrated_groups(model: Model) -> dict[Value, list[WeightLayer]]:
-    """The quantized weight layers read by MatMul/Gemm only, all of them reading one activation, by that
-    activation (for the layer-output searches of AWQ and GPTQ)."""
-    groups: dict[Value, list[WeightLayer]] = {}
-    for layer in quantized_layers(model):
-        if len(layer.inputs) == 1 and len(layer.linear_nodes) == len(layer.nodes):
-            groups.setdefault(layer.inputs[0], []).append(layer)
-    return groups
 
 
 def require_data(name: str, data: Any, max_tokens: int) -> None:

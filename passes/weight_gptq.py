@@ -12,9 +12,9 @@ from qcompiler.ir import Model
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.weight_only.activations import sample_inputs
 from qcompiler.weight_only.gptq import BATCH, DAMP, gptq, hessian
-from qcompiler.weight_only.layers import scheme_of
+from qcompiler.weight_only.layers import calibrated_groups, scheme_of
 
-from .weight_awq import calibrated_groups, require_data
+from .weight_awq import require_data
 
 
 @register_pass("weight-gptq")

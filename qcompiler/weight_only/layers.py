@@ -153,6 +153,16 @@ def quantized_layers(model: Model) -> list[WeightLayer]:
     return [layer for layer in find_layers(model) if layer.weight.quant is not None]
 
 
+def calibrated_groups(model: Model) -> dict[Value, list[WeightLayer]]:
+    """The quantized weight layers read by MatMul/Gemm only, all of them reading one activation, by that
+    activation (for the layer-output searches of AWQ and GPTQ)."""
+    groups: dict[Value, list[WeightLayer]] = {}
+    for layer in quantized_layers(model):
+        if len(layer.inputs) == 1 and len(layer.linear_nodes) == len(layer.nodes):
+            groups.setdefault(layer.inputs[0], []).append(layer)
+    return groups
+
+
 def to_blocks(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
     """A ``[K, N]`` matrix as ``[blocks, block, N]`` (zero-padded: the last block may be partial) and the
     mask of its real rows, for arithmetic per block of ``spec`` (one block per channel)."""
