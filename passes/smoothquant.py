@@ -297,7 +297,7 @@ class SmoothQuant(Pass):
             if apply is not None:
                 apply(1.0 / scales)
             else:
-                _insert_mul(graph, x, layers, 1.0 / scales)
+                insert_mul(graph, x, layers, 1.0 / scales)
                 entry["explicit_mul"] = reason
             report.append(entry)
             changed = True
@@ -331,7 +331,7 @@ class SmoothQuant(Pass):
         return smoothing_scales(stat.absmax, weight_max, best_alpha), best_alpha, best_error / baseline
 
 
-def _insert_mul(graph: Graph, x: Value, layers: list[Node], inverse: np.ndarray) -> None:
+def insert_mul(graph: Graph, x: Value, layers: list[Node], inverse: np.ndarray) -> None:
     """``Mul(x, 1/s)`` right after x's producer, read by ``layers`` only."""
     factor = graph.add_initializer(Value(graph.unique_name(f"{x.name}_smooth_scale"), const=inverse.astype(np.float32)))
     out = Value(graph.unique_name(f"{x.name}_smoothed"), x.dtype, x.shape)

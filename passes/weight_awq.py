@@ -21,7 +21,7 @@ from qcompiler.weight_only.activations import sample_inputs
 from qcompiler.weight_only.awq import GRID, clipped, input_scale
 from qcompiler.weight_only.layers import WeightLayer, calibrated_groups, find_layers, quantized_layers, rtn, scheme_of
 
-from .smoothquant import _insert_mul, folding
+from .smoothquant import insert_mul, folding
 
 
 def require_data(name: str, data: Any, max_tokens: int) -> None:
@@ -68,7 +68,7 @@ class WeightAWQ(Pass):
             if apply is not None:
                 apply(1.0 / s)
             else:
-                _insert_mul(graph, x, readers, 1.0 / s)
+                insert_mul(graph, x, readers, 1.0 / s)
         for layer in find_layers(model):  # again: folds may have given weights new values
             if layer.nodes[0] not in schemes:
                 continue
