@@ -403,9 +403,8 @@ class Graph:
         if node.graph is not self:
             raise InternalError(f"{node!r} is not a node of graph {self.name!r}")
 
-    def _adopt(self, nodes: Iterable[Node]) -> list[Node]:
+    def _adopt(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
         """Claim ``nodes`` for this graph, all or none (they must belong to no graph, each once)."""
-        nodes = list(nodes)
         for node in nodes:
             if node.graph is not None:
                 raise InternalError(f"{node!r} already belongs to a graph")

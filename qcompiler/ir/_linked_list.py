@@ -78,7 +78,8 @@ class LinkedSet(Generic[T]):
 
     def _splice(self, after: _Link[T], items: Iterable[T]) -> None:
         """Link ``items`` in order between ``after`` and its successor."""
-        items = list(items)
+        if not isinstance(items, (tuple, list)):
+            items = list(items)
         links = self._links
         if not links.keys().isdisjoint(items):
             raise ValueError(f"{next(item for item in items if item in links)!r} is already a member")
