@@ -1,7 +1,8 @@
 """Constant folding with onnx-graphsurgeon.
 
 Every node whose inputs are all constant is evaluated once (graphsurgeon runs the constant subgraph
-in onnxruntime) and replaced by an initializer; ``Shape`` of a statically shaped tensor folds too.
+in onnxruntime) and replaced by an initializer (graphsurgeon gets the weights no such node reads as
+placeholders: nothing is copied); ``Shape`` of a statically shaped tensor folds too.
 Results larger than ``size_threshold`` bytes are not folded, so a small ``Expand`` does not become a
 huge initializer. Nodes left dead are removed. Subgraphs are left as they are. Initializers count as
 constants even when they are also listed as graph inputs (an IR >= 4 overridable default), which is
@@ -23,7 +24,8 @@ from collections.abc import Iterator
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.ir import Model, Value, from_proto, to_proto
+from qcompiler.ir import Model, Value
+from qcompiler.ir.serde import from_weightless, weightless_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -37,11 +39,12 @@ class FoldConstants(Pass):
     def call(self, model: Model) -> PassResult:
         if not any(_foldable(node, model) for node in model.graph):
             return PassResult(model, False)
-        graph = gs.import_onnx(to_proto(model))
+        read = _read_by_constant_nodes(model)
+        graph = gs.import_onnx(weightless_proto(model, keep=lambda value: value.name in read))
         with quiet_onnxruntime_sessions():
             graph.fold_constants(size_threshold=self.size_threshold, recurse_subgraphs=False,
                                  error_ok=True).cleanup(remove_unused_graph_inputs=False)
-        folded = from_proto(gs.export_onnx(graph, do_type_check=False))
+        folded = from_weightless(gs.export_onnx(graph, do_type_check=False), model)
         if len(folded.graph) >= len(model.graph):
             return PassResult(model, False)
         docs = {node.name: node.doc_string for node in model.graph if node.doc_string}
@@ -59,6 +62,21 @@ class FoldConstants(Pass):
         model.update_from(folded)
         model.opset_imports, model.functions = opsets, functions
         return PassResult(model, True)
+
+
+def _read_by_constant_nodes(model: Model) -> set[str]:
+    """Names of the initializers that nodes computing from constants only read (transitively: a node reading
+    the output of such a node and initializers counts): the only weights folding evaluates. The others go
+    to graphsurgeon as placeholders (``weightless_proto``), so the weights are never copied."""
+    constant = set(model.graph.initializers)
+    read: set[str] = set()
+    for node in model.graph:
+        inputs = [v for v in node.inputs if v is not None]
+        if node.has_subgraphs() or not (node.op_type == "Constant" or inputs and all(v.name in constant for v in inputs)):
+            continue
+        read.update(v.name for v in inputs if v.const is not None)
+        constant.update(v.name for v in node.outputs if v is not None)
+    return read
 
 
 def _foldable(node, model: Model) -> bool:

@@ -2,7 +2,8 @@
 
 Per-channel QuantizeLinear/DequantizeLinear (the ``axis`` attribute) exist from opset 13 on, so a
 per-channel quantizer needs at least 13; int16 and int4 QDQ need 21. The conversion is done by
-``onnx.version_converter``; a model it cannot convert gets a clear error naming the reason. Models
+``onnx.version_converter`` on a copy without the weights (``qcompiler.ir.serde.weightless_proto``: they are
+taken back by name, never copied); a model it cannot convert gets a clear error naming the reason. Models
 older than IR version 7 are raised to 7, the IR version of opset 13.
 """
 
@@ -13,7 +14,8 @@ import onnx.defs
 import onnx.version_converter
 
 from qcompiler.errors import PipelineConfigError, UnsupportedModelError
-from qcompiler.ir import Model, from_proto, to_proto
+from qcompiler.ir import Model
+from qcompiler.ir.serde import from_weightless, weightless_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -41,13 +43,13 @@ class UpgradeOpset(Pass):
             )
         names = {node.name: node.doc_string for node in model.graph if node.doc_string}
         try:
-            converted = onnx.version_converter.convert_version(to_proto(model), self.target)
+            converted = onnx.version_converter.convert_version(weightless_proto(model), self.target)
         except Exception as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedModelError(
                 f"cannot upgrade the model from opset {model.opset} to {self.target}: {first_line}"
             ) from exc
-        upgraded = from_proto(converted)
+        upgraded = from_weightless(converted, model)
         for node in upgraded.graph:
             node.doc_string = node.doc_string or names.get(node.name, "")
         model.update_from(upgraded)

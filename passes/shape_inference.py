@@ -13,7 +13,7 @@ import onnx
 import onnx.shape_inference
 
 from qcompiler.ir import Model, to_proto
-from qcompiler.ir.serde import apply_value_info
+from qcompiler.ir.serde import apply_value_info, is_shape_data
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -24,7 +24,7 @@ class InferShapes(Pass):
     preserves_semantics = True
 
     def call(self, model: Model) -> PassResult:
-        proto = to_proto(model, include_data=_small)
+        proto = to_proto(model, include_data=is_shape_data)  # weights: type and dims only
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
                                                          data_prop=True)
@@ -42,13 +42,6 @@ class InferShapes(Pass):
                 apply_value_info(value, _merged(value, info))
             changed |= (value.dtype, value.shape, value.type_proto) != known
         return PassResult(model, changed)
-
-
-def _small(value) -> bool:
-    """Initializers whose data shape inference may read (shape and axis tensors); the data of the
-    others (weights) is left out: inference needs their type and dims only, and copying tens of
-    megabytes of weights into a proto and through the C++ inference dominated this pass."""
-    return value.const.size <= 1024
 
 
 def _merged(value, info: onnx.ValueInfoProto) -> onnx.ValueInfoProto:

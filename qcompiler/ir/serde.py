@@ -40,7 +40,7 @@ from onnx import AttributeProto, numpy_helper
 
 from ..errors import ModelLoadError, ModelSaveError, UnsupportedModelError
 from ._core import Graph, Model, Node, Value, captured_names
-from .external_data import MAP_BYTES, DataFiles, TensorWriter, file_mode, replace_pair
+from .external_data import MAP_BYTES, DataFiles, TensorWriter, external_location, file_mode, replace_pair
 
 PROTOBUF_LIMIT = 2**31 - 1
 """Largest serialized protobuf message; larger models need external data."""
@@ -310,6 +310,55 @@ def to_proto(model: Model, include_data: Callable[[Value], bool] | None = None,
     proto.graph.CopyFrom(_graph_to_proto(model.graph, include_data, writer))
     proto.functions.extend(model.functions)
     return proto
+
+
+SHAPE_DATA_ELEMENTS = 1024
+"""Initializers up to this many elements may be shape or axis data that graph tools read (shape inference,
+the version converter's adapters); larger ones are weights they only need the type and dims of."""
+
+_KEPT = "qcompiler:kept-in-memory"
+
+
+def is_shape_data(value: Value) -> bool:
+    """Whether a tool that rewrites or analyses the graph may need ``value``'s data (see :data:`SHAPE_DATA_ELEMENTS`)."""
+    return value.const.size <= SHAPE_DATA_ELEMENTS
+
+
+def weightless_proto(model: Model, keep: Callable[[Value], bool] | None = None) -> onnx.ModelProto:
+    """``model`` as a ModelProto whose weights (initializers past :data:`SHAPE_DATA_ELEMENTS`, except those
+    ``keep`` names) are left out: type, dims and an external-data marker only, so a tool that rewrites the
+    graph (the version converter, graphsurgeon's constant folding) runs on a copy without the weights;
+    :func:`from_weightless` takes them back from ``model`` without a copy. A model of gigabytes would
+    otherwise go through protobuf and the tool several times whole."""
+    def with_data(value: Value) -> bool:
+        return is_shape_data(value) or (keep is not None and keep(value))
+
+    proto = to_proto(model, include_data=with_data)
+    for tensor in proto.graph.initializer:
+        value = model.graph.initializers[tensor.name]
+        if not with_data(value):
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.external_data.add(key="location", value=_KEPT)
+            tensor.doc_string = value.doc_string
+    return proto
+
+
+class _Kept:
+    """The arrays :func:`weightless_proto` left out, handed back by name (``from_proto``'s ``data``)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def array(self, tensor: onnx.TensorProto) -> np.ndarray:
+        if external_location(tensor)[0] != _KEPT or tensor.name not in self.model.graph.initializers:
+            raise ModelLoadError(f"initializer {tensor.name!r} has external data of its own")
+        return self.model.graph.initializers[tensor.name].const
+
+
+def from_weightless(proto: onnx.ModelProto, model: Model, where: str = "<model>") -> Model:
+    """The IR of ``proto``, a :func:`weightless_proto` of ``model`` that a tool rewrote: each weight left out
+    is ``model``'s array of the same name (shared, not copied)."""
+    return from_proto(proto, where, data=_Kept(model))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 
 from qcompiler import ir
-from qcompiler.ir.testing import parse, run_onnxruntime
+from qcompiler.ir.testing import parse, run_onnxruntime, tensor_text
 from qcompiler.passes import FoldConstants
 
 SHAPE_CHAIN = """
@@ -137,3 +137,23 @@ def test_quiet_sessions_keep_errors_and_given_options():
         given = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     assert quiet.get_session_options().log_severity_level == 3  # errors are still logged
     assert given.get_session_options().log_severity_level == 1
+
+
+def test_weights_that_no_constant_node_reads_are_not_copied(run_checked):
+    """graphsurgeon gets the weights that folding does not evaluate as placeholders: the folded model holds
+    the same arrays (a multi-gigabyte model is not copied); a weight a constant chain reads is folded."""
+    rng = np.random.default_rng(0)
+    w, k = (rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2))
+    m = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N,64] x) => (float[N,64] y) <{tensor_text("w", w)}, {tensor_text("k", k)}> {{
+      wt = Transpose(w)
+      h = MatMul(x, wt)
+      y = MatMul(h, k)
+    }}""")
+    kept = m.graph.initializers["k"].const
+    assert run_checked(m, FoldConstants()).modified
+    assert ops(m) == ["MatMul", "MatMul"]
+    first, second = m.graph.nodes
+    np.testing.assert_array_equal(first.inputs[1].const, w.T)
+    assert second.inputs[1].const is kept

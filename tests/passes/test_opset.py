@@ -9,7 +9,7 @@ import pytest
 
 from qcompiler import ir
 from qcompiler.errors import UnsupportedModelError
-from qcompiler.ir.testing import parse
+from qcompiler.ir.testing import parse, tensor_text
 from qcompiler.pass_manager import PassManager
 from qcompiler.passes import UpgradeOpset
 
@@ -114,3 +114,17 @@ def test_target_that_is_no_opset_is_a_pipeline_error(tmp_path, target, capsys):
     assert err.startswith("qcompiler: error: ") and "Traceback" not in err
     assert err.endswith(f"pass 'upgrade-opset' field 'target' must be an ONNX opset version (an integer >= 1), got {target}")
     assert not out.exists()
+
+
+def test_upgrade_converts_without_copying_the_weights(run_checked):
+    """The version converter sees the weights as placeholders; the upgraded model holds the same arrays."""
+    weight = np.random.default_rng(0).standard_normal((48, 48)).astype(np.float32)
+    m = parse(f"""
+    <ir_version: 7, opset_import: ["" : 11]>
+    g (float[2,48] x) => (float[2,1,48] y) <{tensor_text("w", weight)}> {{
+      h = MatMul(x, w)
+      y = Unsqueeze <axes = [1]> (h)
+    }}""")
+    kept = m.graph.initializers["w"].const
+    assert run_checked(m, UpgradeOpset(target=21)).modified
+    assert m.opset == 21 and m.graph.initializers["w"].const is kept
