@@ -22,8 +22,9 @@ from qcompiler.errors import UserError
 from qcompiler.ir import Model, onnxruntime_model, to_proto
 from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
-from qcompiler.placement import (LatencyCache, Region, choose, compare, cut_errors, default_cache_path, machine_key,
-                                 partition, predicted_ms, region_subgraphs, subgraph_key, whole_model_ms)
+from qcompiler.placement import (Comparison, LatencyCache, Region, choose, compare, cut_errors, default_cache_path,
+                                 machine_key, partition, predicted_ms, region_subgraphs, subgraph_key, touching,
+                                 units, whole_model_ms)
 from qcompiler.sensitivity import Evaluator, name_nodes
 
 from .structure import require_regions
@@ -62,6 +63,7 @@ class LatencyPlacement(Pass):
     per_channel: bool = True
     float_linear_outputs: bool = False
     region: str = ""  # as assign-precision's
+    max_units: int = 64  # layers measured alone, in regions slower in int8 (largest weights first)
     idempotent = False
     needs = ("plan", "ranges")
 
@@ -86,16 +88,19 @@ class LatencyPlacement(Pass):
         float_proto, int8_proto = to_proto(evaluator.base), to_proto(int8_model)
         types = {v.name: v.dtype for m in (evaluator.base, int8_model) for v in m.graph.values() if v.dtype}
         feed = next(iter(open_calibration(self.data, model_inputs(model))))
-        cuts = {r.index: region_subgraphs(r, float_proto, int8_proto, types, {}) for r in regions}
+        candidates = units(model, regions, len(regions))
+        cuts = {r.index: region_subgraphs(r, float_proto, int8_proto, types, {}) for r in regions + candidates}
         wanted = list(dict.fromkeys(x for pair in cuts.values() for sub in pair for x in sub.inputs))
         tensors = _capture(evaluator.base, wanted, feed)
         shapes = {k: v.shape for k, v in tensors.items()}
         cache = LatencyCache(self.cache or default_cache_path(), machine_key(self.threads))
-        comparisons, rows = {}, []
         ops = {n.name: n.op_type for n in model.graph}
-        for region in regions:
-            row = {"region": region.index, "layers": len(region.layers), "ops": _describe(region, ops),
-                   "first": region.layers[0]}
+        comparisons: dict[int, Comparison | None] = {}
+        rows = []
+
+        def measure(region: Region) -> None:
+            row = {"region": region.index, "parent": region.parent, "layers": len(region.layers),
+                   "ops": _describe(region, ops), "first": region.layers[0]}
             try:
                 pair = region_subgraphs(region, float_proto, int8_proto, types, shapes)
                 fed = {x: tensors[x] for x in dict.fromkeys(pair[0].inputs + pair[1].inputs)}
@@ -110,26 +115,37 @@ class LatencyPlacement(Pass):
                 row["source"] = f"not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             comparisons[region.index] = comparison
             rows.append({**row, **(asdict(comparison) if comparison else {})})
+
+        for region in regions:
+            measure(region)
+        slower = {r.index for r in regions if comparisons[r.index] is not None and not comparisons[r.index].int8}
+        for unit in [u for u in candidates if u.parent in slower][:self.max_units]:
+            measure(unit)
         whole_key = subgraph_key((float_proto,), feed)
         whole = cache.get(whole_key)
         if whole is None:
             whole = {"float_ms": whole_model_ms(float_proto.SerializeToString(), feed, threads=self.threads)}
             cache.put(whole_key, whole)
         cache.save()
-        chosen = choose(regions, comparisons)
+        measured_units = [u for u in candidates if u.index in comparisons]
+        chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))
         kept = {r.index for r in chosen}
         for row in rows:
             row["choice"] = "int8" if row["region"] in kept else "float"
-        rejected = [name for r in regions if r.index not in kept for name in r.layers]
+        int8_nodes = {n for r in chosen for n in r.nodes}  # every node of a float region is excluded by name,
+        rejected = [name for r in regions if r.index not in kept for name in r.nodes if name not in int8_nodes]
+        # pass-through ops included, so int8 layers alone do not join up through them again
         plan.reports["latency_placement"] = {
             "machine": cache.machine, "cache": str(cache.path), "float_ms": whole["float_ms"],
             "predicted_ms": predicted_ms(whole["float_ms"], chosen, comparisons), "regions": rows,
-            "int8_regions": len(chosen), "measured": sum(r["source"] == "measured" for r in rows),
+            "int8_regions": sum(r.parent is None for r in chosen), "int8_units": sum(r.parent is not None for r in chosen),
+            "all_int8": all(r.index in kept for r in regions), "regions_total": len(regions),
+            "measured": sum(r["source"] == "measured" for r in rows),
             "seconds": time.perf_counter() - start}
         if not rejected:
             return PassResult(model, renamed)
         built = evaluator.build(rejected)
-        expected = {n.name for n in plan.layers} - set(rejected)
+        expected = {n.name for n in plan.layers} - set(rejected)  # (absorbed activations are layers too)
         if {n.name for n in built.plan.layers} != expected:
             plan.reports["latency_placement"]["rebuilt_layers_differ"] = sorted(
                 expected ^ {n.name for n in built.plan.layers})

@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -57,20 +56,17 @@ from .ir import Model, Node, Value
 T_SEPARATED = 4.0
 """|t| of the paired per-round log ratios past which float and int8 count as separated."""
 
-ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-             "avx512_bf16", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve")
-"""CPU flags that select onnxruntime's MLAS kernels (the ones a cached timing depends on)."""
-
-
 # -- partition ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Region:
     """A connected int8 subgraph: its layers (what a configuration keeps float, by name) and all its
-    nodes (layers, absorbed activations, pass-through ops), in graph order."""
+    nodes (layers, absorbed activations, pass-through ops), in graph order; a unit of a region
+    (:func:`units`) names that region as its ``parent``."""
 
     index: int
     layers: tuple[str, ...]
     nodes: tuple[str, ...]
+    parent: int | None = None
 
 
 def _int8_nodes(model: Model) -> list[Node]:
@@ -118,6 +114,41 @@ def partition(model: Model) -> list[Region]:
     regions = [g for g in groups.values() if any(n in layers for n in g)]
     return [Region(i, tuple(n.name for n in g if n in layers), tuple(n.name for n in g))
             for i, g in enumerate(regions)]
+
+
+def units(model: Model, regions: Iterable[Region], first_index: int) -> list[Region]:
+    """The weighted layers (Conv, Gemm, MatMul with a constant weight) of ``regions`` that have more than
+    one, each with the activations absorbed after it, as candidate regions of their own: a region slower
+    in int8 as a whole may hold layers that gain alone (with Q/DQ at their own edges, every other node
+    of the region float). Numbered from ``first_index``, largest weight first (the most to gain)."""
+    from .ops import lookup
+
+    plan, by_name = model.plan, {n.name: n for n in model.graph}
+    found = []
+    for region in regions:
+        weighted = [by_name[n] for n in region.layers if lookup(by_name[n]).role == "layer"
+                    and (w := by_name[n].inputs[lookup(by_name[n]).weight_input]) is not None and w.const is not None]
+        if len(weighted) < 2:
+            continue
+        for node in weighted:
+            absorbed = [c.name for c in node.outputs[0].consumers() if c in plan.absorbed]
+            size = int(node.inputs[lookup(node).weight_input].const.size)
+            found.append((-size, len(found), region.index, (node.name, *absorbed)))
+    return [Region(first_index + i, names, names, parent) for i, (_, _, parent, names) in enumerate(sorted(found))]
+
+
+def touching(model: Model, candidates: Iterable[Region]) -> dict[int, set[int]]:
+    """Which units share a quantized tensor (one Q/DQ pair): int8 together they would be one region, whose
+    cost is not the sum of theirs."""
+    owner = {name: u.index for u in candidates for name in u.nodes}
+    result: dict[int, set[int]] = {u.index: set() for u in candidates}
+    for value in model.graph.values():
+        if value.quant is None or value.const is not None:
+            continue
+        owners = {owner[n.name] for n in (value.producer(), *value.consumers()) if n is not None and n.name in owner}
+        for index in owners:
+            result[index] |= owners - {index}
+    return result
 
 
 # -- subgraphs ---------------------------------------------------------------------------------------
@@ -282,23 +313,15 @@ def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: 
 
 # -- cache -------------------------------------------------------------------------------------------
 def machine_key(threads: int) -> str:
-    """What a timing depends on besides the subgraphs: CPU model, kernel-selecting ISA flags,
-    onnxruntime's version, intra-op threads (0: onnxruntime's default, with the CPU count)."""
-    import onnxruntime as ort
+    """What a timing depends on besides the subgraphs: CPU model, the ISA features onnxruntime's MLAS
+    kernels dispatch on (``qcompiler.bench.machine``), onnxruntime's version, intra-op threads (0:
+    onnxruntime's default, with the CPU count)."""
+    from .bench.report import machine
 
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu == (platform.processor() or platform.machine()):
-                cpu = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    isa = "+".join(f for f in ISA_FLAGS if f in flags)
-    count = f"{threads}" if threads else f"0/{os.cpu_count()}"
-    return f"{cpu} | {isa or platform.machine()} | onnxruntime {ort.__version__} | threads {count}"
+    info = machine()
+    count = f"{threads}" if threads else f"0/{info['cores']}"
+    return (f"{info['cpu']} | {'+'.join(info['cpu_features']) or info['system']} | onnxruntime "
+            f"{info['onnxruntime']} | threads {count}")
 
 
 def subgraph_key(models: Iterable[onnx.ModelProto], feed: Mapping[str, np.ndarray]) -> str:
@@ -371,10 +394,21 @@ def default_cache_path() -> Path:
 
 
 # -- choice ------------------------------------------------------------------------------------------
-def choose(regions: Iterable[Region], comparisons: Mapping[int, Comparison | None]) -> list[Region]:
-    """The regions that run in int8: those measured faster in int8 (separated from float). A region
-    with no comparison (it could not be cut out and measured) keeps the compiler's int8."""
-    return [r for r in regions if comparisons.get(r.index) is None or comparisons[r.index].int8]
+def choose(regions: Iterable[Region], comparisons: Mapping[int, Comparison | None],
+           candidates: Iterable[Region] = (), touches: Mapping[int, set[int]] | None = None) -> list[Region]:
+    """The regions that run in int8: those measured faster in int8 (separated from float); a region
+    with no comparison (it could not be cut out and measured) keeps the compiler's int8. Then, within the
+    regions left float, the ``candidates`` (:func:`units`) measured faster, largest gain first, each
+    only if it touches none chosen before (:func:`touching`), so that the gains add up."""
+    chosen = [r for r in regions if comparisons.get(r.index) is None or comparisons[r.index].int8]
+    kept = {r.index for r in chosen}
+    faster = [u for u in candidates if u.parent not in kept and (c := comparisons.get(u.index)) is not None and c.int8]
+    taken: set[int] = set()
+    for unit in sorted(faster, key=lambda u: (-comparisons[u.index].gain_ms, u.index)):
+        if not (touches or {}).get(unit.index, set()) & taken:
+            taken.add(unit.index)
+            chosen.append(unit)
+    return chosen
 
 
 def predicted_ms(float_ms: float, regions: Iterable[Region], comparisons: Mapping[int, Comparison | None]) -> float:
@@ -387,7 +421,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     rows = [("region", "layers", "float ms", "int8 ms", "gain ms", "t", "rounds", "choice", "source")]
     for r in report["regions"]:
         measured = "float_ms" in r
-        rows.append((f"{r['region']} {r['first'][:28]} ({r['ops'][:32]})", str(r["layers"]),
+        where = f"{r['region']}" if r.get("parent") is None else f"  {r['region']} (alone, in {r['parent']})"
+        rows.append((f"{where} {r['first'][:28]} ({r['ops'][:32]})", str(r["layers"]),
                      f"{r['float_ms']:.4f}" if measured else "-", f"{r['int8_ms']:.4f}" if measured else "-",
                      f"{r['float_ms'] - r['int8_ms']:+.4f}" if measured else "-",
                      f"{r['t']:+.1f}" if measured else "-", str(r.get("rounds", "-")), r["choice"],
@@ -396,8 +431,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) if i < 7 else c for i, (c, w) in
                        enumerate(zip(row, widths))).rstrip() for row in rows]
     float_ms, predicted = report["float_ms"], report["predicted_ms"]
-    lines.append(f"latency placement ({report['machine']}): {report['int8_regions']}/{len(report['regions'])} "
-                 f"regions int8; predicted {predicted:.3g} ms vs float {float_ms:.3g} ms "
+    lines.append(f"latency placement ({report['machine']}): {report['int8_regions']}/{report['regions_total']} "
+                 f"regions int8, {report['int8_units']} layer(s) int8 alone; predicted {predicted:.3g} ms vs float {float_ms:.3g} ms "
                  f"({float_ms / predicted:.2f}x); {report['measured']} region(s) measured, the rest from "
                  f"{report['cache']}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from qcompiler.ir.testing import parse, tensor_text
 from qcompiler.lowering import lower
 from qcompiler.passes import InferShapes
 from qcompiler.placement import (Comparison, LatencyCache, Region, choose, decide, machine_key, partition,
-                                 predicted_ms, region_subgraphs)
+                                 predicted_ms, region_subgraphs, touching, units)
 from qcompiler.sensitivity import name_nodes
 from qcompiler.targets import get_target
 
@@ -56,6 +56,28 @@ def test_partition_joins_nodes_through_quantized_tensors_and_stops_at_float_ops(
     assert [[ops[n] for n in r.nodes] for r in regions] == [["Conv", "Relu", "MaxPool", "Conv"], ["Conv", "Relu"]]
     assert all(set(r.layers) <= set(r.nodes) and r.layers for r in regions)
     assert "Sigmoid" not in {ops[n] for r in regions for n in r.nodes}
+
+
+def test_units_are_the_weighted_layers_of_multi_layer_regions_and_touch_through_a_shared_tensor():
+    model = _calibrated(_two_regions())
+    ops = {n.name: n.op_type for n in model.graph}
+    candidates = units(model, partition(model), 2)
+    assert [([ops[n] for n in u.nodes], u.parent, u.index) for u in candidates] == [
+        (["Conv", "Relu"], 0, 2), (["Conv"], 0, 3)]  # the larger weight first; region 1 has one layer
+    assert touching(model, candidates) == {2: set(), 3: set()}  # the MaxPool between them stays float
+    rng = np.random.default_rng(0)
+    weights = ", ".join(tensor_text(k, rng.normal(0, 0.3, s).astype(np.float32)) for k, s in
+                        {"w1": (4, 3, 1, 1), "w2": (4, 3, 1, 1)}.items())
+    fork = _calibrated(parse(f"""<ir_version: 8, opset_import: ["" : 13]>
+    g (float[1,3,8,8] x) => (float[1,4,8,8] a, float[1,4,8,8] b) <{weights}> {{
+      c1 = Conv(x, w1)
+      a = Sigmoid(c1)
+      c2 = Conv(x, w2)
+      b = Sigmoid(c2)
+    }}"""))
+    (region,) = partition(fork)
+    both = units(fork, [region], 1)
+    assert touching(fork, both) == {1: {2}, 2: {1}}  # one QuantizeLinear of x feeds both
 
 
 def test_region_subgraphs_carry_the_transitions_and_compute_the_region():
@@ -97,6 +119,20 @@ def test_choose_keeps_exactly_the_regions_measured_faster_in_int8():
     chosen = choose(regions, table)
     assert [r.index for r in chosen] == [0, 3]  # 2 is in doubt: float; 3 could not be measured: int8 kept
     assert predicted_ms(10.0, chosen, table) == pytest.approx(9.5)
+
+
+def test_layers_alone_are_chosen_only_in_float_regions_and_never_touching():
+    regions = [Region(0, ("a", "b", "c"), ("a", "b", "c")), Region(1, ("d", "e"), ("d", "e"))]
+    alone = [Region(2, ("a",), ("a",), 0), Region(3, ("b",), ("b",), 0), Region(4, ("c",), ("c",), 0),
+             Region(5, ("d",), ("d",), 1)]
+    table = {0: Comparison(3.0, 4.0, -0.3, -9.0, 6, False), 1: Comparison(2.0, 1.0, 0.69, 9.0, 6, True),
+             2: Comparison(1.0, 0.8, 0.2, 8.0, 6, True), 3: Comparison(1.0, 0.5, 0.69, 8.0, 6, True),
+             4: Comparison(1.0, 0.9, 0.1, 5.0, 6, True), 5: Comparison(1.0, 0.5, 0.69, 9.0, 6, True)}
+    touches = {2: {3}, 3: {2, 4}, 4: {3}, 5: set()}
+    chosen = choose(regions, table, alone, touches)
+    assert [r.index for r in chosen] == [1, 3]  # 5's region is int8 whole; 3 gains most and touches 2 and 4
+    assert predicted_ms(10.0, chosen, table) == pytest.approx(8.5)
+    assert [r.index for r in choose(regions, table, alone, {2: set(), 3: set(), 4: set(), 5: set()})] == [1, 3, 2, 4]
 
 
 def test_cache_key_and_file_round_trip(tmp_path):
@@ -143,7 +179,7 @@ def test_the_same_cache_gives_the_same_file_and_the_decisions_follow_it(cnn, tmp
     outputs = [tmp_path / f"out{i}.onnx" for i in range(3)]
     first = qcompiler.compile(path, outputs[0], calib=calib, threads=1, latency_cache=str(cache))
     report = first.plan.reports["latency_placement"]
-    assert report["measured"] == len(report["regions"]) >= 1
+    assert report["measured"] == len(report["regions"]) >= report["regions_total"] >= 1
     second = qcompiler.compile(path, outputs[1], calib=calib, threads=1, latency_cache=str(cache))
     assert second.plan.reports["latency_placement"]["measured"] == 0  # every region from the cache
     assert _digest(outputs[0]) == _digest(outputs[1])
@@ -155,7 +191,7 @@ def test_the_same_cache_gives_the_same_file_and_the_decisions_follow_it(cnn, tmp
                 entry["int8"] = True
     cache.write_text(json.dumps(document))
     placed = qcompiler.compile(path, outputs[2], calib=calib, threads=1, latency_cache=str(cache))
-    assert placed.plan.reports["latency_placement"]["int8_regions"] == len(report["regions"])
+    assert placed.plan.reports["latency_placement"]["all_int8"]
     everything = tmp_path / "size.onnx"
     qcompiler.compile(path, everything, calib=calib, objective="size")
     assert _structure(outputs[2]) == _structure(everything)  # (node names differ: placement names every node)

@@ -125,8 +125,8 @@ def run_job(_shared: Any, job: Job) -> dict[str, Any]:
     guard = model.plan.reports.get("latency_guard", {})
     placed = model.plan.reports.get("latency_placement")
     if placed:  # int8 region by region: "mixed" when some regions went back to float
-        kept = ("int8" if placed["int8_regions"] == len(placed["regions"]) else
-                "float" if not placed["int8_regions"] else "mixed")
+        kept = ("int8" if placed["all_int8"] else
+                "float" if not placed["int8_regions"] + placed["int8_units"] else "mixed")
         guard = {"kept": kept, "speedup": placed["float_ms"] / placed["predicted_ms"]}
     return {**row, "status": "ok", "output_bytes": Path(job.output).stat().st_size,
             "quantized_activations": sum(n.op_type == "QuantizeLinear" for n in model.graph),
