@@ -63,7 +63,8 @@ class LatencyPlacement(Pass):
     per_channel: bool = True
     float_linear_outputs: bool = False
     region: str = ""  # as assign-precision's
-    max_units: int = 64  # layers measured alone, in regions slower in int8 (largest weights first)
+    max_units: int = 32  # layers measured alone, in regions slower in int8 (largest weights first)
+    min_share: float = 0.02  # ... in regions that take at least this share of the float model's time
     idempotent = False
     needs = ("plan", "ranges")
 
@@ -118,14 +119,16 @@ class LatencyPlacement(Pass):
 
         for region in regions:
             measure(region)
-        slower = {r.index for r in regions if comparisons[r.index] is not None and not comparisons[r.index].int8}
-        for unit in [u for u in candidates if u.parent in slower][:self.max_units]:
-            measure(unit)
         whole_key = subgraph_key((float_proto,), feed)
         whole = cache.get(whole_key)
         if whole is None:
             whole = {"float_ms": whole_model_ms(float_proto.SerializeToString(), feed, threads=self.threads)}
             cache.put(whole_key, whole)
+        # layers alone only where their region is slower in int8 and takes a share of the time worth a search
+        slower = {r.index for r in regions if (c := comparisons[r.index]) is not None and not c.int8
+                  and c.float_ms >= self.min_share * whole["float_ms"]}
+        for unit in [u for u in candidates if u.parent in slower][:self.max_units]:
+            measure(unit)
         cache.save()
         measured_units = [u for u in candidates if u.index in comparisons]
         chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))

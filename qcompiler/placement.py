@@ -24,11 +24,17 @@ the machine and thread count the model is compiled for:
    QDQ-aware transposes, Conv+activation) decide the cost and no analytic model of them would hold
    from one version to the next; ``benchmarks/placement.py`` measures the prediction error of the
    additive sum against whole-model latency.
-3. **Choice** (:func:`choose`). With regions independent, the total latency is the float model's
+3. **Layers alone** (:func:`units`). A region slower in int8 as a whole may hold layers that gain
+   alone (a large pointwise convolution among depthwise ones): in the regions that are slower and take
+   a noticeable share of the time, each weighted layer (with the activation absorbed after it) is cut
+   out with the Q/DQ at its own edges and compared the same way, largest weights first, up to a cap.
+4. **Choice** (:func:`choose`). With regions independent, the total latency is the float model's
    plus the sum of the chosen regions' (int8 - float) differences, minimized by choosing exactly the
-   regions measured faster in int8. The accuracy budget is the one mixed precision already applied:
+   regions measured faster in int8; then, in the regions left float, the layers faster alone, largest
+   gain first, skipping any that shares a quantized tensor with one chosen (they would form one region
+   whose cost is not the sum). The accuracy budget is the one mixed precision already applied:
    placement only returns layers to float, never quantizes a layer the sensitivity search kept float.
-4. **Cache** (:class:`LatencyCache`). Every comparison is kept in a JSON file under the key of the
+5. **Cache** (:class:`LatencyCache`). Every comparison is kept in a JSON file under the key of the
    machine (CPU model, the ISA flags onnxruntime's kernels dispatch on, onnxruntime's version, the
    thread count) and the SHA-256 of the two subgraphs; a comparison found there is not measured
    again, so the same cache gives the same decision and the same output file byte for byte.
@@ -278,23 +284,24 @@ def _timed(session, feed: dict[str, np.ndarray], runs: int) -> float:
 
 
 def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray], *, threads: int,
-            min_rounds: int = 6, max_rounds: int = 24, round_seconds: float = 0.01) -> Comparison:
+            min_rounds: int = 6, max_rounds: int = 16, round_seconds: float = 0.01) -> Comparison:
     """Float against int8 (``models``), in alternation: each round runs both for about ``round_seconds``
     each (ABBA order over rounds), its medians pair up; stop once :func:`decide` separates them after at
     least ``min_rounds`` rounds, or after ``max_rounds``. int8 is chosen only when separated and faster."""
     sessions = [_session(m, threads) for m in models]
+    feeds = [{i.name: feed[i.name] for i in session.get_inputs()} for session in sessions]
     single = []
-    for session in sessions:  # warm-up, untimed: first runs allocate and pick kernels
+    for session, fed in zip(sessions, feeds):  # warm-up, untimed: first runs allocate and pick kernels
         for _ in range(3):
-            session.run(None, feed)
-        single.append(_timed(session, feed, 3))
+            session.run(None, fed)
+        single.append(_timed(session, fed, 3))
     runs = max(1, int(round_seconds * 1000.0 / max(min(single), 1e-3)))
     per_round: list[list[float]] = [[], []]
     separated = False
     while len(per_round[0]) < max_rounds and not (separated and len(per_round[0]) >= min_rounds):
         order = (0, 1) if len(per_round[0]) % 2 == 0 else (1, 0)
         for which in order:
-            per_round[which].append(_timed(sessions[which], feed, runs))
+            per_round[which].append(_timed(sessions[which], feeds[which], runs))
         if len(per_round[0]) >= 2:
             mean, t, separated = decide(*per_round)
     return Comparison(float(np.median(per_round[0])), float(np.median(per_round[1])), mean, t,
