@@ -97,7 +97,7 @@ class LatencyPlacement(Pass):
         cache = LatencyCache(self.cache or default_cache_path(), machine_key(self.threads))
         ops = {n.name: n.op_type for n in model.graph}
         comparisons: dict[int, Comparison | None] = {}
-        rows = []
+        rows: list[dict[str, Any]] = []
 
         def measure(region: Region) -> None:
             row = {"region": region.index, "parent": region.parent, "layers": len(region.layers),
@@ -107,7 +107,7 @@ class LatencyPlacement(Pass):
                 fed = {x: tensors[x] for x in dict.fromkeys(pair[0].inputs + pair[1].inputs)}
                 key = subgraph_key((p.proto for p in pair), fed)
                 comparison = cache.comparison(key)
-                row["source"] = "cache" if comparison is not None else "measured"
+                row["source"] = ("repeat" if key in cache.new else "cache") if comparison is not None else "measured"
                 if comparison is None:
                     comparison = compare(tuple(p.proto.SerializeToString() for p in pair), fed, threads=self.threads)
                     cache.put_comparison(key, comparison)

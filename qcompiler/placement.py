@@ -36,8 +36,10 @@ the machine and thread count the model is compiled for:
    placement only returns layers to float, never quantizes a layer the sensitivity search kept float.
 5. **Cache** (:class:`LatencyCache`). Every comparison is kept in a JSON file under the key of the
    machine (CPU model, the ISA flags onnxruntime's kernels dispatch on, onnxruntime's version, the
-   thread count) and the SHA-256 of the two subgraphs; a comparison found there is not measured
-   again, so the same cache gives the same decision and the same output file byte for byte.
+   thread count) and the SHA-256 of the two subgraphs' structure (:func:`structure`: ops, wiring, shapes,
+   not names or weight values); a comparison found there is not measured again, so the same cache gives
+   the same decision and the same output file byte for byte, and a block repeated through a network
+   (a transformer layer, a residual block) is measured once.
 """
 
 from __future__ import annotations
@@ -308,13 +310,13 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
                       len(per_round[0]), separated and mean > 0)
 
 
-def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 5,
+def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 3,
                    round_seconds: float = 0.05) -> float:
     """Median of per-round medians of one model (for the predicted total, not for decisions)."""
     session = _session(model, threads)
     session.run(None, feed)
     single = _timed(session, feed, 2)
-    runs = max(2, int(round_seconds * 1000.0 / max(single, 1e-3)))
+    runs = max(1, int(round_seconds * 1000.0 / max(single, 1e-3)))
     return float(np.median([_timed(session, feed, runs) for _ in range(rounds)]))
 
 
@@ -331,12 +333,38 @@ def machine_key(threads: int) -> str:
             f"{info['onnxruntime']} | threads {count}")
 
 
+def structure(model: onnx.ModelProto) -> bytes:
+    """What a model's latency depends on: its ops, attributes, wiring, input types and shapes, the types and
+    shapes of its initializers and the values of small int64 ones (shapes, axes); not the names, not the
+    values of weights, scales or zero points (dense integer and float kernels take the same time
+    whatever the numbers), so the repeated blocks of a network share one measurement."""
+    ids: dict[str, int] = {}
+
+    def wire(name: str) -> int:
+        return ids.setdefault(name, len(ids)) if name else -1
+
+    graph = model.graph
+    parts = [repr(sorted((o.domain, o.version) for o in model.opset_import))]
+    parts += [f"in {wire(x.name)} {x.type.SerializeToString(deterministic=True).hex()}" for x in graph.input]
+    for tensor in graph.initializer:
+        small = tensor.data_type == onnx.TensorProto.INT64 and math.prod(tensor.dims) <= 64
+        value = onnx.numpy_helper.to_array(tensor).tolist() if small else None
+        parts.append(f"init {wire(tensor.name)} {tensor.data_type} {list(tensor.dims)} {value}")
+    for node in graph.node:
+        attributes = [a.SerializeToString(deterministic=True).hex() for a in node.attribute]
+        parts.append(f"{node.domain}:{node.op_type} {[wire(x) for x in node.input]} -> "
+                     f"{[wire(y) for y in node.output]} {attributes}")
+    parts += [f"out {wire(o.name)}" for o in graph.output]
+    return "\n".join(parts).encode()
+
+
 def subgraph_key(models: Iterable[onnx.ModelProto], feed: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 of the models (a region's float and int8 subgraphs, or a whole model) and the shapes they are fed."""
+    """SHA-256 of the :func:`structure` of the models (a region's float and int8 subgraphs, or a whole
+    model) and of the shapes they are fed."""
     digest = hashlib.sha256()
     for model in models:
-        digest.update(model.SerializeToString(deterministic=True))
-    digest.update(repr(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in feed.items())).encode())
+        digest.update(structure(model))
+    digest.update(repr(sorted((tuple(v.shape), str(v.dtype)) for v in feed.values())).encode())
     return digest.hexdigest()
 
 
@@ -440,6 +468,6 @@ def format_report(report: Mapping[str, Any]) -> str:
     float_ms, predicted = report["float_ms"], report["predicted_ms"]
     lines.append(f"latency placement ({report['machine']}): {report['int8_regions']}/{report['regions_total']} "
                  f"regions int8, {report['int8_units']} layer(s) int8 alone; predicted {predicted:.3g} ms vs float {float_ms:.3g} ms "
-                 f"({float_ms / predicted:.2f}x); {report['measured']} region(s) measured, the rest from "
-                 f"{report['cache']}")
+                 f"({float_ms / predicted:.2f}x); {report['measured']} measured, the rest repeats of those (same "
+                 f"structure) or from {report['cache']}")
     return "\n".join(lines)
