@@ -170,7 +170,6 @@ def test_cache_key_and_file_round_trip(tmp_path):
 def cnn(tmp_path):
     from .test_compile import TEXT
 
-
     rng = np.random.default_rng(0)
     proto = onnx.parser.parse_model(TEXT)
     shapes = {"w1": (32, 3, 3, 3), "b1": (32,), "w2": (64, 32, 3, 3), "b2": (64,), "w3": (10, 64), "b3": (10,)}
