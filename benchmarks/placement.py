@@ -210,8 +210,11 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     placed = entry["placement"].get("placement")
     if placed:
         measured = entry["latency_ms"]["placement"]
+        scaled = entry["latency_ms"]["fp32"] * placed["predicted_ms"] / placed["float_ms"]
         entry["prediction"] = {"predicted_ms": round(placed["predicted_ms"], 4), "measured_ms": measured,
-                               "error": round(abs(placed["predicted_ms"] - measured) / measured, 4)}
+                               "error": round(abs(placed["predicted_ms"] - measured) / measured, 4),
+                               "predicted_ratio_ms": round(scaled, 4),
+                               "ratio_error": round(abs(scaled - measured) / measured, 4)}
         if args.compiles:
             entry["reproducibility"] = reproducibility(name, args, cache, entry["placement"])
     if "error" not in entry["default"] and "error" not in entry["placement"]:
@@ -288,9 +291,13 @@ def markdown(results: dict) -> str:
                   f"{lat.get('fp32')} ms, placement {lat.get('placement')} ms "
                   f"({lat['fp32'] / lat['placement']:.2f}x)" if "placement" in lat else "", ""]
     lines += ["## Line 3: predicted against measured latency of the placed model", "",
-              "| model | predicted ms | measured ms | error |", "|---|---|---|---|"]
-    lines += [f"| {n} | {e['prediction']['predicted_ms']:.3f} | {e['prediction']['measured_ms']:.3f} | "
-              f"{100 * e['prediction']['error']:.1f} % |" for n, e in models.items() if "prediction" in e]
+              "predicted: the compile's float model latency minus the chosen regions' gains; scaled: the same "
+              "prediction as a ratio of float, times this run's fp32 (cancels a change of load between the "
+              "compile and this run)", "",
+              "| model | predicted ms | scaled ms | measured ms | error | error (scaled) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {p['predicted_ms']:.3f} | {p.get('predicted_ratio_ms', 0):.3f} | {p['measured_ms']:.3f} | "
+              f"{100 * p['error']:.1f} % | {100 * p.get('ratio_error', 0):.1f} % |"
+              for n, e in models.items() if (p := e.get("prediction"))]
     lines += ["", "## Line 4: compiles with the cache while one core is kept busy", "",
               "| model | compiles | byte-identical | same decision (cache) | fresh cache under load: same decision |",
               "|---|---|---|---|---|"]
