@@ -63,8 +63,8 @@ class LatencyPlacement(Pass):
     per_channel: bool = True
     float_linear_outputs: bool = False
     region: str = ""  # as assign-precision's
-    max_units: int = 32  # layers measured alone, in regions slower in int8 (largest weights first)
-    min_share: float = 0.02  # ... in regions that take at least this share of the float model's time
+    max_units: int = 16  # layers measured alone, in regions slower in int8 (largest weights first)
+    min_share: float = 0.05  # ... in regions that take at least this share of the float model's time
     idempotent = False
     needs = ("plan", "ranges")
 

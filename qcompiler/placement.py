@@ -286,7 +286,7 @@ def _timed(session, feed: dict[str, np.ndarray], runs: int) -> float:
 
 
 def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray], *, threads: int,
-            min_rounds: int = 6, max_rounds: int = 16, round_seconds: float = 0.01) -> Comparison:
+            min_rounds: int = 6, max_rounds: int = 10, round_seconds: float = 0.01) -> Comparison:
     """Float against int8 (``models``), in alternation: each round runs both for about ``round_seconds``
     each (ABBA order over rounds), its medians pair up; stop once :func:`decide` separates them after at
     least ``min_rounds`` rounds, or after ``max_rounds``. int8 is chosen only when separated and faster."""
