@@ -24,13 +24,14 @@ Then, per model:
 5. compile time of placement (fresh cache) against the default's.
 
 And, for the models where onnxruntime's output was faster in the suite (MiniLM, squeezenet, densenet;
-``--gap`` for others): the op types onnxruntime runs in int8 (a non-Q/DQ node reading a dequantized
-activation) that qcompiler's all-int8 output (``--objective size``) leaves float, and whether they pay
-off: onnxruntime's output against onnxruntime's with those op types left out (``op_types_to_quantize``),
-side by side.
+``--gap`` for others): the op types in onnxruntime's integer pattern (every activation input dequantized,
+every output quantized) beyond qcompiler's all-int8 output (``--objective size``), and whether those we
+never feed integers pay off: onnxruntime's output against onnxruntime's with them left out
+(``op_types_to_quantize``), side by side. ``--gap-only`` runs just that analysis (results under
+``gap_only``).
 
     python benchmarks/placement.py [--models-dir /root/realmodels] [--only PATTERNS] [--threads 2]
-        [--compiles 5] [--no-evaluate] [--gap PATTERNS] [--work DIR] [--results DIR] [--force]
+        [--compiles 5] [--no-evaluate] [--gap PATTERNS] [--gap-only] [--work DIR] [--results DIR] [--force]
 
 Resumable: each model's entry is written to ``RESULTS/placement.json`` when it is done and skipped on the
 next run (``--force`` measures again). ``RESULTS`` defaults to ``benchmarks/results``;
@@ -144,17 +145,27 @@ def side_by_side(paths: dict[str, str], feed: dict, args: argparse.Namespace) ->
     return {key: round(t.median_ms, 4) for key, t in zip(paths, timings)}
 
 
-def int8_op_types(path: str) -> dict[str, int]:
-    """Op types of the nodes that read a dequantized activation (they run in int8 in onnxruntime's QDQ
-    fusions), with counts."""
+def int8_op_types(path: str, outputs: bool = True) -> dict[str, int]:
+    """Op types of the nodes every activation input of which is dequantized and (``outputs``) every output
+    quantized and read by nothing else (onnxruntime's QDQ pattern: what its fusions run on integers), with
+    counts; without ``outputs`` also those with float outputs (MatMulIntegerToFloat)."""
     import onnx
 
     graph = onnx.load(path, load_external_data=False).graph
     constants = {t.name for t in graph.initializer}
+    constants |= {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants}
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in constants}
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
     counts: dict[str, int] = {}
     for node in graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(x in dequantized for x in node.input):
+        activations = [x for x in node.input if x and x not in constants]
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not activations:
+            continue
+        if all(x in dequantized for x in activations) and (not outputs or all(
+                readers.get(y) and set(readers[y]) == {"QuantizeLinear"} for y in node.output if y)):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
 
@@ -232,13 +243,21 @@ def gap(name: str, args: argparse.Namespace, entry: dict) -> dict:
     size = run_compile("size", name, args)
     if "error" in size or "error" in entry["ort"]:
         return {"error": size.get("error") or entry["ort"]["error"]}
-    ours, theirs = int8_op_types(size["path"]), int8_op_types(entry["ort"]["path"])
-    only_ort = {op: n for op, n in theirs.items() if op not in ours}
-    result = {"ours_all_int8": ours, "ort": theirs, "only_ort": only_ort}
-    if only_ort:
-        without = run_compile("ort_without", name, args, tag="ort_without", exclude_ops=sorted(only_ort))
+    return gap_of(name, args, size["path"], entry["ort"]["path"])
+
+
+def gap_of(name: str, args: argparse.Namespace, size: str, ort: str) -> dict:
+    """:func:`gap` of our all-int8 output ``size`` and onnxruntime's ``ort``: the op types in onnxruntime's
+    integer pattern that are not in ours (more than ours by count), and, for those we never feed integers,
+    onnxruntime's latency with and without them."""
+    ours, theirs = int8_op_types(size), int8_op_types(ort)
+    only_ort = {op: n - ours.get(op, 0) for op, n in theirs.items() if n > ours.get(op, 0)}
+    never = sorted(set(only_ort) - set(int8_op_types(size, outputs=False)))
+    result = {"ours_all_int8": ours, "ort": theirs, "only_ort": only_ort, "left_out": never}
+    if never:
+        without = run_compile("ort_without", name, args, tag="ort_without", exclude_ops=never)
         if "error" not in without:
-            paths = {"ort": entry["ort"]["path"], "ort_without": without["path"], "size": size["path"]}
+            paths = {"ort": ort, "ort_without": without["path"], "size": size}
             result["latency_ms"] = side_by_side(paths, first_feed(args, name), args)
     return result
 
@@ -309,13 +328,15 @@ def markdown(results: dict) -> str:
     lines += [f"| {n} | {e['default']['compile_s']} | {e['placement']['compile_s']} | {e['compile_ratio']} |"
               for n, e in models.items() if "compile_ratio" in e]
     lines += ["", "## Ops onnxruntime runs in int8 that qcompiler leaves float", "",
-              "| model | only onnxruntime (count) | ort ms | ort without them ms | our all-int8 ms |", "|---|---|---|---|---|"]
-    for n, e in models.items():
-        g = e.get("gap")
-        if g and "error" not in g:
+              "| model | more in onnxruntime's integer pattern (count) | left out | ort ms | ort without them ms | our "
+              "all-int8 ms |", "|---|---|---|---|---|---|"]
+    gaps = {**{n: e["gap"] for n, e in models.items() if "gap" in e}, **results.get("gap_only", {})}
+    for n, g in gaps.items():
+        if "error" not in g:
             lat = g.get("latency_ms", {})
             lines.append(f"| {n} | {', '.join(f'{k} {v}' for k, v in g['only_ort'].items()) or '(none)'} | "
-                         f"{lat.get('ort', '-')} | {lat.get('ort_without', '-')} | {lat.get('size', '-')} |")
+                         f"{', '.join(g.get('left_out', [])) or '-'} | {lat.get('ort', '-')} | "
+                         f"{lat.get('ort_without', '-')} | {lat.get('size', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -332,6 +353,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, at least")
     parser.add_argument("--compiles", type=int, default=5, help="line 4: compiles with the cache (0: skip)")
     parser.add_argument("--gap", default=GAP, help="models (patterns) of the onnxruntime op-gap analysis")
+    parser.add_argument("--gap-only", action="store_true", help="only the op-gap analysis of the --gap models")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false", help="skip the task metrics")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "qcompiler-bench" / "placement")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -345,6 +367,12 @@ def main() -> int:
     results = json.loads(path.read_text()) if path.exists() else {}
     if results.get("threads") != args.threads or results.get("machine", {}).get("cpu") != machine()["cpu"]:
         results = {"machine": machine(), "threads": args.threads, "models": {}}  # another machine: start over
+    if args.gap_only:
+        for name in [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.gap.split(","))]:
+            results.setdefault("gap_only", {})[name] = gap(name, args, {"ort": run_compile("ort", name, args)})
+            path.write_text(json.dumps(results, indent=1) + "\n")
+            (args.results / "placement.md").write_text(markdown(results))
+        names = []
     for name in names:
         if name in results["models"] and not args.force:
             print(f"{name}: already measured (--force to measure again)", file=sys.stderr)
