@@ -277,7 +277,7 @@ def _score(accuracy: dict, kind: str) -> str:
 def markdown(results: dict) -> str:
     models = results["models"]
     lines = [f"# Latency-aware placement ({results['machine']['cpu']}, {results['threads']} threads, onnxruntime "
-             f"{results['machine']['onnxruntime']})", "",
+             f"{results['machine']['onnxruntime']})", "", *([results["note"], ""] if results.get("note") else []),
              "## Line 1: latency against the faster of FP32 and onnxruntime U8S8 (ms, side by side)", "",
              "| model | fp32 | ort u8s8 | default (guard) | placement | placement / best | <= 1.02 | default acc "
              "(same / cos / sqnr) | placement acc |", "|---|---|---|---|---|---|---|---|---|"]
