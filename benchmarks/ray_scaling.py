@@ -4,11 +4,11 @@ Starts one local Ray cluster (``--cpus``, default: every core), then, alternatin
 repetition (the median of ``--repeats`` is reported, so a burst of load from elsewhere hits every
 candidate alike):
 
-* **analyze**: ``qcompiler.analyze`` of the model with ``executor=None`` (the local path: one process,
-  onnxruntime's default threads), and with a :class:`RayExecutor` of 1 and of 2 workers (one CPU and
-  one onnxruntime thread per task). Every report must equal the local one (``seconds`` aside). The
-  time of each step (calibration, float sanity, per-layer, kernels, distributions) is kept, from the
-  ``progress`` callback.
+* **analyze**: ``qcompiler.analyze`` of the model with ``executor=None`` (the local path: this process,
+  configurations evaluated on one thread per CPU), and with a :class:`RayExecutor` of 1 and of 2 workers
+  (one CPU per task); every onnxruntime session runs on one thread (``qcompiler.scaleout.SESSION_THREADS``).
+  Every report must equal the local one (``seconds`` aside). The time of each step (calibration, float
+  sanity, per-layer, kernels, distributions) is kept, from the ``progress`` callback.
 * **calibration**: the activations of the ``int8`` plan observed (MSE histograms) on ``--samples`` feeds:
   ``qcompiler.calibration.collect`` in this process against ``collect_sharded`` with 1 and 2 workers;
   the merged observers must give the same ranges. The kit has 64 text lines for ocr_rec_ppocrv4: the
@@ -161,7 +161,7 @@ def planning_inputs(args, executor) -> dict:
     model, mixed, _ = _calibrated(args.model, "int8", CompileOptions(calib=args.calib, target=args.target), None)
     evaluator = mixed.evaluator(model)
     layers = quantizable_layers(model)
-    replica = Replica.of(evaluator, 1)
+    replica = Replica.of(evaluator)
     payload = pickle.dumps(replica, protocol=5)
     start = time.perf_counter()
     handle = executor.share(replica)
@@ -169,7 +169,7 @@ def planning_inputs(args, executor) -> dict:
     configurations = [frozenset(layers) - {name} for name in layers[:8]]
     times = executor.map(_timed_measure, configurations, handle)
     start = time.perf_counter()
-    rebuilt = Replica.of(evaluator, 1).evaluator()  # what a worker does once: the model from its bytes
+    rebuilt = Replica.of(evaluator).evaluator()  # what a worker does once: the model from its bytes
     from_proto_seconds = time.perf_counter() - start
     parts = [_evaluation_parts(rebuilt, configuration) for configuration in configurations[:3]]
     feed_bytes = sum(a.nbytes for feed in evaluator.feeds for a in feed.values())

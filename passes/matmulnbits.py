@@ -1,6 +1,6 @@
 """``lower-matmulnbits``: write weight-only MatMul/Gemm layers as onnxruntime's ``com.microsoft::MatMulNBits``
-(layout and conditions: ``qcompiler.weight_only.matmulnbits``). Weights it cannot take (a table shared with
-an embedding Gather, a block size that is not a power of two >= 16) keep their spec for ``insert-qdq``."""
+and embedding Gathers as ``GatherBlockQuantized`` (layout and conditions: ``qcompiler.weight_only.matmulnbits``).
+Weights they cannot take (a block size that is not a power of two >= 16) keep their spec for ``insert-qdq``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 @register_pass("lower-matmulnbits")
 class LowerMatMulNBits(Pass):
-    """Replace weight-only MatMul/Gemm layers by MatMulNBits (``accuracy_level`` 4: int8 activations in the CPU kernel)."""
+    """Replace weight-only MatMul/Gemm layers by MatMulNBits (``accuracy_level`` 4: int8 activations in the CPU
+    kernel) and embedding Gathers by GatherBlockQuantized."""
 
     accuracy_level: int = 0
     needs = ("plan",)

@@ -31,50 +31,50 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 
 import numpy as np
 from onnx import TensorProto
 
 from .errors import UnsupportedModelError
 from .ir import Graph, Model, Node, QuantSpec, Value, quantize, verify
-from .ir.quant import min_opset, qdq_attributes, quantize_bias, spec_of_qdq
+from .ir.quant import min_opset, qdq_attributes, quantize_biases, spec_of_qdq
 from .ir.external_data import release_pages
 from .ir.rewrite import bypass_all, insert_after_producer
 from .ops import lookup
 
 
-def _param(graph: Graph, base: str, array: np.ndarray) -> Value:
-    return graph.add_initializer(Value(graph.unique_name(base), const=np.asarray(array)))
+_PAIR_NAMES = ("scale", "zero_point", "quantized", "dequantized", "QuantizeLinear", "DequantizeLinear")
+"""The suffixes of the names a Q/DQ pair takes from its value's name, in the order it takes them."""
 
 
-def quantize_pair(graph: Graph, value: Value, spec: QuantSpec, domain: str = "") -> tuple[Node, Node]:
-    """The (QuantizeLinear, DequantizeLinear) nodes for ``value`` with ``spec`` (not yet inserted), of the
-    ONNX domain or ``com.microsoft``'s (see :func:`qdq_domain`)."""
-    scale = _param(graph, f"{value.name}_scale", spec.scale)
-    zero_point = _param(graph, f"{value.name}_zero_point", spec.zero_point)
-    attrs = qdq_attributes(spec)
-    quantized = Value(graph.unique_name(f"{value.name}_quantized"), spec.dtype, value.shape)
-    restored = Value(graph.unique_name(f"{value.name}_dequantized"), value.dtype, value.shape)
-    q = Node("QuantizeLinear", [value, scale, zero_point], [quantized], attrs=dict(attrs), domain=domain,
-             name=graph.unique_name(f"{value.name}_QuantizeLinear"))
-    dq = Node("DequantizeLinear", [quantized, scale, zero_point], [restored], attrs=dict(attrs), domain=domain,
-              name=graph.unique_name(f"{value.name}_DequantizeLinear"))
-    restored.quant = spec
-    return q, dq
-
-
-def insert_pair(graph: Graph, value: Value, spec: QuantSpec, domain: str = "") -> Value:
-    """Insert Q/DQ for ``value`` and route every reader through the DQ output, which is returned.
+def insert_pairs(graph: Graph, domains: Mapping[Value, str]) -> dict[Value, Value]:
+    """Insert QuantizeLinear/DequantizeLinear for each value of ``domains`` with its spec (``value.quant``), of
+    the domain given (ONNX's or ``com.microsoft``'s, see :func:`qdq_domain`), right after the value's
+    producer, and route every reader of the value through the DQ output; returns ``{value: DQ output}``.
 
     A graph output stays ``value``: the caller hands it to the DQ output (:meth:`Graph.replace_outputs`).
+    The names of every pair are taken in one go (:meth:`Graph.unique_names`), in the order in which one
+    pair after another would take them, so they are the same.
     """
-    readers = value.uses()
-    q, dq = quantize_pair(graph, value, spec, domain)
-    insert_after_producer(graph, value, q, dq)
-    restored = dq.outputs[0]
-    value.redirect(readers, restored)
-    value.quant = None
+    names = iter(graph.unique_names([f"{value.name}_{suffix}" for value in domains for suffix in _PAIR_NAMES]))
+    add_initializer = graph.add_initializer
+    restored: dict[Value, Value] = {}
+    for value, domain in domains.items():
+        spec, readers = value.quant, value.uses()
+        scale = add_initializer(Value(next(names), const=np.asarray(spec.scale)))
+        zero_point = add_initializer(Value(next(names), const=np.asarray(spec.zero_point)))
+        quantized = Value(next(names), spec.dtype, value.shape)
+        output = Value(next(names), value.dtype, value.shape)
+        attrs = qdq_attributes(spec)  # each node copies it
+        q = Node("QuantizeLinear", (value, scale, zero_point), (quantized,), attrs=attrs, domain=domain,
+                 name=next(names))
+        dq = Node("DequantizeLinear", (quantized, scale, zero_point), (output,), attrs=attrs, domain=domain,
+                  name=next(names))
+        output.quant, value.quant = spec, None
+        insert_after_producer(graph, value, q, dq)
+        value.redirect(readers, output)
+        restored[value] = output
     return restored
 
 
@@ -95,30 +95,49 @@ def insert_dynamic(graph: Graph, value: Value, layers: Collection[Node]) -> Valu
     return restored
 
 
-def add_int32_bias(graph: Graph, node: Node) -> bool:
-    """Replace the float bias of a quantized op with a bias input (Conv, Gemm) by int32 + DequantizeLinear
-    (per-tensor or per-channel weights and a per-tensor input spec); the float bias initializer goes when
-    nothing else reads it."""
+def _int32_bias(node: Node) -> tuple[int, QuantSpec, QuantSpec] | None:
+    """(bias input index, input spec, weight spec) when ``node``'s bias can become int32: an op with a bias
+    input (Conv, Gemm), a constant bias of rank 1 or less, a per-tensor input spec and a per-tensor or
+    per-channel weight spec."""
     op = lookup(node)
     if op.bias_input is None or len(node.inputs) <= op.bias_input or node.inputs[op.bias_input] is None:
-        return False
+        return None
     x, w, b = node.inputs[0], node.inputs[op.weight_input], node.inputs[op.bias_input]
     x_spec, w_spec = x.quant, w.quant
     if b.const is None or x_spec is None or w_spec is None or b.const.ndim > 1:
-        return False
+        return None
     if x_spec.granularity != "tensor" or w_spec.granularity == "block":
-        return False
-    integers, scale = quantize_bias(b.const, x_spec, w_spec)
-    int_bias = _param(graph, f"{b.name}_quantized", integers)
-    scale_value = _param(graph, f"{b.name}_scale", scale)
-    zero = _param(graph, f"{b.name}_zero_point", np.zeros(scale.shape, np.int32))
-    restored = Value(graph.unique_name(f"{b.name}_dequantized"), TensorProto.FLOAT, b.const.shape)
-    dq = Node("DequantizeLinear", [int_bias, scale_value, zero], [restored], attrs={"axis": 0},
-              name=graph.unique_name(f"{b.name}_DequantizeLinear"))
-    graph.insert_before(node, dq)
-    node.set_input(op.bias_input, restored)
-    graph.drop_initializer(b)
-    return True
+        return None
+    return op.bias_input, x_spec, w_spec
+
+
+_BIAS_NAMES = ("quantized", "scale", "zero_point", "dequantized", "DequantizeLinear")
+"""The suffixes of the names an int32 bias takes from the float bias's name, in the order it takes them."""
+
+
+def add_int32_biases(graph: Graph, nodes: Iterable[Node]) -> int:
+    """Replace the float bias of each quantized op of ``nodes`` that has a bias input (Conv, Gemm) by int32 +
+    DequantizeLinear (per-tensor or per-channel weights and a per-tensor input spec); a float bias
+    initializer goes when nothing else reads it. Returns how many biases were replaced.
+
+    The integers of every bias come from one :func:`quantize_biases` call and the names are taken in one go
+    (:meth:`Graph.unique_names`), in the order in which one bias after another would take them.
+    """
+    layers = [(node, found) for node in nodes if (found := _int32_bias(node)) is not None]
+    biases = [node.inputs[index] for node, (index, _, _) in layers]
+    numbers = quantize_biases([(b.const, x_spec, w_spec) for b, (_, (_, x_spec, w_spec)) in zip(biases, layers)])
+    names = iter(graph.unique_names([f"{b.name}_{suffix}" for b in biases for suffix in _BIAS_NAMES]))
+    add_initializer = graph.add_initializer
+    for (node, (index, _, _)), bias, (integers, scale) in zip(layers, biases, numbers):
+        int_bias = add_initializer(Value(next(names), const=integers))
+        scale_value = add_initializer(Value(next(names), const=scale))
+        zero = add_initializer(Value(next(names), const=np.zeros(scale.shape, np.int32)))
+        restored = Value(next(names), TensorProto.FLOAT, bias.const.shape)
+        dq = Node("DequantizeLinear", (int_bias, scale_value, zero), (restored,), attrs={"axis": 0}, name=next(names))
+        graph.insert_before(node, dq)
+        node.set_input(index, restored)
+        graph.drop_initializer(bias)
+    return len(layers)
 
 
 SIXTEEN_BIT = (TensorProto.INT16, TensorProto.UINT16)
@@ -145,24 +164,26 @@ def _check_opset(model: Model, values: list[Value]) -> None:
 
 
 @contextlib.contextmanager
-def _model_out_of_gc_view():
-    """Freeze the objects alive now (the model above all) out of the cyclic garbage collector's view
-    while a rewrite creates many small IR objects: each collection would otherwise traverse the whole
-    model again, and the cost per node grew with the graph's size. The rewrite makes no garbage of the
-    model's own objects worth collecting meanwhile. A freeze someone else holds is left alone."""
-    if gc.get_freeze_count():
+def _collector_paused():
+    """Pause the cyclic garbage collector while a rewrite creates many small IR objects (a Q/DQ pair is two
+    nodes, four values and their use lists). Each collection of the older generations would traverse the
+    whole model again, so the cost per node grew with the graph's size; with the model frozen out of the
+    collector's view, collecting the young objects still took a third of the rewrite. The rewrite makes
+    next to no garbage (a removed Relu and its use entries), so nothing is lost by collecting it once,
+    after. A collector someone else paused is left alone."""
+    if not gc.isenabled():
         yield
         return
-    gc.freeze()
+    gc.disable()
     try:
         yield
     finally:
-        gc.unfreeze()
+        gc.enable()
 
 
 def insert_qdq(model: Model) -> bool:
     """Materialize the plan's specs as Q/DQ nodes (see the module docstring); True when the graph changed."""
-    with _model_out_of_gc_view():
+    with _collector_paused():
         return _insert_qdq(model)
 
 
@@ -177,13 +198,11 @@ def _insert_qdq(model: Model) -> bool:
     _check_opset(model, [value for value in pending if not domains[value]])
     if MS in domains.values():
         model.opset_imports.setdefault(MS, 1)
-    restored = {value: insert_pair(graph, value, value.quant, domains[value]) for value in pending}
+    restored = insert_pairs(graph, domains)
     inputs = set(graph.inputs)  # an input returned as an output stays the input (its name is the interface)
     graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored and v not in inputs})
     dynamic = {value: insert_dynamic(graph, value, plan.layers) for value in plan.dynamic}
-    for node in graph:
-        if node in plan.layers:
-            changed |= add_int32_bias(graph, node)
+    changed |= add_int32_biases(graph, [node for node in graph if node in plan.layers]) > 0
     plan.absorbed.clear()
     plan.dynamic.clear()
     plan.lowered = True

@@ -303,9 +303,9 @@ def weight_only(options: CompileOptions) -> list[Pass]:
     Every MatMul/Gemm with a constant weight and every embedding Gather gets ``weight_bits`` weights in blocks
     of ``block_size`` along the input dimension (0: per output channel), symmetric or not, chosen by
     ``weight_method``: ``rtn`` (round to nearest) or ``hqq`` without data, ``awq`` or ``gptq`` with ``calib``.
-    ``weight_format`` ``matmulnbits`` writes the linear layers as onnxruntime's MatMulNBits and the embedding
-    tables (and a tied output projection sharing one) as blocked DequantizeLinear + Gather; ``qdq`` writes
-    every weight as a blocked DequantizeLinear of an integer initializer (opset 21; 25 for 2 bits).
+    ``weight_format`` ``matmulnbits`` writes the linear layers (a tied output projection included) as
+    onnxruntime's MatMulNBits and the embedding tables as its GatherBlockQuantized; ``qdq`` writes every weight
+    as a blocked DequantizeLinear of an integer initializer (opset 21; 25 for 2 bits).
     """
     from qcompiler import passes as lib
 

@@ -11,6 +11,11 @@ optimizations off: the *simulated* (fake-quant) numerics, as ONNX Runtime's ``qd
 AIMET's QuantSim measure them. One configuration costs one onnxruntime session and one run per feed;
 results are cached by the set of nodes that end up quantized.
 
+Every session runs on one onnxruntime thread (:data:`qcompiler.scaleout.SESSION_THREADS`: the same
+numbers on any machine), and the parallelism comes from evaluating independent configurations at once:
+on this process's threads (:class:`~qcompiler.scaleout.ThreadExecutor`, one per usable CPU) or on Ray
+workers (:mod:`qcompiler.scaleout.sensitivity`).
+
 Two sensitivities per layer (the two views of AIMET's ``QuantAnalyzer`` per-layer analysis):
 ``quantized alone`` (every other layer float) and ``float alone`` (every other layer quantized).
 
@@ -27,6 +32,7 @@ the feeds):
 
 from __future__ import annotations
 
+import functools
 import glob
 import math
 from collections.abc import Callable, Iterable
@@ -38,6 +44,7 @@ import onnx
 
 from .assignment import assign
 from .ir import Model, QuantSpec, SavedModel, to_proto
+from .scaleout import SESSION_THREADS, ThreadExecutor, usable_cpus
 from .lowering import lower
 from .ops import lookup
 
@@ -69,7 +76,7 @@ def nsr_db(nsr: float) -> float:
 
 
 def run_session(model: bytes | str | onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
-                simulated: bool = True, threads: int = 0) -> Outputs:
+                simulated: bool = True, threads: int = SESSION_THREADS) -> Outputs:
     """Outputs of ``model`` on every feed; ``simulated`` turns onnxruntime's graph optimizations off,
     so Q/DQ pairs run as written (fake-quant) instead of being fused into integer kernels; ``threads``:
     intra-op threads (0: onnxruntime's default)."""
@@ -131,7 +138,8 @@ class Evaluator:
         reference: the float outputs on ``feeds``.
         metric: optional user error callback.
         weights: elements of the constant weight of every weighted node, by node name.
-        threads: onnxruntime intra-op threads of each evaluation (0: onnxruntime's default).
+        workers: configurations measured at once on this process's threads when no scale-out executor
+            is in scope (default: the CPUs this process may use).
         cache: evaluations by the set of nodes quantized; keys: that set by set of float layers asked for.
         remote: a scale-out executor's handle on this evaluator's state (:mod:`qcompiler.scaleout.sensitivity`).
     """
@@ -144,7 +152,7 @@ class Evaluator:
     reference: Outputs
     metric: Metric | None = None
     weights: dict[str, int] = field(default_factory=dict)
-    threads: int = 0
+    workers: int = field(default_factory=usable_cpus)
     cache: dict[frozenset[str], Evaluation] = field(default_factory=dict)
     keys: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
     evaluations: int = 0
@@ -176,6 +184,11 @@ class Evaluator:
                    and n.inputs[1].const is not None}
         return cls(base, specs, dict(assign_options), list(exclude), [], [], None, weights)
 
+    @functools.cached_property
+    def threads(self) -> ThreadExecutor:
+        """The local path's executor: ``workers`` threads of this process."""
+        return ThreadExecutor(self.workers)
+
     def build(self, float_layers: Iterable[str]) -> Model:
         """The configuration's model: assignment with ``float_layers`` excluded, calibrated specs, no Q/DQ yet."""
         model = self.base.clone()
@@ -191,7 +204,7 @@ class Evaluator:
     def run(self, model: Model) -> tuple[Outputs, int]:
         """(outputs on the feeds, written size) of a model with specs and no Q/DQ yet (:func:`lower`ed here)."""
         proto = to_proto(lower(model))
-        return run_session(proto, self.feeds, threads=self.threads), proto.ByteSize()
+        return run_session(proto, self.feeds), proto.ByteSize()
 
     def measure(self, model: Model) -> tuple[dict[str, float], int]:
         """(error measures, written size) of a model with specs and no Q/DQ yet."""
@@ -212,16 +225,19 @@ class Evaluator:
         return Evaluation(float_layers, quantized, cached.errors, cached.size)
 
     def evaluate_all(self, configurations: Iterable[Iterable[str]]) -> list[Evaluation]:
-        """:meth:`evaluate` of each configuration, in order. With a scale-out executor in scope
-        (:func:`qcompiler.scaleout.current`), the configurations not known yet are first measured on its
-        workers, all at once, and entered in the cache in the order given: the cache, ``evaluations`` and
-        every result are the loop's (:mod:`qcompiler.scaleout.sensitivity`)."""
+        """:meth:`evaluate` of each configuration, in order. The configurations not known yet are first
+        measured all at once, on the workers of the scale-out executor in scope
+        (:func:`qcompiler.scaleout.current`) or else on ``workers`` threads of this process, and entered
+        in the cache in the order given: the cache, ``evaluations`` and every result are the sequential
+        loop's (:mod:`qcompiler.scaleout.sensitivity`)."""
         configurations = [frozenset(c) for c in configurations]
         from .scaleout import current
+        from .scaleout.sensitivity import prefetch
 
-        if (executor := current()) is not None:
-            from .scaleout.sensitivity import prefetch
-
+        executor = current()
+        if executor is None and self.workers > 1:
+            executor = self.threads
+        if executor is not None:
             prefetch(executor, self, configurations)
         return [self.evaluate(c) for c in configurations]
 

@@ -1,5 +1,6 @@
 """``com.microsoft::MatMulNBits`` (numpy reference): ``Y = A @ Wᵀ (+ bias)`` with ``W`` ``[N, K]`` in
-``bits``-bit blocks (onnxruntime's layout: ``qcompiler.weight_only.matmulnbits``).
+``bits``-bit blocks (onnxruntime's layout: ``qcompiler.weight_only.matmulnbits``); and
+``com.microsoft::GatherBlockQuantized``: the rows of such a table that ``indices`` select, dequantized.
 
 ``W = (q - z) · s`` per block of ``block_size`` along K, ``q`` unpacked from ``B`` (:func:`qcompiler.ir.quant.
 unpack_bits`), ``z`` from the packed uint8 ``zero_points``, a float ``zero_points`` of the scales' shape
@@ -64,3 +65,27 @@ def MatMulNBits(A, B, scales, zero_points=None, g_idx=None, bias=None, *, K, N, 
     if bias is not None:
         y = y + np.asarray(bias, np.float32)
     return y.reshape(a.shape[:-1] + (N,)).astype(np.float32)
+
+
+@register("GatherBlockQuantized", domain="com.microsoft", since=1)
+def GatherBlockQuantized(data, indices, scales, zero_points=None, *, gather_axis=0, quantize_axis=1, block_size=128,
+                         bits=4):
+    """``(q - z) · s`` of the rows ``indices`` selects from a ``[V, D]`` table in uint8-packed ``bits``-bit
+    blocks of ``block_size`` along D (``qcompiler.weight_only.matmulnbits``); gather axis 0, quantize axis 1."""
+    data = np.asarray(data)
+    if gather_axis != 0 or quantize_axis not in (1, -1) or data.ndim != 2 or data.dtype != np.uint8:
+        raise NotImplementedError("GatherBlockQuantized: only a uint8-packed 2-D table, gather axis 0, "
+                                  "quantize axis 1 are supported")
+    rows = np.asarray(indices, np.int64)
+    rows = np.where(rows < 0, rows + data.shape[0], rows).reshape(-1)
+    scale = np.asarray(scales, np.float32)[rows]
+    blocks, depth = scale.shape[1], data.shape[1] * (8 // bits)
+    if -(-depth // block_size) != blocks:
+        raise ValueError(f"GatherBlockQuantized: scales for {blocks} blocks do not fit rows of {depth} values")
+    q = unpack_bits(data[rows], bits, depth).astype(np.float32)
+    if zero_points is None:
+        zero = np.full(scale.shape, 1 << (bits - 1), np.float32)
+    else:
+        zero = unpack_bits(np.asarray(zero_points)[rows], bits, blocks).astype(np.float32)
+    y = (q - np.repeat(zero, block_size, axis=1)[:, :depth]) * np.repeat(scale, block_size, axis=1)[:, :depth]
+    return y.astype(np.float32).reshape(np.shape(indices) + (depth,))

@@ -43,6 +43,7 @@ from ..errors import ModelLoadError, UnsupportedModelError
 from ..ir.external_data import external_location
 from ..ir.serde import PROTOBUF_LIMIT
 from ..progress import advance, bar
+from ..scaleout import SESSION_THREADS
 from .data import CalibrationDataError, CalibrationSet, input_specs, open_calibration
 from .observers import Observer
 
@@ -54,7 +55,7 @@ _SIZE_LIMIT = PROTOBUF_LIMIT - (16 << 20)  # above this, the model goes to disk 
 
 def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: Iterable[str],
             data: CalibrationSet | Any, make_observer: Callable[[str], Observer], *,
-            max_outputs_bytes: int | None = DEFAULT_MAX_OUTPUTS_BYTES, threads: int = 2,
+            max_outputs_bytes: int | None = DEFAULT_MAX_OUTPUTS_BYTES, threads: int = SESSION_THREADS,
             progress: ProgressCallback | None = None) -> dict[str, Observer]:
     """Run the float model over ``data`` and feed each named tensor to its own observer.
 
@@ -69,7 +70,8 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
         max_outputs_bytes: approximate bound on the bytes of requested activations of one feed
             held at once; over it, the tensors are split into groups observed in separate passes
             over the data (``None``: no bound, always one pass).
-        threads: onnxruntime intra-op threads.
+        threads: onnxruntime intra-op threads (default: :data:`qcompiler.scaleout.SESSION_THREADS`, the
+            same ranges on any machine; sharded calibration gets its parallelism from workers).
         progress: called as ``progress(runs done, total runs or None)`` after every feed of every
             pass (one pass unless the budget splits the tensors); None: a "calibration" bar where the
             command asked for progress bars (:mod:`qcompiler.progress`).

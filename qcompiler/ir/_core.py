@@ -32,6 +32,15 @@ class Usage(NamedTuple):
     index: int
 
 
+_new_tuple = tuple.__new__
+
+
+def _usage(pair: tuple[Node, int]) -> Usage:
+    """``Usage(*pair)`` without the argument handling of a NamedTuple's ``__new__`` (use lists are edited on
+    every rewrite). A plain ``(node, index)`` tuple finds the same entry: it hashes and compares alike."""
+    return _new_tuple(Usage, pair)
+
+
 class Value:
     """An SSA value: a graph input, an initializer (``const`` set) or a node output.
 
@@ -43,7 +52,13 @@ class Value:
         quant: the quantization decision (:class:`qcompiler.ir.QuantSpec`) or None.
         type_proto: the full ``onnx.TypeProto`` for non-tensor values (sequences, optionals, maps).
         doc_string: kept from the file.
+
+    Values and nodes have ``__slots__``: a quantized graph holds hundreds of thousands of them, and a
+    rewrite such as insert-qdq spends most of its time creating them.
     """
+
+    __slots__ = ("_name", "const", "dtype", "shape", "type_proto", "doc_string", "quant", "_producer",
+                 "_output_index", "_uses")
 
     def __init__(
         self,
@@ -57,10 +72,11 @@ class Value:
     ):
         self._name = name
         self.const = const
-        if const is not None and dtype is None:
-            dtype = onnx.helper.np_dtype_to_tensor_dtype(const.dtype)
-        if const is not None and shape is None:
-            shape = const.shape
+        if const is not None:
+            if dtype is None:
+                dtype = onnx.helper.np_dtype_to_tensor_dtype(const.dtype)
+            if shape is None:
+                shape = const.shape
         self.dtype = dtype
         self.shape = None if shape is None else tuple(shape)
         self.type_proto = type_proto
@@ -129,10 +145,10 @@ class Value:
                 node.set_input(index, other)
 
     def _add_use(self, node: Node, index: int) -> None:
-        self._uses[Usage(node, index)] = None
+        self._uses[_usage((node, index))] = None
 
     def _remove_use(self, node: Node, index: int) -> None:
-        self._uses.pop(Usage(node, index), None)
+        self._uses.pop((node, index), None)
 
 
 def _subgraph_references(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
@@ -202,6 +218,9 @@ class Node:
     an empty list round-trips with its type.
     """
 
+    __slots__ = ("op_type", "domain", "name", "doc_string", "attrs", "attr_types", "graph", "_outputs",
+                 "_inputs", "_captures")
+
     def __init__(
         self,
         op_type: str,
@@ -219,25 +238,25 @@ class Node:
         self.domain = domain
         self.name = name
         self.doc_string = doc_string
-        self.attrs: dict[str, Any] = dict(attrs or {})
-        self.attr_types: dict[str, int] = dict(attr_types or {})
+        self.attrs: dict[str, Any] = dict(attrs) if attrs else {}
+        self.attr_types: dict[str, int] = dict(attr_types) if attr_types else {}
         self.graph: Graph | None = None
         if isinstance(outputs, int):
             outputs = [Value("") for _ in range(outputs)]
+        self._outputs: tuple[Value | None, ...] = (outputs := tuple(outputs))
         for index, out in enumerate(outputs):
-            if out is None:
-                continue
-            if out._producer is not None:
-                raise InternalError(
-                    f"value {out.name!r} already has a producer ({out._producer.op_type}); "
-                    f"a value can be produced by one node only"
-                )
-            out._producer, out._output_index = self, index
-        self._outputs: tuple[Value | None, ...] = tuple(outputs)
-        self._inputs: tuple[Value | None, ...] = tuple(inputs)
-        for index, value in enumerate(self._inputs):
+            if out is not None:
+                if out._producer is not None:
+                    raise InternalError(
+                        f"value {out.name!r} already has a producer ({out._producer.op_type}); "
+                        f"a value can be produced by one node only"
+                    )
+                out._producer = self
+                out._output_index = index
+        self._inputs: tuple[Value | None, ...] = (inputs := tuple(inputs))
+        for index, value in enumerate(inputs):
             if value is not None:
-                value._add_use(self, index)
+                value._uses[_new_tuple(Usage, (self, index))] = None  # _usage, inlined: nodes are made by the 10k
         self._captures: tuple[Value, ...] = tuple(captures)
         for value in self._captures:
             value._add_use(self, CAPTURE_INDEX)
@@ -264,12 +283,12 @@ class Node:
         if old is value:
             return
         if old is not None:
-            old._remove_use(self, index)
+            old._uses.pop((self, index), None)
         inputs = list(self._inputs)
         inputs[index] = value
         self._inputs = tuple(inputs)
         if value is not None:
-            value._add_use(self, index)
+            value._uses[_usage((self, index))] = None
 
     def append_input(self, value: Value | None) -> None:
         """Add an input at the end (e.g. a bias for a Conv that had none)."""
@@ -356,33 +375,49 @@ class Graph:
         the names of nodes and initializers added later are added to it (removals leave it alone,
         which only costs a suffix), so a pass that creates many values stays linear.
         """
-        if self._taken_names is None:
-            self._taken_names = {v.name for v in self.values()} | {n.name for n in self._nodes}
-        taken = self._taken_names
+        taken = self._taken()
         candidate = base
         while not candidate or candidate in taken:
             candidate = f"{base or 'v'}__{next(self._name_counter)}"
         taken.add(candidate)
         return candidate
 
+    def _taken(self) -> set[str]:
+        if self._taken_names is None:
+            self._taken_names = {v.name for v in self.values()} | {n.name for n in self._nodes}
+        return self._taken_names
+
+    def unique_names(self, bases: Sequence[str]) -> list[str]:
+        """``[self.unique_name(base) for base in bases]``, in one set operation when no base is taken, empty
+        or repeated (the usual case: names derived from distinct value names), which a pass that names
+        thousands of new values at once then pays for at C speed."""
+        taken = self._taken()
+        fresh = set(bases)
+        if len(fresh) == len(bases) and "" not in fresh and taken.isdisjoint(fresh):
+            taken |= fresh
+            return list(bases)
+        return [self.unique_name(base) for base in bases]
+
     # -- editing -------------------------------------------------------------------------------
     def _check_member(self, node: Node) -> None:
         if node.graph is not self:
             raise InternalError(f"{node!r} is not a node of graph {self.name!r}")
 
-    def _adopt(self, nodes: Iterable[Node]) -> list[Node]:
+    def _adopt(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
         """Claim ``nodes`` for this graph, all or none (they must belong to no graph, each once)."""
-        nodes = list(nodes)
         for node in nodes:
             if node.graph is not None:
                 raise InternalError(f"{node!r} already belongs to a graph")
-        if len(set(nodes)) != len(nodes):
+        if len(nodes) > 1 and len(set(nodes)) != len(nodes):
             raise InternalError("a node is added twice")
+        taken = self._taken_names
         for node in nodes:
             node.graph = self
-            if self._taken_names is not None:
-                self._taken_names.add(node.name)
-                self._taken_names.update(v.name for v in node.outputs if v is not None)
+            if taken is not None:
+                taken.add(node.name)
+                for value in node._outputs:
+                    if value is not None:
+                        taken.add(value._name)
         return nodes
 
     def append(self, *nodes: Node) -> None:

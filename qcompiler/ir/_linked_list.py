@@ -19,10 +19,10 @@ T = TypeVar("T")
 class _Link(Generic[T]):
     __slots__ = ("item", "prev", "next")
 
-    def __init__(self, item: T | None):
+    def __init__(self, item: T | None, prev: _Link[T] | None = None, next: _Link[T] | None = None):
         self.item = item
-        self.prev: _Link[T] = self
-        self.next: _Link[T] = self
+        self.prev: _Link[T] = self if prev is None else prev
+        self.next: _Link[T] = self if next is None else next
 
 
 class LinkedSet(Generic[T]):
@@ -78,17 +78,15 @@ class LinkedSet(Generic[T]):
 
     def _splice(self, after: _Link[T], items: Iterable[T]) -> None:
         """Link ``items`` in order between ``after`` and its successor."""
-        items = list(items)
+        if not isinstance(items, (tuple, list)):
+            items = list(items)
         links = self._links
-        for item in items:
-            if item in links:
-                raise ValueError(f"{item!r} is already a member")
-        if len(items) > 1 and len(dict.fromkeys(items)) != len(items):
+        if not links.keys().isdisjoint(items):
+            raise ValueError(f"{next(item for item in items if item in links)!r} is already a member")
+        if len(items) > 1 and len(set(items)) != len(items):
             raise ValueError("an item is added twice")
         end = after.next
         for item in items:
-            link = _Link(item)
-            link.prev, link.next = after, end
-            after.next = end.prev = link
-            links[item] = link
+            link = _Link(item, after, end)
+            links[item] = after.next = end.prev = link
             after = link

@@ -19,7 +19,7 @@ and :func:`storage_dtype` (one table, one int4 storage convention: the ml_dtypes
 onnx itself uses, one element per byte), :func:`broadcast_param` (ONNX's per-axis and blocked layouts),
 :func:`quantize_values` / :func:`dequantize_values` (the ONNX operators' arithmetic, shared with the
 numpy reference kernels), :func:`quantize`, :func:`dequantize`, :func:`fake_quantize`, the int32 bias of
-a quantized layer (:func:`bias_scale`, :func:`quantize_bias`), the Q/DQ form of a spec
+a quantized layer (:func:`quantize_bias`, :func:`quantize_biases`), the Q/DQ form of a spec
 (:func:`qdq_attributes`, :func:`min_opset`), and packed sub-byte storage (:func:`integer_type`,
 :func:`bit_width`, :func:`unsigned_offset`, :func:`pack_bits` / :func:`unpack_bits`: onnxruntime's
 MatMulNBits layout).
@@ -28,6 +28,7 @@ MatMulNBits layout).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -402,21 +403,44 @@ def fake_quantize(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     return dequantize(quantize(x, spec), spec)
 
 
-def bias_scale(x_spec: QuantSpec, w_spec: QuantSpec, channels: int) -> np.ndarray:
-    """The scale of a layer's int32 bias, ``s_x · s_w`` per output channel, in float64 (Jacob et al. 2018,
-    eq. 7-9); a zero product (an all-zero weight channel) becomes 1. The model stores it as float32."""
-    scale = np.float64(x_spec.scale) * np.broadcast_to(np.asarray(w_spec.scale, np.float64).reshape(-1), (channels,))
-    return np.where(scale > 0, scale, 1.0)
-
-
 def quantize_bias(bias: np.ndarray, x_spec: QuantSpec, w_spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(int32 bias, its float32 scale per output channel) for a layer with input ``x_spec`` and weight
-    ``w_spec``: ``round_half_even(b / (s_x · s_w))`` with the float64 product, saturated to int32, zero
-    point 0."""
-    scale = bias_scale(x_spec, w_spec, bias.shape[-1] if bias.ndim else 1)
+    """(int32 bias, its float32 scale per output channel) for a layer with a 1-D (or scalar) ``bias``, input
+    ``x_spec`` and weight ``w_spec``: :func:`quantize_biases` of one layer."""
+    return quantize_biases([(bias, x_spec, w_spec)])[0]
+
+
+def quantize_biases(layers: Sequence[tuple[np.ndarray, QuantSpec, QuantSpec]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(int32 bias, its float32 scale per output channel) for each layer ``(bias, x_spec, w_spec)``, its bias
+    1-D (or a scalar, then one channel).
+
+    The bias scale is ``s_x · s_w`` per output channel in float64 (Jacob et al. 2018, eq. 7-9), a zero
+    product (an all-zero weight channel) becoming 1; the integers are ``round_half_even(b / scale)``
+    saturated to int32, zero point 0. Every layer's biases and scales are laid end to end so that a
+    model's thousands of layers cost a few array operations instead of a dozen each; element by element
+    the numbers are those of one layer at a time.
+    """
+    channels = [bias.shape[-1] if bias.ndim else 1 for bias, _, _ in layers]
+    if not layers:
+        return []
+
+    def per_channel(params: list[np.ndarray]) -> np.ndarray:
+        """One float64 entry per channel of every layer: a per-tensor parameter repeated over its layer."""
+        flat = [np.asarray(param, np.float64).reshape(-1) for param in params]
+        repeats = []
+        for param, count in zip(flat, channels):
+            if param.size not in (1, count):
+                raise ValueError(f"a scale of {param.size} values for a bias of {count} channels")
+            repeats.extend([count] if param.size == 1 else [1] * count)
+        return np.repeat(np.concatenate(flat), repeats)
+
+    product = per_channel([x.scale for _, x, _ in layers]) * per_channel([w.scale for _, _, w in layers])
+    scale = np.where(product > 0, product, 1.0)
+    biases = np.concatenate([bias.reshape(-1) for bias, _, _ in layers], dtype=np.float64)
     with np.errstate(over="ignore"):
-        integers = np.rint(bias.astype(np.float64) / scale)
-    return saturate(integers, np.int32), scale.astype(np.float32)
+        integers = saturate(np.rint(biases / scale), np.int32)
+    scale = scale.astype(np.float32)
+    ends = np.cumsum(channels).tolist()
+    return [(integers[end - count:end], scale[end - count:end]) for end, count in zip(ends, channels)]
 
 
 def qdq_attributes(spec: QuantSpec) -> dict[str, int]:

@@ -65,7 +65,7 @@ def _observe_share(job: _Job, item: tuple[int, list[Any]]) -> dict[str, Observer
         data = open_files(share, job.inputs, f"calibration share {index}")
     else:
         data = open_calibration(share, job.inputs)
-    return collect(proto, names, data, make_observer_factory(job.method, percentile=job.percentile))  # threads as locally
+    return collect(proto, names, data, make_observer_factory(job.method, percentile=job.percentile))
 
 
 def collect_sharded(executor: Executor, proto: onnx.ModelProto, names: list[str], source: Any,

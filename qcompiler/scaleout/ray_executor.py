@@ -5,9 +5,8 @@
   fetches and deserializes it on its first task and keeps it (:func:`qcompiler.scaleout.worker_cache`).
   Model bytes and numpy feeds are read from the node's shared memory, not copied per worker.
 * **Concurrency.** At most ``workers`` tasks are in flight (``ray.wait`` as the window), each asking for
-  ``cpus_per_task`` CPUs of the scheduler. The work inside a task runs onnxruntime with the thread count
-  the local path uses, because onnxruntime's float results depend on it
-  (:mod:`qcompiler.scaleout.sensitivity`): identical results come before an exact fit of threads to cores.
+  ``cpus_per_task`` CPUs of the scheduler. The onnxruntime sessions inside a task run on one thread, as
+  the local path's do (:mod:`qcompiler.scaleout.sensitivity`): one worker per CPU, identical results.
 * **Faults.** A worker process that dies mid-task (killed, out of memory, its node lost) has its task
   resubmitted by Ray (``max_retries``); a task is a pure function of its inputs, so the retry returns
   what the first attempt would have, and nothing is written until the driver has every result

@@ -13,14 +13,14 @@ of an nsr differed when workers computed it). The driver enters the results in t
 the order the loop would have evaluated them, so every later ``evaluate`` (and the threshold search,
 which reads the cache) sees exactly what the sequential run sees.
 
-Workers run onnxruntime with the thread count of the local path (its default, one per physical core),
-not one per task: onnxruntime's float results depend on the intra-op thread count (ocr_rec_ppocrv4, one
-configuration: nsr 0.0491143988 with 2 threads, 0.0491144069 with 1), and identical numbers come first.
-Nodes whose core count differs from the driver's can therefore differ in the last bits.
+Every session, on a worker or here, runs on :data:`qcompiler.scaleout.SESSION_THREADS` onnxruntime
+thread, so the numbers are identical whatever the workers' core counts. The same prefetch runs the local path's configurations on threads of this process
+(:class:`qcompiler.scaleout.ThreadExecutor`): the replica is then built once and shared by the threads.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,27 +39,30 @@ linked node list is too deep for pickle)."""
 @dataclass
 class Replica:
     """What a worker needs to rebuild an :class:`Evaluator` (pickled once per executor): the float model
-    as ONNX bytes, the fields in :data:`SHIPPED`, and onnxruntime's thread count (the local path's)."""
+    as ONNX bytes and the fields in :data:`SHIPPED`."""
 
     base: bytes
     state: dict[str, Any]
-    threads: int
     _evaluator: Evaluator | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, evaluator: Evaluator, threads: int) -> Replica:
+    def of(cls, evaluator: Evaluator) -> Replica:
         return cls(ir.to_proto(evaluator.base).SerializeToString(),
-                   {name: getattr(evaluator, name) for name in SHIPPED}, threads)
+                   {name: getattr(evaluator, name) for name in SHIPPED})
 
     def evaluator(self) -> Evaluator:
-        """The evaluator (built on the first call in this process, then kept)."""
-        if self._evaluator is None:
-            base = ir.from_proto(onnx.load_from_string(self.base))
-            self._evaluator = Evaluator(base, **self.state, reference=[], threads=self.threads)
+        """The evaluator (built on the first call in this process, then kept and shared by its threads)."""
+        with _BUILDING:
+            if self._evaluator is None:
+                base = ir.from_proto(onnx.load_from_string(self.base))
+                self._evaluator = Evaluator(base, **self.state, reference=[], workers=1)
         return self._evaluator
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_evaluator": None}
+
+
+_BUILDING = threading.Lock()
 
 
 def measure(replica: Replica, float_layers: frozenset[str]) -> tuple[frozenset[str], Outputs, int]:
@@ -76,7 +79,7 @@ def prefetch(executor: Executor, evaluator: Evaluator, configurations: list[froz
     if not unknown:
         return
     if evaluator.remote is None or evaluator.remote[0] is not executor:
-        replica = Replica.of(evaluator, evaluator.threads)  # the local path's threads: see the module docstring
+        replica = Replica.of(evaluator)
         evaluator.remote = (executor, executor.share(replica))
     results = executor.map(measure, unknown, evaluator.remote[1])
     for float_layers, (quantized, outputs, size) in zip(unknown, results):

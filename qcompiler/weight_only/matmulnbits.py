@@ -1,4 +1,4 @@
-"""Lowering weight-only layers to onnxruntime's ``com.microsoft::MatMulNBits``.
+"""Lowering weight-only layers to onnxruntime's ``com.microsoft::MatMulNBits`` and ``GatherBlockQuantized``.
 
 ``MatMulNBits(A, B, scales, zero_points?)`` computes ``A @ Wᵀ`` for a weight ``W`` of ``N`` rows of ``K``
 values, stored (onnxruntime's contrib-op layout, checked against onnxruntime 1.32 in the tests):
@@ -16,8 +16,15 @@ values, stored (onnxruntime's contrib-op layout, checked against onnxruntime 1.3
 A weight's spec decides everything: ``W = (q - z) · s`` with ``q, z`` shifted to unsigned
 (:func:`qcompiler.ir.quant.unsigned_offset`). A per-channel spec becomes one block of the smallest power
 of two ``>= K``. MatMul and Gemm (``transA = 0``, ``alpha = beta = 1``; a bias becomes an ``Add``) are
-lowered; a weight also read by a Gather (a tied embedding) or with a block size MatMulNBits cannot take
-keeps its spec for ``insert-qdq``'s blocked DequantizeLinear.
+lowered.
+
+An embedding table ``[V, D]`` read by ``Gather`` (axis 0) becomes ``com.microsoft::GatherBlockQuantized``
+(``gather_axis`` 0, ``quantize_axis`` 1, blocks along D): ``data`` uint8 ``[V, D · bits / 8]`` (each row
+packed as ``B``'s, without padding to whole blocks; ``D · bits`` a multiple of 8), ``scales`` ``[V, blocks]``, ``zero_points`` uint8
+``[V, blocks · bits / 8]`` packed the same way (absent: ``2^(bits-1)``), so a decoding step dequantizes
+the rows it reads, not the whole table. A table that a tied output Gemm (``transB``) reads too gets both
+forms. A weight with a block size the contrib ops cannot take keeps its spec for ``insert-qdq``'s blocked
+DequantizeLinear.
 """
 
 from __future__ import annotations
@@ -40,24 +47,38 @@ def nbits_block_size(spec: QuantSpec, k: int) -> int | None:
     return size if size >= 16 and size & (size - 1) == 0 else None
 
 
+def unsigned_rows(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(integers ``[N, K]``, scales ``[N, blocks]`` float32, zero points ``[N, blocks]`` or None) of a ``[K, N]``
+    weight on ``spec``'s grid, shifted to the unsigned type (None: symmetric, the implied ``2^(bits-1)``)."""
+    offset = unsigned_offset(spec.dtype)
+    rows = (quantize(w, spec).astype(np.int64) + offset).T
+    scale, zero_point = block_params(spec)  # [blocks, N]
+    scales = np.ascontiguousarray(scale.T, np.float32)
+    if spec.symmetric and offset:
+        return rows, scales, None
+    return rows, scales, zero_point.astype(np.int64).T + offset
+
+
 def pack_weight(w: np.ndarray, spec: QuantSpec, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(B, scales, zero points or None) of a ``[K, N]`` weight on ``spec``'s grid (see the module docstring)."""
-    k, n = w.shape
-    bits, offset = bit_width(spec.dtype), unsigned_offset(spec.dtype)
-    blocks = -(-k // block_size)
-    unsigned = (quantize(w, spec).astype(np.int64) + offset).T  # [N, K]
-    unsigned = np.pad(unsigned, ((0, 0), (0, blocks * block_size - k))).reshape(n, blocks, block_size)
-    scale, zero_point = block_params(spec)  # [blocks, N]
-    packed = pack_bits(unsigned, bits)
-    scales = np.ascontiguousarray(scale.T, np.float32).reshape(-1)
-    if spec.symmetric and offset:
-        return packed, scales, None
-    zero_points = pack_bits(zero_point.astype(np.int64).T + offset, bits).reshape(-1)
-    return packed, scales, zero_points
+    rows, scales, zero_points = unsigned_rows(w, spec)
+    n, k = rows.shape
+    bits, blocks = bit_width(spec.dtype), -(-k // block_size)
+    packed = pack_bits(np.pad(rows, ((0, 0), (0, blocks * block_size - k))).reshape(n, blocks, block_size), bits)
+    return packed, scales.reshape(-1), None if zero_points is None else pack_bits(zero_points, bits).reshape(-1)
+
+
+def pack_table(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(data ``[V, D · bits / 8]``, scales ``[V, blocks]``, zero points ``[V, blocks · bits / 8]`` or None) of an
+    embedding table given as its ``[K, N] = [D, V]`` matrix: ``GatherBlockQuantized``'s layout (rows packed as
+    :func:`qcompiler.ir.quant.pack_bits` does, without padding to whole blocks)."""
+    rows, scales, zero_points = unsigned_rows(w, spec)
+    bits = bit_width(spec.dtype)
+    return pack_bits(rows, bits), scales, None if zero_points is None else pack_bits(zero_points, bits)
 
 
 def _lowerable(node: Node) -> bool:
-    if node.op_type == "MatMul":
+    if node.op_type in ("MatMul", "Gather"):  # a Gather of a weight layer reads rows of its table (axis 0)
         return True
     attrs = node.attrs
     return (node.op_type == "Gemm" and not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0
@@ -66,40 +87,61 @@ def _lowerable(node: Node) -> bool:
 
 
 def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int) -> bool:
-    """Replace the MatMul/Gemm readers of ``layer``'s weight by MatMulNBits; False if it cannot be."""
+    """Replace the readers of ``layer``'s weight: MatMul/Gemm by MatMulNBits, Gather by GatherBlockQuantized;
+    False if one of them cannot be."""
     graph = model.graph
     w, spec = layer.matrix(), layer.spec()
     k, n = w.shape
     block_size = nbits_block_size(spec, k)
+    bits, base = bit_width(spec.dtype), layer.weight.name
     if block_size is None or not layer.nodes or not all(_lowerable(node) for node in layer.nodes):
         return False
-    b, scales, zero_points = pack_weight(w, spec, block_size)
-    base = layer.weight.name
-    params = [graph.add_initializer(Value(graph.unique_name(f"{base}_{suffix}"), const=array))
-              for suffix, array in (("Q", b), ("scales", scales), ("zero_points", zero_points)) if array is not None]
-    attrs = {"K": k, "N": n, "bits": bit_width(spec.dtype), "block_size": block_size, "accuracy_level": accuracy_level}
-    for node in layer.nodes:
-        out = node.outputs[0]
-        product = Node("MatMulNBits", [node.inputs[0], *params], 1, attrs=dict(attrs), domain=DOMAIN,
-                       name=graph.unique_name(f"{node.name or base}_MatMulNBits"))
-        product.outputs[0].dtype = out.dtype
-        replacement = [product]
-        bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
-        if bias is not None:
-            product.outputs[0].name = graph.unique_name(f"{out.name}_product")
-            replacement.append(Node("Add", [product.outputs[0], bias], 1, name=graph.unique_name(f"{node.name}_bias")))
-        graph.insert_before(node, *replacement)
-        graph.substitute(out, replacement[-1].outputs[0])
-        graph.remove(node)
-        model.plan.layers.pop(node, None)
+    gathers = [node for node in layer.nodes if node.op_type == "Gather"]
+    if gathers and k * bits % 8:  # GatherBlockQuantized reads the row length off whole bytes
+        return False
+
+    def initializers(arrays: dict[str, np.ndarray | None]) -> list[Value]:
+        return [graph.add_initializer(Value(graph.unique_name(f"{base}_{suffix}"), const=array))
+                for suffix, array in arrays.items() if array is not None]
+
+    linear = [node for node in layer.nodes if node.op_type != "Gather"]
+    if linear:
+        b, scales, zero_points = pack_weight(w, spec, block_size)
+        params = initializers({"Q": b, "scales": scales, "zero_points": zero_points})
+        attrs = {"K": k, "N": n, "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level}
+        for node in linear:
+            _replace(model, node, "MatMulNBits", [node.inputs[0], *params], attrs,
+                     node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None)
+    if gathers:
+        data, scales, zero_points = pack_table(w, spec)
+        params = initializers({"table": data, "table_scales": scales, "table_zero_points": zero_points})
+        attrs = {"gather_axis": 0, "quantize_axis": 1, "block_size": block_size, "bits": bits}
+        for node in gathers:
+            _replace(model, node, "GatherBlockQuantized", [params[0], node.inputs[1], *params[1:]], attrs, None)
     layer.weight.quant = None
     if not layer.weight.uses():
         del graph.initializers[layer.weight.name]
     return True
 
 
+def _replace(model: Model, node: Node, op_type: str, inputs: list[Value], attrs: dict, bias: Value | None) -> None:
+    """Put a ``com.microsoft`` ``op_type`` node (plus an ``Add`` of ``bias``) in the place of ``node``."""
+    graph, out = model.graph, node.outputs[0]
+    product = Node(op_type, inputs, 1, attrs=dict(attrs), domain=DOMAIN,
+                   name=graph.unique_name(f"{node.name or op_type}_{op_type}"))
+    product.outputs[0].dtype = out.dtype
+    replacement = [product]
+    if bias is not None:
+        product.outputs[0].name = graph.unique_name(f"{out.name}_product")
+        replacement.append(Node("Add", [product.outputs[0], bias], 1, name=graph.unique_name(f"{node.name}_bias")))
+    graph.insert_before(node, *replacement)
+    graph.substitute(out, replacement[-1].outputs[0])
+    graph.remove(node)
+    model.plan.layers.pop(node, None)
+
+
 def lower_to_matmulnbits(model: Model, accuracy_level: int = 0) -> int:
-    """Lower every quantized weight layer MatMulNBits can run (see the module docstring); the number lowered."""
+    """Lower every quantized weight layer the contrib ops can run (see the module docstring); the number lowered."""
     lowered = sum(lower_layer(model, layer, accuracy_level) for layer in quantized_layers(model))
     if lowered:
         model.opset_imports.setdefault(DOMAIN, 1)

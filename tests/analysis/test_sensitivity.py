@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -90,3 +91,17 @@ def test_sensitivity_finds_the_layer_with_the_spiky_input_and_caches(evaluator):
     count = evaluator.evaluations
     layer_sensitivity(evaluator, layers)
     assert evaluator.evaluations == count  # every configuration was cached
+
+
+def test_configurations_on_threads_give_the_sequential_results(evaluator):
+    """The local path measures configurations on threads of this process (one onnxruntime thread per
+    session): the cache, the evaluation count and every number are those of the one-by-one loop."""
+    layers = _layers(evaluator)
+    configurations = [frozenset(layers) - {name} for name in layers] + [frozenset({name}) for name in layers]
+    results = {}
+    for workers in (1, 2):
+        fresh = dataclasses.replace(evaluator, cache={}, keys={}, evaluations=0, remote=None, workers=workers)
+        results[workers] = ([(e.quantized_nodes, e.errors, e.size) for e in fresh.evaluate_all(configurations)],
+                            fresh.evaluations)
+    assert results[2] == results[1]
+    assert results[1][1] == len({q for q, _, _ in results[1][0]})  # one session per distinct configuration

@@ -1,9 +1,14 @@
-"""insert-qdq and verify take time linear in the size of the graph (issue 11).
+"""insert-qdq and verify take time linear in the size of the graph, with a small constant (issue 11).
 
 With the nodes in a Python list every insertion searched and shifted the list, and the time per node
 of ``benchmarks/insert_qdq_scaling.py``'s ladder was 5.8 times higher at 8k nodes than at 2k; linear
-edits keep it within about 1.5x (caches, the garbage collector). CPU time, not wall time, so that other
-jobs on the machine do not count, and a second and third measurement before failing.
+edits keep it within about 1.2x (caches). Issue 11 asks for "flat within 2x", which is the bound.
+
+The constant: on the 2-core AMD EPYC these tests run on, insert-qdq took 136 us of CPU per node at 8k
+nodes once linear (nearly idle), and 85-95 us since its constant was cut (shared by other jobs, load
+average 20-25). The bound, 150 us, leaves room for a slower or busier machine: it catches anything
+quadratic and a gross return of the constant, not a small regression. CPU time, not wall time, so that
+waiting for other jobs does not count, and a second and third measurement before failing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "insert_qdq_scaling.py"
 SIZES = (2000, 8000)
-BOUND = 3.0
+FLATNESS = 2.0
+"""Bound on the time per node at 8k nodes / at 2k nodes."""
+CPU_US_PER_NODE = 150.0
+"""Bound on insert-qdq's CPU time per node at 8k nodes (see the module docstring)."""
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +34,14 @@ def scaling():
     return module
 
 
-def test_time_per_node_is_flat_from_2k_to_8k_nodes(scaling):
+def test_time_per_node_is_small_and_flat_from_2k_to_8k_nodes(scaling):
     best: dict[tuple[str, int], float] = {}
 
     def ratios() -> dict[str, float]:
         return {step: best[step, SIZES[1]] / best[step, SIZES[0]] for step in ("insert_qdq", "verify")}
+
+    def us_per_node() -> float:
+        return best["insert_qdq", SIZES[1]] * 1e6
 
     for _ in range(3):
         for nodes in SIZES:
@@ -38,9 +49,10 @@ def test_time_per_node_is_flat_from_2k_to_8k_nodes(scaling):
             for step in ("insert_qdq", "verify"):
                 per_node = row[f"{step}_cpu_s"] / nodes
                 best[step, nodes] = min(best.get((step, nodes), per_node), per_node)
-        if max(ratios().values()) < BOUND:
+        if max(ratios().values()) < FLATNESS and us_per_node() < CPU_US_PER_NODE:
             break
-    assert max(ratios().values()) < BOUND, f"time per node at {SIZES[1]} / at {SIZES[0]} nodes: {ratios()}"
+    assert max(ratios().values()) < FLATNESS, f"time per node at {SIZES[1]} / at {SIZES[0]} nodes: {ratios()}"
+    assert us_per_node() < CPU_US_PER_NODE, f"insert-qdq at {SIZES[1]} nodes: {us_per_node():.0f} us CPU per node"
 
 
 def test_the_ladder_is_quantized_everywhere(scaling):

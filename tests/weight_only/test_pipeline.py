@@ -48,13 +48,16 @@ def test_both_formats_run_and_agree(tiny_transformer, tmp_path, bits, block_size
     for got, expected in zip(nbits, qdq, strict=True):
         for a, b in zip(got, expected, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
-    # untied linear layers became MatMulNBits; the table shared by the Gather and the tied Gemm is one
-    # blocked DequantizeLinear in both forms
-    assert op_types(paths["matmulnbits"]).count("MatMulNBits") == 5
+    # every linear layer became MatMulNBits, the tied Gemm head included, and the embedding Gather of its
+    # table GatherBlockQuantized; the qdq form has one blocked DequantizeLinear of the table for both
+    nbits_ops = op_types(paths["matmulnbits"])
+    assert nbits_ops.count("MatMulNBits") == 6 and nbits_ops.count("GatherBlockQuantized") == 1
+    assert "DequantizeLinear" not in nbits_ops and "Gather" not in nbits_ops
+    qdq_graph = onnx.load(str(paths["qdq"])).graph
     assert "MatMulNBits" not in op_types(paths["qdq"])
-    dequantized = [n for n in onnx.load(str(paths["matmulnbits"])).graph.node if n.op_type == "DequantizeLinear"]
-    assert len(dequantized) == 1 and {n.op_type for n in onnx.load(str(paths["matmulnbits"])).graph.node
-                                      if dequantized[0].output[0] in n.input} == {"Gather", "Gemm"}
+    dequantized = [n for n in qdq_graph.node if n.op_type == "DequantizeLinear"]
+    table = [n for n in dequantized if {c.op_type for c in qdq_graph.node if n.output[0] in c.input} == {"Gather", "Gemm"}]
+    assert len(table) == 1
     error = relative_error(nbits, outputs(model, feeds))
     assert error < {2: 2.0, 4: 0.35, 8: 0.02}[bits]  # 2 bits: three or four levels per block
 
