@@ -22,6 +22,7 @@ One module per family:
 * ``adaround`` — AdaRound (learned rounding of weights)
 * ``weight_bits`` — WeightBits (4-bit weights in int8 storage)
 * ``check_kernels`` — CheckKernels (deployed integer kernels vs simulation; avoids int16 saturation)
+* ``placement`` — LatencyPlacement (int8 region by region, where onnxruntime runs it faster)
 * ``mixed_precision`` — KeepOriginalModel, MixedPrecision (layers kept float under an output-error budget)
 * ``structure`` — RecognizeStructure (transformer and convolutional regions, for region-aware passes)
 * ``weight_rtn`` — WeightRTN (weight-only plan: 2/4/8-bit blocks, round to nearest)
@@ -46,6 +47,7 @@ from .insert_qdq import InsertQDQ
 from .latency_guard import KeepFloatReference, LatencyGuard
 from .matmulnbits import LowerMatMulNBits
 from .mixed_precision import KeepOriginalModel, MixedPrecision
+from .placement import LatencyPlacement
 from .opset import UpgradeOpset
 from .range_search import CalibrateSearch, SearchWeightRanges
 from .shape_inference import InferShapes
@@ -74,6 +76,7 @@ __all__ = [
     "LowerDynamicMatMul",
     "MixedPrecision",
     "LatencyGuard",
+    "LatencyPlacement",
     "LowerMatMulNBits",
     "ConstantToInitializer",
     "CrossLayerEqualization",

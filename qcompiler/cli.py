@@ -168,6 +168,11 @@ def _print_reports(model: ir.Model) -> None:
               f"{float(check['target_sqnr_db']):.1f} dB (exact accumulation {float(check['exact_sqnr_db']):.1f} dB)"
               + (f"; saturation: {len(check['requantized_7bit'])} weight(s) requantized to 7 bits, now "
                  f"{float(check['after']['target_sqnr_db']):.1f} dB" if check.get("requantized_7bit") else ""))
+    placement = reports.get("latency_placement")
+    if placement:
+        from .placement import format_report
+
+        print(format_report(placement))
     guard = reports.get("latency_guard")
     if guard:
         print(f"latency on this CPU: float {guard['float_ms']:.3g} ms, int8 {guard['int8_ms']:.3g} ms "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,11 +46,15 @@ class CompileOptions:
                                action="store_true")
     exclude: tuple[str, ...] = _option((), "--exclude", "keep nodes (name, shell pattern) or an op type in float; "
                                        "repeatable", action="append", metavar="NAME|OPTYPE")
-    objective: str = _option("latency", "--objective", "latency: keep int8 only if onnxruntime runs it faster here "
-                             "(default); size: always int8", choices=OBJECTIVES)
-    threads: int = _option(0, "--threads", "onnxruntime threads the latency guard measures with (default 0: "
+    objective: str = _option("latency", "--objective", "latency: int8 region by region, where onnxruntime runs "
+                             "it faster on this machine (default); size: int8 everywhere allowed", choices=OBJECTIVES)
+    threads: int = _option(0, "--threads", "onnxruntime threads the latency is measured with (default 0: "
                            "onnxruntime's default, one per physical core, as a deployment gets it)", type=int,
                            metavar="N")
+    latency_cache: str | None = _option(
+        None, "--latency-cache", "file of the latency measurements (by CPU, ISA, onnxruntime version, threads); "
+        "measured regions are reused from it, so the same file gives the same output (default: "
+        "$XDG_CACHE_HOME/qcompiler/latency-cache.json)", metavar="FILE")
     sensitivity_threshold: float | None = _option(
         None, "--sensitivity-threshold", "keep in float the layers whose int8 error does not fit T: the mean over "
         "outputs of ||y_int8 - y_fp32||^2 / ||y_fp32||^2 on calibration feeds (0: outputs identical to the input "
@@ -82,6 +87,8 @@ class CompileOptions:
             raise UserError(f"percentile must be in (50, 100], not {self.percentile!r}")
         if not isinstance(self.per_tensor, bool):
             raise UserError(f"per_tensor must be True or False, not {self.per_tensor!r}")
+        if self.latency_cache is not None and not isinstance(self.latency_cache, (str, os.PathLike)):
+            raise UserError(f"latency_cache must be a file path, not {self.latency_cache!r}")
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
             raise UserError(f"threads must be 0 (onnxruntime's default) or a positive count, not {self.threads!r}")
         threshold = self.sensitivity_threshold
@@ -129,6 +136,7 @@ class CompileOptions:
 
 RESOURCES = {"calibration": "calib", "target": "target", "method": "calibration", "percentile": "percentile",
              "per_tensor": "per_tensor", "exclude": "exclude", "objective": "objective", "threads": "threads",
+             "latency_cache": "latency_cache",
              "sensitivity_threshold": "sensitivity_threshold", "metric": "metric", "bits": "weight_bits",
              "block_size": "block_size", "symmetric": "symmetric"}
 """TOML resource names (``data = "@calibration"``) -> the option they read."""

@@ -58,7 +58,7 @@ class NamedPipeline:
 NAMED_PIPELINES: dict[str, NamedPipeline] = {}
 
 STATIC_INT8_OPTIONS = ("calib", "target", "calibration", "percentile", "per_tensor", "exclude", "objective",
-                       "threads", "sensitivity_threshold", "metric")
+                       "threads", "latency_cache", "sensitivity_threshold", "metric")
 
 
 def named_pipeline(name: str, honours: tuple[str, ...] = ()) -> Callable[[PipelineFunction], PipelineFunction]:
@@ -96,16 +96,27 @@ def canonicalize(options: CompileOptions | None = None) -> list[Pass]:
     ]
 
 
-def _latency_guarded(passes: list[Pass], options: CompileOptions, prefix: list[Pass] | None = None) -> list[Pass]:
-    """``prefix`` (default: ``canonicalize``) + ``passes``, with the float model kept before them and
-    ``latency-guard`` after them when the objective is "latency" (int8 kept only where it is faster)."""
+def _latency_guarded(passes: list[Pass], options: CompileOptions) -> list[Pass]:
+    """``canonicalize`` + ``passes``, with the float model kept before them and the whole-model
+    ``latency-guard`` after them when the objective is "latency" (dynamic int8, which has no regions)."""
     from qcompiler import passes as lib
 
-    prefix = canonicalize() if prefix is None else prefix
     if options.objective != "latency":
-        return prefix + passes
-    return prefix + [lib.KeepFloatReference()] + passes + [lib.LatencyGuard(data=options.calib,
-                                                                             threads=options.threads)]
+        return canonicalize() + passes
+    return canonicalize() + [lib.KeepFloatReference()] + passes + [lib.LatencyGuard(data=options.calib,
+                                                                                   threads=options.threads)]
+
+
+def _placement(options: CompileOptions, float_linear_outputs: bool = False, region: str = "") -> list[Pass]:
+    """``latency-placement`` when the objective is "latency" (int8 region by region, where it is faster;
+    after calibration and mixed precision, before ``insert-qdq``), nothing for "size"."""
+    from qcompiler import passes as lib
+
+    if options.objective != "latency":
+        return []
+    return [lib.LatencyPlacement(data=options.calib, threads=options.threads, cache=str(options.latency_cache or ""),
+                                 exclude=list(options.exclude), per_channel=not options.per_tensor,
+                                 float_linear_outputs=float_linear_outputs, region=region)]
 
 
 def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False,
@@ -131,22 +142,23 @@ def _calibrate(options: CompileOptions) -> Pass:
 def int8(options: CompileOptions) -> list[Pass]:
     """Static int8 post-training quantization for a target: canonicalize, assign, calibrate, QDQ, fold.
 
-    With ``objective="latency"`` the result stays int8 only where onnxruntime runs it faster than the
-    float model (``latency-guard``); ``objective="size"`` always keeps int8. A ``sensitivity_threshold``
+    With ``objective="latency"`` each region stays int8 only where onnxruntime runs it faster than in
+    float on this machine (``latency-placement``); ``objective="size"`` always keeps int8. A ``sensitivity_threshold``
     keeps in float the layers that do not fit that output-error budget (``mixed-precision``).
     """
     from qcompiler import passes as lib
 
     first, mixed = _mixed_precision(options)
-    return first + _latency_guarded([
+    return first + canonicalize() + [
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude),
                             per_channel=not options.per_tensor),
         _calibrate(options),
         *mixed,
+        *_placement(options),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
         lib.CheckKernels(data=options.calib),
-    ], options)
+    ]
 
 
 @named_pipeline("int8-transformer", honours=tuple(o for o in STATIC_INT8_OPTIONS if o != "percentile"))
@@ -162,16 +174,17 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True)
-    return first + _latency_guarded([
+    return first + canonicalize() + [
         lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True),
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
                             float_linear_outputs=True),
         lib.SearchWeightRanges(),
         lib.CalibrateSearch(data=options.calib),
         *mixed,
+        *_placement(options, float_linear_outputs=True),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ], options)
+    ]
 
 
 @named_pipeline("auto", honours=STATIC_INT8_OPTIONS)
@@ -189,7 +202,7 @@ def auto(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True, region=TRANSFORMER)
-    return first + _latency_guarded([
+    return first + canonicalize() + [
         lib.RecognizeStructure(),
         lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True, region=TRANSFORMER),
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
@@ -198,10 +211,11 @@ def auto(options: CompileOptions) -> list[Pass]:
         lib.CalibrateSearch(data=options.calib, region=TRANSFORMER, method=options.calibration,
                             percentile=options.percentile),
         *mixed,
+        *_placement(options, float_linear_outputs=True, region=TRANSFORMER),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
         lib.CheckKernels(data=options.calib, region=CONVOLUTIONAL),
-    ], options)
+    ]
 
 
 @named_pipeline("dynamic", honours=("calib", "target", "per_tensor", "exclude", "objective", "threads"))
@@ -238,7 +252,7 @@ def canonicalize_keeping_batchnorm_stats() -> list[Pass]:
 
 
 @named_pipeline("int8-dfq", honours=("calib", "target", "calibration", "percentile", "per_tensor", "exclude",
-                                      "objective", "threads"))
+                                      "objective", "threads", "latency_cache"))
 def int8_dfq(options: CompileOptions) -> list[Pass]:
     """``int8`` with data-free quantization's weight fixes (Nagel et al. 2019): ReLU6 -> ReLU, cross-layer
     equalization, high-bias absorption, and empirical bias correction after calibration.
@@ -248,7 +262,7 @@ def int8_dfq(options: CompileOptions) -> list[Pass]:
     """
     from qcompiler import passes as lib
 
-    return _latency_guarded([
+    return canonicalize_keeping_batchnorm_stats() + [
         lib.ReplaceReLU6(),
         lib.CrossLayerEqualization(),
         lib.HighBiasAbsorption(),
@@ -256,24 +270,27 @@ def int8_dfq(options: CompileOptions) -> list[Pass]:
                             per_channel=not options.per_tensor),
         _calibrate(options),
         lib.BiasCorrection(data=options.calib),
+        *_placement(options),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ], options, prefix=canonicalize_keeping_batchnorm_stats())
+    ]
 
 
-@named_pipeline("w4a8", honours=("calib", "target", "calibration", "percentile", "exclude", "objective", "threads"))
+@named_pipeline("w4a8", honours=("calib", "target", "calibration", "percentile", "exclude", "objective", "threads",
+                                  "latency_cache"))
 def w4a8(options: CompileOptions) -> list[Pass]:
     """4-bit per-channel weights (stored in int8, MSE-clipped), 8-bit activations, rounding learned by AdaRound."""
     from qcompiler import passes as lib
 
-    return _latency_guarded([
+    return canonicalize() + [
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude)),
         lib.WeightBits(bits=4),
         _calibrate(options),
         lib.AdaRound(data=options.calib),
+        *_placement(options),
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
-    ], options)
+    ]
 
 
 WEIGHT_ONLY_OPTIONS = ("calib", "exclude", "weight_bits", "block_size", "symmetric", "weight_method", "weight_format")

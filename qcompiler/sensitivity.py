@@ -165,15 +165,24 @@ class Evaluator:
         """From a model after ``assign-precision`` and calibration (its nodes must be uniquely named,
         see :func:`name_nodes`); the reference outputs are those of ``reference_model`` (the
         original FP32 file) when given, else of the float model."""
+        evaluator = cls.builder(model, assign_options=assign_options, exclude=exclude)
+        evaluator.feeds, evaluator.metric = feeds, metric
+        evaluator.reference = run_session(reference_model.source if reference_model else to_proto(evaluator.base),
+                                          feeds)
+        return evaluator
+
+    @classmethod
+    def builder(cls, model: Model, *, assign_options: dict[str, Any], exclude: Iterable[str] = ()) -> Evaluator:
+        """An evaluator that only builds configurations of a calibrated ``model`` (no feeds, no reference
+        outputs; latency placement uses it)."""
         specs = {v.name: v.quant for v in model.graph.values() if v.quant is not None}
         base = model.clone()
         for value in base.graph.values():
             value.quant = None
-        reference = run_session(reference_model.source if reference_model else to_proto(base), feeds)
         weights = {n.name: int(n.inputs[1].const.size) for n in base.graph
                    if lookup(n).role == "layer" and len(n.inputs) > 1 and n.inputs[1] is not None
                    and n.inputs[1].const is not None}
-        return cls(base, specs, dict(assign_options), list(exclude), feeds, reference, metric, weights)
+        return cls(base, specs, dict(assign_options), list(exclude), [], [], None, weights)
 
     @functools.cached_property
     def threads(self) -> ThreadExecutor:

@@ -144,8 +144,10 @@ def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | int |
     if original is not None:
         before = original if isinstance(original, int) else serialized_bytes(original)
         totals.update(size_before=before, compression=before / after)
-    if "predicted" in mixed and model.plan.reports.get("latency_guard", {}).get("kept", "int8") == "int8":
-        totals["predicted"] = mixed["predicted"]  # (a guard that restored float leaves nothing predicted)
+    placed = model.plan.reports.get("latency_placement")
+    all_placed = placed is None or placed["all_int8"]
+    if "predicted" in mixed and all_placed and model.plan.reports.get("latency_guard", {}).get("kept", "int8") == "int8":
+        totals["predicted"] = mixed["predicted"]  # (regions returned to float leave the search's prediction stale)
         totals["threshold"] = mixed["threshold"]
     return {"layers": records, "totals": totals}
 

@@ -24,6 +24,18 @@ from qcompiler.pass_manager import Pass, PassManager, PipelineResult
 RunChecked = Callable[..., PipelineResult]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _latency_cache_in_scratch(tmp_path_factory):
+    """Compiles with objective "latency" keep their measurements in a scratch cache, not the user's."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture
 def run_checked() -> RunChecked:
     """``run_checked(model, *passes, feeds=None, rtol=1e-4) -> PipelineResult``.

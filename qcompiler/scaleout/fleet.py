@@ -123,6 +123,11 @@ def run_job(_shared: Any, job: Job) -> dict[str, Any]:
     except QcompilerError as exc:
         return {**row, "status": f"failed: {exc}", "seconds": time.perf_counter() - start}
     guard = model.plan.reports.get("latency_guard", {})
+    placed = model.plan.reports.get("latency_placement")
+    if placed:  # int8 region by region: "mixed" when some regions went back to float
+        kept = ("int8" if placed["all_int8"] else
+                "float" if not placed["int8_regions"] + placed["int8_units"] else "mixed")
+        guard = {"kept": kept, "speedup": placed["float_ms"] / placed["predicted_ms"]}
     return {**row, "status": "ok", "output_bytes": Path(job.output).stat().st_size,
             "quantized_activations": sum(n.op_type == "QuantizeLinear" for n in model.graph),
             "kept": guard.get("kept", "int8" if any(n.op_type == "DequantizeLinear" for n in model.graph) else "float"),

@@ -1,0 +1,390 @@
+"""Latency-aware placement on real models: the tables of issue 15's acceptance lines 1-5.
+
+For every model of the realmodels kit that has calibration feeds (``MODELS_DIR/<name>.onnx``, coverage
+models ``MODELS_DIR/coverage/light_*.onnx``, feeds in ``MODELS_DIR/data/calib_npz/<name>/``), each in a
+child process that reports its wall time (``qcompiler.bench.run_child``):
+
+* ``fp32``: the canonicalized float model (``qcompiler optimize``);
+* ``default``: today's default before placement, the ``auto`` pipeline with the whole-model latency
+  guard (``keep-float-reference`` ... ``latency-guard``), for compile time and accuracy;
+* ``placement``: ``qcompiler compile`` (``auto``, objective latency: placement), with a fresh latency
+  cache (``WORK/cache/<name>.json``), so its compile time includes measuring every region;
+* ``ort``: onnxruntime ``quantize_static`` U8S8, per-channel weights, reduce_range (``quantizers.py``).
+
+Then, per model:
+
+1. latency of fp32, ort, default and placement on the first calibration feed, in alternation
+   (``qcompiler.latency.measure_latencies``, 10 rounds); placement / min(fp32, ort) must be <= 1.02;
+   and (``--evaluate``) the kit's task metric of default and placement (its ``evaluate.py``);
+2. the per-region table of placement (regions, float and int8 ms, the choice) from the compile report;
+3. predicted (the compile report's additive prediction) against measured latency of placement;
+4. ``--compiles`` compiles with the cache of the first, while a child process keeps one core busy: the
+   SHA-256 of every output and the decision against the idle compile's; and one compile with a fresh
+   cache under the same load (its decision against the idle one: what the statistical test alone gives);
+5. compile time of placement (fresh cache) against the default's.
+
+And, for the models where onnxruntime's output was faster in the suite (MiniLM, squeezenet, densenet;
+``--gap`` for others): the op types in onnxruntime's integer pattern (every activation input dequantized,
+every output quantized) beyond qcompiler's all-int8 output (``--objective size``), and whether those we
+never feed integers pay off: onnxruntime's output against onnxruntime's with them left out
+(``op_types_to_quantize``), side by side. ``--gap-only`` runs just that analysis (results under
+``gap_only``).
+
+    python benchmarks/placement.py [--models-dir /root/realmodels] [--only PATTERNS] [--threads 2]
+        [--compiles 5] [--no-evaluate] [--gap PATTERNS] [--gap-only] [--work DIR] [--results DIR] [--force]
+
+Resumable: each model's entry is written to ``RESULTS/placement.json`` when it is done and skipped on the
+next run (``--force`` measures again). ``RESULTS`` defaults to ``benchmarks/results``;
+``placement.md`` holds the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+GUARDED = ("digits_cnn", "ocr_cls_ppocr_mobile_v2", "coverage/light_shufflenet", "crepe_tiny")
+"""The models today's whole-model guard keeps float (line 2's tables)."""
+GAP = "minilm_l6,coverage/light_squeezenet,coverage/light_densenet121"
+EVALUATOR = ("/tmp/realmodels-venv/bin/python", "/work/shared/realmodels/evaluate.py")
+ROUNDS = 10
+
+
+# -- in the child ------------------------------------------------------------------------------------
+def compile_job(kind: str, model: str, calib: str, output: str, threads: int, cache: str,
+                exclude_ops: list[str] | None = None) -> dict:
+    """One compile (run in a child process): see the module docstring for ``kind``."""
+    import qcompiler
+
+    if kind == "fp32":
+        qcompiler.compile(model, output, pipeline="canonicalize")
+        return {}
+    if kind == "ort":
+        import quantizers
+
+        return quantizers.compile_model("ort_u8s8_rr", model, calib, output, "mse", threads)
+    if kind == "ort_without":
+        return ort_without(model, calib, output, exclude_ops or [])
+    if kind == "size":
+        qcompiler.compile(model, output, calib=calib, objective="size")
+        return {}
+    if kind == "default":
+        from qcompiler import passes as lib
+        from qcompiler.options import CompileOptions
+        from qcompiler.pipelines import Pipeline, resolve
+
+        resolved = resolve("auto", CompileOptions(calib=calib, objective="size", threads=threads))
+        after = next(i for i, p in enumerate(resolved.passes) if isinstance(p, lib.InferShapes)) + 1
+        passes = (resolved.passes[:after] + [lib.KeepFloatReference()] + resolved.passes[after:]
+                  + [lib.LatencyGuard(data=calib, threads=threads)])
+        compiled = qcompiler.compile(model, output, pipeline=Pipeline(passes, honours=resolved.honours))
+        return {"guard": compiled.plan.reports.get("latency_guard")}
+    compiled = qcompiler.compile(model, output, calib=calib, threads=threads, latency_cache=cache)
+    return {"placement": compiled.plan.reports["latency_placement"]}
+
+
+def ort_without(model: str, calib: str, output: str, exclude_ops: list[str]) -> dict:
+    """onnxruntime's U8S8 per-channel output with ``exclude_ops`` left float (``op_types_to_quantize``)."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
+    from quantizers import NpzReader, ort_preprocess
+
+    prepared, done = ort_preprocess(Path(model), Path(output).with_suffix(".pre.onnx"))
+    present = {n.op_type for n in onnx.load(str(prepared)).graph.node}
+    ops = sorted((set(QDQRegistry) & present) - set(exclude_ops))
+    quantize_static(str(prepared), output, NpzReader(Path(calib)), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    reduce_range=True, op_types_to_quantize=ops)
+    for leftover in Path(output).parent.glob(Path(output).stem + ".pre*.onnx"):
+        leftover.unlink()
+    return {"ort_preprocess": done, "op_types_to_quantize": ops}
+
+
+# -- in the parent -----------------------------------------------------------------------------------
+def run_compile(kind: str, name: str, args: argparse.Namespace, cache: Path | None = None, tag: str = "",
+                exclude_ops: list[str] | None = None) -> dict:
+    from qcompiler.bench import ChildError, run_child
+
+    model, calib = args.models_dir / f"{name}.onnx", args.models_dir / "data" / "calib_npz" / name
+    output = args.work / (tag or kind) / f"{name}.onnx"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.unlink(missing_ok=True)
+    print(f"{name}: compile {tag or kind}", file=sys.stderr, flush=True)
+    try:
+        child = run_child(f"{Path(__file__).resolve()}:compile_job", kind, str(model.resolve()), str(calib.resolve()),
+                          str(output.resolve()), args.threads, str(cache or ""), exclude_ops)
+    except ChildError as exc:
+        return {"error": str(exc)[-400:]}
+    return {"compile_s": round(child.seconds, 2), "path": str(output), **child.value,
+            "sha256": hashlib.sha256(output.read_bytes()).hexdigest()}
+
+
+def first_feed(args: argparse.Namespace, name: str) -> dict[str, np.ndarray]:
+    calib = args.models_dir / "data" / "calib_npz" / name
+    with np.load(sorted(calib.glob("*.npz"))[0]) as data:
+        return {key: data[key] for key in data.files}
+
+
+def side_by_side(paths: dict[str, str], feed: dict, args: argparse.Namespace) -> dict[str, float]:
+    from qcompiler.latency import measure_latencies
+
+    timings = measure_latencies(list(paths.values()), feed, threads=args.threads, runs=max(1, args.runs // ROUNDS),
+                                min_seconds=args.seconds, rounds=ROUNDS)
+    return {key: round(t.median_ms, 4) for key, t in zip(paths, timings)}
+
+
+def int8_op_types(path: str, outputs: bool = True) -> dict[str, int]:
+    """Op types of the nodes every activation input of which is dequantized and (``outputs``) every output
+    quantized and read by nothing else (onnxruntime's QDQ pattern: what its fusions run on integers), with
+    counts; without ``outputs`` also those with float outputs (MatMulIntegerToFloat)."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    constants |= {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants}
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in constants}
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        activations = [x for x in node.input if x and x not in constants]
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not activations:
+            continue
+        if all(x in dequantized for x in activations) and (not outputs or all(
+                readers.get(y) and set(readers[y]) == {"QuantizeLinear"} for y in node.output if y)):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def decision(report: dict) -> list[str]:
+    """The regions (and layers alone) a placement report keeps int8, by their first layer."""
+    return sorted(r["first"] for r in report["regions"] if r["choice"] == "int8")
+
+
+def evaluate(name: str, folder: Path, args: argparse.Namespace) -> dict:
+    """The kit's task metric of the candidate ``folder/<name>.onnx`` (and of FP32)."""
+    out = args.work / "eval" / f"{folder.name}-{name.replace('/', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{name}: evaluate {folder.name}", file=sys.stderr, flush=True)
+    done = subprocess.run([*EVALUATOR, str(args.models_dir), "--cand", str(folder), "--only", name, "--json", str(out),
+                           "--threads", str(args.threads)], capture_output=True, text=True)
+    if done.returncode or not out.exists():
+        return {"error": (done.stderr or done.stdout)[-300:]}
+    entry = json.loads(out.read_text())["models"][name]
+    return {"metric": entry.get("metric"), "fp32": entry.get("fp32"), "cand": entry.get("cand")}
+
+
+def reproducibility(name: str, args: argparse.Namespace, cache: Path, idle: dict) -> dict:
+    """Line 4: ``--compiles`` compiles with ``cache`` and one with a fresh cache, one core kept busy."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        runs = [run_compile("placement", name, args, cache, tag=f"repeat{i}") for i in range(args.compiles)]
+        fresh_cache = args.work / "cache" / f"{name.replace('/', '_')}.loaded.json"
+        fresh_cache.unlink(missing_ok=True)
+        fresh = run_compile("placement", name, args, fresh_cache, tag="loaded")
+    finally:
+        busy.kill()
+        busy.wait()
+    ok = [r for r in runs if "error" not in r]
+    return {"compiles": len(runs), "errors": len(runs) - len(ok),
+            "identical": len({r["sha256"] for r in ok} | {idle["sha256"]}) == 1 and len(ok) == len(runs),
+            "same_decision_with_cache": all(decision(r["placement"]) == decision(idle["placement"]) for r in ok),
+            "fresh_cache_under_load": {
+                "same_decision": decision(fresh["placement"]) == decision(idle["placement"]) if "error" not in fresh
+                else None,
+                "int8_regions": fresh.get("placement", {}).get("int8_regions"), "compile_s": fresh.get("compile_s")}}
+
+
+def measure(name: str, args: argparse.Namespace) -> dict:
+    cache = args.work / "cache" / f"{name.replace('/', '_')}.json"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.unlink(missing_ok=True)
+    entry = {kind: run_compile(kind, name, args, cache if kind == "placement" else None)
+             for kind in ("fp32", "ort", "default", "placement")}
+    ready = {k: v["path"] for k, v in entry.items() if "error" not in v}
+    print(f"{name}: latency of {', '.join(ready)}", file=sys.stderr, flush=True)
+    entry["latency_ms"] = side_by_side(ready, first_feed(args, name), args)
+    placed = entry["placement"].get("placement")
+    if placed:
+        measured = entry["latency_ms"]["placement"]
+        scaled = entry["latency_ms"]["fp32"] * placed["predicted_ms"] / placed["float_ms"]
+        entry["prediction"] = {"predicted_ms": round(placed["predicted_ms"], 4), "measured_ms": measured,
+                               "error": round(abs(placed["predicted_ms"] - measured) / measured, 4),
+                               "predicted_ratio_ms": round(scaled, 4),
+                               "ratio_error": round(abs(scaled - measured) / measured, 4)}
+        if args.compiles:
+            entry["reproducibility"] = reproducibility(name, args, cache, entry["placement"])
+    if "error" not in entry["default"] and "error" not in entry["placement"]:
+        entry["compile_ratio"] = round(entry["placement"]["compile_s"] / entry["default"]["compile_s"], 2)
+    if args.evaluate:
+        entry["accuracy"] = {kind: evaluate(name, args.work / kind, args) for kind in ("default", "placement")
+                             if kind in ready}
+    if any(fnmatch.fnmatch(name, p) for p in args.gap.split(",")):
+        entry["gap"] = gap(name, args, entry)
+    return entry
+
+
+def gap(name: str, args: argparse.Namespace, entry: dict) -> dict:
+    """The op types onnxruntime runs in int8 that our all-int8 output leaves float, and their payoff."""
+    size = run_compile("size", name, args)
+    if "error" in size or "error" in entry["ort"]:
+        return {"error": size.get("error") or entry["ort"]["error"]}
+    return gap_of(name, args, size["path"], entry["ort"]["path"])
+
+
+def gap_of(name: str, args: argparse.Namespace, size: str, ort: str) -> dict:
+    """:func:`gap` of our all-int8 output ``size`` and onnxruntime's ``ort``: the op types in onnxruntime's
+    integer pattern that are not in ours (more than ours by count), and, for those we never feed integers,
+    onnxruntime's latency with and without them."""
+    ours, theirs = int8_op_types(size), int8_op_types(ort)
+    only_ort = {op: n - ours.get(op, 0) for op, n in theirs.items() if n > ours.get(op, 0)}
+    never = sorted(set(only_ort) - set(int8_op_types(size, outputs=False)))
+    result = {"ours_all_int8": ours, "ort": theirs, "only_ort": only_ort, "left_out": never}
+    if never:
+        without = run_compile("ort_without", name, args, tag="ort_without", exclude_ops=never)
+        if "error" not in without:
+            paths = {"ort": ort, "ort_without": without["path"], "size": size}
+            result["latency_ms"] = side_by_side(paths, first_feed(args, name), args)
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------------
+def _ms(entry: dict, key: str) -> str:
+    value = entry.get("latency_ms", {}).get(key)
+    return f"{value:.3f}" if value is not None else "-"
+
+
+def _score(accuracy: dict, kind: str) -> str:
+    cand = (accuracy.get(kind) or {}).get("cand") or {}
+    keys = [k for k in ("same_output", "cos_mean", "sqnr_db") if k in cand]
+    return " / ".join(f"{cand[k]:.3f}" if isinstance(cand[k], float) else str(cand[k]) for k in keys) or "-"
+
+
+def markdown(results: dict) -> str:
+    models = results["models"]
+    lines = [f"# Latency-aware placement ({results['machine']['cpu']}, {results['threads']} threads, onnxruntime "
+             f"{results['machine']['onnxruntime']})", "", *([results["note"], ""] if results.get("note") else []),
+             "## Line 1: latency against the faster of FP32 and onnxruntime U8S8 (ms, side by side)", "",
+             "| model | fp32 | ort u8s8 | default (guard) | placement | placement / best | <= 1.02 | default acc "
+             "(same / cos / sqnr) | placement acc |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in models.items():
+        lat = e.get("latency_ms", {})
+        best = min(v for k, v in lat.items() if k in ("fp32", "ort")) if lat else None
+        ratio = lat.get("placement", 0) / best if best and "placement" in lat else None
+        lines.append(f"| {name} | {_ms(e, 'fp32')} | {_ms(e, 'ort')} | {_ms(e, 'default')} | {_ms(e, 'placement')} | "
+                     f"{ratio:.3f} | {'yes' if ratio <= 1.02 else 'NO'} | {_score(e.get('accuracy', {}), 'default')} | "
+                     f"{_score(e.get('accuracy', {}), 'placement')} |" if ratio else f"| {name} | failed |||||||")
+    lines += ["", "## Line 2: regions of the models the whole-model guard keeps float", ""]
+    for name in GUARDED:
+        placed = models.get(name, {}).get("placement", {}).get("placement")
+        if not placed:
+            continue
+        lines += [f"### {name}", "", "| region | layers | float ms | int8 ms | gain ms | t | rounds | choice |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in placed["regions"]:
+            if "float_ms" not in r:
+                lines.append(f"| {r['region']} {r['first']} ({r['ops']}) | {r['layers']} | - | - | - | - | - | "
+                             f"{r['choice']} ({r['source']}) |")
+                continue
+            where = r["region"] if r.get("parent") is None else f"{r['region']} (alone, in {r['parent']})"
+            lines.append(f"| {where} {r['first']} ({r['ops']}) | {r['layers']} | {r['float_ms']:.4f} | "
+                         f"{r['int8_ms']:.4f} | {r['float_ms'] - r['int8_ms']:+.4f} | {r['t']:+.1f} | {r['rounds']} | "
+                         f"{r['choice']} |")
+        lat = models[name]["latency_ms"]
+        lines += ["", f"{placed['int8_regions']}/{placed['regions_total']} regions int8, {placed['int8_units']} "
+                  f"layer(s) int8 alone; whole model: fp32 "
+                  f"{lat.get('fp32')} ms, placement {lat.get('placement')} ms "
+                  f"({lat['fp32'] / lat['placement']:.2f}x)" if "placement" in lat else "", ""]
+    lines += ["## Line 3: predicted against measured latency of the placed model", "",
+              "predicted: the compile's float model latency minus the chosen regions' gains; scaled: the same "
+              "prediction as a ratio of float, times this run's fp32 (cancels a change of load between the "
+              "compile and this run)", "",
+              "| model | predicted ms | scaled ms | measured ms | error | error (scaled) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {p['predicted_ms']:.3f} | {p.get('predicted_ratio_ms', 0):.3f} | {p['measured_ms']:.3f} | "
+              f"{100 * p['error']:.1f} % | {100 * p.get('ratio_error', 0):.1f} % |"
+              for n, e in models.items() if (p := e.get("prediction"))]
+    lines += ["", "## Line 4: compiles with the cache while one core is kept busy", "",
+              "| model | compiles | byte-identical | same decision (cache) | fresh cache under load: same decision |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {n} | {r['compiles']} | {r['identical']} | {r['same_decision_with_cache']} | "
+              f"{r['fresh_cache_under_load']['same_decision']} |"
+              for n, e in models.items() if (r := e.get("reproducibility"))]
+    lines += ["", "## Line 5: compile time (s; placement with a fresh cache)", "",
+              "| model | default (guard) | placement | ratio |", "|---|---|---|---|"]
+    lines += [f"| {n} | {e['default']['compile_s']} | {e['placement']['compile_s']} | {e['compile_ratio']} |"
+              for n, e in models.items() if "compile_ratio" in e]
+    lines += ["", "## Ops onnxruntime runs in int8 that qcompiler leaves float", "",
+              "| model | more in onnxruntime's integer pattern (count) | left out | ort ms | ort without them ms | our "
+              "all-int8 ms |", "|---|---|---|---|---|---|"]
+    gaps = {**{n: e["gap"] for n, e in models.items() if "gap" in e}, **results.get("gap_only", {})}
+    for n, g in gaps.items():
+        if "error" not in g:
+            lat = g.get("latency_ms", {})
+            lines.append(f"| {n} | {', '.join(f'{k} {v}' for k, v in g['only_ort'].items()) or '(none)'} | "
+                         f"{', '.join(g.get('left_out', [])) or '-'} | {lat.get('ort', '-')} | "
+                         f"{lat.get('ort_without', '-')} | {lat.get('size', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    from compare_quantizers import list_models
+
+    from qcompiler.bench import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("/root/realmodels"))
+    parser.add_argument("--only", default="*", help="comma-separated model names or shell patterns")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads everywhere")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per model, at least")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, at least")
+    parser.add_argument("--compiles", type=int, default=5, help="line 4: compiles with the cache (0: skip)")
+    parser.add_argument("--gap", default=GAP, help="models (patterns) of the onnxruntime op-gap analysis")
+    parser.add_argument("--gap-only", action="store_true", help="only the op-gap analysis of the --gap models")
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_false", help="skip the task metrics")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "qcompiler-bench" / "placement")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--force", action="store_true", help="measure models already in the results again")
+    args = parser.parse_args()
+    names = list_models(args.models_dir, args.only)
+    if not names:
+        parser.error(f"no model with calibration feeds in {args.models_dir} matches {args.only!r}")
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / "placement.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if results.get("threads") != args.threads or results.get("machine", {}).get("cpu") != machine()["cpu"]:
+        results = {"machine": machine(), "threads": args.threads, "models": {}}  # another machine: start over
+    if args.gap_only:
+        for name in [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.gap.split(","))]:
+            results.setdefault("gap_only", {})[name] = gap(name, args, {"ort": run_compile("ort", name, args)})
+            path.write_text(json.dumps(results, indent=1) + "\n")
+            (args.results / "placement.md").write_text(markdown(results))
+        names = []
+    for name in names:
+        if name in results["models"] and not args.force:
+            print(f"{name}: already measured (--force to measure again)", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        results["models"][name] = {**measure(name, args), "wall_s": round(time.perf_counter() - start, 1)}
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        (args.results / "placement.md").write_text(markdown(results))
+    print(markdown(results))
+    print(f"wrote {path} and placement.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""``latency-placement``: keep int8 only the regions onnxruntime runs faster in int8 on this machine.
+
+Runs after calibration (and mixed precision), before ``insert-qdq``: cuts every region of the plan
+(``qcompiler.placement``: partition, subgraphs, the paired test, the cache) out of the float and the
+all-int8 model, compares them on the real intermediate tensors of the first calibration feed, and
+rebuilds the plan with the slower regions' layers in float (the assignment the sensitivity search
+uses, so every result is one the compiler could emit). The measurements go to the latency cache
+(``cache``; a comparison found there is reused), the decisions and the predicted latency to
+``model.plan.reports["latency_placement"]``; the compile command prints the per-region table.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from dataclasses import asdict, field
+from typing import Any
+
+
+from qcompiler.calibration import model_inputs, open_calibration
+from qcompiler.errors import UserError
+from qcompiler.ir import Model, onnxruntime_model, to_proto
+from qcompiler.lowering import lower
+from qcompiler.pass_manager import Pass, PassResult, register_pass
+from qcompiler.placement import (Comparison, LatencyCache, Region, choose, compare, cut_errors, default_cache_path,
+                                 machine_key, partition, predicted_ms, region_subgraphs, subgraph_key, touching,
+                                 units, whole_model_ms)
+from qcompiler.sensitivity import Evaluator, name_nodes
+
+from .structure import require_regions
+
+
+def _capture(model: Model, names: list[str], feed: dict) -> dict:
+    """The float tensors ``names`` of ``model`` on ``feed`` (graph inputs straight from the feed)."""
+    import onnxruntime as ort
+
+    inputs = {v.name for v in model.graph.inputs}
+    wanted = [n for n in names if n not in inputs]
+    with onnxruntime_model(model, extra_outputs=wanted) as source:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        fed = {k: v for k, v in feed.items() if k in {i.name for i in session.get_inputs()}}
+        arrays = dict(zip([o.name for o in session.get_outputs()], session.run(None, fed)))
+    return {n: (feed[n] if n in inputs else arrays[n]) for n in names if n in inputs or n in arrays}
+
+
+def _describe(region: Region, ops: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for name in region.layers:
+        counts[ops[name]] = counts.get(ops[name], 0) + 1
+    return " ".join(f"{n}x{op}" if n > 1 else op for op, n in sorted(counts.items()))
+
+
+@register_pass("latency-placement")
+class LatencyPlacement(Pass):
+    """Per region, int8 where it is measured faster than float (see the module docstring)."""
+
+    data: Any = None
+    threads: int = 0
+    cache: str = ""  # latency cache file; empty: the user's (qcompiler.placement.default_cache_path)
+    exclude: list[str] = field(default_factory=list)
+    per_channel: bool = True
+    float_linear_outputs: bool = False
+    region: str = ""  # as assign-precision's
+    max_units: int = 16  # layers measured alone, in regions slower in int8 (largest weights first)
+    min_share: float = 0.05  # ... in regions that take at least this share of the float model's time
+    idempotent = False
+    needs = ("plan", "ranges")
+
+    def requires(self, model: Model) -> None:
+        if self.data is None:
+            raise UserError("latency-placement: no calibration data given (--calib DIR or a '@calibration' "
+                            "resource); the regions are measured on its first feed")
+        require_regions(self, model, self.region)
+
+    def call(self, model: Model) -> PassResult:
+        start = time.perf_counter()
+        renamed = name_nodes(model)
+        plan = model.plan
+        regions = partition(model)
+        if not regions:
+            return PassResult(model, renamed)
+        others = [glob.escape(n.name) for n in model.graph if n.op_type in plan.target.int8_ops and n not in plan.layers]
+        evaluator = Evaluator.builder(model, exclude=[*self.exclude, *others], assign_options={
+            "target": plan.target, "per_channel": self.per_channel and plan.target.per_channel,
+            "float_linear_outputs": self.float_linear_outputs, "region": self.region})
+        int8_model = lower(model.clone())
+        float_proto, int8_proto = to_proto(evaluator.base), to_proto(int8_model)
+        types = {v.name: v.dtype for m in (evaluator.base, int8_model) for v in m.graph.values() if v.dtype}
+        feed = next(iter(open_calibration(self.data, model_inputs(model))))
+        candidates = units(model, regions, len(regions))
+        cuts = {r.index: region_subgraphs(r, float_proto, int8_proto, types, {}) for r in regions + candidates}
+        wanted = list(dict.fromkeys(x for pair in cuts.values() for sub in pair for x in sub.inputs))
+        tensors = _capture(evaluator.base, wanted, feed)
+        shapes = {k: v.shape for k, v in tensors.items()}
+        cache = LatencyCache(self.cache or default_cache_path(), machine_key(self.threads))
+        ops = {n.name: n.op_type for n in model.graph}
+        comparisons: dict[int, Comparison | None] = {}
+        rows: list[dict[str, Any]] = []
+
+        def measure(region: Region) -> None:
+            row = {"region": region.index, "parent": region.parent, "layers": len(region.layers),
+                   "ops": _describe(region, ops), "first": region.layers[0]}
+            try:
+                pair = region_subgraphs(region, float_proto, int8_proto, types, shapes)
+                fed = {x: tensors[x] for x in dict.fromkeys(pair[0].inputs + pair[1].inputs)}
+                key = subgraph_key((p.proto for p in pair), fed)
+                comparison = cache.comparison(key)
+                row["source"] = ("repeat" if key in cache.new else "cache") if comparison is not None else "measured"
+                if comparison is None:
+                    comparison = compare(tuple(p.proto.SerializeToString() for p in pair), fed, threads=self.threads)
+                    cache.put_comparison(key, comparison)
+            except cut_errors() as exc:
+                comparison = None
+                row["source"] = f"not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            comparisons[region.index] = comparison
+            rows.append({**row, **(asdict(comparison) if comparison else {})})
+
+        for region in regions:
+            measure(region)
+        whole_key = subgraph_key((float_proto,), feed)
+        whole = cache.get(whole_key)
+        if whole is None:
+            whole = {"float_ms": whole_model_ms(float_proto.SerializeToString(), feed, threads=self.threads)}
+            cache.put(whole_key, whole)
+        # layers alone only where their region is slower in int8 and takes a share of the time worth a search
+        slower = {r.index for r in regions if (c := comparisons[r.index]) is not None and not c.int8
+                  and c.float_ms >= self.min_share * whole["float_ms"]}
+        for unit in [u for u in candidates if u.parent in slower][:self.max_units]:
+            measure(unit)
+        cache.save()
+        measured_units = [u for u in candidates if u.index in comparisons]
+        chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))
+        kept = {r.index for r in chosen}
+        for row in rows:
+            row["choice"] = "int8" if row["region"] in kept else "float"
+        int8_nodes = {n for r in chosen for n in r.nodes}  # every node of a float region is excluded by name,
+        rejected = [name for r in regions if r.index not in kept for name in r.nodes if name not in int8_nodes]
+        # pass-through ops included, so int8 layers alone do not join up through them again
+        plan.reports["latency_placement"] = {
+            "machine": cache.machine, "cache": str(cache.path), "float_ms": whole["float_ms"],
+            "predicted_ms": predicted_ms(whole["float_ms"], chosen, comparisons), "regions": rows,
+            "int8_regions": sum(r.parent is None for r in chosen), "int8_units": sum(r.parent is not None for r in chosen),
+            "all_int8": all(r.index in kept for r in regions), "regions_total": len(regions),
+            "measured": sum(r["source"] == "measured" for r in rows),
+            "seconds": time.perf_counter() - start}
+        if not rejected:
+            return PassResult(model, renamed)
+        built = evaluator.build(rejected)
+        expected = {n.name for n in plan.layers} - set(rejected)  # (absorbed activations are layers too)
+        if {n.name for n in built.plan.layers} != expected:
+            plan.reports["latency_placement"]["rebuilt_layers_differ"] = sorted(
+                expected ^ {n.name for n in built.plan.layers})
+        built.plan.reports = plan.reports
+        built.plan.float_reference, built.plan.original_model = plan.float_reference, plan.original_model
+        model.graph, model.plan = built.graph, built.plan
+        plan.reports["latency_placement"]["seconds"] = time.perf_counter() - start
+        return PassResult(model, True)
+

@@ -1,0 +1,218 @@
+"""Latency-aware placement: the partition into regions, the subgraphs cut out of the float and int8
+models, the paired test, the choice from a fixed table, and the cache that makes compiles reproducible."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import qcompiler
+from qcompiler import PassManager
+from qcompiler.assignment import assign
+from qcompiler.errors import UserError
+from qcompiler.ir import to_proto
+from qcompiler.ir.testing import parse, tensor_text
+from qcompiler.lowering import lower
+from qcompiler.passes import InferShapes
+from qcompiler.placement import (Comparison, LatencyCache, Region, choose, decide, machine_key, partition,
+                                 predicted_ms, region_subgraphs, subgraph_key, touching, units)
+from qcompiler.sensitivity import name_nodes
+from qcompiler.targets import get_target
+
+
+def _two_regions():
+    """Conv -> Relu -> MaxPool -> Conv, a float Sigmoid, then Conv -> Relu: two int8 regions."""
+    rng = np.random.default_rng(0)
+    weights = ", ".join(tensor_text(k, rng.normal(0, 0.3, s).astype(np.float32)) for k, s in
+                        {"w1": (8, 3, 3, 3), "w2": (8, 8, 1, 1), "w3": (4, 8, 3, 3)}.items())
+    return parse(f"""<ir_version: 8, opset_import: ["" : 13]>
+    g (float[2,3,16,16] x) => (float[2,4,8,8] y) <{weights}> {{
+      c1 = Conv <pads = [1,1,1,1]> (x, w1)
+      r1 = Relu(c1)
+      p1 = MaxPool <kernel_shape = [2,2], strides = [2,2]> (r1)
+      c2 = Conv(p1, w2)
+      s = Sigmoid(c2)
+      c3 = Conv <pads = [1,1,1,1]> (s, w3)
+      y = Relu(c3)
+    }}""")
+
+
+def _calibrated(model):
+    model = PassManager([InferShapes()])(model).model
+    name_nodes(model)
+    assign(model, get_target("x86-vnni"), exclude=[], per_channel=True)
+    model.plan.set_ranges({v: (-20.0, 20.0) for v in model.plan.pending})  # past every value here
+    return model
+
+
+def test_partition_joins_nodes_through_quantized_tensors_and_stops_at_float_ops():
+    model = _calibrated(_two_regions())
+    ops = {n.name: n.op_type for n in model.graph}
+    regions = partition(model)
+    assert [[ops[n] for n in r.nodes] for r in regions] == [["Conv", "Relu", "MaxPool", "Conv"], ["Conv", "Relu"]]
+    assert all(set(r.layers) <= set(r.nodes) and r.layers for r in regions)
+    assert "Sigmoid" not in {ops[n] for r in regions for n in r.nodes}
+
+
+def test_units_are_the_weighted_layers_of_multi_layer_regions_and_touch_through_a_shared_tensor():
+    model = _calibrated(_two_regions())
+    ops = {n.name: n.op_type for n in model.graph}
+    candidates = units(model, partition(model), 2)
+    assert [([ops[n] for n in u.nodes], u.parent, u.index) for u in candidates] == [
+        (["Conv", "Relu"], 0, 2), (["Conv"], 0, 3)]  # the larger weight first; region 1 has one layer
+    assert touching(model, candidates) == {2: set(), 3: set()}  # the MaxPool between them stays float
+    rng = np.random.default_rng(0)
+    weights = ", ".join(tensor_text(k, rng.normal(0, 0.3, s).astype(np.float32)) for k, s in
+                        {"w1": (4, 3, 1, 1), "w2": (4, 3, 1, 1)}.items())
+    fork = _calibrated(parse(f"""<ir_version: 8, opset_import: ["" : 13]>
+    g (float[1,3,8,8] x) => (float[1,4,8,8] a, float[1,4,8,8] b) <{weights}> {{
+      c1 = Conv(x, w1)
+      a = Sigmoid(c1)
+      c2 = Conv(x, w2)
+      b = Sigmoid(c2)
+    }}"""))
+    (region,) = partition(fork)
+    both = units(fork, [region], 1)
+    assert touching(fork, both) == {1: {2}, 2: {1}}  # one QuantizeLinear of x feeds both
+
+
+def test_region_subgraphs_carry_the_transitions_and_compute_the_region():
+    model = _calibrated(_two_regions())
+    regions = partition(model)
+    float_model = model.clone()
+    for value in float_model.graph.values():
+        value.quant = None
+    float_model.plan.start(float_model.plan.target)
+    int8_model = lower(model.clone())
+    types = {v.name: v.dtype for m in (float_model, int8_model) for v in m.graph.values() if v.dtype}
+    x = np.random.default_rng(1).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    floating, quantized = region_subgraphs(regions[0], to_proto(float_model), to_proto(int8_model), types,
+                                           {"x": x.shape})
+    assert floating.inputs == quantized.inputs == ("x",)
+    assert [n.op_type for n in floating.proto.graph.node] == ["Conv", "Relu", "MaxPool", "Conv"]
+    int8_ops = [n.op_type for n in quantized.proto.graph.node]
+    assert int8_ops.count("QuantizeLinear") == 4 and "Relu" not in int8_ops  # x, the Relu, the pool, the output
+    outputs = [ort.InferenceSession(s.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+               .run(None, {"x": x})[0] for s in (floating, quantized)]
+    assert outputs[0].shape == outputs[1].shape == (2, 8, 8, 8)
+    error = np.sum((outputs[0] - outputs[1]) ** 2) / np.sum(outputs[0] ** 2)
+    assert 0 < error < 0.02  # the quantized region computes the float one, with rounding
+
+
+def test_decide_separates_a_clear_difference_and_not_noise():
+    rng = np.random.default_rng(0)
+    noise = list(1.0 + 0.05 * rng.standard_normal(12))
+    mean, t, separated = decide(noise, list(1.0 + 0.05 * rng.standard_normal(12)))
+    assert not separated and abs(t) < 4
+    mean, t, separated = decide([2.0 + 0.05 * e for e in noise], noise)
+    assert separated and t > 4 and mean == pytest.approx(np.log(2), abs=0.05)
+
+
+def test_choose_keeps_exactly_the_regions_measured_faster_in_int8():
+    regions = [Region(i, (f"l{i}",), (f"l{i}",)) for i in range(4)]
+    table = {0: Comparison(1.0, 0.5, 0.69, 9.0, 6, True), 1: Comparison(1.0, 2.0, -0.69, -9.0, 6, False),
+             2: Comparison(1.0, 0.98, 0.02, 1.1, 24, False), 3: None}
+    chosen = choose(regions, table)
+    assert [r.index for r in chosen] == [0, 3]  # 2 is in doubt: float; 3 could not be measured: int8 kept
+    assert predicted_ms(10.0, chosen, table) == pytest.approx(9.5)
+
+
+def test_layers_alone_are_chosen_only_in_float_regions_and_never_touching():
+    regions = [Region(0, ("a", "b", "c"), ("a", "b", "c")), Region(1, ("d", "e"), ("d", "e"))]
+    alone = [Region(2, ("a",), ("a",), 0), Region(3, ("b",), ("b",), 0), Region(4, ("c",), ("c",), 0),
+             Region(5, ("d",), ("d",), 1)]
+    table = {0: Comparison(3.0, 4.0, -0.3, -9.0, 6, False), 1: Comparison(2.0, 1.0, 0.69, 9.0, 6, True),
+             2: Comparison(1.0, 0.8, 0.2, 8.0, 6, True), 3: Comparison(1.0, 0.5, 0.69, 8.0, 6, True),
+             4: Comparison(1.0, 0.9, 0.1, 5.0, 6, True), 5: Comparison(1.0, 0.5, 0.69, 9.0, 6, True)}
+    touches = {2: {3}, 3: {2, 4}, 4: {3}, 5: set()}
+    chosen = choose(regions, table, alone, touches)
+    assert [r.index for r in chosen] == [1, 3]  # 5's region is int8 whole; 3 gains most and touches 2 and 4
+    assert predicted_ms(10.0, chosen, table) == pytest.approx(8.5)
+    assert [r.index for r in choose(regions, table, alone, {2: set(), 3: set(), 4: set(), 5: set()})] == [1, 3, 2, 4]
+
+
+def test_the_key_is_the_structure_not_names_or_weights():
+    model = _calibrated(_two_regions())
+    proto = to_proto(model)
+    renamed = to_proto(model)
+    for node in renamed.graph.node:
+        node.name += "_other"
+    for tensor in renamed.graph.initializer:
+        tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) * 2 + 1, tensor.name))
+    feed = {"x": np.zeros((2, 3, 16, 16), np.float32)}
+    assert subgraph_key([proto], feed) == subgraph_key([renamed], feed)
+    assert subgraph_key([proto], feed) != subgraph_key([proto], {"x": np.zeros((4, 3, 16, 16), np.float32)})
+    conv = next(n for n in renamed.graph.node if n.op_type == "Conv")
+    conv.attribute.append(onnx.helper.make_attribute("group", 1))
+    assert subgraph_key([proto], feed) != subgraph_key([renamed], feed)
+
+
+def test_cache_key_and_file_round_trip(tmp_path):
+    key = machine_key(2)
+    assert f"onnxruntime {ort.__version__}" in key and key.endswith("threads 2") and key != machine_key(1)
+    path = tmp_path / "cache.json"
+    cache = LatencyCache(path, key)
+    cache.put_comparison("abc", Comparison(1.0, 0.5, 0.69, 9.0, 6, True))
+    cache.save()
+    assert LatencyCache(path, key).comparison("abc") == Comparison(1.0, 0.5, 0.69, 9.0, 6, True)
+    assert LatencyCache(path, machine_key(1)).comparison("abc") is None  # another thread count: not reused
+    path.write_text("{}")
+    with pytest.raises(UserError, match="not a latency cache"):
+        LatencyCache(path, key)
+
+
+@pytest.fixture
+def cnn(tmp_path):
+    from .test_compile import TEXT
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model(TEXT)
+    shapes = {"w1": (32, 3, 3, 3), "b1": (32,), "w2": (64, 32, 3, 3), "b2": (64,), "w3": (10, 64), "b3": (10,)}
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array((rng.standard_normal(s) * 0.2).astype(np.float32), n)
+                                   for n, s in shapes.items())
+    path = tmp_path / "cnn.onnx"
+    onnx.save(proto, str(path))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(2):
+        np.savez(calib / f"batch_{i}.npz", image=rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
+    return path, calib
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_same_cache_gives_the_same_file_and_the_decisions_follow_it(cnn, tmp_path):
+    path, calib = cnn
+    cache = tmp_path / "latency.json"
+    outputs = [tmp_path / f"out{i}.onnx" for i in range(3)]
+    first = qcompiler.compile(path, outputs[0], calib=calib, threads=1, latency_cache=str(cache))
+    report = first.plan.reports["latency_placement"]
+    assert report["measured"] >= 1 and all(r["source"] in ("measured", "repeat") for r in report["regions"])
+    second = qcompiler.compile(path, outputs[1], calib=calib, threads=1, latency_cache=str(cache))
+    assert second.plan.reports["latency_placement"]["measured"] == 0  # every region from the cache
+    assert _digest(outputs[0]) == _digest(outputs[1])
+    # the decision is the cache's: mark every region faster in int8, and the output is the all-int8 model
+    document = json.loads(cache.read_text())
+    for entries in document["machines"].values():
+        for entry in entries.values():
+            if "int8" in entry:
+                entry["int8"] = True
+    cache.write_text(json.dumps(document))
+    placed = qcompiler.compile(path, outputs[2], calib=calib, threads=1, latency_cache=str(cache))
+    assert placed.plan.reports["latency_placement"]["all_int8"]
+    everything = tmp_path / "size.onnx"
+    qcompiler.compile(path, everything, calib=calib, objective="size")
+    assert _structure(outputs[2]) == _structure(everything)  # (node names differ: placement names every node)
+
+
+def _structure(path):
+
+    proto = onnx.load(str(path))
+    return [n.op_type for n in proto.graph.node], sorted(t.raw_data for t in proto.graph.initializer)
