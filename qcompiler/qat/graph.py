@@ -10,8 +10,10 @@ compiled keeps no other record once written) and replaces them by trainable fake
 * **Weights**: ``DequantizeLinear(integer initializer)`` becomes ``fake_quantize(W, s_w)`` with a float
   latent weight ``W`` (started at the dequantized integers, the PTQ solution) and a step size ``s_w`` per
   channel / block (LSQ). The integer range is the stored type's, narrowed to what the integers use when
-  the zero point is 0 (4-bit weights are stored in int8 with values -7..7): the smallest symmetric range
-  ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, b in 2, 4, 8, holding them; ``{-1, 1}`` alone means binary weights.
+  the zero point is 0 (4-bit weights are stored in int8 with values -7..7): the smallest of ternary
+  ``[-1, 1]``, 4-bit ``[-7, 7]`` and the 7-bit reduced range ``[-64, 63]`` (x86 without VNNI, where
+  full-range weights saturate onnxruntime's int16 pair sums) that holds them; ``{-1, 1}`` alone means
+  binary weights.
 * **Activations**: a ``QuantizeLinear -> DequantizeLinear`` pair becomes one fake quantizer with a learned
   step (LSQ). Pairs whose scale and zero point initializers hold identical values share one step: the
   compiler gives equal scales to the inputs and outputs of ops that onnxruntime runs on the integers
@@ -110,11 +112,10 @@ def _narrow_range(integers: np.ndarray, zero_point: np.ndarray, dtype: np.dtype)
     values = np.asarray(integers, np.int64)
     if values.size and np.all(np.abs(values) == 1):
         return -1, 1, True
-    peak = int(np.abs(values).max()) if values.size else 0
-    for bits in (2, 4, 8):
-        limit = 2 ** (bits - 1) - 1
-        if peak <= limit and limit < hi:
-            return -limit, limit, False
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    for narrow_lo, narrow_hi in ((-1, 1), (-7, 7), (-64, 63)):  # ternary, 4-bit, x86-avx2's 7-bit reduced range
+        if narrow_lo <= low and high <= narrow_hi and narrow_hi < hi:
+            return narrow_lo, narrow_hi, False
     return lo, hi, False
 
 
