@@ -247,7 +247,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, False)
     result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
-                      weights=args.weights,
+                      weights=args.weights, activation_bits=args.activation_bits,
                       progress=not args.quiet and is_terminal(sys.stderr))
     print(result.table())
     print(f"wrote {args.output}: {result.steps_run} steps in this run, final loss "
@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "is resumed")
     tune.add_argument("--weights", choices=("int4", "ternary", "binary"), help="first lower the weights of every "
                       "layer but the first and last to this form")
+    tune.add_argument("--activation-bits", type=int, choices=(4,), help="first narrow the activations (all but the "
+                      "first layer's input and the last layer's output) to 4 bits, in their 8-bit storage")
     tune.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(run=cmd_finetune)

@@ -133,13 +133,13 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
              data: str | os.PathLike, steps: int = 500, lr: float = 1e-4, batch: int = 32, seed: int = 0,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, task_loss=None,
              threads: int = 1, progress: bool | None = None, on_step=None,
-             weights: str | None = None) -> FinetuneResult:
+             weights: str | None = None, activation_bits: int | None = None) -> FinetuneResult:
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
     and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
     optional labelled loss added to the distillation (``extras``: the data files' non-input arrays).
-    ``weights`` (int4, ternary, binary) first lowers the weights of all but the first and last layer
-    (:func:`.lowbit.lower_precision`). Returns the losses and, per output, the error and agreement against the teacher before and after (as
+    ``weights`` (int4, ternary, binary) and ``activation_bits`` (4) first lower the weights and activations
+    of all but the first and last layer (:mod:`.lowbit`). Returns the losses and, per output, the error and agreement against the teacher before and after (as
     onnxruntime runs the two models)."""
     import time
 
@@ -164,10 +164,13 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     torch.set_num_threads(max(1, threads))
     try:
         start_model = ir.load(model)
-        if weights is not None:
-            from .lowbit import lower_precision
+        if weights is not None or activation_bits is not None:
+            from .lowbit import lower_activations, lower_precision
 
-            lower_precision(start_model, weights)
+            if weights is not None:
+                lower_precision(start_model, weights)
+            if activation_bits is not None:
+                lower_activations(start_model, activation_bits)
             before = output.with_name(output.name + ".lowered.onnx")  # the lowered start, for the summary
             ir.save(start_model, before)
         module = QuantizedModel(start_model)

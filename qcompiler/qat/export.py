@@ -46,6 +46,10 @@ def trained_model(module: QuantizedModel) -> ir.Model:
         scale = np.asarray(_numpy(module.activation_scale(key)), np.float32).reshape(())
         for name in q.scales:
             _set(model, name, scale.reshape(np.shape(model.find_value(name).const)).astype(np.float32))
+        zero = float(np.asarray(q.zero_point).reshape(()))
+        for low, high, qmin, qmax in q.clips:  # the narrowed range's bounds follow the step
+            _set(model, low, np.asarray((qmin - zero) * scale, np.float32))
+            _set(model, high, np.asarray((qmax - zero) * scale, np.float32))
     for key, q in module.biases.items():
         x_spec = QuantSpec(0, np.asarray(_numpy(module.activation_scale(q.activation)), np.float32), np.zeros((), np.int8))
         w_spec = QuantSpec(0, _numpy(module.weight_scale(q.weight)).astype(np.float32), np.zeros((), np.int8))

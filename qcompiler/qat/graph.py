@@ -18,6 +18,10 @@ compiled keeps no other record once written) and replaces them by trainable fake
   step (LSQ). Pairs whose scale and zero point initializers hold identical values share one step: the
   compiler gives equal scales to the inputs and outputs of ops that onnxruntime runs on the integers
   (MaxPool, Reshape, Concat, ...), and a written model must keep them equal.
+* **Narrow activations**: a ``Clip`` with constant bounds ``(qmin - z) · s`` and ``(qmax - z) · s`` right
+  before a QuantizeLinear restricts it to ``[qmin, qmax]`` inside its storage type (4-bit activations in
+  uint8, :mod:`.lowbit`); the three nodes become one fake quantizer with that range, the bounds following
+  the learned step.
 * **int32 biases**: ``DequantizeLinear(int32)`` of a layer becomes ``round(b / (s_x · s_w)) · s_x · s_w``
   with a float bias ``b``, the scale following the layer's learned input and weight steps.
 """
@@ -88,8 +92,7 @@ class ActivationQuantizer:
     key: str
     scales: list[str] = field(default_factory=list)  # every scale initializer of the pairs (Q's and DQ's)
     zero_point: np.ndarray | None = None
-    qmin: int = 0
-    qmax: int = 255
+    clips: list[tuple[str, str, int, int]] = field(default_factory=list)  # (min, max initializer, qmin, qmax)
 
 
 @dataclass
@@ -117,6 +120,24 @@ def _narrow_range(integers: np.ndarray, zero_point: np.ndarray, dtype: np.dtype)
         if narrow_lo <= low and high <= narrow_hi and narrow_hi < hi:
             return narrow_lo, narrow_hi, False
     return lo, hi, False
+
+
+def _narrowing_clip(quantize: ir.Node, spec) -> tuple[ir.Node, int, int] | None:
+    """``(Clip, qmin, qmax)`` when ``quantize`` reads a Clip, read by it alone, whose constant bounds are
+    ``(qmin - z) · s`` and ``(qmax - z) · s`` for integers inside the storage range (see the module docstring)."""
+    clip = quantize.inputs[0].producer()
+    if clip is None or clip.op_type != "Clip" or len(clip.inputs) < 3 or len(quantize.inputs[0].consumers()) != 1:
+        return None
+    bounds = [v.const if v is not None else None for v in clip.inputs[1:3]]
+    if any(b is None for b in bounds):
+        return None
+    scale, zero = float(np.asarray(spec.scale).reshape(())), float(np.asarray(spec.zero_point).reshape(()))
+    levels = [float(np.asarray(b).reshape(())) / scale + zero for b in bounds]
+    integers = [round(v) for v in levels]
+    if any(abs(v - i) > 1e-3 for v, i in zip(levels, integers, strict=True)) or not (
+            spec.qmin <= integers[0] < integers[1] <= spec.qmax):
+        return None
+    return clip, integers[0], integers[1]
 
 
 def _integer_dtype(value: ir.Value) -> np.dtype:
@@ -183,15 +204,22 @@ class QuantizedModel(torch.nn.Module):
                    np.asarray(spec.zero_point).dtype.str)
             quantizer = ties.get(tie)
             if quantizer is None:
-                quantizer = ActivationQuantizer(f"{len(ties)}", zero_point=np.asarray(spec.zero_point),
-                                                qmin=spec.qmin, qmax=spec.qmax)
+                quantizer = ActivationQuantizer(f"{len(ties)}", zero_point=np.asarray(spec.zero_point))
                 ties[tie] = quantizer
                 self.activations[quantizer.key] = quantizer
                 self.parameters_[f"activation_scale_{quantizer.key}"] = torch.nn.Parameter(
                     torch.tensor(float(np.asarray(spec.scale).reshape(())), dtype=torch.float32))
             quantizer.scales += [node.inputs[1].name, pair.inputs[1].name]
+            clip, (qmin, qmax) = _narrowing_clip(node, spec), (spec.qmin, spec.qmax)
+            source = node.inputs[0]
+            if clip is not None and clip[0] in index:
+                qmin, qmax = clip[1], clip[2]
+                clip_node = clip[0]
+                quantizer.clips.append((clip_node.inputs[1].name, clip_node.inputs[2].name, qmin, qmax))
+                source = clip_node.inputs[0]
+                replacements[index[clip_node]] = None
             by_output[pair.outputs[0].name] = quantizer.key
-            replacements[index[node]] = self._activation_step(node, pair, quantizer)
+            replacements[index[node]] = self._activation_step(node, pair, quantizer, source, qmin, qmax)
             replacements[index[pair]] = None
         for node in self.model.graph:
             if node.op_type != "DequantizeLinear" or node not in index or node.inputs[0].const is None:
@@ -257,7 +285,8 @@ class QuantizedModel(torch.nn.Module):
         return Step("FakeQuantizeWeight", node.name, lambda: self.fake_weight(quantizer.key), (), node.outputs, {},
                     (node,), "kernel")
 
-    def _activation_step(self, quantize: ir.Node, dequantize: ir.Node, quantizer: ActivationQuantizer) -> Step:
+    def _activation_step(self, quantize: ir.Node, dequantize: ir.Node, quantizer: ActivationQuantizer,
+                         source: ir.Value, qmin: int, qmax: int) -> Step:
         zero = float(np.asarray(quantizer.zero_point).reshape(()))
         name = quantize.outputs[0].name
 
@@ -265,13 +294,13 @@ class QuantizedModel(torch.nn.Module):
             x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
             scale = self.activation_scale(quantizer.key)
             features = x[0].numel() if x.ndim > 1 else x.numel()
-            y = fake_quantize(x, scale, np.float32(zero), quantizer.qmin, quantizer.qmax,
-                              grad_factor=lsq_gradient_factor(features, int(quantizer.qmax - zero)))
+            y = fake_quantize(x, scale, np.float32(zero), qmin, qmax,
+                              grad_factor=lsq_gradient_factor(features, int(qmax - zero)))
             if self.record is not None:
                 self.record[name] = torch.round(y.detach() / scale.detach()) + zero
             return y
 
-        return Step("FakeQuantize", quantize.name, run, (quantize.inputs[0],), dequantize.outputs, {},
+        return Step("FakeQuantize", quantize.name, run, (source,), dequantize.outputs, {},
                     (quantize, dequantize), "kernel")
 
     def bias_scale(self, key: str) -> torch.Tensor:

@@ -11,10 +11,14 @@ weights, as is usual in low-bit training (Esser et al. 2020; Rastegari et al. 20
 All three stay int8 initializers read by ``DequantizeLinear``, which onnxruntime runs as it runs the 8-bit
 model: smaller files after compression, no speed-up on CPU (there are no ternary or binary kernels).
 
-4-bit activations are not offered: written as ``uint4`` Q/DQ (opset 21), onnxruntime 1.32's graph
-optimizer fuses them into QLinearConv / MaxPool on ``uint4`` tensors and then refuses its own graph
-("Type 'tensor(uint4)' ... of operator (QLinearConv) is invalid"); a 4-bit range inside uint8 storage
-(a Clip before the QuantizeLinear) would run, and is the way to add them.
+4-bit activations (:func:`lower_activations`) stay in their uint8/int8 storage: a ``Clip`` to the 16 levels
+``(qmin - z) · s .. (qmax - z) · s`` goes before the QuantizeLinear, whose step grows by ``255 / 15`` (the range
+kept). ``uint4`` Q/DQ (opset 21) would say it more directly, but onnxruntime 1.32's optimizer fuses those into
+QLinearConv / MaxPool on ``uint4`` tensors and then refuses its own graph ("Type 'tensor(uint4)' ... of
+operator (QLinearConv) is invalid"). The price: a layer whose output goes through the Clip is no longer a
+DequantizeLinear -> Conv -> QuantizeLinear unit, so onnxruntime runs it in float (slower than int8; there
+are no 4-bit activation kernels on CPU anyway). The outputs of MaxPool, Reshape, Flatten, ... take the new
+step without a Clip: they move values that are already on the 16 levels.
 """
 
 from __future__ import annotations
@@ -86,3 +90,63 @@ def lower_precision(model: ir.Model, weights: WeightForm) -> int:
     for _, dq in inner:
         _lower_weight(dq, weights)
     return len(inner)
+
+
+MOVEMENT = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather",
+            "Split", "Identity", "GlobalMaxPool"}
+
+
+def _kept_activations(model: ir.Model) -> set[str]:
+    """The first layer's quantized input and the last layer's output: they stay 8-bit."""
+    layers = _weight_layers(model)
+    if not layers:
+        return set()
+    kept = {layers[-1][0].outputs[0].name}
+    dq = layers[0][0].inputs[0].producer()
+    q = dq.inputs[0].producer() if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if q is not None and q.op_type == "QuantizeLinear":
+        kept.add(q.inputs[0].name)
+    return kept
+
+
+def lower_activations(model: ir.Model, bits: int = 4) -> int:
+    """Narrow every per-tensor activation Q/DQ pair but the first layer's input and the last layer's output to
+    ``bits`` (in place; see the module docstring); returns how many were narrowed."""
+    if not 2 <= bits < 8:
+        raise UserError(f"activation bits must be 2..7, not {bits}")
+    graph, kept, count = model.graph, _kept_activations(model), 0
+    for node in list(graph):
+        if node.op_type != "QuantizeLinear" or node.inputs[0].name in kept or node.inputs[1].const is None:
+            continue
+        readers = node.outputs[0].consumers()
+        if len(readers) != 1 or readers[0].op_type != "DequantizeLinear" or len(node.inputs) < 3:
+            continue
+        spec = spec_of_qdq(node)
+        if spec.axis is not None:
+            continue
+        lo, hi = integer_range(spec.dtype)
+        levels = 2 ** bits
+        ratio = (hi - lo) / (levels - 1)
+        low = -(levels // 2) if lo < 0 else 0
+        scale = np.float32(float(np.asarray(spec.scale).reshape(())) * ratio)
+        zero = int(np.clip(np.rint(float(np.asarray(spec.zero_point).reshape(())) / ratio), low, low + levels - 1))
+        for qdq in (node, readers[0]):
+            qdq.inputs[1].const = np.asarray(scale).reshape(np.shape(qdq.inputs[1].const))
+            qdq.inputs[2].const = np.asarray(zero, np.asarray(spec.zero_point).dtype).reshape(
+                np.shape(qdq.inputs[2].const))
+        count += 1
+        producer = node.inputs[0].producer()
+        if producer is not None and producer.op_type in MOVEMENT:
+            continue
+        source = node.inputs[0]
+        bounds = []
+        for suffix, level in (("_min", low), ("_max", low + levels - 1)):
+            bound = ir.Value(graph.unique_name(f"{source.name}_{bits}bit{suffix}"),
+                             const=np.asarray((level - zero) * scale, np.float32))
+            graph.add_initializer(bound)
+            bounds.append(bound)
+        clipped = ir.Value(graph.unique_name(f"{source.name}_{bits}bit"), dtype=source.dtype, shape=source.shape)
+        graph.insert_before(node, ir.Node("Clip", [source, *bounds], [clipped],
+                                          name=graph.unique_name(f"{node.name}_{bits}bit_clip")))
+        node.set_input(0, clipped)
+    return count

@@ -85,7 +85,8 @@ def _onnxruntime_integers(path, feeds) -> dict[str, np.ndarray]:
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
 
 
-@pytest.mark.parametrize("lowering", [{}, {"weights": "int4"}, {"weights": "ternary"}, {"weights": "binary"}])
+@pytest.mark.parametrize("lowering", [{}, {"weights": "int4", "activation_bits": 4}, {"weights": "ternary"},
+                                      {"weights": "binary"}])
 def test_deployed_equals_trained(tiny_cnn, tmp_path, lowering):
     """The integer activations of the torch forward that was trained and of onnxruntime running the written
     model: >= 99.9 % identical, the rest within one step."""
