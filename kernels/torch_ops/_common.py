@@ -21,7 +21,8 @@ def tensor(x) -> torch.Tensor:
     array = np.asarray(x)
     if array.dtype.kind in "iuV" and array.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64):
         array = array.astype(np.int64)  # uint16/32/64 and ml_dtypes int4/int2: torch lacks them
-    return torch.from_numpy(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())  # torch wants writable memory
 
 
 def ints(x) -> list[int]:

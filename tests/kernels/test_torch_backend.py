@@ -8,8 +8,6 @@ integers exactly.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -18,14 +16,13 @@ torch = pytest.importorskip("torch")
 from qcompiler.kernels import KernelNotFound, default_registry  # noqa: E402
 from qcompiler.kernels.torch_ops import BACKEND, registered_ops  # noqa: E402
 
-from .test_onnx_node_cases import _array, _attribute  # noqa: E402
+from .test_onnx_node_cases import _array, _attribute, _node_cases  # noqa: E402
 
 _UNSUPPORTED = "an attribute or type the torch backend refuses (only what CNN/OCR models use is covered)"
 _FLOAT8 = "float8/float4 quantized types are refused: qcompiler quantizes to integer types only"
-_BAD_CASE = "the case's expected output does not follow its own op spec"
 EXCLUDED_PREFIXES = {
     "test_quantizelinear_e": _FLOAT8, "test_quantizelinear_float4": _FLOAT8, "test_dequantizelinear_e": _FLOAT8,
-    "test_dequantizelinear_float4": _FLOAT8, "test_cast_": _UNSUPPORTED, "test_castlike": _UNSUPPORTED,
+    "test_dequantizelinear_float4": _FLOAT8, "test_cast_": _UNSUPPORTED,
     "test_batchnorm_example_training": _UNSUPPORTED, "test_batchnorm_epsilon_training": _UNSUPPORTED,
     "test_training_dropout": _UNSUPPORTED, "test_maxpool_with_argmax": _UNSUPPORTED,
     "test_maxpool_2d_uint8": _UNSUPPORTED, "test_reshape_allowzero": _UNSUPPORTED,
@@ -33,18 +30,7 @@ EXCLUDED_PREFIXES = {
 }
 
 
-def _cases():
-    from onnx.backend.test.case import node
-
-    ops = set(registered_ops())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cases = node.collect_testcases(None)
-    return [c for c in cases if c.model is not None and len(c.model.graph.node) == 1
-            and c.model.graph.node[0].op_type in ops]
-
-
-CASES = _cases()
+CASES = _node_cases(set(registered_ops()))
 
 
 def _excluded(name: str) -> str | None:
