@@ -46,7 +46,7 @@ MOBILENET = HERE / "models" / "digits_mobilenetv2.onnx"
 CASES = {  # name: (fp32 model, start pipeline, weights lowered to, activation bits, steps factor, lr)
     "digits_cnn_ternary": (REALMODELS / "digits_cnn.onnx", "int8", "ternary", None, 1.0, 1e-3),
     "digits_cnn_binary": (REALMODELS / "digits_cnn.onnx", "int8", "binary", None, 1.0, 1e-3),
-    "mobilenetv2_w4a4": (MOBILENET, "int8", "int4", 4, 1.0, 1e-3),
+    "mobilenetv2_w4a4": (MOBILENET, "int8", "int4", 4, 0.6, 1e-3),
     "mobilenetv2_w4a8": (MOBILENET, "w4a8", None, None, 0.5, 1e-4),
 }
 CALIB = REALMODELS / "data" / "calib_npz" / "digits_cnn"

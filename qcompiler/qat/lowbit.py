@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import UserError
-from ..ir.quant import broadcast_param, dequantize_values, integer_range, spec_of_qdq
+from ..ir.quant import QuantSpec, broadcast_param, dequantize_values, integer_range, quantize_bias, spec_of_qdq
 
 WeightForm = Literal["int4", "ternary", "binary"]
 LAYERS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
@@ -87,9 +87,28 @@ def lower_precision(model: ir.Model, weights: WeightForm) -> int:
     if weights not in ("int4", "ternary", "binary"):
         raise UserError(f"weights must be int4, ternary or binary, not {weights!r}")
     inner = _weight_layers(model)[1:-1]
-    for _, dq in inner:
+    for layer, dq in inner:
         _lower_weight(dq, weights)
+        _requantize_bias(layer, dq)
     return len(inner)
+
+
+def _requantize_bias(layer: ir.Node, weight_dq: ir.Node) -> None:
+    """Give the layer's int32 bias the new scale ``s_x · s_w``: onnxruntime fuses a QDQ layer into its integer
+    kernel only when the bias scale is that product."""
+    if len(layer.inputs) < 3 or layer.inputs[2] is None:
+        return
+    bias_dq, input_dq = layer.inputs[2].producer(), layer.inputs[0].producer()
+    if bias_dq is None or bias_dq.op_type != "DequantizeLinear" or bias_dq.inputs[0].const is None \
+            or input_dq is None or input_dq.op_type != "DequantizeLinear" or input_dq.inputs[1].const is None:
+        return
+    integers, scale = np.asarray(bias_dq.inputs[0].const), np.asarray(bias_dq.inputs[1].const)
+    bias = (integers.astype(np.float64) * scale.astype(np.float64)).astype(np.float32)
+    x_spec, w_spec = spec_of_qdq(input_dq), spec_of_qdq(weight_dq)
+    new_integers, new_scale = quantize_bias(bias, QuantSpec(x_spec.dtype, x_spec.scale, x_spec.zero_point),
+                                            w_spec)
+    bias_dq.inputs[0].const = new_integers.reshape(integers.shape)
+    bias_dq.inputs[1].const = new_scale.reshape(scale.shape)
 
 
 MOVEMENT = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather",
