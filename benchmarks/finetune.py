@@ -144,8 +144,22 @@ def run_case(name, steps, work: Path) -> dict:
     return row
 
 
+NOTES = """Label-free: every run trains on the 256 unlabelled calibration images of the realmodels kit
+(`data/calib_npz/digits_cnn`) against the FP32 model's outputs; top-1 is measured on the kit's 540 held-out
+test images (`digits_test.npz`). "start" is the PTQ model fine-tuning began from (the qcompiler compile output,
+its weights lowered where the case says, rounded to nearest): the same graph as the fine-tuned model.
+Ternary / binary / int4 cases keep the first and last layer's 8-bit weights; the 4-bit-activation case keeps
+the first layer's input and the last layer's output at 8 bits and runs its clipped layers in float in
+onnxruntime (no 4-bit activation kernels on CPU), so its latency ratio is against its own start, not int8.
+"identical Q outputs": every QuantizeLinear output of the torch forward that was trained vs onnxruntime running
+the written model (Q outputs exposed), over the test set. Latency: onnxruntime, 2 threads, batch 64, the two
+models alternated, median of 15 x 20 runs, on a 2-core AMD EPYC shared with other jobs (load ~20): only the
+ratio means something. Every written model passes `onnx.checker` (full check) and runs in onnxruntime.
+"""
+
+
 def markdown(rows) -> str:
-    lines = ["| case | start | steps | train s | top-1 FP32 | top-1 start | top-1 fine-tuned | identical Q outputs "
+    lines = ["# qcompiler finetune on the digits models (`python benchmarks/finetune.py`)", "", NOTES,"| case | start | steps | train s | top-1 FP32 | top-1 start | top-1 fine-tuned | identical Q outputs "
              "(max diff) | latency tuned/start |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r["deployed_vs_trained"]
