@@ -98,6 +98,10 @@ class KernelRegistry:
             f"the version since {since} exists only in {sorted(versions[since])}",
         )
 
+    def versions(self, domain: str, op_type: str) -> list[int]:
+        """The ``since`` versions registered for ``(domain, op_type)`` in any backend, ascending."""
+        return sorted(self._kernels.get((_domain(domain), op_type), {}))
+
     def available_backends(self) -> set[str]:
         """Backends with at least one registered kernel."""
         return {b for versions in self._kernels.values() for by in versions.values() for b in by}

@@ -52,6 +52,7 @@ del _root, _source_checkout_root, _Path
 
 from . import ir, pipelines  # noqa: E402 - after the __path__ set-up above
 from .compiler import compile  # noqa: E402
+from .qat import finetune  # noqa: E402 - imports torch only when called
 from .errors import PassError, QcompilerError, UserError, VerificationError
 from .ir import Model, load, save, verify
 from .pass_manager import (Instrument, Pass, PassManager, PassRecord, PassRegistry, PassResult, PipelineResult,
@@ -74,6 +75,7 @@ __all__ = [
     "VerificationError",
     "compile",
     "default_registry",
+    "finetune",
     "ir",
     "load",
     "pipelines",

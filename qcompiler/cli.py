@@ -245,6 +245,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .progress import is_terminal
+    from .qat import finetune
+
+    check_output_path(args.model, args.output, False)
+    result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
+                      batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
+                      weights=args.weights, activation_bits=args.activation_bits,
+                      progress=not args.quiet and is_terminal(sys.stderr))
+    print(result.table())
+    print(f"wrote {args.output}: {result.steps_run} steps in this run, final loss "
+          f"{result.losses[-1] if result.losses else float('nan'):.5g}, {result.seconds:.1f}s")
+    return 0
+
+
 def cmd_compile_many(args: argparse.Namespace) -> int:
     from .scaleout.fleet import compile_many, format_summary
 
@@ -315,6 +330,27 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("manifest", metavar="MANIFEST.toml", help="the fleet (see qcompiler.scaleout.fleet)")
     _scaleout_arguments(many)
     many.set_defaults(run=cmd_compile_many)
+
+    tune = sub.add_parser("finetune", help="quantization-aware fine-tuning of a compiled QDQ model against its FP32 "
+                          "teacher, on unlabelled data (needs pip install 'onnx-qcompiler[finetune]')")
+    tune.add_argument("model", help="the quantized QDQ model qcompiler compiled")
+    tune.add_argument("-o", "--output", required=True, help="output .onnx file (the same QDQ form, trained)")
+    tune.add_argument("--teacher", required=True, help="the FP32 model the quantized one was compiled from")
+    tune.add_argument("--data", required=True, help="a directory of .npz files (keys = input names; the calibration "
+                      "data is enough) or one .npz")
+    tune.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
+    tune.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate, cosine-decayed (default 1e-4)")
+    tune.add_argument("--batch", type=int, default=32, help="rows per minibatch (default 32)")
+    tune.add_argument("--seed", type=int, default=0, help="minibatch order (default 0)")
+    tune.add_argument("--checkpoint", metavar="FILE", help="write a checkpoint there every 50 steps; an existing one "
+                      "is resumed")
+    tune.add_argument("--weights", choices=("int4", "ternary", "binary"), help="first lower the weights of every "
+                      "layer but the first and last to this form")
+    tune.add_argument("--activation-bits", type=int, choices=(4,), help="first narrow the activations (all but the "
+                      "first layer's input and the last layer's output) to 4 bits, in their 8-bit storage")
+    tune.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
+    tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tune.set_defaults(run=cmd_finetune)
 
     bench = sub.add_parser("bench", help="latency, throughput, size, memory and output agreement of models")
     bench.add_argument("models", nargs="+", metavar="MODEL",

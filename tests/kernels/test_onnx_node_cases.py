@@ -34,14 +34,15 @@ EXCLUDED = {
 }
 
 
-def _node_cases():
+def _node_cases(ops=OPS):
+    """The generated single-node cases of ``ops``."""
     from onnx.backend.test.case import node
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cases = node.collect_testcases(None)
     return [c for c in cases if c.model is not None and len(c.model.graph.node) == 1
-            and c.model.graph.node[0].op_type in OPS]
+            and c.model.graph.node[0].op_type in ops]
 
 
 CASES = _node_cases()

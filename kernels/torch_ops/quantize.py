@@ -1,0 +1,123 @@
+"""QuantizeLinear / DequantizeLinear in torch, and the fake quantizers quantization-aware training uses.
+
+Forward: exactly ONNX's (and :mod:`qcompiler.ir.quant`'s) arithmetic, ``q = saturate(round_half_even(x /
+s) + z)`` with the division in float32 (``torch.round`` rounds half to even, as onnxruntime), and
+``y = (q - z) * s``. QuantizeLinear's output is a float tensor holding the integers: torch has no int4
+type, and autograd needs floats.
+
+Backward:
+
+* **STE** (straight-through estimator; Bengio et al. 2013): the rounding passes gradients unchanged,
+  ``d round(v) / dv := 1`` (:func:`round_ste`); the saturation does not (``clamp``'s gradient is 0 outside
+  ``[qmin, qmax]``). So ``dy/dx = 1`` inside the range and 0 outside.
+* **LSQ** (learned step size; Esser et al. 2020, "Learned Step Size Quantization", eq. 3): with the same
+  estimator, the gradient of ``y = s · (clamp(round(x/s) + z, qmin, qmax) - z)`` with respect to the step
+  ``s`` is ``round(x/s) - x/s`` inside the range and ``qmin - z`` / ``qmax - z`` outside; autograd derives
+  it from the forward above. LSQ scales it by ``g = 1 / sqrt(N · Q_P)`` (``N`` elements per step size,
+  ``Q_P = qmax - z``) so that step sizes and weights learn at comparable rates (:func:`grad_scale`).
+
+Binary weights (XNOR-Net; Rastegari et al. 2016) are no rounding grid: :func:`binary_fake_quantize`
+is ``s · sign(w)`` with the STE of the sign clipped to ``|w| <= s`` ("hard tanh", Courbariaux et al. 2016).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from qcompiler.ir.quant import integer_range
+
+from ._common import register_all, tensor
+
+
+def round_ste(v: torch.Tensor) -> torch.Tensor:
+    """``round_half_even(v)`` forward, identity backward."""
+    return v + (torch.round(v) - v).detach()
+
+
+def grad_scale(v: torch.Tensor, factor: float) -> torch.Tensor:
+    """``v`` forward; its gradient multiplied by ``factor`` backward (LSQ's step-size gradient scale)."""
+    scaled = v * factor
+    return (v - scaled).detach() + scaled
+
+
+def lsq_gradient_factor(elements_per_step: int, qmax_minus_zero: int) -> float:
+    """LSQ's ``g = 1 / sqrt(N · Q_P)``."""
+    return 1.0 / math.sqrt(max(1, elements_per_step) * max(1, qmax_minus_zero))
+
+
+def broadcast(param, shape: tuple[int, ...], axis: int | None, block_size: int | None) -> torch.Tensor:
+    """torch twin of :func:`qcompiler.ir.quant.broadcast_param` (which is numpy and would cut the graph):
+    a per-tensor, per-axis or blocked scale / zero point reshaped to broadcast against ``shape``."""
+    param = tensor(param)
+    if param.numel() == 1 and param.ndim <= 1:
+        return param.reshape(())
+    axis = axis + len(shape) if axis < 0 else axis
+    if not block_size:
+        view = [1] * len(shape)
+        view[axis] = -1
+        return param.reshape(view)
+    return param.repeat_interleave(block_size, dim=axis).narrow(axis, 0, shape[axis])
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, qmax: int, *, axis: int | None = None,
+                  block_size: int | None = None, grad_factor: float | None = None) -> torch.Tensor:
+    """``DequantizeLinear(QuantizeLinear(x))`` with the STE for ``x`` and LSQ's gradient for ``scale``,
+    scaled by ``grad_factor`` (:func:`lsq_gradient_factor`) when given. ``scale`` / ``zero_point`` per
+    tensor, per ``axis`` or per block, as ONNX lays them out."""
+    x = tensor(x)
+    shape = tuple(x.shape)
+    zero = broadcast(zero_point, shape, axis, block_size).to(x.dtype)
+    scale = tensor(scale)
+    if grad_factor is not None:
+        scale = grad_scale(scale, grad_factor)
+    step = broadcast(scale, shape, axis, block_size).to(x.dtype)
+    q = torch.clamp(round_ste(x / step) + zero, qmin, qmax)
+    return (q - zero) * step
+
+
+def binary_fake_quantize(w: torch.Tensor, scale: torch.Tensor, *, axis: int = 0) -> torch.Tensor:
+    """XNOR-Net's ``s · sign(w)`` (``sign(0) = +1``, the stored integers are ``+-1``); gradient to ``w``
+    through the clipped STE, to ``s`` the sign (the derivative of the forward)."""
+    step = broadcast(scale, tuple(w.shape), axis, None).to(w.dtype)
+    sign = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+    hard = torch.clamp(w / step.detach(), -1.0, 1.0)  # the STE surrogate: slope 1/s inside |w| <= s
+    return step * (hard + (sign - hard).detach())
+
+
+def _qdq_axis(param, axis: int, block_size: int) -> int | None:
+    return axis if (np.asarray(param.detach() if isinstance(param, torch.Tensor) else param).size > 1
+                    or block_size) else None
+
+
+def _integer_bounds(y_zero_point, output_dtype: int) -> tuple[int, int]:
+    from ..reference.quantize import quantize_output_dtype
+
+    return integer_range(quantize_output_dtype(None if isinstance(y_zero_point, torch.Tensor) else y_zero_point,
+                                               output_dtype))
+
+
+@register_all("QuantizeLinear", since=10)
+def QuantizeLinear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0, precision=0, saturate=1):
+    """The integers (as floats), with the STE through the rounding; the range from the zero point's
+    numpy type (constants stay numpy in the torch interpreter) or ``output_dtype``."""
+    x = tensor(x)
+    qmin, qmax = _integer_bounds(y_zero_point, output_dtype)
+    axis = _qdq_axis(y_scale, axis, block_size)
+    step = broadcast(y_scale, tuple(x.shape), axis, block_size or None).to(torch.float32)
+    zero = 0.0 if y_zero_point is None else broadcast(y_zero_point, tuple(x.shape), axis, block_size or None).to(
+        torch.float32)
+    return torch.clamp(round_ste(x.to(torch.float32) / step) + zero, qmin, qmax)
+
+
+@register_all("DequantizeLinear", since=10)
+def DequantizeLinear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
+    """``(x - zero_point) * scale`` in float32 (exact integers first, as the reference)."""
+    x = tensor(x)
+    axis = _qdq_axis(x_scale, axis, block_size)
+    step = broadcast(x_scale, tuple(x.shape), axis, block_size or None).to(torch.float32)
+    if x_zero_point is not None:
+        x = x.to(torch.float64) - broadcast(x_zero_point, tuple(x.shape), axis, block_size or None).to(torch.float64)
+    return x.to(torch.float32) * step

@@ -1,0 +1,208 @@
+"""Quantization-aware fine-tuning of a compiled ONNX model (``qcompiler finetune``), without labels.
+
+Starting from a QDQ model qcompiler compiled (its Q/DQ nodes say what is quantized and how) and the FP32
+model it came from (the teacher), fine-tuning runs the model in torch through the executor's torch
+backend, with fake quantizers in place of the Q/DQ nodes (:mod:`.graph`): float latent weights trained
+through the straight-through estimator, weight and activation step sizes learned as in LSQ (Esser et al.
+2020), an int32 bias per layer following its scales. The loss is distillation against the teacher's
+outputs on unlabelled data (the calibration data is enough, :mod:`.train`); the result is written back as
+the same QDQ model with new integers and scales (:mod:`.export`).
+
+torch is an optional dependency (``pip install 'onnx-qcompiler[finetune]'``); this package imports it only
+when :func:`finetune` runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+
+
+@dataclass
+class OutputSummary:
+    """One output before and after fine-tuning, both as onnxruntime runs the written models."""
+
+    name: str
+    error_before: float  # ||y - t||² / ||t||² against the teacher, over the data (before: after any lowering)
+    error_after: float
+    agreement_before: float  # arg-max agreement with the teacher (NaN for outputs without classes)
+    agreement_after: float
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    steps_run: int
+    losses: list[float]
+    outputs: list[OutputSummary] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        lines = [f"{'output':24} {'error before':>13} {'error after':>12} {'agree before':>13} {'agree after':>12}"]
+        for o in self.outputs:
+            lines.append(f"{o.name:24} {o.error_before:13.5f} {o.error_after:12.5f} {o.agreement_before:13.4f} "
+                         f"{o.agreement_after:12.4f}")
+        return "\n".join(lines)
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise UserError("qcompiler finetune needs torch: pip install 'onnx-qcompiler[finetune]'") from exc
+    return torch
+
+
+def _data_files(data: str | os.PathLike) -> list[Path]:
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise UserError(f"--data {path}: no such file or directory")
+    if not files:
+        raise UserError(f"--data {path}: no .npz files in the directory")
+    return files
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_batches(files: list[Path], model_inputs: list[str], teacher_path: Path, threads: int):
+    """The data files as :class:`~.train.Batch` es, with the teacher's outputs computed once."""
+    from ..calibration.data import read_npz
+    from .train import Batch
+
+    teacher = _session(teacher_path, threads)
+    teacher_inputs = [i.name for i in teacher.get_inputs()]
+    if sorted(teacher_inputs) != sorted(model_inputs):
+        raise UserError(f"--teacher {teacher_path}: inputs {teacher_inputs} differ from the quantized model's "
+                        f"{model_inputs}")
+    batches = []
+    for file in files:
+        arrays = read_npz(file)
+        missing = [n for n in model_inputs if n not in arrays]
+        if missing:
+            raise UserError(f"{file}: no array for input(s) {', '.join(missing)} (it holds {', '.join(arrays)})")
+        feeds = {n: arrays[n] for n in model_inputs}
+        rows = {len(a) for a in feeds.values()}
+        if len(rows) != 1:
+            raise UserError(f"{file}: the inputs' first (batch) dimensions differ: {sorted(rows)}")
+        outputs = teacher.run(None, feeds)
+        batches.append(Batch(feeds, outputs, {k: v for k, v in arrays.items() if k not in feeds}))
+    return batches
+
+
+def _summaries(before: Path, after: Path, batches, threads: int) -> list[OutputSummary]:
+    from .train import agreement
+
+    runs = {}
+    for label, path in (("before", before), ("after", after)):
+        session = _session(path, threads)
+        names = [o.name for o in session.get_outputs()]
+        runs[label] = (names, [session.run(None, b.feeds) for b in batches])
+    result = []
+    for index, name in enumerate(runs["after"][0]):
+        stats = {}
+        for label, (_, outputs) in runs.items():
+            num = sum(float(((o[index].astype(np.float64) - b.teacher[index]) ** 2).sum())
+                      for o, b in zip(outputs, batches, strict=True))
+            den = sum(float((b.teacher[index].astype(np.float64) ** 2).sum()) for b in batches)
+            agree = [agreement([o[index]], [b.teacher[index]]) for o, b in zip(outputs, batches, strict=True)]
+            weights = [b.rows for b in batches]
+            stats[label] = (num / max(den, 1e-30), float(np.average(agree, weights=weights)))
+        result.append(OutputSummary(name, stats["before"][0], stats["after"][0], stats["before"][1],
+                                    stats["after"][1]))
+    return result
+
+
+def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: str | os.PathLike,
+             data: str | os.PathLike, steps: int = 500, lr: float = 1e-4, batch: int = 32, seed: int = 0,
+             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, task_loss=None,
+             threads: int = 1, progress: bool | None = None, on_step=None,
+             weights: str | None = None, activation_bits: int | None = None) -> FinetuneResult:
+    """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
+    and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
+    ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
+    optional labelled loss added to the distillation (``extras``: the data files' non-input arrays).
+    ``weights`` (int4, ternary, binary) and ``activation_bits`` (4) first lower the weights and activations
+    of all but the first and last layer (:mod:`.lowbit`). Returns the losses and, per output, the error and agreement against the teacher before and after (as
+    onnxruntime runs the two models)."""
+    import time
+
+    torch = _import_torch()
+    from .. import ir
+    from ..compiler import check_output_path
+    from .export import trained_model
+    from .graph import QuantizedModel
+    from .train import TrainingConfig, train
+
+    model, output = Path(model), Path(output)
+    if not model.is_file():
+        raise UserError(f"{model}: no such file")
+    if not Path(teacher).is_file():
+        raise UserError(f"--teacher {teacher}: no such file")
+    check_output_path(model, output)
+    if steps < 1 or batch < 1 or lr <= 0:
+        raise UserError("finetune: --steps and --batch must be positive and --lr greater than 0")
+    started = time.perf_counter()
+    before = model
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        start_model = ir.load(model)
+        if weights is not None or activation_bits is not None:
+            from .lowbit import lower_activations, lower_precision
+
+            if weights is not None:
+                lower_precision(start_model, weights)
+            if activation_bits is not None:
+                lower_activations(start_model, activation_bits)
+            before = output.with_name(output.name + ".lowered.onnx")  # the lowered start, for the summary
+            ir.save(start_model, before)
+        module = QuantizedModel(start_model)
+        if not module.weights and not module.activations:
+            raise UserError(f"{model}: no QuantizeLinear/DequantizeLinear with constant scales: finetune starts "
+                            f"from a model qcompiler compiled (qcompiler compile)")
+        batches = load_batches(_data_files(data), [v.name for v in module.model.graph.inputs
+                                                   if v.const is None], Path(teacher), threads)
+        torch.manual_seed(seed)
+        config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
+                                checkpoint=Path(checkpoint) if checkpoint is not None else None,
+                                checkpoint_every=checkpoint_every)
+        losses = train(module, batches, config, task_loss=task_loss, on_step=on_step, progress=progress)
+        ir.save(trained_model(module), output)
+    finally:
+        torch.set_num_threads(previous_threads)
+    try:
+        summaries = _summaries(before, output, batches, threads)
+    finally:
+        if before != model:
+            before.unlink(missing_ok=True)
+    result = FinetuneResult(output, len(losses), losses, summaries)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+__all__ = ["FinetuneResult", "OutputSummary", "finetune"]
+
+
+def __getattr__(name: str) -> Any:  # the torch-side classes, imported on first use
+    if name in ("QuantizedModel", "TorchInterpreter"):
+        from . import graph
+
+        return getattr(graph, name)
+    raise AttributeError(name)

@@ -1,0 +1,147 @@
+"""The fine-tuning loop: distillation from the float teacher on unlabelled data, Adam with a cosine
+schedule, checkpoints that an interrupted run resumes from.
+
+Loss: for each output, ``||y - t||² / ||t||²`` (the student's output ``y`` against the teacher's ``t``
+on the same minibatch, the compiler's sensitivity measure), averaged over outputs: label-free knowledge
+distillation (Hinton et al. 2015, with the regression form of Ba & Caruana 2014). A ``task_loss(outputs,
+extras)`` callback may add a labelled loss; ``extras`` holds the minibatch's rows of the data files'
+arrays that are not model inputs (labels, for instance).
+
+The minibatches are drawn from the data files by a seeded numpy generator (a file, then rows of it, so
+inputs of different shapes never mix); a checkpoint holds the step, the parameters, Adam's state and the
+generator's state, so a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..progress import bar
+from .graph import QuantizedModel, parameter_groups
+
+TaskLoss = Callable[[dict[str, torch.Tensor], dict[str, np.ndarray]], torch.Tensor]
+
+
+@dataclass
+class Batch:
+    """One data file: the model's feeds, the teacher's outputs (in the model's output order), extras."""
+
+    feeds: dict[str, np.ndarray]
+    teacher: list[np.ndarray]
+    extras: dict[str, np.ndarray]
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.feeds.values())))
+
+    def take(self, rows: np.ndarray) -> Batch:
+        return Batch({k: v[rows] for k, v in self.feeds.items()}, [t[rows] for t in self.teacher],
+                     {k: v[rows] for k, v in self.extras.items() if len(v) == self.rows})
+
+
+def distillation_loss(outputs: list[torch.Tensor], teacher: list[np.ndarray]) -> torch.Tensor:
+    """Mean over outputs of ``||y - t||² / ||t||²``."""
+    terms = []
+    for y, t in zip(outputs, teacher, strict=True):
+        t = torch.from_numpy(np.asarray(t, np.float32))
+        terms.append(((y.float() - t) ** 2).sum() / (t ** 2).sum().clamp_min(1e-12))
+    return torch.stack(terms).mean()
+
+
+def agreement(outputs: list, teacher: list[np.ndarray]) -> float:
+    """Share of positions whose arg-max over the last axis equals the teacher's, over the outputs with a
+    last axis of 2 or more (classes, characters), else NaN."""
+    hits, total = 0, 0
+    for y, t in zip(outputs, teacher, strict=True):
+        y = y.detach().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        if t.ndim == 0 or t.shape[-1] < 2:
+            continue
+        hits += int((y.argmax(-1) == t.argmax(-1)).sum())
+        total += t[..., 0].size
+    return hits / total if total else float("nan")
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 500
+    lr: float = 1e-4
+    batch: int = 32
+    seed: int = 0
+    checkpoint: Path | None = None
+    checkpoint_every: int = 50
+
+
+def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
+    """What a checkpoint must match to be resumed: the parameters' initial values and the settings."""
+    digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed)).encode())
+    for name, p in module.parameters_.items():
+        digest.update(name.encode())
+        digest.update(p.detach().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, *, task_loss: TaskLoss | None = None,
+          on_step: Callable[[int, float], None] | None = None, progress: bool | None = None) -> list[float]:
+    """Train ``module`` for ``config.steps`` steps; returns the loss of each step run here."""
+    weights, steps = parameter_groups(module)
+    optimizer = torch.optim.Adam([{"params": weights}, {"params": steps}], lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)))
+    rng = np.random.default_rng(config.seed)
+    start = 0
+    key = fingerprint(module, config)
+    if config.checkpoint is not None and config.checkpoint.exists():
+        state = torch.load(config.checkpoint, weights_only=False)
+        if state.get("fingerprint") != key:
+            raise UserError(f"checkpoint {config.checkpoint} belongs to another model or other settings "
+                            f"(steps, lr, batch, seed); delete it or choose another --checkpoint")
+        module.parameters_.load_state_dict(state["parameters"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["rng"]
+        start = state["step"]
+    names = [v.name for v in module.model.graph.outputs]
+    losses = []
+    with bar(config.steps, "finetune", unit="step", on=progress) as progress_bar:
+        progress_bar.update(start)
+        for step in range(start, config.steps):
+            source = batches[int(rng.integers(len(batches)))]
+            rows = rng.choice(source.rows, size=min(config.batch, source.rows), replace=False)
+            batch = source.take(np.sort(rows))
+            outputs = module(batch.feeds)
+            student = [outputs[n] for n in names]
+            loss = distillation_loss(student, batch.teacher)
+            if task_loss is not None:
+                loss = loss + task_loss(outputs, batch.extras)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            progress_bar.set_postfix(loss=f"{losses[-1]:.4g}", agree=f"{agreement(student, batch.teacher):.3f}",
+                                     refresh=False)
+            progress_bar.update(1)
+            done = step + 1
+            if config.checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+                _save_checkpoint(config.checkpoint, {
+                    "fingerprint": key, "step": done, "parameters": module.parameters_.state_dict(),
+                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "rng": rng.bit_generator.state})
+            if on_step is not None:
+                on_step(done, losses[-1])
+    return losses

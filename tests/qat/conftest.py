@@ -1,0 +1,46 @@
+"""A small real CNN (Conv, Relu, 1x1 Conv, Relu, MaxPool, Flatten, Gemm) in FP32, its calibration data, and the int8 QDQ
+model qcompiler compiles from it: what fine-tuning starts from."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _float_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (4, 1, 3, 3)).astype(np.float32), "conv.w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (4,)).astype(np.float32), "conv.b"),
+             numpy_helper.from_array(rng.normal(0, 0.4, (4, 4, 1, 1)).astype(np.float32), "mix.w"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (5, 36)).astype(np.float32), "fc.w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (5,)).astype(np.float32), "fc.b")]
+    nodes = [helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r0"], name="relu"),
+             helper.make_node("Conv", ["r0", "mix.w"], ["m"], name="mix"),
+             helper.make_node("Relu", ["m"], ["r"], name="relu_mix"),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "tiny_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn(tmp_path_factory):
+    """``(fp32 path, int8 QDQ path, calibration dir)``."""
+    import qcompiler
+
+    root = tmp_path_factory.mktemp("qat")
+    fp32, int8, data = root / "tiny.onnx", root / "tiny.int8.onnx", root / "calib"
+    onnx.save(_float_model(), fp32)
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        np.savez(data / f"batch_{i}.npz", x=rng.uniform(0, 1, (16, 1, 6, 6)).astype(np.float32))
+    qcompiler.compile(str(fp32), str(int8), pipeline="int8", calib=str(data), objective="size")
+    return fp32, int8, data

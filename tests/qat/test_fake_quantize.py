@@ -1,0 +1,112 @@
+"""The fake quantizers' forward against qcompiler.ir.quant, and their STE / LSQ gradients against finite
+differences.
+
+Rounding has zero derivative almost everywhere, so the gradients the STE and LSQ define are derivatives
+of a surrogate: the forward with ``round(v)`` replaced by its straight-through linearization at the
+evaluation point, ``round(v0) + (v - v0)``. Central finite differences of that surrogate (float64, small
+tensors) must equal autograd's gradients; LSQ's ``g`` scaling is checked separately.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+torch = pytest.importorskip("torch")
+
+from qcompiler.ir.quant import QuantSpec, fake_quantize as numpy_fake_quantize  # noqa: E402
+from qcompiler.kernels.torch_ops.quantize import (binary_fake_quantize, broadcast, fake_quantize,  # noqa: E402
+                                                  lsq_gradient_factor)
+
+
+def _surrogate(x, scale, zero, qmin, qmax, axis, block, x0, s0):
+    """The forward with round linearized at (x0, s0): what STE + LSQ differentiate."""
+    shape = tuple(x.shape)
+    step, step0 = broadcast(scale, shape, axis, block), broadcast(s0, shape, axis, block)
+    z = broadcast(torch.as_tensor(zero, dtype=torch.float64), shape, axis, block)
+    v, v0 = x / step, x0 / step0
+    q = torch.clamp(torch.round(v0) + (v - v0) + z, qmin, qmax)
+    return (q - z) * step
+
+
+CASES = [  # (shape, scale shape, axis, block, qmin, qmax, zero point)
+    ((3, 5), (), None, None, -128, 127, 0),
+    ((4, 3, 2), (4,), 0, None, -7, 7, 0),
+    ((2, 8), (2, 2), 1, 4, -8, 7, 0),
+    ((6,), (), None, None, 0, 15, 3),
+    ((2, 3), (3,), 1, None, -1, 1, 0),
+]
+
+
+@pytest.mark.parametrize("shape, scale_shape, axis, block, qmin, qmax, zero", CASES)
+def test_ste_and_lsq_gradients_match_finite_differences_of_the_surrogate(shape, scale_shape, axis, block, qmin, qmax,
+                                                                         zero):
+    rng = np.random.default_rng(0)
+    x0 = torch.tensor(rng.normal(0, 1, shape) * 3, dtype=torch.float64)
+    s0 = torch.tensor(rng.uniform(0.2, 0.6, scale_shape), dtype=torch.float64)
+    step0 = broadcast(s0, shape, axis, block).expand(shape)
+    v0 = x0 / step0
+    q0 = torch.round(v0) + zero  # the surrogate has kinks where q is exactly qmin or qmax: move those outside
+    x0 = torch.where(q0 >= qmax, (qmax - zero + 1.3) * step0, torch.where(q0 <= qmin, (qmin - zero - 1.3) * step0, x0))
+    x, s = x0.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+    weights = torch.tensor(rng.normal(size=shape), dtype=torch.float64)  # a random linear loss
+    (fake_quantize(x, s, np.float64(zero), qmin, qmax, axis=axis, block_size=block) * weights).sum().backward()
+
+    def loss(xv, sv):
+        return float((_surrogate(xv, sv, zero, qmin, qmax, axis, block, x0, s0) * weights).sum())
+
+    eps = 1e-6
+    for tensor, grad, name in ((x0, x.grad, "x"), (s0, s.grad, "scale")):
+        numeric = torch.zeros_like(tensor)
+        for i in range(tensor.numel()):
+            delta = torch.zeros_like(tensor).reshape(-1)
+            delta[i] = eps
+            delta = delta.reshape(tensor.shape)
+            args_plus = (x0 + delta, s0) if name == "x" else (x0, s0 + delta)
+            args_minus = (x0 - delta, s0) if name == "x" else (x0, s0 - delta)
+            numeric.reshape(-1)[i] = (loss(*args_plus) - loss(*args_minus)) / (2 * eps)
+        np.testing.assert_allclose(grad.numpy(), numeric.numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_lsq_step_gradient_is_the_paper_formula_and_scaled_by_g():
+    x = torch.tensor([0.26, -0.9, 5.0, -7.0], dtype=torch.float64)  # inside, inside, above, below the range
+    s = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    factor = lsq_gradient_factor(4, 7)
+    fake_quantize(x, s, 0.0, -8, 7, grad_factor=factor).sum().backward()
+    v = x / 0.5
+    per_element = torch.where(v > 7, 7.0, torch.where(v < -8, -8.0, torch.round(v) - v))  # Esser et al. eq. 3
+    assert float(s.grad) == pytest.approx(float(per_element.sum()) * factor, rel=1e-12)
+    assert factor == pytest.approx(1 / np.sqrt(4 * 7))
+
+
+def test_ste_passes_gradient_inside_the_range_only():
+    x = torch.tensor([0.1, 0.74, 100.0, -100.0], requires_grad=True)
+    fake_quantize(x, torch.tensor(0.5), 0.0, -8, 7).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype, zero", [(TensorProto.UINT8, 128), (TensorProto.INT8, 0), (TensorProto.INT4, 0),
+                                         (TensorProto.UINT4, 5)])
+def test_forward_equals_onnx_quantize_dequantize_bit_for_bit(dtype, zero):
+    rng = np.random.default_rng(1)
+    scale = np.float32(0.1)
+    x = np.concatenate([rng.normal(0, 3, 200), np.array([0.05, 0.15, 0.25, -0.05, -0.25, 1e6, -1e6])]).astype(
+        np.float32)  # exact halves round to even; huge values saturate
+    from qcompiler.ir.quant import integer_range, storage_dtype
+
+    qmin, qmax = integer_range(dtype)
+    spec = QuantSpec(dtype, np.asarray(scale), np.asarray(zero, storage_dtype(dtype)))
+    expected = numpy_fake_quantize(x, spec)
+    got = fake_quantize(torch.from_numpy(x), torch.tensor(scale), np.float32(zero), qmin, qmax).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_binary_is_scale_times_sign_with_a_clipped_ste():
+    w = torch.tensor([[0.3, -0.2, 0.0, 2.0]], requires_grad=True)
+    s = torch.tensor([0.5], requires_grad=True)
+    y = binary_fake_quantize(w, s, axis=0)
+    assert y.tolist() == [[0.5, -0.5, 0.5, 0.5]]
+    y.sum().backward()
+    assert w.grad.tolist() == [[1.0, 1.0, 1.0, 0.0]]  # |w| <= s passes, the rest is clipped
+    assert s.grad.tolist() == [2.0]  # d/ds sum(s * sign(w)) = sum(sign(w))

@@ -1,0 +1,141 @@
+"""qcompiler finetune end to end on a small real CNN: what it writes, that a resumed run equals an
+uninterrupted one, that the torch forward is what onnxruntime runs from the written model, and its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import qcompiler  # noqa: E402
+from qcompiler import ir  # noqa: E402
+from qcompiler.cli import main  # noqa: E402
+from qcompiler.errors import UserError  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _initializers(path) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_writes_the_same_qdq_model_with_trained_integers_and_scales(tiny_cnn, tmp_path):
+    fp32, int8, data = tiny_cnn
+    out = tmp_path / "tuned.onnx"
+    result = qcompiler.finetune(int8, out, teacher=fp32, data=data, steps=30, lr=1e-4, batch=8, weights="int4")
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    before, after = onnx.load(str(int8)), onnx.load(str(out))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in before.graph.node] == \
+           [(n.op_type, list(n.input), list(n.output)) for n in after.graph.node]  # same graph: same speed
+    old, new = _initializers(int8), _initializers(out)
+    assert {k: v.dtype for k, v in old.items()} == {k: v.dtype for k, v in new.items()}
+    assert any(not np.array_equal(old[k], new[k]) for k in old)  # trained
+    assert len(result.losses) == 30 and result.outputs[0].name == "y"
+    assert result.outputs[0].error_after < result.outputs[0].error_before  # distillation helped the 4-bit start
+    feeds = dict(np.load(data / "batch_0.npz"))
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path):
+    fp32, int8, data = tiny_cnn
+    whole = tmp_path / "whole.onnx"
+    qcompiler.finetune(int8, whole, teacher=fp32, data=data, steps=6, lr=1e-3, batch=8)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(step, loss):
+        if step == 3:
+            raise Interrupted
+
+    checkpoint = tmp_path / "run.ckpt"
+    resumed = tmp_path / "resumed.onnx"
+    with pytest.raises(Interrupted):
+        qcompiler.finetune(int8, resumed, teacher=fp32, data=data, steps=6, lr=1e-3, batch=8, checkpoint=checkpoint,
+                           checkpoint_every=1, on_step=interrupt)
+    assert checkpoint.exists() and not resumed.exists()
+    result = qcompiler.finetune(int8, resumed, teacher=fp32, data=data, steps=6, lr=1e-3, batch=8,
+                                checkpoint=checkpoint, checkpoint_every=1)
+    assert result.steps_run == 3  # steps 4..6
+    a, b = _initializers(whole), _initializers(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="belongs to another model or other settings"):
+        qcompiler.finetune(int8, tmp_path / "other.onnx", teacher=fp32, data=data, steps=7, lr=1e-3, batch=8,
+                           checkpoint=checkpoint)
+
+
+def _onnxruntime_integers(path, feeds) -> dict[str, np.ndarray]:
+    """Every QuantizeLinear output of the model as onnxruntime computes it (the outputs exposed)."""
+    model = onnx.load(str(path))
+    names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+
+
+@pytest.mark.parametrize("lowering", [{}, {"weights": "int4", "activation_bits": 4}, {"weights": "ternary"},
+                                      {"weights": "binary"}])
+def test_deployed_equals_trained(tiny_cnn, tmp_path, lowering):
+    """The integer activations of the torch forward that was trained and of onnxruntime running the written
+    model: >= 99.9 % identical, the rest within one step."""
+    from qcompiler.qat.graph import QuantizedModel
+
+    fp32, int8, data = tiny_cnn
+    out = tmp_path / "tuned.onnx"
+    qcompiler.finetune(int8, out, teacher=fp32, data=data, steps=20, lr=1e-3, batch=8, **lowering)
+    module = QuantizedModel(ir.load(out))
+    same = total = 0
+    for file in sorted(data.glob("*.npz")):
+        feeds = dict(np.load(file))
+        ours, theirs = module.recorded(feeds), _onnxruntime_integers(out, feeds)
+        assert set(ours) <= set(theirs) and ours
+        for name, q in ours.items():
+            diff = np.abs(q.astype(np.int64) - theirs[name].astype(np.int64))
+            assert diff.max() <= 1, name
+            same += int((diff == 0).sum())
+            total += diff.size
+    assert same / total >= 0.999
+
+
+def test_an_op_without_a_torch_kernel_is_named(tmp_path):
+    from qcompiler.qat.graph import TorchInterpreter
+
+    node = onnx.helper.make_node("Einsum", ["a", "a"], ["b"], equation="ij,ij->ij")
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2, 2])],
+                                   [onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2, 2])])
+    model = ir.from_proto(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+    with pytest.raises(UserError, match="no torch kernel for Einsum"):
+        TorchInterpreter(model)
+
+
+def test_cli_finetune_and_its_user_errors(tiny_cnn, tmp_path, capsys):
+    fp32, int8, data = tiny_cnn
+    out = tmp_path / "cli.onnx"
+    assert main(["finetune", str(int8), "--teacher", str(fp32), "--data", str(data), "-o", str(out), "--steps", "5",
+                 "--batch", "8", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "error before" in printed and f"wrote {out}" in printed
+    assert main(["finetune", str(int8), "--teacher", str(fp32), "--data", str(tmp_path / "missing"), "-o",
+                 str(tmp_path / "x.onnx"), "-q"]) != 0
+    assert "no such file or directory" in capsys.readouterr().err
+    assert main(["finetune", str(fp32), "--teacher", str(fp32), "--data", str(data), "-o", str(tmp_path / "y.onnx"),
+                 "-q"]) != 0
+    assert "finetune starts from a model qcompiler compiled" in capsys.readouterr().err
+
+
+def test_importing_qcompiler_does_not_import_torch():
+    code = "import sys, qcompiler, qcompiler.kernels, qcompiler.cli, qcompiler.qat; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == \
+        "False"
