@@ -77,8 +77,9 @@ BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "Con
                                 "DynamicQuantizeLinear", "Erf",
                                 "HardSigmoid", "LayerNormalization", "MatMulInteger", "MaxPool", "Mul", "QLinearConv",
                                 "QLinearMatMul", "QuantizeLinear", "Softmax", "Sub"]] + [
-    ("com.microsoft", op) for op in ["DequantizeLinear", "GatherBlockQuantized", "MatMulIntegerToFloat", "MatMulNBits", "QGemm", "QLinearAdd",
-                                     "QLinearGlobalAveragePool", "QLinearSoftmax", "QuantizeLinear"]]
+    ("com.microsoft", op) for op in ["DequantizeLinear", "GatherBlockQuantized", "MatMulIntegerToFloat", "MatMulNBits",
+                                     "QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearSoftmax",
+                                     "QuantizeLinear"]]
 JIT = ["ConvInteger", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul",
        "QuantizeLinear", "QGemm", "MatMulIntegerToFloat", "HardSigmoid"]
 JIT_TRANSCENDENTAL = ["Erf", "Softmax"]
