@@ -93,8 +93,7 @@ def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int) -> bool:
         graph.remove(node)
         model.plan.layers.pop(node, None)
     layer.weight.quant = None
-    if not layer.weight.uses():
-        del graph.initializers[layer.weight.name]
+    graph.drop_initializer(layer.weight)
     return True
 
 
