@@ -5,13 +5,18 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompiler
 from qcompiler import ir
+from qcompiler.calibration.collect import open_session
 from qcompiler.ir.testing import run_onnxruntime
 
 from .isolated import Crashed, IsolatedRunner
@@ -68,3 +73,22 @@ def test_a_quantized_value_captured_through_slice_loads_in_onnxruntime(pipeline,
     captured, optimized, plain = result
     assert captured == ["DequantizeLinear"]
     np.testing.assert_array_equal(optimized, plain)
+
+
+def test_calibration_of_a_gemm_read_by_a_transpose(monkeypatch):
+    """Campaign seed 17, graph 113 (``data/``, with its feeds): calibration returns ``gemm_14`` (a Gemm read
+    by a Transpose) as a graph output; onnxruntime's basic optimizations fuse the pair away and then refuse
+    the session ("Failed to find node output ... producing output: gemm_14"); calibration now retries
+    without optimizations (the same values, unfused)."""
+    data = Path(__file__).parent / "data"
+    proto = onnx.load(str(data / "seed17_graph113.onnx"))
+    saved = np.load(data / "seed17_graph113.npz")
+    feeds = [{"x": saved[f"{i}/x"]} for i in range(4)]
+    collect = importlib.import_module("qcompiler.calibration.collect")  # the module (the package exports a function of that name)
+    opened = []
+    monkeypatch.setattr(collect, "open_session", lambda *a, **k: opened.append(a[2].graph_optimization_level)
+                        or open_session(*a, **k))
+    model = qcompiler.compile(ir.from_proto(proto), None, pipeline="int8", calib=feeds, objective="size")
+    assert ort.GraphOptimizationLevel.ORT_DISABLE_ALL in opened  # onnxruntime refused the optimized session
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph)
+    run_onnxruntime(model, feeds[0], optimize=True)
