@@ -74,6 +74,7 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [f"# Generated-graph campaign ({report['graphs']} graphs)", "",
              f"Chunks (seed: graphs, seconds): {runs}; up to {max(c.get('max_ops', 0) for c in chunks)} operators per graph; machine "
              f"{chunks[-1].get('machine', '?')} (shared).", "",
+             *[f"- seed {c['seed']}: {c['note']}" for c in chunks if c.get("note")], "",
              f"canonicalize: {report['canonicalize']['graphs']} graphs, problems {report['canonicalize']['problems'] or 'none'}",
              "", "| pipeline | graphs | compiled | refused | problems | quantized activations compared | seconds |",
              "|---|---|---|---|---|---|---|"]
