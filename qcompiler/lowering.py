@@ -10,6 +10,10 @@
   computed from the tensor itself on every run. Only the quantized layers that read ``v`` read ``v'``;
   other readers (a residual Add, a Shape) keep the float ``v``, as in onnxruntime's dynamic quantizer:
   nothing but the layer's integer kernel gains from the rounding.
+* A value a subgraph captures (an implicit input of If/Loop/Scan) that onnxruntime's QDQ propagation
+  would reach (``DQ -> Slice/Reshape/Transpose/... -> captured``) gets the pair propagation would have
+  inserted, with the DequantizeLinear's scale and zero point, and the subgraph reads its DQ output
+  (:func:`guard_captures`): onnxruntime 1.32 aborts the process when it rewires such a capture itself.
 * A 16-bit activation spec (int16/uint16) in a model below opset 21 gets ``com.microsoft``'s
   QuantizeLinear/DequantizeLinear, which onnxruntime runs at any opset (ONNX's take 16 bits from 21).
 * A weight gets ``DequantizeLinear(QuantizeLinear(W))`` with its axis and block size (the simulation
@@ -37,7 +41,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .errors import UnsupportedModelError
-from .ir import Graph, Model, Node, QuantSpec, Value, quantize, verify
+from .ir import CAPTURE_INDEX, Graph, Model, Node, QuantSpec, Value, quantize, verify
 from .ir.quant import min_opset, qdq_attributes, quantize_biases, spec_of_qdq
 from .ir.external_data import release_pages
 from .ir.rewrite import bypass_all, insert_after_producer
@@ -201,12 +205,54 @@ def _insert_qdq(model: Model) -> bool:
     restored = insert_pairs(graph, domains)
     inputs = set(graph.inputs)  # an input returned as an output stays the input (its name is the interface)
     graph.replace_outputs({v: restored[v] for v in graph.outputs if v in restored and v not in inputs})
+    changed |= bool(guard_captures(graph))
     dynamic = {value: insert_dynamic(graph, value, plan.layers) for value in plan.dynamic}
     changed |= add_int32_biases(graph, [node for node in graph if node in plan.layers]) > 0
     plan.absorbed.clear()
     plan.dynamic.clear()
     plan.lowered = True
     return changed or bool(restored) or bool(dynamic)
+
+
+def _propagated_from(value: Value) -> Node | None:
+    """The DequantizeLinear (scalar constant scale and zero point) whose output reaches ``value`` through
+    ops onnxruntime's QDQ propagation crosses (``OpQuant.ort_propagates``, first input), if any."""
+    node = value.producer()
+    if node is None or not lookup(node).ort_propagates:
+        return None
+    while node is not None and lookup(node).ort_propagates:
+        node = node.inputs[0].producer()
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    params = [v for v in node.inputs[1:3] if v is not None]
+    return node if all(v.const is not None and v.const.size == 1 for v in params) else None
+
+
+def guard_captures(graph: Graph) -> int:
+    """Quantize every captured value onnxruntime's QDQ propagation would reach; the number of pairs added.
+
+    onnxruntime's ``QDQPropagationTransformer`` (1.32, every optimization level from basic) copies a
+    DequantizeLinear forward across MaxPool/Reshape/Transpose/Squeeze/Unsqueeze/Slice onto every edge
+    leaving the op, and rewires each reader by its input index; a subgraph's capture is an implicit input
+    whose index lies past the node's explicit inputs, so the session aborts (``std::vector`` index
+    assertion) on a valid graph as small as ``Q -> DQ -> Slice -> If`` whose branch reads the Slice's
+    output (``tests/robustness/test_regressions.py``). Here the captured value gets that pair (same scale
+    and zero point: it changes no value, ``q(dq(x)) == x``) and every reader, the capture included, reads
+    its DequantizeLinear; propagation skips an edge that ends in a QuantizeLinear, so it has nothing left
+    to rewire. Graph outputs are left alone (propagation stops at them).
+    """
+    outputs = set(graph.outputs)
+    guarded: dict[Value, str] = {}
+    for node in graph:
+        for value in node.outputs:
+            if value in outputs or not any(use.index == CAPTURE_INDEX for use in value.uses()):
+                continue
+            source = _propagated_from(value)
+            if source is not None:
+                value.quant = spec_of_qdq(source)
+                guarded[value] = source.domain
+    insert_pairs(graph, guarded)
+    return len(guarded)
 
 
 def _is_restored(value: Value) -> bool:

@@ -12,7 +12,10 @@ exponentials come from a 256-entry float32 table and the output scale is truncat
     y       = saturate(round_half_even((e * floor(1 / y_scale)) / sum) + y_zero_point)
 
 with ``D`` the softmax length (opset < 13: the flattened size from ``axis`` on; opset 13: ``shape[axis]``,
-the axis moved last). ``x_zero_point`` cancels out (softmax is shift-invariant) and is not read.
+the axis moved last). ``x_zero_point`` cancels out (softmax is shift-invariant) and is not read. For
+``D = 1`` the table's entry 255 is ``FLT_MAX / e^5`` and ``e * floor(1 / y_scale)`` exceeds the float32
+range once ``floor(1 / y_scale) > e^5``; onnxruntime's build does not overflow there (measured: ``y =
+floor(1 / y_scale) + y_zero_point``, saturated), so a product past FLT_MAX is taken in float64.
 """
 
 from __future__ import annotations
@@ -42,7 +45,14 @@ def _softmax_rows(x: np.ndarray, table: np.ndarray, y_scale: np.float32, y_zero_
         index = 255 - x.max(axis=1, keepdims=True).astype(np.int32) + x
     e = table[index]
     total = np.cumsum(e, axis=1, dtype=np.float32)[:, -1:]  # sequential float32 sum, as the kernel's loop
-    q = np.rint((e * y_scale) / total).astype(np.int64) + y_zero_point
+    with np.errstate(over="ignore"):
+        product = e * y_scale
+    ratio = product / total
+    overflow = np.isinf(product)
+    if overflow.any():  # D = 1 (module docstring)
+        wide = (e.astype(np.float64) * np.float64(y_scale) / total).astype(np.float32)
+        ratio = np.where(overflow, wide, ratio)
+    q = np.rint(ratio).astype(np.int64) + y_zero_point
     return saturate(q.astype(np.float64), x.dtype)
 
 

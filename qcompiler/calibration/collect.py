@@ -293,10 +293,20 @@ class _ModelWriter:
             path = self.directory / "model.onnx"
             onnx.save_model(augmented, str(path))
             del augmented
-            return open_session(self.proto, str(path), options, providers)
-        serialized = augmented.SerializeToString()
-        del augmented
-        return open_session(self.proto, serialized, options, providers)
+            model = str(path)
+        else:
+            model = augmented.SerializeToString()
+            del augmented
+        try:
+            return open_session(self.proto, model, options, providers)
+        except Exception as exc:  # onnxruntime's exceptions have no common public base class
+            if DROPPED_OUTPUT not in str(exc):
+                raise
+        # onnxruntime 1.32's basic graph optimizations drop a node whose output the augmented model returns
+        # (a Gemm read by a Transpose: the fused pair no longer computes it) and then refuse the model;
+        # the values are the same without optimizations, only computed unfused
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return open_session(self.proto, model, options, providers)
 
 
 # -- operators onnxruntime does not implement ------------------------------------------------------------
@@ -340,6 +350,10 @@ def unsupported_operator(proto: onnx.ModelProto, exc: BaseException, use: str = 
         what = f"operator {op}"
     reason = text.split(" : ")[-1].splitlines()[0].strip()
     return UnsupportedOperatorError(f"onnxruntime has no kernel for {what}, and {use}: {reason}")
+
+
+DROPPED_OUTPUT = "Failed to find node output or a constant initializer producing output"
+"""onnxruntime's message when its optimizations removed the producer of a graph output."""
 
 
 def open_session(proto: onnx.ModelProto, model: bytes | str, options: Any, providers: list[str],

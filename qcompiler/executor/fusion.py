@@ -24,8 +24,9 @@ tables of ``q(f(dq(x)))``, the unfused computation up to the float function's la
 runs those units unfused, as it does QLinearAveragePool's, which it does not model yet.
 
 Selection (``NodeGroupSelector::CheckQDQNodes`` and the per-op ``Check``): every input counted by the
-rule comes from a DequantizeLinear that is not a graph output (onnxruntime first duplicates DQs with
-several consumers, ``EnsureUniqueDQForNodeUnit``, so sharing does not matter); the op's output is
+rule comes from a DequantizeLinear (onnxruntime first gives each consumer a DQ of its own,
+``EnsureUniqueDQForNodeUnit``, duplicating a DQ with several consumers or one that is also a graph
+output, so neither sharing nor a graph output matters); the op's output is
 consumed by QuantizeLinear nodes only, exactly one, and is not a graph output; a Relu or Clip
 between the op and the Q is absorbed when the Q's range makes it redundant; activation and output
 types agree and are 8-bit; int8 activations fuse only where the target allows them (not on x86,
@@ -118,14 +119,15 @@ def _output_unit(node: ir.Node, graph_outputs: set) -> tuple[ir.Node | None, ir.
     return (qs[0], clip) if len(qs) == 1 and len(uses) == 1 else None
 
 
-def _dq_parents(node: ir.Node, graph_outputs: set) -> list[ir.Node | None] | None:
+def _dq_parents(node: ir.Node) -> list[ir.Node | None] | None:
     """The DequantizeLinear feeding each input (None for an absent or non-DQ input); None when a DQ
-    is a graph output or lacks a zero point."""
+    lacks a zero point. A DQ that is also a graph output counts: onnxruntime duplicates it for the
+    unit (``EnsureUniqueDQForNodeUnit``)."""
     parents = []
     for value in node.inputs:
         producer = value.producer() if value is not None else None
         if _is(producer, "DequantizeLinear"):
-            if value in graph_outputs or len(producer.inputs) < 3 or producer.inputs[2] is None:
+            if len(producer.inputs) < 3 or producer.inputs[2] is None:
                 return None
             parents.append(producer)
         else:
@@ -139,7 +141,7 @@ def find_fusion(node: ir.Node, graph_outputs: set, *, opset: int, int8_allowed: 
     rule = _RULES.get(op.ort_fusion)
     if rule is None:
         return None
-    dqs = _dq_parents(node, graph_outputs)
+    dqs = _dq_parents(node)
     unit = _output_unit(node, graph_outputs)
     if dqs is None or unit is None:
         return None

@@ -119,8 +119,7 @@ def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int) -> bool:
         for node in gathers:
             _replace(model, node, "GatherBlockQuantized", [params[0], node.inputs[1], *params[1:]], attrs, None)
     layer.weight.quant = None
-    if not layer.weight.uses():
-        del graph.initializers[layer.weight.name]
+    graph.drop_initializer(layer.weight)
     return True
 
 

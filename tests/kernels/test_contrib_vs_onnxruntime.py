@@ -128,3 +128,19 @@ def test_qlinear_softmax(dtype, shape, axis, opset):
                            axis=axis, opset=opset)
     got = ours("QLinearSoftmax", "reference", inputs, axis=axis, opset=opset)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("y_scale", [1 / 255, 1 / 100, 1 / 1000])
+def test_qlinear_softmax_over_one_element(dtype, y_scale):
+    """A softmax over an axis of length 1 (found by the graph campaign: Conv -> Softmax(axis=-1) on
+    ``[N, C, 1]``): the row's exponential is FLT_MAX / e^5 and its product with floor(1 / y_scale)
+    overflows float32; onnxruntime gives floor(1 / y_scale) + y_zero_point, saturated."""
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    inputs = {"X": rng.integers(info.min, info.max + 1, (2, 6, 1)).astype(dtype), "X_scale": np.float32(0.0096),
+              "x_zero_point": np.asarray(3, dtype), "y_scale": np.float32(y_scale),
+              "y_zero_point": np.asarray(0 if dtype == np.uint8 else -128, dtype)}
+    expected = run_contrib("QLinearSoftmax", inputs, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), axis=-1, opset=13)
+    got = ours("QLinearSoftmax", "reference", inputs, axis=-1, opset=13)
+    np.testing.assert_array_equal(got, expected)

@@ -13,7 +13,8 @@ Identity, Dropout, Sum, Constant, the HardSwish pattern). Shapes are tracked sta
 come from a drawn seed, and the graph returns its last tensor and up to two others.
 
 :func:`check_graph` compiles one graph with ``canonicalize`` and every quantizing pipeline of
-:data:`PIPELINES` and returns what went wrong (empty when nothing did):
+:data:`PIPELINES` (int8, int8 with a sensitivity threshold, int8-transformer, auto, int8-dfq, w4a8,
+weight-only RTN and GPTQ, dynamic with Conv kept float) and returns what went wrong (empty when nothing did):
 
 * ``canonicalize`` keeps every output within ``1e-4`` of the input model's (relative to the output's
   largest magnitude, onnxruntime without optimizations on both);
@@ -21,8 +22,12 @@ come from a drawn seed, and the graph returns its last tensor and up to two othe
   (refusals are returned as ``refusals`` for the caller to judge);
 * onnxruntime loads the compiled model (all graph optimizations) and runs it;
 * the integer executor under this CPU's profile (:func:`qcompiler.targets.detect_target`) equals
-  onnxruntime bit for bit on every quantized activation (the output of every QuantizeLinear, exposed
-  as a graph output) on two feeds, as ``tests/executor/test_vs_onnxruntime.py`` compares whole models.
+  onnxruntime bit for bit on every quantized activation (the output of every QuantizeLinear and
+  DynamicQuantizeLinear, exposed as a graph output) on two feeds, as
+  ``tests/executor/test_vs_onnxruntime.py`` compares whole models.
+
+With a ``runner`` (:class:`~.isolated.IsolatedRunner`) each check runs in a worker process, so a hard
+crash of onnxruntime (an abort no ``except`` catches) is a ``crash`` problem of that pipeline.
 
 Used by ``tests/robustness/test_generated_graphs.py`` (a seeded subset) and
 ``benchmarks/graph_campaign.py`` (the long campaign).
@@ -31,6 +36,7 @@ Used by ``tests/robustness/test_generated_graphs.py`` (a seeded subset) and
 from __future__ import annotations
 
 import copy
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -39,7 +45,16 @@ import onnx
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from .variants import PIPELINES, resolve_pipeline
+from .isolated import Crashed
+from .variants import PIPELINES as VARIANT_PIPELINES
+from .variants import resolve_pipeline
+
+PIPELINES: dict[str, dict] = {
+    **{name: options for name, options in VARIANT_PIPELINES.items() if name != "dynamic"},
+    "dynamic-exclude-conv": {"pipeline": "dynamic", "exclude": ("Conv",)},
+}
+"""The interface variants' pipelines, with ``dynamic`` told to keep Conv float (``--exclude Conv``): it
+refuses a model with a Conv otherwise (a user error the variants list), and most generated graphs have one."""
 
 OPSET = 17
 BATCH = 2
@@ -335,6 +350,7 @@ class Findings:
     problems: list[tuple[str, str, str]] = field(default_factory=list)
     refusals: list[tuple[str, str]] = field(default_factory=list)
     compared: dict[str, int] = field(default_factory=dict)  # pipeline -> quantized activations compared
+    seconds: dict[str, float] = field(default_factory=dict)  # pipeline (or "canonicalize") -> wall time
 
 
 def _ort(model_or_bytes, feed, optimize: bool) -> dict[str, np.ndarray]:
@@ -386,6 +402,8 @@ def check_pipeline(proto: onnx.ModelProto, feeds, name: str, options: dict, find
         return
     try:
         probe = expose_quantized_outputs(model, every=True)
+        dynamic = [n.outputs[0] for n in probe.graph if n.op_type == "DynamicQuantizeLinear"]
+        probe.graph.outputs.extend(v for v in dynamic if v not in probe.graph.outputs)
         data = ir.to_proto(probe).SerializeToString()
         expected = [o.name for o in proto.graph.output]
         reference = _ort(data, feeds[0], True)
@@ -394,7 +412,7 @@ def check_pipeline(proto: onnx.ModelProto, feeds, name: str, options: dict, find
     except Exception:  # noqa: BLE001
         findings.problems.append((name, "onnxruntime", traceback.format_exc(limit=-2)))
         return
-    quantized = [n.outputs[0].name for n in model.graph if n.op_type == "QuantizeLinear"
+    quantized = [n.outputs[0].name for n in model.graph if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
                  and n.outputs[0].const is None and n.outputs[0].name in reference]
     findings.compared[name] = len(quantized)
     if not quantized:
@@ -413,10 +431,32 @@ def check_pipeline(proto: onnx.ModelProto, feeds, name: str, options: dict, find
         findings.problems.append((name, "executor exception", traceback.format_exc(limit=-3)))
 
 
-def check_graph(proto: onnx.ModelProto, feeds, pipelines: dict[str, dict] = PIPELINES) -> Findings:
-    """Run every check of the module docstring on one generated graph."""
+def check_one(data: bytes, feeds, name: str) -> Findings:
+    """The checks of one pipeline (``name`` in :data:`PIPELINES`, or ``"canonicalize"``) on a serialized
+    graph: the unit a worker process runs."""
+    proto = onnx.load_from_string(data)
     findings = Findings()
-    check_canonicalize(proto, feeds, findings)
-    for name, options in pipelines.items():
-        check_pipeline(proto, feeds, name, options, findings)
+    if name == "canonicalize":
+        check_canonicalize(proto, feeds, findings)
+    else:
+        check_pipeline(proto, feeds, name, PIPELINES[name], findings)
+    return findings
+
+
+def check_graph(proto: onnx.ModelProto, feeds, pipelines: tuple[str, ...] = tuple(PIPELINES),
+                runner=None) -> Findings:
+    """Run every check of the module docstring on one generated graph (``runner``: each pipeline's in
+    that worker process, see :mod:`.isolated`)."""
+    data = proto.SerializeToString()
+    findings = Findings()
+    for name in ("canonicalize", *pipelines):
+        start = time.perf_counter()
+        found = runner(check_one, data, feeds, name) if runner is not None else check_one(data, feeds, name)
+        findings.seconds[name] = time.perf_counter() - start
+        if isinstance(found, Crashed):
+            findings.problems.append((name, "crash", str(found)))
+            continue
+        findings.problems += found.problems
+        findings.refusals += found.refusals
+        findings.compared.update(found.compared)
     return findings

@@ -204,26 +204,34 @@ PIPELINES: dict[str, dict] = {
     "int8": {"pipeline": "int8"},
     "int8-threshold": {"pipeline": "int8", "sensitivity_threshold": 0.005},
     "int8-transformer": {"pipeline": "int8-transformer"},
+    "auto": {"pipeline": "auto"},
     "int8-dfq": {"pipeline": "int8-dfq"},
     "w4a8": {"pipeline": "w4a8"},
+    "dynamic": {"pipeline": "dynamic"},
+    "weight-only-rtn": {"pipeline": "weight-only", "weight_method": "rtn", "block_size": 32},
+    "weight-only-gptq-qdq": {"pipeline": "weight-only", "weight_method": "gptq", "block_size": 32,
+                             "weight_format": "qdq"},
 }
-"""The quantizing pipelines the variants and generated graphs go through (``int8-threshold``: the default
-``compile`` with ``--sensitivity-threshold``), as ``qcompiler.compile`` keywords."""
+"""Every named quantizing pipeline the variants and generated graphs go through, as ``qcompiler.compile``
+keywords: ``int8-threshold`` is ``int8`` with ``--sensitivity-threshold``; weight-only runs twice, RTN
+(no data) into MatMulNBits and GPTQ (calibrated) into blocked DequantizeLinear, both with blocks of 32."""
 
 ADAROUND_ITERATIONS = 40  # w4a8's AdaRound, shortened: these checks are about graphs, not about the rounding
 
 
 def resolve_pipeline(options: dict, feeds: Feeds):
     """The resolved pipeline of ``options`` (a :data:`PIPELINES` entry) and its ``CompileOptions`` with
-    ``feeds`` as calibration, objective "size" unless given (the quantized graph is what is checked),
-    AdaRound shortened to :data:`ADAROUND_ITERATIONS`."""
+    ``feeds`` as calibration, objective "size" where the pipeline takes an objective (the quantized graph
+    is what is checked), AdaRound shortened to :data:`ADAROUND_ITERATIONS`."""
     from qcompiler.options import CompileOptions
     from qcompiler.passes import AdaRound
-    from qcompiler.pipelines import resolve
+    from qcompiler.pipelines import NAMED_PIPELINES, resolve
 
-    fields = {"objective": "size", **{k: v for k, v in options.items() if k != "pipeline"}}
+    name = options["pipeline"]
+    fields = {"objective": "size"} if "objective" in NAMED_PIPELINES[name].honours else {}
+    fields.update({k: v for k, v in options.items() if k != "pipeline"})
     compile_options = CompileOptions(calib=feeds, **fields)
-    pipeline = resolve(options["pipeline"], compile_options)
+    pipeline = resolve(name, compile_options)
     for p in pipeline.passes:
         if isinstance(p, AdaRound):
             p.iterations = ADAROUND_ITERATIONS
