@@ -58,7 +58,7 @@ class NamedPipeline:
 NAMED_PIPELINES: dict[str, NamedPipeline] = {}
 
 STATIC_INT8_OPTIONS = ("calib", "target", "calibration", "percentile", "per_tensor", "exclude", "objective",
-                       "threads", "sensitivity_threshold", "metric")
+                       "threads", "sensitivity_threshold", "metric", "keep_qdq_scales")
 
 
 def named_pipeline(name: str, honours: tuple[str, ...] = ()) -> Callable[[PipelineFunction], PipelineFunction]:
@@ -108,6 +108,21 @@ def _latency_guarded(passes: list[Pass], options: CompileOptions, prefix: list[P
                                                                              threads=options.threads)]
 
 
+def _source() -> list[Pass]:
+    """The passes that bring any source model to float32 without Q/DQ, first in every quantizing pipeline:
+    float16/bfloat16 compute upcast (interface kept), a QDQ model's Q/DQ taken out (specs kept in the plan)."""
+    from qcompiler import passes as lib
+
+    return [lib.UpcastFloat32(), lib.IngestQDQ()]
+
+
+def _given_specs(options: CompileOptions) -> list[Pass]:
+    """After calibration: a QDQ input's scales instead of the calibrated ones (``keep_qdq_scales``)."""
+    from qcompiler import passes as lib
+
+    return [lib.KeepQDQScales()] if options.keep_qdq_scales else []
+
+
 def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False,
                      region: str = "") -> tuple[list[Pass], list[Pass]]:
     """(passes before canonicalization, passes after calibration) for the sensitivity threshold (none without)."""
@@ -138,10 +153,11 @@ def int8(options: CompileOptions) -> list[Pass]:
     from qcompiler import passes as lib
 
     first, mixed = _mixed_precision(options)
-    return first + _latency_guarded([
+    return _source() + first + _latency_guarded([
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude),
                             per_channel=not options.per_tensor),
         _calibrate(options),
+        *_given_specs(options),
         *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
@@ -162,12 +178,15 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True)
-    return first + _latency_guarded([
-        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True),
+    smooth = [] if options.keep_qdq_scales else [  # given scales are of the unsmoothed activations
+        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True)]
+    return _source() + first + _latency_guarded([
+        *smooth,
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
                             float_linear_outputs=True),
         lib.SearchWeightRanges(),
         lib.CalibrateSearch(data=options.calib),
+        *_given_specs(options),
         *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
@@ -189,14 +208,17 @@ def auto(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True, region=TRANSFORMER)
-    return first + _latency_guarded([
+    smooth = [] if options.keep_qdq_scales else [  # given scales are of the unsmoothed activations
+        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True, region=TRANSFORMER)]
+    return _source() + first + _latency_guarded([
         lib.RecognizeStructure(),
-        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True, region=TRANSFORMER),
+        *smooth,
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
                             float_linear_outputs=True, region=TRANSFORMER),
         lib.SearchWeightRanges(region=TRANSFORMER),
         lib.CalibrateSearch(data=options.calib, region=TRANSFORMER, method=options.calibration,
                             percentile=options.percentile),
+        *_given_specs(options),
         *mixed,
         lib.InsertQDQ(),
         lib.FoldQuantizedWeights(),
@@ -225,7 +247,7 @@ def dynamic(options: CompileOptions) -> list[Pass]:
               lib.InsertQDQ(),
               lib.FoldQuantizedWeights(),
               lib.LowerDynamicMatMul()]
-    return _latency_guarded(passes, options) if options.calib is not None else canonicalize() + passes
+    return _source() + (_latency_guarded(passes, options) if options.calib is not None else canonicalize() + passes)
 
 
 def canonicalize_keeping_batchnorm_stats() -> list[Pass]:
@@ -248,7 +270,7 @@ def int8_dfq(options: CompileOptions) -> list[Pass]:
     """
     from qcompiler import passes as lib
 
-    return _latency_guarded([
+    return _source() + _latency_guarded([
         lib.ReplaceReLU6(),
         lib.CrossLayerEqualization(),
         lib.HighBiasAbsorption(),
@@ -266,7 +288,7 @@ def w4a8(options: CompileOptions) -> list[Pass]:
     """4-bit per-channel weights (stored in int8, MSE-clipped), 8-bit activations, rounding learned by AdaRound."""
     from qcompiler import passes as lib
 
-    return _latency_guarded([
+    return _source() + _latency_guarded([
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude)),
         lib.WeightBits(bits=4),
         _calibrate(options),
