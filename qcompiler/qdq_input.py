@@ -8,7 +8,9 @@ constant scales and zero points. :func:`recover_float` takes them out:
   it computes, under the DequantizeLinear output's name; its spec is kept (not an int32 bias's: the
   bias is requantized from the input and weight scales, as for any model);
 * a QuantizeLinear -> DequantizeLinear pair with the same spec on an activation ``x`` is bypassed (its
-  readers read ``x``) and ``x``'s spec is kept;
+  readers read ``x``) and ``x``'s spec is kept; a pair whose zero point is the integer minimum clamps
+  at zero (a ReLU absorbed into the quantization, as qcompiler and onnxruntime absorb them), so a Relu
+  takes its place unless ``x`` is non-negative by construction;
 * anything else (a DequantizeLinear of an integer input, a QuantizeLinear read by integer ops) stays and
   is counted.
 
@@ -25,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from .ir import Model, Node, QuantSpec
+from .ir import Model, Node, QuantSpec, Value
+from .ir.rewrite import insert_after_producer
 from .ir.quant import dequantize, spec_of_qdq
 
 _DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -66,14 +69,16 @@ def recover_float(model: Model) -> dict:
         if quantizer is None or quantizer.op_type != "QuantizeLinear" or quantizer.domain not in _DOMAINS \
                 or not _constant_parameters(quantizer) or spec_of_qdq(quantizer) != spec_of_qdq(node):
             continue
-        x = quantizer.inputs[0]
+        x, spec = quantizer.inputs[0], spec_of_qdq(quantizer)
+        if _clamps_at_zero(spec, x):
+            x = _relu(graph, x)
         if result in returned:
             if x in returned or any(v is x for v in graph.inputs) or x.const is not None:
                 continue  # the output cannot take x's place: keep the pair
             graph.replace_output(result, x)
             returned = set(graph.outputs)
         result.replace_all_uses_with(x)
-        given.setdefault(x.name, spec_of_qdq(quantizer))
+        given.setdefault(x.name, spec)
         removed.append(node)
         activations += 1
     graph.remove(removed)
@@ -83,6 +88,24 @@ def recover_float(model: Model) -> dict:
     graph.remove_unused_initializers()
     left = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph)
     return {"weights": weights, "activations": activations, "left": left}
+
+
+def _clamps_at_zero(spec: QuantSpec, x) -> bool:
+    """A per-tensor pair whose zero point is the integer minimum clamps at 0 (a ReLU absorbed into it), on
+    a value not already made non-negative by its producer."""
+    producer = x.producer()
+    return (spec.axis is None and int(np.asarray(spec.zero_point)) == spec.qmin
+            and (producer is None or producer.op_type not in _NON_NEGATIVE))
+
+
+_NON_NEGATIVE = ("Relu", "Sigmoid", "Softmax", "Abs", "Sqrt", "Exp")
+
+
+def _relu(graph, x):
+    """A Relu of ``x``, inserted right after its producer."""
+    out = Value(graph.unique_name(x.name + "_relu"), x.dtype, x.shape)
+    insert_after_producer(graph, x, Node("Relu", [x], [out], name=graph.unique_name(x.name + "_clamp")))
+    return out
 
 
 def apply_given_specs(model: Model) -> dict:
