@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     analysis = sub.add_parser("analyze", help="debug a model's quantization: float sanity, weights vs activations, "
                               "per-layer sensitivity and recommended threshold, target kernels, distributions")
-    analysis.add_argument("model", help="the FP32 .onnx model")
+    analysis.add_argument("model", help="the FP32 .onnx model, or a QDQ model (analyzed as the float model it "
+                          "quantizes, with its own scales)")
     analysis.add_argument("quantized", nargs="?", help="a QDQ model whose kernels to check (default: the all-int8 "
                           "model the analysis builds)")
     analysis.add_argument("--calib", required=True, metavar="DATA",

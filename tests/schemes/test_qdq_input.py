@@ -137,3 +137,19 @@ def test_analyze_uses_the_given_scales(compiled):
     given = report["given_qdq"]
     assert given["activations"] >= 3 and given["kept"] >= 5 and not given["calibrated"]
     assert {r["name"] for r in report["layers"]} >= {"conv1", "conv2", "fc"}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_compile_command_reports_the_qdq_input(compiled, tmp_path, capsys, keep):
+    from qcompiler.cli import main
+
+    _, quantized, calib = compiled
+    for index, feed in enumerate(calib[:2]):
+        np.savez(tmp_path / f"batch_{index}.npz", **feed)
+    out = tmp_path / "out.onnx"
+    flags = ["--keep-qdq-scales"] if keep else []
+    assert main(["compile", str(quantized), "-o", str(out), "--calib", str(tmp_path), "--objective", "size",
+                 "--target", "x86-vnni", "-q", *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "qdq input:" in printed and ("its scales kept on" in printed) == keep
+    assert out.exists()
