@@ -25,7 +25,6 @@ Needs onnxconverter-common (``pip install onnxconverter-common``; a benchmark-on
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import subprocess
@@ -38,6 +37,10 @@ import numpy as np
 import onnx
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from dynamic_minilm import evaluate as score  # noqa: E402  (benchmarks/dynamic_minilm.py: the kit's evaluator)
+from dynamic_minilm import optimized_ops  # noqa: E402
+
 QCOMPILER = [sys.executable, "-m", "qcompiler"]
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "ConvInteger",
                    "MatMulInteger", "DynamicQuantizeMatMul", "DequantizeLinear", "QuantizeLinear", "Cast")
@@ -53,19 +56,6 @@ def to_float16(source: Path, output: Path, opset: int | None = None) -> None:
     if opset is not None:
         proto = onnx.version_converter.convert_version(proto, opset)
     onnx.save(convert_float_to_float16(proto, keep_io_types=True), str(output))
-
-
-def kernels(path: Path) -> dict[str, int]:
-    """The integer kernels (and Casts, Q/DQ left unfused) in onnxruntime's optimized graph of ``path``."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        histogram = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-    return {op: histogram[op] for op in INTEGER_KERNELS if histogram[op]}
 
 
 def latencies(paths: dict[str, Path], feed: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
@@ -85,13 +75,6 @@ def latencies(paths: dict[str, Path], feed: dict[str, np.ndarray], rounds: int) 
                 session.run(None, feed)
             times[key].append((time.perf_counter() - start) / 5 * 1e3)
     return {k: float(np.median(v)) for k, v in times.items()}
-
-
-def score(python: str, evaluator: str, models_dir: Path, candidate_dir: Path, model: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([python, evaluator, str(models_dir), "--cand", str(candidate_dir), "--only", model,
-                        "--json", out.name], check=True, capture_output=True, text=True)
-        return json.loads(Path(out.name).read_text())["models"][model]
 
 
 def benchmark(args: argparse.Namespace, model: str) -> dict:
@@ -124,7 +107,7 @@ def benchmark(args: argparse.Namespace, model: str) -> dict:
             continue
         path = dirs[row["key"]] / name
         try:
-            row["kernels"] = kernels(path)
+            row["kernels"] = optimized_ops(path, INTEGER_KERNELS)
             paths[label] = path
         except Exception as exc:  # onnxruntime refusing the model is a result
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]

@@ -31,6 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from dynamic_minilm import evaluate as score  # noqa: E402  (benchmarks/dynamic_minilm.py: the kit's evaluator)
 from quantizers import NpzReader, ort_preprocess  # noqa: E402  (benchmarks/quantizers.py)
 
 QCOMPILER = [sys.executable, "-m", "qcompiler"]
@@ -55,13 +56,6 @@ def ort_quantize_static(model: Path, calib: Path, output: Path) -> float:
     for leftover in output.parent.glob(output.stem + ".pre*.onnx"):
         leftover.unlink()
     return time.perf_counter() - start
-
-
-def score(python: str, evaluator: str, models_dir: Path, candidate_dir: Path, model: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([python, evaluator, str(models_dir), "--cand", str(candidate_dir), "--only", model,
-                        "--json", out.name], check=True, capture_output=True, text=True)
-        return json.loads(Path(out.name).read_text())["models"][model]
 
 
 def worst_layers(report: dict, count: int = 8) -> list[dict]:
