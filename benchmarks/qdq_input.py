@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="ocr_rec_ppocrv4")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler_qdq_input")
     parser.add_argument("--analyze", action="store_true", help="also run qcompiler analyze on the QDQ model")
+    parser.add_argument("--reuse", action="store_true", help="keep the models, scores and analysis an earlier run "
+                        "left in --work (a long run resumed)")
     parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
     venv = os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv")
     parser.add_argument("--evaluator-python", default=os.path.join(venv, "bin", "python"))
@@ -87,24 +89,33 @@ def main(argv: list[str] | None = None) -> int:
     ort_qdq = dirs["ort"] / name
     rows: dict[str, dict] = {}
     print(f"onnxruntime quantize_static (QDQ, U8S8, per channel) of {fp32}", flush=True)
-    rows["onnxruntime quantize_static (U8S8, per channel)"] = {"seconds": ort_quantize_static(fp32, calib, ort_qdq),
-                                                               "dir": dirs["ort"]}
+    reused = args.reuse and ort_qdq.exists()
+    rows["onnxruntime quantize_static (U8S8, per channel)"] = {
+        "seconds": None if reused else ort_quantize_static(fp32, calib, ort_qdq), "dir": dirs["ort"]}
     compile_flags = ["--calib", str(calib), "--objective", "size"]
     for label, source, key, extra in (
             ("qcompiler compile FP32 (own int8)", fp32, "own", []),
             ("qcompiler compile ORT QDQ (re-quantized)", ort_qdq, "requantized", []),
             ("qcompiler compile ORT QDQ --keep-qdq-scales", ort_qdq, "kept", ["--keep-qdq-scales"])):
         command = [*QCOMPILER, "compile", str(source), "-o", str(dirs[key] / name), *compile_flags, *extra]
-        rows[label] = {"seconds": run(command), "dir": dirs[key], "command": " ".join(command[2:])}
+        reused = args.reuse and (dirs[key] / name).exists()
+        rows[label] = {"seconds": None if reused else run(command), "dir": dirs[key], "command": " ".join(command[2:])}
     for label, row in rows.items():
-        row["score"] = score(args.evaluator_python, args.evaluator, args.models_dir, row.pop("dir"), args.model)
+        directory = row.pop("dir")
+        cached = directory / "score.json"
+        if not (args.reuse and cached.exists()):
+            cached.write_text(json.dumps(score(args.evaluator_python, args.evaluator, args.models_dir, directory,
+                                               args.model)))
+        row["score"] = json.loads(cached.read_text())
         print(label, json.dumps(row["score"].get("cand"))[:300], flush=True)
     results: dict = {"model": args.model, "rows": rows,
                      "fp32": next(iter(rows.values()))["score"]["fp32"]}
+    args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    args.markdown.write_text(markdown(results))
     if args.analyze:
         out = args.work / "analysis.json"
         command = [*QCOMPILER, "analyze", str(ort_qdq), "--calib", str(calib), "--json", str(out), "-q"]
-        seconds = run(command)
+        seconds = None if args.reuse and out.exists() else run(command)
         report = json.loads(out.read_text())
         results["analysis"] = {"command": " ".join(command[2:]), "seconds": seconds,
                                "given_qdq": report.get("given_qdq"), "worst_layers": worst_layers(report),
@@ -117,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _seconds(row: dict) -> str:
+    return "-" if row["seconds"] is None else f"{row['seconds']:.1f}"
+
+
 def markdown(results: dict) -> str:
     metric = next(iter(results["rows"].values()))["score"]["metric"]
     head = next(iter(results["fp32"]))
@@ -127,15 +142,15 @@ def markdown(results: dict) -> str:
     for label, row in results["rows"].items():
         cand = row["score"].get("cand", {})
         if "error" in cand:
-            lines.append(f"| {label} | error: {cand['error'][:80]} | | | {row['seconds']:.1f} |")
+            lines.append(f"| {label} | error: {cand['error'][:80]} | | | {_seconds(row)} |")
             continue
         lines.append(f"| {label} | {cand[head]:.3f} | {cand['cos_mean']:.4f} | {cand.get('same_output', '-')} | "
-                     f"{row['seconds']:.1f} |")
+                     f"{_seconds(row)} |")
     lines += ["", "Commands (`qcompiler` = `python -m qcompiler`):", ""]
     lines += [f"- `{row['command']}`" for row in results["rows"].values() if "command" in row]
     analysis = results.get("analysis")
     if analysis:
-        lines += ["", f"## `{analysis['command']}` ({analysis['seconds']:.0f} s)", "",
+        lines += ["", f"## `{analysis['command']}`" + (f" ({analysis['seconds']:.0f} s)" if analysis["seconds"] else ""), "",
                   f"given: {analysis['given_qdq']}", "",
                   "Layers whose quantization alone costs the most (output SQNR dB, onnxruntime's scales):", "",
                   "| layer | op | quantized alone dB | float alone dB |", "|---|---|---|---|"]
