@@ -50,6 +50,7 @@ def recover_float(model: Model) -> dict:
     graph, given = model.graph, model.plan.given
     weights = activations = 0
     removed: list[Node] = []
+    clamped: dict = {}  # activation -> the Relu output that replaces its clamping pairs (one per activation)
     returned = set(graph.outputs)
     for node in graph:
         if node.op_type != "DequantizeLinear" or node.domain not in _DOMAINS or not _constant_parameters(node):
@@ -71,7 +72,7 @@ def recover_float(model: Model) -> dict:
             continue
         x, spec = quantizer.inputs[0], spec_of_qdq(quantizer)
         if _clamps_at_zero(spec, x):
-            x = _relu(graph, x)
+            x = clamped[x] if x in clamped else clamped.setdefault(x, _relu(graph, x))
         if result in returned:
             if x in returned or any(v is x for v in graph.inputs) or x.const is not None:
                 continue  # the output cannot take x's place: keep the pair
