@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+
 def _seconds(row: dict) -> str:
     return "-" if row["seconds"] is None else f"{row['seconds']:.1f}"
 
@@ -136,7 +137,9 @@ def markdown(results: dict) -> str:
     metric = next(iter(results["rows"].values()))["score"]["metric"]
     head = next(iter(results["fp32"]))
     lines = [f"# QDQ input: {results['model']}", "",
-             f"`python benchmarks/qdq_input.py /root/realmodels{' --analyze' if 'analysis' in results else ''}` "
+             f"`python benchmarks/qdq_input.py /root/realmodels"
+             f"{'' if results['model'] == 'ocr_rec_ppocrv4' else ' --model ' + results['model']}"
+             f"{' --analyze' if 'analysis' in results else ''}` "
              f"(shared 2-core machine). Metric: {metric}; FP32 {results['fp32'][head]:.3f}.", "",
              f"| model | {head} | cosine to FP32 | same output | compile s |", "|---|---|---|---|---|"]
     for label, row in results["rows"].items():
@@ -144,7 +147,7 @@ def markdown(results: dict) -> str:
         if "error" in cand:
             lines.append(f"| {label} | error: {cand['error'][:80]} | | | {_seconds(row)} |")
             continue
-        lines.append(f"| {label} | {cand[head]:.3f} | {cand['cos_mean']:.4f} | {cand.get('same_output', '-')} | "
+        lines.append(f"| {label} | {cand[head]:.3f} | {cand['cos_mean']:.4f} | {cand.get('same_output', float('nan')):.3f} | "
                      f"{_seconds(row)} |")
     lines += ["", "Commands (`qcompiler` = `python -m qcompiler`):", ""]
     lines += [f"- `{row['command']}`" for row in results["rows"].values() if "command" in row]
