@@ -9,8 +9,9 @@ constant scales and zero points. :func:`recover_float` takes them out:
   bias is requantized from the input and weight scales, as for any model);
 * a QuantizeLinear -> DequantizeLinear pair with the same spec on an activation ``x`` is bypassed (its
   readers read ``x``) and ``x``'s spec is kept; a pair whose zero point is the integer minimum clamps
-  at zero (a ReLU absorbed into the quantization, as qcompiler and onnxruntime absorb them), so a Relu
-  takes its place unless ``x`` is non-negative by construction;
+  at zero and at the top of its range (a ReLU or Clip absorbed into the quantization, as qcompiler and
+  onnxruntime absorb them: onnxruntime drops a HardSwish's Clip(0, 6)), so a Clip to that range takes its
+  place unless ``x`` is non-negative by construction;
 * anything else (a DequantizeLinear of an integer input, a QuantizeLinear read by integer ops) stays and
   is counted.
 
@@ -29,7 +30,7 @@ from onnx import TensorProto
 
 from .ir import Model, Node, QuantSpec, Value
 from .ir.rewrite import insert_after_producer
-from .ir.quant import dequantize, spec_of_qdq
+from .ir.quant import dequantize, spec_of_qdq, storage_dtype
 
 _DOMAINS = ("", "ai.onnx", "com.microsoft")
 
@@ -50,7 +51,7 @@ def recover_float(model: Model) -> dict:
     graph, given = model.graph, model.plan.given
     weights = activations = 0
     removed: list[Node] = []
-    clamped: dict = {}  # activation -> the Relu output that replaces its clamping pairs (one per activation)
+    clamped: dict = {}  # activation -> the Clip output that replaces its clamping pairs (one per activation)
     returned = set(graph.outputs)
     for node in graph:
         if node.op_type != "DequantizeLinear" or node.domain not in _DOMAINS or not _constant_parameters(node):
@@ -72,7 +73,7 @@ def recover_float(model: Model) -> dict:
             continue
         x, spec = quantizer.inputs[0], spec_of_qdq(quantizer)
         if _clamps_at_zero(spec, x):
-            x = clamped[x] if x in clamped else clamped.setdefault(x, _relu(graph, x))
+            x = clamped[x] if x in clamped else clamped.setdefault(x, _clamp(graph, x, spec))
         if result in returned:
             if x in returned or any(v is x for v in graph.inputs) or x.const is not None:
                 continue  # the output cannot take x's place: keep the pair
@@ -102,10 +103,16 @@ def _clamps_at_zero(spec: QuantSpec, x) -> bool:
 _NON_NEGATIVE = ("Relu", "Sigmoid", "Softmax", "Abs", "Sqrt", "Exp")
 
 
-def _relu(graph, x):
-    """A Relu of ``x``, inserted right after its producer."""
-    out = Value(graph.unique_name(x.name + "_relu"), x.dtype, x.shape)
-    insert_after_producer(graph, x, Node("Relu", [x], [out], name=graph.unique_name(x.name + "_clamp")))
+def _clamp(graph, x, spec: QuantSpec):
+    """A Clip of ``x`` to the range ``spec`` represents, [0, hi], inserted right after its producer: the
+    ReLU or Clip (a HardSwish's Clip(0, 6)) the quantizer absorbed into the pair."""
+    lo, hi = dequantize(np.array([spec.qmin, spec.qmax], storage_dtype(spec.dtype)), spec)
+    bounds = [Value(graph.unique_name(x.name + suffix), const=np.array(v, np.float32)) for suffix, v in
+              (("_min", lo), ("_max", hi))]
+    for bound in bounds:
+        graph.add_initializer(bound)
+    out = Value(graph.unique_name(x.name + "_clamped"), x.dtype, x.shape)
+    insert_after_producer(graph, x, Node("Clip", [x, *bounds], [out], name=graph.unique_name(x.name + "_clamp")))
     return out
 
 

@@ -75,7 +75,7 @@ def test_ingestion_recovers_the_float_model_and_the_specs(compiled):
     given_activations = [spec for name, spec in given.items() if model.find_value(name).const is None]
     assert len(given_activations) == len(written_specs)
     assert all(any(spec == g for g in given_activations) for spec in written_specs)
-    assert [n.op_type for n in model.graph].count("Relu") == 1  # conv1's ReLU, absorbed into its quantization
+    assert [n.op_type for n in model.graph].count("Clip") == 1  # conv1's ReLU, absorbed into its quantization
     report = model.plan.reports["ingest_qdq"]
     assert report["activations"] >= 3 and report["weights"] >= 5 and report["left"] == 0
     # the recovered float model computes what the float model computes, within the weights' rounding
