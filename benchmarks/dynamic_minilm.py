@@ -71,8 +71,9 @@ def onnxruntime_candidate(source: Path, output: Path, **options) -> float:
     return time.perf_counter() - start
 
 
-def optimized_ops(path: Path) -> dict[str, int]:
-    """The dynamic-quantization-relevant operators of onnxruntime's optimized graph of ``path``."""
+def optimized_ops(path: Path, kernels: tuple[str, ...] = DYNAMIC_KERNELS) -> dict[str, int]:
+    """How many of each of ``kernels`` (default: the dynamic-quantization-relevant operators) onnxruntime's
+    optimized graph of ``path`` holds."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +82,7 @@ def optimized_ops(path: Path) -> dict[str, int]:
         options.log_severity_level = 3
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         histogram = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-    return {op: histogram[op] for op in DYNAMIC_KERNELS if histogram[op]}
+    return {op: histogram[op] for op in kernels if histogram[op]}
 
 
 def evaluate(python: str, evaluator: str, models_dir: Path, candidate_dir: Path, model: str) -> dict:

@@ -28,6 +28,7 @@ One module per family:
 * ``weight_rtn`` — WeightRTN (weight-only plan: 2/4/8-bit blocks, round to nearest)
 * ``weight_hqq``, ``weight_awq``, ``weight_gptq`` — WeightHQQ, WeightAWQ, WeightGPTQ (weight-only algorithms)
 * ``matmulnbits`` — LowerMatMulNBits (weight-only layers as onnxruntime's MatMulNBits)
+* ``source_model`` — UpcastFloat32 (float16/bfloat16 compute), IngestQDQ, KeepQDQScales (QDQ models as input)
 """
 
 from .adaround import AdaRound
@@ -52,6 +53,7 @@ from .opset import UpgradeOpset
 from .range_search import CalibrateSearch, SearchWeightRanges
 from .shape_inference import InferShapes
 from .smoothquant import SmoothQuant
+from .source_model import IngestQDQ, KeepQDQScales, UpcastFloat32
 from .structure import RecognizeStructure
 from .weight_awq import WeightAWQ
 from .weight_bits import WeightBits
@@ -70,7 +72,9 @@ __all__ = [
     "FoldQuantizedWeights",
     "FuseHardSwish",
     "GemmToMatMul",
+    "IngestQDQ",
     "InsertQDQ",
+    "KeepQDQScales",
     "KeepFloatReference",
     "KeepOriginalModel",
     "LowerDynamicMatMul",
@@ -93,6 +97,7 @@ __all__ = [
     "SearchWeightRanges",
     "SmoothQuant",
     "SumToAdd",
+    "UpcastFloat32",
     "UpgradeOpset",
     "WeightAWQ",
     "WeightBits",

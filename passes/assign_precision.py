@@ -1,9 +1,11 @@
 """``assign-precision`` and ``assign-dynamic``: start the quantization plan (``qcompiler.assignment`` has
 the rules), for static int8 and for dynamic int8 (activations quantized at run time).
 
-Only float32 layers are quantized. A model whose layers compute in another float type (float16,
-bfloat16, float64) is not left float in silence: with no float32 layer at all it is a user error, and
-the layers skipped in a mixed model are listed in the report (``qcompiler compile`` prints them).
+Only float32 layers are quantized. float16/bfloat16 models reach these passes upcast to float32 in the
+named pipelines (``upcast-float32``). A model whose layers still compute in another float type (float64,
+or float16 in a pipeline without the upcast) is not left float in silence: with no float32 layer at all
+it is a user error, and the layers skipped in a mixed model are listed in the report (``qcompiler
+compile`` prints them).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _report(model: Model, count: int, exclude: list[str]) -> None:
         raise UnsupportedModelError(
             f"assign-precision: {len(other_float)} layer(s) compute in {kind} (first: {first.op_type} "
             f"{first.name!r}) and none in float32; qcompiler quantizes float32 layers: convert the model to "
-            f"float32 first")
+            f"float32 first (float16/bfloat16: run upcast-float32 first, as the named pipelines do)")
     model.plan.reports["assign_precision"] = {
         "quantized_nodes": count, "unmatched_exclude": unmatched,
         "other_float_layers": [n.name or n.op_type for n in other_float]}

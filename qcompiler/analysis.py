@@ -53,6 +53,7 @@ from .pass_manager import Instrument, PassManager
 from .lowering import lower
 from .pipelines import NAMED_PIPELINES, resolve
 from .progress import advance, bar, bars
+from .qdq_input import recover_float
 from .sensitivity import Evaluator, error_measures, layer_sensitivity, name_nodes, nsr_db, run_session
 from .summary import align_columns, summarize
 
@@ -113,10 +114,23 @@ class FloatDrift(Instrument):
             self.steps.append({"pass": record.name, "sqnr_db": errors["sqnr_db"], "nsr": errors["nsr"]})
 
 
+def load_float(model_path: str) -> tuple[ir.Model, dict | None]:
+    """The model at ``model_path``; a QDQ model as the float model it quantizes, its specs in the plan
+    (:func:`qcompiler.qdq_input.recover_float`), with what was recovered (None for a float model)."""
+    model = ir.load(model_path)
+    recovered = recover_float(model)
+    return model, (recovered if recovered["weights"] or recovered["activations"] else None)
+
+
 def _calibrated(model_path: str, pipeline_name: str, options: CompileOptions, metric: Any
                 ) -> tuple[ir.Model, Any, list[dict]]:
     """The model after the pipeline's passes before ``mixed-precision``, that pass (configured with
-    ``metric``), and the float drift after each of those passes (:class:`FloatDrift`)."""
+    ``metric``), and the float drift after each of those passes (:class:`FloatDrift`). A QDQ model is
+    analyzed as the float model it quantizes, in its own configuration (its scales kept)."""
+    model, recovered = load_float(model_path)
+    if recovered is not None:
+        model.plan.reports["ingest_qdq"] = recovered
+        options = dataclasses.replace(options, keep_qdq_scales=True)
     named = NAMED_PIPELINES.get(pipeline_name)
     if named is not None and "sensitivity_threshold" not in named.honours:
         position, pipeline = None, None
@@ -127,7 +141,6 @@ def _calibrated(model_path: str, pipeline_name: str, options: CompileOptions, me
     if position is None:
         raise UserError(f"pipeline {pipeline_name!r} has no mixed-precision step to analyze; use int8 or "
                         f"int8-transformer")
-    model = ir.load(model_path)
     mixed = pipeline.passes[position]
     feeds = mixed.feeds(model)
     proto = ir.to_proto(model)
@@ -319,10 +332,12 @@ def _analyze(model_path: str, calib: Any, *, quantized: str | None, target: str,
     if not layers:
         raise UserError(f"{model_path}: no layer has an int8 kernel on {target_name}; nothing to analyze")
     evaluator = mixed.evaluator(model)
-    original = ir.load(model_path)
+    original, _ = load_float(model_path)
     say(f"float sanity and weights/activations split on {len(evaluator.feeds)} feed(s)")
     report: dict[str, Any] = {"model": str(model_path), "pipeline": pipeline, "target": target_name,
                               "calibration": calibration, "samples": len(evaluator.feeds)}
+    if "ingest_qdq" in model.plan.reports:
+        report["given_qdq"] = {**model.plan.reports["ingest_qdq"], **model.plan.reports.get("keep_qdq_scales", {})}
     with bar(4, "evaluations", unit="model") as step:
         counted = _Counting(evaluator, step)
         report["sanity"] = sanity(counted, layers, drift)
@@ -366,11 +381,21 @@ def _num(value: Any, digits: int = 1) -> str:
     return str(value) if isinstance(value, str) else f"{value:.{digits}f}"
 
 
+def _given_lines(given: dict | None) -> list[str]:
+    """What the analysis says about a QDQ input model (:func:`load_float`)."""
+    if given is None:
+        return []
+    return [f"input model carries Q/DQ: analyzed as its float model ({given['weights']} dequantized constants, "
+            f"{given['activations']} activation Q/DQ pairs removed) with its own scales on "
+            f"{given.get('kept', 0)} quantized values; {len(given.get('calibrated', []))} values it left float "
+            f"are calibrated, {given.get('given_unused', 0)} of its quantized values stay float here"]
+
+
 def format_text(report: dict[str, Any]) -> str:
     """The analysis as text tables (what ``qcompiler analyze`` prints)."""
     s, split, rec, kernels = report["sanity"], report["split"], report["recommendation"], report["kernels"]
     lines = [f"analysis of {report['model']}: pipeline {report['pipeline']}, target {report['target']}, "
-             f"{report['samples']} calibration feed(s)", "",
+             f"{report['samples']} calibration feed(s)", *_given_lines(report.get("given_qdq")), "",
              f"1. float sanity: {'PASS' if s['passed'] else 'FAIL'}: outputs {'finite' if s['finite'] else 'NOT finite'}; "
              f"all quantizers bypassed vs original: SQNR {_num(s['bypassed']['sqnr_db'])} dB "
              f"(needs >= {s['min_sqnr_db']:.0f} dB)"

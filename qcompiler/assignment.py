@@ -55,7 +55,7 @@ FLOAT_TYPES = (TensorProto.FLOAT,)
 """The float type whose layers are quantized."""
 
 OTHER_FLOAT_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
-"""Float types a model may compute in that are not quantized (yet)."""
+"""Float types whose layers are not quantized (float16/bfloat16 are upcast first: ``qcompiler.upcast``)."""
 
 
 def is_float_activation(value: Value | None) -> bool:

@@ -152,6 +152,18 @@ def describe_weight_only(report: dict, before: int, model: ir.Model) -> str:
 def _print_reports(model: ir.Model) -> None:
     """The lines a compile prints about what its passes measured and decided."""
     reports = model.plan.reports
+    upcast = reports.get("upcast")
+    if upcast:
+        print(f"upcast: the model computes in {'/'.join(upcast['types'])}; quantized as float32 (compute upcast, "
+              f"{upcast['boundary_casts']} Cast(s) keep its inputs' and outputs' types)")
+    given = reports.get("ingest_qdq")
+    if given:
+        kept = reports.get("keep_qdq_scales")
+        print(f"qdq input: {given['weights']} dequantized constants and {given['activations']} activation Q/DQ pairs "
+              f"taken out ({given['left']} Q/DQ left); "
+              + (f"its scales kept on {kept['kept']} values, {len(kept['calibrated'])} calibrated, "
+                 f"{kept['given_unused']} of its quantized values left float" if kept else
+                 "re-quantized from the recovered float weights (--keep-qdq-scales keeps its scales)"))
     for region in reports.get("structure", []):
         print(f"structure: {region['treatment']} treatment for {region['nodes']} nodes ({region['reason']})")
     assigned = reports.get("assign_precision", {})
@@ -382,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     analysis = sub.add_parser("analyze", help="debug a model's quantization: float sanity, weights vs activations, "
                               "per-layer sensitivity and recommended threshold, target kernels, distributions")
-    analysis.add_argument("model", help="the FP32 .onnx model")
+    analysis.add_argument("model", help="the FP32 .onnx model, or a QDQ model (analyzed as the float model it "
+                          "quantizes, with its own scales)")
     analysis.add_argument("quantized", nargs="?", help="a QDQ model whose kernels to check (default: the all-int8 "
                           "model the analysis builds)")
     analysis.add_argument("--calib", required=True, metavar="DATA",

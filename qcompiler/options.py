@@ -61,6 +61,10 @@ class CompileOptions:
         "model; start with 0.005, an output SQNR of 23 dB); default: all int8", type=float, metavar="T")
     metric: Any = field(default=None, metadata={"help": "with sensitivity_threshold, an error callback "
                                                         "metric(reference, outputs) -> float (Python only)"})
+    keep_qdq_scales: bool = _option(False, "--keep-qdq-scales", "a model that already has Q/DQ nodes (QAT, another "
+                                    "quantizer) keeps their scales where qcompiler quantizes too, instead of "
+                                    "calibrated ones (default: re-quantize from the float weights it recovers)",
+                                    action="store_true")
     weight_bits: int = _option(4, "--bits", "weight-only: bits per weight, 2, 4 or 8 (default 4)", type=int,
                                choices=WEIGHT_BITS)
     block_size: int = _option(128, "--block-size", "weight-only: weights per block along the input dimension, a "
@@ -89,6 +93,8 @@ class CompileOptions:
             raise UserError(f"per_tensor must be True or False, not {self.per_tensor!r}")
         if self.latency_cache is not None and not isinstance(self.latency_cache, (str, os.PathLike)):
             raise UserError(f"latency_cache must be a file path, not {self.latency_cache!r}")
+        if not isinstance(self.keep_qdq_scales, bool):
+            raise UserError(f"keep_qdq_scales must be True or False, not {self.keep_qdq_scales!r}")
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
             raise UserError(f"threads must be 0 (onnxruntime's default) or a positive count, not {self.threads!r}")
         threshold = self.sensitivity_threshold

@@ -58,7 +58,7 @@ class NamedPipeline:
 NAMED_PIPELINES: dict[str, NamedPipeline] = {}
 
 STATIC_INT8_OPTIONS = ("calib", "target", "calibration", "percentile", "per_tensor", "exclude", "objective",
-                       "threads", "latency_cache", "sensitivity_threshold", "metric")
+                       "threads", "latency_cache", "sensitivity_threshold", "metric", "keep_qdq_scales")
 
 
 def named_pipeline(name: str, honours: tuple[str, ...] = ()) -> Callable[[PipelineFunction], PipelineFunction]:
@@ -119,6 +119,21 @@ def _placement(options: CompileOptions, float_linear_outputs: bool = False, regi
                                  float_linear_outputs=float_linear_outputs, region=region)]
 
 
+def _source() -> list[Pass]:
+    """The passes that bring any source model to float32 without Q/DQ, first in every quantizing pipeline:
+    float16/bfloat16 compute upcast (interface kept), a QDQ model's Q/DQ taken out (specs kept in the plan)."""
+    from qcompiler import passes as lib
+
+    return [lib.UpcastFloat32(), lib.IngestQDQ()]
+
+
+def _given_specs(options: CompileOptions) -> list[Pass]:
+    """After calibration: a QDQ input's scales instead of the calibrated ones (``keep_qdq_scales``)."""
+    from qcompiler import passes as lib
+
+    return [lib.KeepQDQScales()] if options.keep_qdq_scales else []
+
+
 def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False,
                      region: str = "") -> tuple[list[Pass], list[Pass]]:
     """(passes before canonicalization, passes after calibration) for the sensitivity threshold (none without)."""
@@ -149,10 +164,11 @@ def int8(options: CompileOptions) -> list[Pass]:
     from qcompiler import passes as lib
 
     first, mixed = _mixed_precision(options)
-    return first + canonicalize() + [
+    return _source() + first + canonicalize() + [
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude),
                             per_channel=not options.per_tensor),
         _calibrate(options),
+        *_given_specs(options),
         *mixed,
         *_placement(options),
         lib.InsertQDQ(),
@@ -174,12 +190,15 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True)
-    return first + canonicalize() + [
-        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True),
+    smooth = [] if options.keep_qdq_scales else [  # given scales are of the unsmoothed activations
+        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True)]
+    return _source() + first + canonicalize() + [
+        *smooth,
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
                             float_linear_outputs=True),
         lib.SearchWeightRanges(),
         lib.CalibrateSearch(data=options.calib),
+        *_given_specs(options),
         *mixed,
         *_placement(options, float_linear_outputs=True),
         lib.InsertQDQ(),
@@ -202,14 +221,18 @@ def auto(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True, region=TRANSFORMER)
-    return first + canonicalize() + [
+    smooth = [] if options.keep_qdq_scales else [  # given scales are of the unsmoothed activations
+        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True,
+                        region=TRANSFORMER)]
+    return _source() + first + canonicalize() + [
         lib.RecognizeStructure(),
-        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True, region=TRANSFORMER),
+        *smooth,
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
                             float_linear_outputs=True, region=TRANSFORMER),
         lib.SearchWeightRanges(region=TRANSFORMER),
         lib.CalibrateSearch(data=options.calib, region=TRANSFORMER, method=options.calibration,
                             percentile=options.percentile),
+        *_given_specs(options),
         *mixed,
         *_placement(options, float_linear_outputs=True, region=TRANSFORMER),
         lib.InsertQDQ(),
@@ -239,7 +262,7 @@ def dynamic(options: CompileOptions) -> list[Pass]:
               lib.InsertQDQ(),
               lib.FoldQuantizedWeights(),
               lib.LowerDynamicMatMul()]
-    return _latency_guarded(passes, options) if options.calib is not None else canonicalize() + passes
+    return _source() + (_latency_guarded(passes, options) if options.calib is not None else canonicalize() + passes)
 
 
 def canonicalize_keeping_batchnorm_stats() -> list[Pass]:
@@ -262,7 +285,7 @@ def int8_dfq(options: CompileOptions) -> list[Pass]:
     """
     from qcompiler import passes as lib
 
-    return canonicalize_keeping_batchnorm_stats() + [
+    return _source() + canonicalize_keeping_batchnorm_stats() + [
         lib.ReplaceReLU6(),
         lib.CrossLayerEqualization(),
         lib.HighBiasAbsorption(),
@@ -282,7 +305,7 @@ def w4a8(options: CompileOptions) -> list[Pass]:
     """4-bit per-channel weights (stored in int8, MSE-clipped), 8-bit activations, rounding learned by AdaRound."""
     from qcompiler import passes as lib
 
-    return canonicalize() + [
+    return _source() + canonicalize() + [
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude)),
         lib.WeightBits(bits=4),
         _calibrate(options),

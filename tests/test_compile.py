@@ -130,21 +130,35 @@ def test_cli_compile_refuses_a_zero_row_calibration_batch(model_path, calib_dir,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("calib_dtype, message", [
-    (np.float32, "input 'x' has dtype float32, the model expects float16"),  # refused before anything is written
-    (np.float16, "1 layer(s) compute in float16 (first: MatMul"),  # not left unquantized in silence
-])
-def test_cli_compile_of_a_float16_model_says_why_and_writes_nothing(tmp_path, capsys, calib_dtype, message):
-    proto = onnx.parser.parse_model("""
+def _low_precision_model(tmp_path, dtype: str, calib_dtype) -> list[str]:
+    """``y = Relu(MatMul(x, w))`` computing in ``dtype`` and calibration feeds of ``calib_dtype``: the
+    compile command line."""
+    proto = onnx.parser.parse_model(f"""
     <ir_version: 8, opset_import: ["" : 13]>
-    g (float16[N,8] x) => (float16[N,4] y) { h = MatMul(x, w)
-      y = Relu(h) }""")
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((8, 4), np.float16), "w"))
-    onnx.save(proto, str(tmp_path / "half.onnx"))
+    g ({dtype}[N,8] x) => ({dtype}[N,4] y) {{ h = MatMul(x, w)
+      y = Relu(h) }}""")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((8, 4), np.dtype(dtype)), "w"))
+    onnx.save(proto, str(tmp_path / "low.onnx"))
     (tmp_path / "calib").mkdir()
     np.savez(tmp_path / "calib" / "b0.npz", x=np.ones((2, 8), calib_dtype))
-    out = tmp_path / "o.onnx"
-    status = main(["compile", str(tmp_path / "half.onnx"), "-o", str(out), "--calib", str(tmp_path / "calib"),
-                   "--target", "x86-vnni", "--objective", "size", "-q"])
-    assert status == 2 and not out.exists()
+    return ["compile", str(tmp_path / "low.onnx"), "-o", str(tmp_path / "o.onnx"), "--calib", str(tmp_path / "calib"),
+            "--target", "x86-vnni", "--objective", "size", "-q"]
+
+
+@pytest.mark.parametrize("dtype, calib_dtype, message", [
+    ("float16", np.float32, "input 'x' has dtype float32, the model expects float16"),  # refused before writing
+    ("double", np.float64, "1 layer(s) compute in double (first: MatMul"),  # not left unquantized in silence
+])
+def test_cli_compile_of_a_model_it_cannot_quantize_says_why_and_writes_nothing(tmp_path, capsys, dtype, calib_dtype,
+                                                                              message):
+    status = main(_low_precision_model(tmp_path, dtype, calib_dtype))
+    assert status == 2 and not (tmp_path / "o.onnx").exists()
     assert message in capsys.readouterr().err
+
+
+def test_cli_compile_of_a_float16_model_says_it_upcasts(tmp_path, capsys):
+    assert main(_low_precision_model(tmp_path, "float16", np.float16)) == 0
+    assert "upcast: the model computes in float16; quantized as float32" in capsys.readouterr().out
+    written = onnx.load(tmp_path / "o.onnx")
+    assert written.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert any(n.op_type == "QuantizeLinear" for n in written.graph.node)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .quant import Scheme
+from .quant import QuantSpec, Scheme
 
 if TYPE_CHECKING:
     from ..targets import Target
@@ -61,6 +61,8 @@ class QuantPlan:
         original_model: the input model before canonicalization, kept aside (``keep-original-model``).
         batchnorm_stats: per-channel (mean, std) of BatchNorm outputs by value name, recorded before folding.
         regions: the model's regions and their treatments (``recognize-structure``); kept by :meth:`start`.
+        given: the specs a QDQ input model carried, by value name (``ingest-qdq``; ``keep-qdq-scales``
+            applies them); kept by :meth:`start`.
         reports: what passes measured and decided, by pass name, for people and the summary.
     """
 
@@ -75,6 +77,7 @@ class QuantPlan:
     original_model: SavedModel | None = None
     batchnorm_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     regions: list[Region] = field(default_factory=list)
+    given: dict[str, QuantSpec] = field(default_factory=dict)
     reports: dict[str, Any] = field(default_factory=dict)
 
     # -- decisions -------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ class QuantPlan:
 
         copy = QuantPlan(self.target, lowered=self.lowered, float_reference=self.float_reference,
                          original_model=self.original_model, batchnorm_stats=dict(self.batchnorm_stats),
-                         reports=dict(self.reports))
+                         given=dict(self.given), reports=dict(self.reports))
         copy.regions = [Region(r.treatment, r.reason, {node(n): None for n in r.nodes if node(n) is not None})
                         for r in self.regions]
         copy.layers = {node(n): None for n in self.layers if node(n) is not None}

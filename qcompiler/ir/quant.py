@@ -464,10 +464,15 @@ def min_opset(spec: QuantSpec) -> int:
 
 
 def spec_of_qdq(node: Node) -> QuantSpec:
-    """The spec a QuantizeLinear or DequantizeLinear node with constant scale and zero point applies,
-    its attributes read as ONNX reads them (``axis`` defaults to 1; ``block_size`` 0 means none)."""
-    scale, zero_point = node.inputs[1].const, node.inputs[2].const
+    """The spec a QuantizeLinear or DequantizeLinear node with a constant scale (and zero point, when it
+    has one) applies, its attributes read as ONNX reads them (``axis`` defaults to 1; ``block_size`` 0
+    means none; no zero point means 0 of the integer type, uint8 for a QuantizeLinear that names none).
+    The scale is read as float32 (a float16 model's scales are float16)."""
+    scale = np.asarray(node.inputs[1].const, dtype=np.float32)
+    given = node.inputs[2] if len(node.inputs) > 2 else None
     integer = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
+    dtype = integer.dtype or (given.dtype if given is not None else TensorProto.UINT8)
+    zero_point = given.const if given is not None else np.zeros(scale.shape, storage_dtype(dtype))
     block_size = node.attrs.get("block_size") or None
     axis = node.attrs.get("axis", 1) if scale.size > 1 or block_size else None
-    return QuantSpec(integer.dtype, scale, zero_point, axis=axis, block_size=block_size)
+    return QuantSpec(dtype, scale, zero_point, axis=axis, block_size=block_size)
