@@ -9,11 +9,14 @@ after it dies; the call that killed it returns :class:`Crashed` with the worker'
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -30,8 +33,11 @@ class Crashed:
 class IsolatedRunner:
     """``runner(function, *args)``: ``function(*args)`` in the worker process, or :class:`Crashed`.
 
-    ``function`` and its arguments must be picklable (module-level functions); workers are spawned,
-    not forked, so onnxruntime's threads in this process (if any) cannot deadlock them.
+    ``function`` must be a module-level function and its arguments picklable; workers are spawned, not
+    forked, so onnxruntime's threads in this process (if any) cannot deadlock them. A worker imports
+    ``function`` by module name, with the folder that name starts in added to its ``sys.path``: a test
+    module pytest imported (``--import-mode=importlib``, ``tests.robustness...``) is not importable there
+    otherwise when pytest runs as a console script.
     """
 
     def __init__(self) -> None:
@@ -40,7 +46,8 @@ class IsolatedRunner:
     def __call__(self, function: Callable, *args: Any) -> Any:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        future = self._pool.submit(function, *args)
+        with _importable(function):  # a worker starts in submit, with this process's sys.path
+            future = self._pool.submit(function, *args)
         processes = list(self._pool._processes.values())  # noqa: SLF001 - the worker, for its exit code
         try:
             return future.result()
@@ -61,3 +68,24 @@ class IsolatedRunner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _root(function: Callable) -> str | None:
+    """The folder ``function``'s module is importable from by its dotted name (None: not a file module)."""
+    file = getattr(sys.modules.get(function.__module__), "__file__", None)
+    return str(Path(file).resolve().parents[function.__module__.count(".")]) if file else None
+
+
+@contextlib.contextmanager
+def _importable(function: Callable) -> Iterator[None]:
+    """Within the block, ``function``'s module can be imported by name from ``sys.path``: a worker started
+    here copies this ``sys.path``."""
+    root = _root(function)
+    added = root is not None and root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(root)
