@@ -36,6 +36,7 @@ import numpy as np
 
 from qcompiler.assignment import FLOAT_TYPES, OTHER_FLOAT_TYPES
 from qcompiler.calibration import METHODS, model_inputs
+from qcompiler.calibration.collect import observing_session
 from qcompiler.calibration.observers import MSEObserver, PercentileObserver, StreamingHistogram
 from qcompiler.errors import UserError
 from qcompiler.ir import Model, QuantSpec, channel_shape, fake_quantize, to_proto
@@ -242,5 +243,5 @@ def _run_quantized(model: Model, feeds: list[dict[str, np.ndarray]], names: list
 def _run(proto: Any, feeds: list[dict[str, np.ndarray]], names: list[str]) -> list[list[np.ndarray]]:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = observing_session(proto.SerializeToString(), ort.SessionOptions(), ["CPUExecutionProvider"])
     return [session.run(names, feed) for feed in feeds]

@@ -297,15 +297,6 @@ class _ModelWriter:
         else:
             model = augmented.SerializeToString()
             del augmented
-        try:
-            return open_session(self.proto, model, options, providers)
-        except Exception as exc:  # onnxruntime's exceptions have no common public base class
-            if DROPPED_OUTPUT not in str(exc):
-                raise
-        # onnxruntime 1.32's basic graph optimizations drop a node whose output the augmented model returns
-        # (a Gemm read by a Transpose: the fused pair no longer computes it) and then refuse the model;
-        # the values are the same without optimizations, only computed unfused
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return open_session(self.proto, model, options, providers)
 
 
@@ -356,14 +347,29 @@ DROPPED_OUTPUT = "Failed to find node output or a constant initializer producing
 """onnxruntime's message when its optimizations removed the producer of a graph output."""
 
 
-def open_session(proto: onnx.ModelProto, model: bytes | str, options: Any, providers: list[str],
-                 use: str = "calibration runs the model in it"):
-    """``onnxruntime.InferenceSession(model, ...)``, where a node onnxruntime has no kernel for is an
-    :class:`UnsupportedOperatorError` naming the node of ``proto`` (the same model, as a proto)."""
+def observing_session(model: bytes | str, options: Any, providers: list[str]):
+    """``onnxruntime.InferenceSession`` of a model whose graph outputs include intermediate values to observe.
+
+    onnxruntime 1.32's basic graph optimizations can drop a node whose output the model returns (a Gemm
+    read by a Transpose: the fused pair no longer computes it) and then refuse the model; the session is
+    then made again without graph optimizations, which computes the same float values, only unfused."""
     import onnxruntime as ort
 
     try:
         return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:  # onnxruntime's exceptions have no common public base class
+        if DROPPED_OUTPUT not in str(exc):
+            raise
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model, options, providers=providers)
+
+
+def open_session(proto: onnx.ModelProto, model: bytes | str, options: Any, providers: list[str],
+                 use: str = "calibration runs the model in it"):
+    """:func:`observing_session` of ``model``, where a node onnxruntime has no kernel for is an
+    :class:`UnsupportedOperatorError` naming the node of ``proto`` (the same model, as a proto)."""
+    try:
+        return observing_session(model, options, providers)
     except Exception as exc:  # onnxruntime's exceptions have no common public base class
         error = unsupported_operator(proto, exc, use)
         if error is None:

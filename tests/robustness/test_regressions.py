@@ -16,7 +16,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qcompiler
 from qcompiler import ir
-from qcompiler.calibration.collect import open_session
 from qcompiler.ir.testing import run_onnxruntime
 
 from .isolated import Crashed, IsolatedRunner
@@ -85,9 +84,14 @@ def test_calibration_of_a_gemm_read_by_a_transpose(monkeypatch):
     saved = np.load(data / "seed17_graph113.npz")
     feeds = [{"x": saved[f"{i}/x"]} for i in range(4)]
     collect = importlib.import_module("qcompiler.calibration.collect")  # the module (the package exports a function of that name)
-    opened = []
-    monkeypatch.setattr(collect, "open_session", lambda *a, **k: opened.append(a[2].graph_optimization_level)
-                        or open_session(*a, **k))
+    opened, original = [], collect.observing_session
+
+    def observed(model, options, providers):
+        session = original(model, options, providers)
+        opened.append(options.graph_optimization_level)  # the level the session was made with
+        return session
+
+    monkeypatch.setattr(collect, "observing_session", observed)
     model = qcompiler.compile(ir.from_proto(proto), None, pipeline="int8", calib=feeds, objective="size")
     assert ort.GraphOptimizationLevel.ORT_DISABLE_ALL in opened  # onnxruntime refused the optimized session
     assert any(n.op_type == "QuantizeLinear" for n in model.graph)
