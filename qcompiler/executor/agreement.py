@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 
 from .. import ir
-from ..calibration.collect import unsupported_operator
+from ..calibration.collect import DROPPED_OUTPUT, unsupported_operator
+from ..errors import UnsupportedModelError
 
 
 @dataclass
@@ -112,6 +113,11 @@ def run_onnxruntime(model: ir.Model | bytes, feeds: dict[str, np.ndarray], *, op
         proto = ir.to_proto(model, include_data=lambda v: False) if isinstance(model, ir.Model) \
             else onnx.load_from_string(model)
         error = unsupported_operator(proto, exc, use="the comparison runs the model in it")
+        if error is None and DROPPED_OUTPUT in str(exc):
+            error = UnsupportedModelError(
+                f"onnxruntime refuses the model with its graph optimizations on ({str(exc).strip().splitlines()[0]}): "
+                "its optimizer removes a node whose output the model returns (e.g. a Gemm read by a Transpose "
+                "and listed as a graph output), which the float model runs into too")
         if error is None:
             raise
         raise error from None
