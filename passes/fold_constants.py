@@ -72,7 +72,8 @@ def _read_by_constant_nodes(model: Model) -> set[str]:
     read: set[str] = set()
     for node in model.graph:
         inputs = [v for v in node.inputs if v is not None]
-        if node.has_subgraphs() or not (node.op_type == "Constant" or inputs and all(v.name in constant for v in inputs)):
+        computes_from_constants = node.op_type == "Constant" or inputs and all(v.name in constant for v in inputs)
+        if node.has_subgraphs() or not computes_from_constants:
             continue
         read.update(v.name for v in inputs if v.const is not None)
         constant.update(v.name for v in node.outputs if v is not None)

@@ -320,7 +320,8 @@ _KEPT = "qcompiler:kept-in-memory"
 
 
 def is_shape_data(value: Value) -> bool:
-    """Whether a tool that rewrites or analyses the graph may need ``value``'s data (see :data:`SHAPE_DATA_ELEMENTS`)."""
+    """Whether a tool that rewrites or analyses the graph may need ``value``'s data
+    (see :data:`SHAPE_DATA_ELEMENTS`)."""
     return value.const.size <= SHAPE_DATA_ELEMENTS
 
 

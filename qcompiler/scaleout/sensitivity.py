@@ -14,7 +14,8 @@ the order the loop would have evaluated them, so every later ``evaluate`` (and t
 which reads the cache) sees exactly what the sequential run sees.
 
 Every session, on a worker or here, runs on :data:`qcompiler.scaleout.SESSION_THREADS` onnxruntime
-thread, so the numbers are identical whatever the workers' core counts. The same prefetch runs the local path's configurations on threads of this process
+thread, so the numbers are identical whatever the workers' core counts. The same prefetch runs the local
+path's configurations on threads of this process
 (:class:`qcompiler.scaleout.ThreadExecutor`): the replica is then built once and shared by the threads.
 """
 

@@ -20,9 +20,9 @@ lowered.
 
 An embedding table ``[V, D]`` read by ``Gather`` (axis 0) becomes ``com.microsoft::GatherBlockQuantized``
 (``gather_axis`` 0, ``quantize_axis`` 1, blocks along D): ``data`` uint8 ``[V, D · bits / 8]`` (each row
-packed as ``B``'s, without padding to whole blocks; ``D · bits`` a multiple of 8), ``scales`` ``[V, blocks]``, ``zero_points`` uint8
-``[V, blocks · bits / 8]`` packed the same way (absent: ``2^(bits-1)``), so a decoding step dequantizes
-the rows it reads, not the whole table. A table that a tied output Gemm (``transB``) reads too gets both
+packed as ``B``'s, without padding to whole blocks; ``D · bits`` a multiple of 8), ``scales`` ``[V, blocks]``,
+``zero_points`` uint8 ``[V, blocks · bits / 8]`` packed the same way (absent: ``2^(bits-1)``), so a decoding
+step dequantizes the rows it reads, not the whole table. A table that a tied output Gemm (``transB``) reads too gets both
 forms. A weight with a block size the contrib ops cannot take keeps its spec for ``insert-qdq``'s blocked
 DequantizeLinear.
 """

@@ -96,3 +96,19 @@ def test_calibration_of_a_gemm_read_by_a_transpose(monkeypatch):
     assert ort.GraphOptimizationLevel.ORT_DISABLE_ALL in opened  # onnxruntime refused the optimized session
     assert any(n.op_type == "QuantizeLinear" for n in model.graph)
     run_onnxruntime(model, feeds[0], optimize=True)
+
+
+def test_a_float_graph_onnxruntime_refuses_optimized_is_a_user_error():
+    """Campaign seed 18, graph 46 (``data/``): a Gemm read by a Transpose and returned as a graph output.
+    onnxruntime 1.32's optimizer fuses the pair and then refuses the float model itself; the kernels check
+    (which runs the model optimized) says so in a user error instead of failing with an internal one."""
+    from qcompiler.errors import UnsupportedModelError
+    from qcompiler.executor.agreement import run_onnxruntime as run_checked
+
+    data = Path(__file__).parent / "data"
+    proto = onnx.load(str(data / "seed18_graph46.onnx"))
+    saved = np.load(data / "seed18_graph46.npz")
+    feed = {name.split("/", 1)[1]: saved[name] for name in saved.files if name.startswith("0/")}
+    with pytest.raises(UnsupportedModelError, match="refuses the model with its graph optimizations on"):
+        run_checked(proto.SerializeToString(), feed, optimize=True)
+    assert run_checked(proto.SerializeToString(), feed, optimize=False)  # unoptimized, it runs
