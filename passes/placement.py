@@ -18,6 +18,7 @@ from typing import Any
 
 
 from qcompiler.calibration import model_inputs, open_calibration
+from qcompiler.calibration.collect import observing_session
 from qcompiler.errors import UserError
 from qcompiler.ir import Model, onnxruntime_model, to_proto
 from qcompiler.lowering import lower
@@ -39,7 +40,7 @@ def _capture(model: Model, names: list[str], feed: dict) -> dict:
     with onnxruntime_model(model, extra_outputs=wanted) as source:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        session = observing_session(source, options, ["CPUExecutionProvider"])  # its outputs: intermediate values
         fed = {k: v for k, v in feed.items() if k in {i.name for i in session.get_inputs()}}
         arrays = dict(zip([o.name for o in session.get_outputs()], session.run(None, fed)))
     return {n: (feed[n] if n in inputs else arrays[n]) for n in names if n in inputs or n in arrays}

@@ -35,15 +35,11 @@ def measure_latencies(models: list[bytes | str], feeds: dict[str, np.ndarray], *
     created otherwise reads up to 1.7x faster or slower than it runs (digits_mlp, first calls in a
     fresh process).
     """
-    import onnxruntime as ort
+    from .bench.session import open_session
 
     sessions = []
     for model in models:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # onnxruntime's optimizer notes are not the user's business
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = open_session(model, threads)
         names = {i.name for i in session.get_inputs()}
         fed = {k: v for k, v in feeds.items() if k in names}
         warm_until = time.perf_counter() + min_seconds / rounds

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .bench.session import open_session
 from .errors import UserError
 from .ir import Model, Node, Value
 
@@ -265,16 +266,6 @@ def decide(float_round_ms: list[float], int8_round_ms: list[float]) -> tuple[flo
     return mean, t, abs(t) >= T_SEPARATED
 
 
-def _session(model: bytes | str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def _timed(session, feed: dict[str, np.ndarray], runs: int) -> float:
     """Median milliseconds of ``runs`` runs."""
     times = []
@@ -290,7 +281,7 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
     """Float against int8 (``models``), in alternation: each round runs both for about ``round_seconds``
     each (ABBA order over rounds), its medians pair up; stop once :func:`decide` separates them after at
     least ``min_rounds`` rounds, or after ``max_rounds``. int8 is chosen only when separated and faster."""
-    sessions = [_session(m, threads) for m in models]
+    sessions = [open_session(m, threads) for m in models]
     feeds = [{i.name: feed[i.name] for i in session.get_inputs()} for session in sessions]
     single = []
     for session, fed in zip(sessions, feeds):  # warm-up, untimed: first runs allocate and pick kernels
@@ -313,7 +304,7 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
 def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 3,
                    round_seconds: float = 0.05) -> float:
     """Median of per-round medians of one model (for the predicted total, not for decisions)."""
-    session = _session(model, threads)
+    session = open_session(model, threads)
     session.run(None, feed)
     single = _timed(session, feed, 2)
     runs = max(1, int(round_seconds * 1000.0 / max(single, 1e-3)))
