@@ -277,6 +277,7 @@ class QuantSpec:
         axis: int | None = None,
         block_size: int | None = None,
         reduce_range: bool = False,
+        full_range: bool = False,
     ) -> QuantSpec:
         """The spec that maps [lo, hi] onto the integer range of ``dtype``.
 
@@ -287,13 +288,23 @@ class QuantSpec:
         the range. Asymmetric: ``scale = (hi - lo) / (qmax - qmin)`` and
         ``zero_point = round(qmin - lo / scale)``. ``reduce_range`` uses one bit less (7-bit values in
         an 8-bit type), the setting that avoids int16 saturation on x86 without VNNI.
+
+        ``full_range`` (symmetric only) uses every level of the type instead: the endpoint of larger
+        magnitude, with its sign, maps exactly onto ``qmin`` (``scale = extreme / (qmin - middle)``,
+        negative when that endpoint is positive), and the other side, at most as large, reaches ``qmax``
+        (one step short of ``-qmin``) before it saturates. For int4 that is 16 levels instead of 15, a step
+        of ``max|w| / 8`` instead of ``/ 7`` — the grid onnxruntime's blockwise MatMulNBits quantizer uses.
         """
         qmin, qmax = integer_range(dtype)
         if reduce_range:
             qmin, qmax = (qmin // 2, qmax // 2) if qmin < 0 else (qmin, qmax // 2)
         lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
         hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
-        if symmetric:
+        if symmetric and full_range:
+            extreme = np.where(np.abs(lo) >= np.abs(hi), lo, hi)
+            scale = extreme / float(qmin - _middle(dtype))
+            zero_point = np.full(scale.shape, _middle(dtype))
+        elif symmetric:
             half = (qmax - qmin) // 2  # 127 for int8: the restricted range [-127, 127]
             scale = np.maximum(np.abs(lo), np.abs(hi)) / half
             zero_point = np.full(scale.shape, _middle(dtype))
@@ -301,7 +312,7 @@ class QuantSpec:
             scale = (hi - lo) / float(qmax - qmin)
             safe = np.where(scale > 0, scale, 1.0)
             zero_point = np.clip(np.round(qmin - lo / safe), qmin, qmax)
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        scale = np.where(scale != 0, scale, 1.0).astype(np.float32)
         return cls(dtype, scale, zero_point.astype(storage_dtype(dtype)), axis=axis, block_size=block_size)
 
 
@@ -352,6 +363,8 @@ class Scheme:
         block_size: elements per block along the axis, for "block".
         reduce_range: one bit less than the type holds (x86 without VNNI).
         dynamic: the scale is computed at run time from the tensor (no calibration).
+        full_range: symmetric on every level of the type, the larger endpoint on ``qmin`` with a signed
+            scale (see :meth:`QuantSpec.from_range`); weight-only blocks, whose kernels never saturate.
     """
 
     dtype: int
@@ -360,9 +373,12 @@ class Scheme:
     block_size: int | None = None
     reduce_range: bool = False
     dynamic: bool = False
+    full_range: bool = False
 
     def __post_init__(self) -> None:
         integer_range(self.dtype)
+        if self.full_range and (not self.symmetric or self.reduce_range):
+            raise ValueError("full_range is a symmetric grid on the whole type: not asymmetric, not reduce_range")
         if (self.granularity == "block") != (self.block_size is not None):
             raise ValueError(f"block_size {self.block_size} does not fit granularity {self.granularity!r}")
         if self.block_size is not None and self.block_size < 2:
@@ -377,7 +393,8 @@ class Scheme:
             raise ValueError(f"a {self.granularity} scheme needs the axis its ranges run along")
         return QuantSpec.from_range(lo, hi, self.dtype, symmetric=self.symmetric,
                                     axis=None if self.granularity == "tensor" else axis,
-                                    block_size=self.block_size, reduce_range=self.reduce_range)
+                                    block_size=self.block_size, reduce_range=self.reduce_range,
+                                    full_range=self.full_range)
 
     def spec_for(self, x: np.ndarray, axis: int | None = None) -> QuantSpec:
         """The min/max spec of a constant tensor: per tensor, per slice along ``axis`` or per block."""

@@ -61,7 +61,7 @@ def hqq(w: np.ndarray, scheme: Scheme, *, iterations: int = 20, p: float = 0.7, 
         centred = (q - zero_point) * mask
         norm = (centred ** 2).sum(axis=1, keepdims=True)
         fitted = (target * centred).sum(axis=1, keepdims=True) / np.where(norm > 0, norm, 1.0)
-        scale = np.where((norm > 0) & (fitted > 0), fitted, scale).astype(np.float32)
+        scale = np.where((norm > 0) & (fitted * scale > 0), fitted, scale).astype(np.float32)
         q = quantize_blocks(scale, zero_point)
         err = error(q, scale, zero_point)
         better = err < best_error

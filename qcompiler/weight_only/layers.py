@@ -7,7 +7,8 @@ so one spec serves a table that an embedding Gather and a tied output Gemm (``tr
 read by anything else, or by layers that disagree on that axis, stays float.
 
 Conventions of the weight-only schemes (:func:`weight_scheme`): ``bits`` in {2, 4, 8}; symmetric uses the
-signed type (zero point 0, ``scale = max|w| / (2^(b-1) - 1)``), asymmetric the unsigned type
+signed type on its full range (zero point 0, the block's value of largest magnitude on ``-2^(b-1)``:
+``scale = w_extreme / -2^(b-1)``, signed — onnxruntime's MatMulNBits grid), asymmetric the unsigned type
 (``scale = (max - min) / (2^b - 1)``, integer zero point), so the symmetry of a spec is read off its type
 (:func:`scheme_of`); blocks of ``block_size`` along ``K`` (ONNX opset 21's blocked layout, last block
 partial), or per output channel (``block_size`` 0: one scale per column of ``[K, N]``).
@@ -37,8 +38,8 @@ def weight_scheme(bits: int, block_size: int, symmetric: bool) -> Scheme:
         raise ValueError(f"weight-only quantization takes {', '.join(map(str, BITS))} bits, not {bits}")
     dtype = integer_type(bits, signed=symmetric)
     if block_size:
-        return Scheme(dtype, symmetric, "block", block_size)
-    return Scheme(dtype, symmetric, "axis")
+        return Scheme(dtype, symmetric, "block", block_size, full_range=symmetric)
+    return Scheme(dtype, symmetric, "axis", full_range=symmetric)
 
 
 def scheme_of(spec: QuantSpec) -> Scheme:

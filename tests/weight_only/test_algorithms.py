@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qcompiler.ir import fake_quantize
+from qcompiler.ir import fake_quantize, quantize
 from qcompiler.ir.quant import pack_bits, unpack_bits
 from qcompiler.weight_only.awq import clipped, input_scale
 from qcompiler.weight_only.gptq import gptq, hessian
@@ -35,8 +35,30 @@ def test_rtn_is_min_max_per_block(bits, block_size, symmetric):
     assert spec.dtype == scheme.dtype and spec.block_size == (block_size or None)
     assert spec.scale.shape == ((-(-256 // block_size), 48) if block_size else (48,))
     np.testing.assert_array_equal(fake_quantize(quantized, spec), quantized)
-    step = np.abs(w - quantized).max(axis=0)
-    assert np.all(step <= spec.scale.max(axis=0) * 0.5 + 1e-7)  # nothing clipped: half a step at most
+    error = np.abs(w - quantized).max(axis=0)
+    step = np.abs(spec.scale).max(axis=0)
+    if symmetric:  # full range: the extreme exact, the other side saturating at most one step short
+        assert np.all(error <= step + 1e-7)
+        np.testing.assert_allclose(np.abs(quantized).max(axis=0), np.abs(w).max(axis=0), rtol=1e-6)
+    else:
+        assert np.all(error <= step * 0.5 + 1e-7)  # nothing clipped: half a step at most
+
+
+def test_symmetric_int4_grid_is_onnxruntimes():
+    """The symmetric 4-bit blocks get onnxruntime's MatMulNBits scales bit for bit (its ``quantize_matmul_4bits``:
+    the signed value of largest magnitude over -8) and the same integers."""
+    quantize_matmul_4bits = pytest.importorskip("onnxruntime.capi._pybind_state").__dict__.get("quantize_matmul_4bits")
+    if quantize_matmul_4bits is None:
+        pytest.skip("this onnxruntime has no quantize_matmul_4bits")
+    w = heavy_tailed_weight(2)
+    (k, n), block = w.shape, 32
+    quantized, spec = rtn(w, weight_scheme(4, block, True))
+    packed = np.zeros((n, k // block, block // 2), np.uint8)
+    scales = np.zeros(n * (k // block), np.float32)
+    quantize_matmul_4bits(packed, w, scales, np.zeros(n * k // block, np.uint8), block, n, k, True)
+    np.testing.assert_array_equal(scales.reshape(n, -1).T, spec.scale)
+    theirs = np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, k).T.astype(np.int64) - 8
+    np.testing.assert_array_equal(theirs, np.asarray(quantize(w, spec), np.int64))
 
 
 @pytest.mark.parametrize("bits, block_size, symmetric", SCHEMES)
