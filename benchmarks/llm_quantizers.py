@@ -34,7 +34,7 @@ def calibration_feeds(calib: str) -> list[dict[str, np.ndarray]]:
 
 
 class _Reader:
-    """onnxruntime ``CalibrationDataReader`` over the calibration feeds (GPTQ deep-copies it)."""
+    """onnxruntime ``CalibrationDataReader`` over the calibration feeds (GPTQ deep-copies it and iterates it)."""
 
     def __init__(self, feeds):
         self.feeds, self.position = feeds, 0
@@ -47,6 +47,9 @@ class _Reader:
 
     def rewind(self):
         self.position = 0
+
+    def __iter__(self):
+        return iter(self.get_next, None)
 
 
 def ort(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool, calib: str) -> dict:
@@ -68,14 +71,19 @@ def ort(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool,
 
 
 def nncf_awq(src: str, dst: str, bits: int, block: int, symmetric: bool, calib: str) -> dict:
-    """NNCF ``compress_weights``: INT4 with AWQ on the calibration feeds, every layer at 4 bits."""
+    """NNCF ``compress_weights``: INT4 with AWQ on the calibration feeds, every layer at 4 bits. NNCF needs
+    the group size to divide the reduction axis: with ``ADJUST`` a layer it does not divide (SmolLM2's K of 576
+    at group 128) gets the largest power of two that does (64), a finer grid than the row's block size."""
     import nncf
     import onnx
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
     feeds = calibration_feeds(calib)
     compressed = nncf.compress_weights(onnx.load(src), mode=mode, ratio=1.0, group_size=block, all_layers=True,
-                                       awq=True, dataset=nncf.Dataset(feeds), subset_size=len(feeds))
+                                       awq=True, dataset=nncf.Dataset(feeds), subset_size=len(feeds),
+                                       advanced_parameters=AdvancedCompressionParameters(
+                                           group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
     onnx.save(compressed, dst)
     return {}
 

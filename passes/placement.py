@@ -23,6 +23,7 @@ from qcompiler.errors import UserError
 from qcompiler.ir import Model, onnxruntime_model, to_proto
 from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
+from qcompiler.scaleout import session_options
 from qcompiler.placement import (Comparison, LatencyCache, Region, choose, compare, cut_errors, default_cache_path,
                                  machine_key, partition, predicted_ms, region_subgraphs, subgraph_key, touching,
                                  units, whole_model_ms)
@@ -33,14 +34,10 @@ from .structure import require_regions
 
 def _capture(model: Model, names: list[str], feed: dict) -> dict:
     """The float tensors ``names`` of ``model`` on ``feed`` (graph inputs straight from the feed)."""
-    import onnxruntime as ort
-
     inputs = {v.name for v in model.graph.inputs}
     wanted = [n for n in names if n not in inputs]
     with onnxruntime_model(model, extra_outputs=wanted) as source:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = observing_session(source, options, ["CPUExecutionProvider"])  # its outputs: intermediate values
+        session = observing_session(source, session_options(), ["CPUExecutionProvider"])  # its outputs: intermediate values
         fed = {k: v for k, v in feed.items() if k in {i.name for i in session.get_inputs()}}
         arrays = dict(zip([o.name for o in session.get_outputs()], session.run(None, fed)))
     return {n: (feed[n] if n in inputs else arrays[n]) for n in names if n in inputs or n in arrays}

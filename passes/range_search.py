@@ -42,6 +42,7 @@ from qcompiler.errors import UserError
 from qcompiler.ir import Model, QuantSpec, channel_shape, fake_quantize, to_proto
 from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
+from qcompiler.scaleout import session_options
 from qcompiler.sensitivity import error_measures
 from qcompiler.targets import Target
 
@@ -241,7 +242,5 @@ def _run_quantized(model: Model, feeds: list[dict[str, np.ndarray]], names: list
 
 
 def _run(proto: Any, feeds: list[dict[str, np.ndarray]], names: list[str]) -> list[list[np.ndarray]]:
-    import onnxruntime as ort
-
-    session = observing_session(proto.SerializeToString(), ort.SessionOptions(), ["CPUExecutionProvider"])
+    session = observing_session(proto.SerializeToString(), session_options(), ["CPUExecutionProvider"])
     return [session.run(names, feed) for feed in feeds]

@@ -44,7 +44,7 @@ import onnx
 
 from .assignment import assign
 from .ir import Model, QuantSpec, SavedModel, to_proto
-from .scaleout import SESSION_THREADS, ThreadExecutor, usable_cpus
+from .scaleout import SESSION_THREADS, ThreadExecutor, session_options, usable_cpus
 from .lowering import lower
 from .ops import lookup
 
@@ -82,11 +82,7 @@ def run_session(model: bytes | str | onnx.ModelProto, feeds: Iterable[dict[str, 
     intra-op threads (0: onnxruntime's default)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    if simulated:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options = session_options(threads, optimize=not simulated)
     data = model if isinstance(model, (bytes, str)) else model.SerializeToString()  # str: a path
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}

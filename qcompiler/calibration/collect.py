@@ -43,7 +43,7 @@ from ..errors import ModelLoadError, UnsupportedModelError
 from ..ir.external_data import external_location
 from ..ir.serde import PROTOBUF_LIMIT
 from ..progress import advance, bar
-from ..scaleout import SESSION_THREADS
+from ..scaleout import SESSION_THREADS, session_options
 from .data import CalibrationDataError, CalibrationSet, input_specs, open_calibration
 from .observers import Observer
 
@@ -275,18 +275,13 @@ class _ModelWriter:
         return tensors
 
     def session(self, outputs: list[str], infos: dict[str, onnx.ValueInfoProto], threads: int):
-        import onnxruntime as ort
-
         augmented = _without_initializers(self.proto) if self.large else _copy(self.proto)
         present = {value.name for value in augmented.graph.output}
         for name in outputs:
             if name not in present:
                 augmented.graph.output.append(infos[name] if name in infos
                                               else onnx.helper.make_empty_tensor_value_info(name))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = session_options(threads)
         providers = ["CPUExecutionProvider"]
         if self.large:
             augmented.graph.initializer.extend(self._external_initializers())

@@ -45,6 +45,22 @@ SESSION_THREADS = 1
 """onnxruntime intra-op threads of the sessions that calibrate and evaluate (see the module docstring)."""
 
 
+def session_options(threads: int = SESSION_THREADS, optimize: bool = True) -> Any:
+    """The ``onnxruntime.SessionOptions`` of a session the compiler reads numbers from: ``threads`` intra-op
+    threads (default :data:`SESSION_THREADS`; 0: onnxruntime's default), one inter-op thread, errors-only
+    logging (an intermediate graph may leave, e.g., an absorbed Clip's bounds unused: no warning for that),
+    graph optimizations all on, or all off when ``optimize`` is False (Q/DQ pairs run as written)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
 class Executor(Protocol):
     """What the scale-out code needs of an execution backend (see the module docstring)."""
 
