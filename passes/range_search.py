@@ -44,7 +44,6 @@ from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.scaleout import session_options
 from qcompiler.sensitivity import error_measures
-from qcompiler.targets import Target
 
 from .structure import require_regions
 
@@ -56,7 +55,7 @@ DEFAULT_CANDIDATES = ("minmax", "mse", "percentile:99.9", "percentile:99.99", "p
 # -- weights ---------------------------------------------------------------------------------------
 
 
-def clipped_weight_spec(weight: np.ndarray, spec: QuantSpec, target: Target,
+def clipped_weight_spec(weight: np.ndarray, spec: QuantSpec, reduce_range: bool,
                         ratios: tuple[float, ...] = DEFAULT_RATIOS) -> tuple[QuantSpec, np.ndarray, np.ndarray]:
     """The per-channel symmetric spec of ``weight`` whose clipping ratio minimizes each channel's MSE.
 
@@ -73,14 +72,14 @@ def clipped_weight_spec(weight: np.ndarray, spec: QuantSpec, target: Target,
     best_ratio = np.ones(peak.shape)
     for ratio in sorted(set(ratios) | {1.0}, reverse=True):
         candidate = QuantSpec.from_range(-ratio * peak, ratio * peak, spec.dtype, symmetric=True, axis=axis,
-                                         reduce_range=target.weight_reduce_range)
+                                         reduce_range=reduce_range)
         bound = np.reshape(ratio * peak, shape).astype(np.float32)
         error = np.square(fake_quantize(np.clip(weight, -bound, bound), candidate) - weight).sum(axis=reduce_axes)
         better = error < best_error
         best_error = np.where(better, error, best_error)
         best_ratio = np.where(better, ratio, best_ratio)
     chosen = QuantSpec.from_range(-best_ratio * peak, best_ratio * peak, spec.dtype, symmetric=True, axis=axis,
-                                  reduce_range=target.weight_reduce_range)
+                                  reduce_range=reduce_range)
     bound = np.reshape(best_ratio * peak, shape).astype(np.float32)
     return chosen, best_ratio, np.clip(weight, -bound, bound)
 
@@ -106,7 +105,8 @@ class SearchWeightRanges(Pass):
                 continue
             if self.region and not model.plan.value_in_region(value, self.region):
                 continue
-            chosen, ratio, weight = clipped_weight_spec(value.const, spec, target, tuple(self.ratios))
+            reduce_range = target.reduces_weight_range(value.consumers())
+            chosen, ratio, weight = clipped_weight_spec(value.const, spec, reduce_range, tuple(self.ratios))
             if chosen != spec:
                 value.quant, value.const = chosen, weight
                 changed = True

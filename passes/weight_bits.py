@@ -40,7 +40,6 @@ class WeightBits(Pass):
             raise UserError(f"weight-bits: only 4-bit weights are supported, not {self.bits}")
 
     def call(self, model: Model) -> PassResult:
-        target = model.plan.target.with_options(weight_reduce_range=False)
         changed = False
         for value in model.graph.initializers.values():
             spec = value.quant
@@ -48,7 +47,7 @@ class WeightBits(Pass):
                 continue
             narrow = QuantSpec(TensorProto.INT4, spec.scale, spec.zero_point, axis=spec.axis)
             ratios = DEFAULT_RATIOS if self.search else (1.0,)
-            chosen, _, weight = clipped_weight_spec(value.const, narrow, target, ratios)
+            chosen, _, weight = clipped_weight_spec(value.const, narrow, False, ratios)
             stored = QuantSpec(TensorProto.INT8, chosen.scale, np.asarray(chosen.zero_point, np.int8), axis=chosen.axis)
             if stored != spec or not np.array_equal(weight, value.const):
                 value.quant, value.const = stored, weight

@@ -82,9 +82,10 @@ def _clip_absorbable(node: Node) -> bool:
     return bounds is not None and bounds[0] <= 0 <= bounds[1]
 
 
-def weight_spec(weight: np.ndarray, axis: int | None, target: Target) -> QuantSpec:
-    """The target's min/max weight spec of a constant weight, per channel along ``axis`` (None: per tensor)."""
-    return target.weight_scheme(per_channel=axis is not None).spec_for(weight, axis)
+def weight_spec(weight: np.ndarray, axis: int | None, target: Target, reduce_range: bool | None = None) -> QuantSpec:
+    """The target's min/max weight spec of a constant weight, per channel along ``axis`` (None: per tensor);
+    ``reduce_range``: the reading layers' answer (:meth:`Target.reduces_weight_range`), else the target's."""
+    return target.weight_scheme(per_channel=axis is not None, reduce_range=reduce_range).spec_for(weight, axis)
 
 
 def _becomes_float_gemm(node: Node, op: OpQuant) -> bool:
@@ -116,7 +117,7 @@ def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
             weight = node.inputs[facts.weight_input]
             if weight.const is not None:
                 axis = weight_axis(node, weight.const) if per_channel else None
-                weight.quant = weight_spec(weight.const, axis, target)
+                weight.quant = weight_spec(weight.const, axis, target, target.reduces_weight_range(weight.consumers()))
                 release_pages(weight.const)  # a model past memory: not every weight resident at once
             float_outputs = (float_linear_outputs and facts.float_output_fusion is not None
                              and (not region or plan.in_region(node, region))

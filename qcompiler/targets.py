@@ -15,7 +15,9 @@ Facts behind the built-in targets (onnxruntime CPU execution provider, measured 
   products into an int16 with saturation: 255·127·2 = 64770 overflows 32767. Per-channel weights
   reach ±127 in every channel and saturate often (MobileNetV2-style digits: 96.98 % in simulation,
   80.68 % on the real kernels). Weights limited to 7 bits (``reduce_range``: -64..63) cannot
-  overflow (255·64·2 = 32640) and keep the accuracy (97.38 %).
+  overflow (255·64·2 = 32640) and keep the accuracy (97.38 %). Depthwise convolutions run on MLAS's
+  depthwise kernel instead, which widens to int16 and accumulates in int32: exact, so their weights keep 8
+  bits (``tests/test_assignment.py`` probes onnxruntime for it).
 * Dynamic int8's kernels (``MatMulInteger`` and its fusions ``DynamicQuantizeMatMul`` and
   ``MatMulIntegerToFloat``) are u8 x s8 GEMMs of the same MLAS family: on AVX2 without VNNI they saturate
   alike (``tests/schemes/test_dynamic_scheme.py``); with uint8 weights (u8 x u8) they are exact, so
@@ -46,11 +48,13 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from onnx import TensorProto
 
 from .errors import UserError
+from .ir import Node
 from .ir.quant import Scheme
 from .ops import ops_with
 
@@ -64,7 +68,8 @@ class Target:
         description: one line for people.
         activation_dtype: ONNX element type of quantized activations.
         weight_dtype: ONNX element type of quantized weights.
-        weight_reduce_range: limit weights to 7 bits (x86 without VNNI: avoids int16 saturation).
+        weight_reduce_range: limit weights to 7 bits (x86 without VNNI: avoids int16 saturation), except
+            a depthwise Conv's (:meth:`reduces_weight_range`).
         dynamic_weight_dtype: ONNX element type of dynamic int8's weights (uint8 where u8 x s8 saturates:
             onnxruntime's u8 x u8 dynamic kernels are exact there, so the weights keep 8 bits).
         per_channel: weights quantized per output channel by default.
@@ -101,10 +106,18 @@ class Target:
         """Activations quantized at run time: ``DynamicQuantizeLinear``'s uint8, asymmetric, per tensor."""
         return Scheme(TensorProto.UINT8, symmetric=False, dynamic=True)
 
-    def weight_scheme(self, per_channel: bool = True) -> Scheme:
-        """Weights: symmetric, per output channel (or per tensor), reduced range where the target asks."""
+    def weight_scheme(self, per_channel: bool = True, reduce_range: bool | None = None) -> Scheme:
+        """Weights: symmetric, per output channel (or per tensor), reduced range where the target asks
+        (``reduce_range``: a layer's own answer, :meth:`reduces_weight_range`)."""
         return Scheme(self.weight_dtype, symmetric=True, granularity="axis" if per_channel else "tensor",
-                      reduce_range=self.weight_reduce_range)
+                      reduce_range=self.weight_reduce_range if reduce_range is None else reduce_range)
+
+    def reduces_weight_range(self, layers: Iterable[Node]) -> bool:
+        """Whether a weight read by ``layers`` gets the reduced range: on a ``weight_reduce_range`` target,
+        unless every layer is a depthwise Conv (one input and one output channel per group), which
+        onnxruntime runs on MLAS's depthwise kernel: it widens u8 and s8 to int16 and accumulates in int32,
+        exactly, so its weights keep all 8 bits (the executor models the same, ``kernels/reference/conv.py``)."""
+        return self.weight_reduce_range and not all(_depthwise_conv(layer) for layer in layers)
 
     def dynamic_weight_scheme(self, per_channel: bool = True) -> Scheme:
         """Dynamic int8's weights: symmetric, per output channel (or per tensor), in ``dynamic_weight_dtype``
@@ -119,10 +132,16 @@ class Target:
         return replace(self, **changes)
 
 
+def _depthwise_conv(node: Node) -> bool:
+    weight = node.inputs[1] if node.op_type == "Conv" and len(node.inputs) > 1 else None
+    shape = weight.shape if weight is not None else None
+    return bool(shape) and len(shape) >= 3 and shape[1] == 1 and shape[0] == node.attrs.get("group", 1) > 1
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("x86-avx2", "x86-64 with AVX2, no VNNI: U8S8, 7-bit per-channel weights (dynamic: U8U8, 8-bit)",
+        Target("x86-avx2", "x86-64 with AVX2, no VNNI: U8S8, 7-bit per-channel weights (depthwise convs and dynamic U8U8: 8-bit)",
                weight_reduce_range=True, dynamic_weight_dtype=TensorProto.UINT8, accumulation="avx2_pair_saturate",
                isa="fma3"),
         Target("x86-vnni", "x86-64 with AVX512-VNNI or AVX-VNNI: U8S8, full-range per-channel weights",

@@ -138,3 +138,39 @@ def test_mixed_ops():
         "int8": ["c1", "r1", "c2", "r2", "cat", "ap", "mp", "fl", "y"], "absorbed": ["r1", "r2"],
         "ranged": ["ap", "cat", "r1", "r2", "x", "y"], "shares": {"mp": "ap", "fl": "mp"},
         "weight_axes": {"w1": 0, "w2": 0, "wg": 1}, "int32_bias": ["c1", "y"]}
+
+
+def test_avx2_weights_keep_eight_bits_only_in_depthwise_convs():
+    """On x86-avx2 weights get 7 bits (u8 x s8 pairs saturate an int16) except a depthwise Conv's, which
+    onnxruntime runs on an exactly accumulating kernel; x86-vnni keeps 8 bits everywhere."""
+    for target, regular, depthwise in (("x86-avx2", 63, 127), ("x86-vnni", 127, 127)):
+        model = cnn_model()
+        PassManager([InferShapes(), AssignPrecision(target=target)], verify="off")(model)
+        weights = {name: model.graph.initializers[name].quant for name in ("w1", "wd")}
+        peaks = {name: np.abs(model.graph.initializers[name].const).reshape(8, -1).max(axis=1) for name in weights}
+        np.testing.assert_allclose(weights["w1"].scale, peaks["w1"] / regular, rtol=1e-6)
+        np.testing.assert_allclose(weights["wd"].scale, peaks["wd"] / depthwise, rtol=1e-6)
+
+
+def test_onnxruntime_accumulates_a_full_range_depthwise_conv_exactly():
+    """What the depthwise exception rests on, on the machine the tests run on (AVX2-only or VNNI): a depthwise
+    QLinearConv with x = 255 and w = ±127 over a 3x3 window, whose u8 x s8 pair sums would overflow an int16
+    (2 · 255 · 127 = 64,770), gives the int32 result."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels = 4
+    w = np.full((channels, 1, 3, 3), 127, np.int8)
+    w[1::2] = -127
+    params = {"xs": np.array(1.0, np.float32), "xz": np.array(0, np.uint8), "w": w, "ws": np.ones(channels, np.float32),
+              "wz": np.zeros(channels, np.int8), "ys": np.array(4000.0, np.float32), "yz": np.array(128, np.uint8)}
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], group=channels)
+    graph = helper.make_graph([node], "depthwise_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, channels, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                              [numpy_helper.from_array(v, k) for k, v in params.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": np.full((1, channels, 3, 3), 255, np.uint8)})[0].reshape(channels)
+    exact = np.rint(9 * 255 * w[:, 0, 0, 0].astype(np.int64) / 4000.0 + 128)  # 128 ± 73; pair saturation: 128 ± 41
+    np.testing.assert_array_equal(got, exact)

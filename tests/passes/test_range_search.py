@@ -64,7 +64,7 @@ def test_weight_clipping_matches_brute_force_per_channel(target):
     spec = QuantSpec.from_range(weight.min(0), weight.max(0), target.weight_dtype, symmetric=True, axis=1,
                                 reduce_range=target.weight_reduce_range)
     ratios = tuple(np.round(np.linspace(1.0, 0.3, 71), 3))
-    chosen, ratio, clipped = clipped_weight_spec(weight, spec, target, ratios)
+    chosen, ratio, clipped = clipped_weight_spec(weight, spec, target.weight_reduce_range, ratios)
     peak = np.abs(weight).max(axis=0)
     qmax = 63 if target.weight_reduce_range else 127
     for c in range(weight.shape[1]):
