@@ -127,6 +127,22 @@ class ColumnSample(Observer):
         return np.concatenate(self.columns, axis=2)
 
 
+class SharedInputColumns(Observer):
+    """The :class:`ColumnSample` of every layer that reads one tensor (a SqueezeNet fire module's 1x1 and 3x3
+    expand convolutions read the same squeeze output, with different patch geometries)."""
+
+    def __init__(self, layers: list[Node], per_feed: int, seeds: dict[int, tuple[int, ...]]) -> None:
+        super().__init__()
+        self.samples = {id(layer): ColumnSample(layer, per_feed, seeds[id(layer)]) for layer in layers}
+
+    def update(self, array: Any) -> None:
+        for sample in self.samples.values():
+            sample.update(array)
+
+    def matrix(self, layer: Node) -> np.ndarray:
+        return self.samples[id(layer)].matrix()
+
+
 # -- the optimization of one layer -----------------------------------------------------------------
 
 
@@ -235,10 +251,12 @@ class AdaRound(Pass):
         per_feed = math.ceil(self.samples / len(data))
         seeds = {id(layer): (self.seed, index) for index, layer in enumerate(layers)}
 
-        def sampler(by_input: dict[str, Node]):
-            return lambda name: ColumnSample(by_input[name], per_feed, seeds[id(by_input[name])])
+        def sampler(by_input: dict[str, list[Node]]):
+            return lambda name: SharedInputColumns(by_input[name], per_feed, seeds)
 
-        float_inputs = {layer.inputs[0].name: layer for layer in layers}
+        float_inputs: dict[str, list[Node]] = {}
+        for layer in layers:
+            float_inputs.setdefault(layer.inputs[0].name, []).append(layer)
         x_float = collect(to_proto(model), list(float_inputs), data, sampler(float_inputs))
         report = {}
         for layer in layers:  # in topological order, each seeing the layers before it adarounded
@@ -246,9 +264,9 @@ class AdaRound(Pass):
             copy = trial.graph.nodes[model.graph.index(layer)]  # the clone keeps the node order
             lower(trial, fold=False)
             quantized_input = copy.inputs[0].name
-            x_hat = collect(to_proto(trial), [quantized_input], data, sampler({quantized_input: layer}))
-            before, after = self._round(model, layer, x_float[layer.inputs[0].name].matrix(),
-                                        x_hat[quantized_input].matrix())
+            x_hat = collect(to_proto(trial), [quantized_input], data, sampler({quantized_input: [layer]}))
+            before, after = self._round(model, layer, x_float[layer.inputs[0].name].matrix(layer),
+                                        x_hat[quantized_input].matrix(layer))
             report[layer.name or f"{layer.op_type}@{model.graph.index(layer)}"] = {
                 "error_nearest": before, "error_adaround": after}
         model.plan.reports["adaround"] = report

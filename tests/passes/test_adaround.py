@@ -103,6 +103,28 @@ def test_adaround_w4a8_is_closer_to_float_than_nearest_rounding():
             assert np.abs(levels).max() <= 7 + 1e-4
 
 
+def test_adaround_layers_sharing_an_input_each_get_their_own_columns():
+    """A SqueezeNet fire module: a 1x1 and a 3x3 convolution read one tensor, with different patch geometries
+    (the interface matrix's light_squeezenet under w4a8 failed here: one layer's columns went to both)."""
+    rng = np.random.default_rng(4)
+    model = build(f"""{HEADER}
+    g (float[N,2,6,6] x) => (float[N,8,6,6] y) {{
+      s = Conv (x, ws, bs)
+      r = Relu(s)
+      e1 = Conv (r, w1, b1)
+      e3 = Conv <pads = [1,1,1,1]> (r, w3, b3)
+      y = Concat <axis = 1> (e1, e3)
+    }}""", {"ws": rng.standard_normal((4, 2, 1, 1)), "bs": rng.standard_normal(4) * 0.1,
+            "w1": rng.standard_normal((4, 4, 1, 1)) * 0.5, "b1": rng.standard_normal(4) * 0.1,
+            "w3": rng.standard_normal((4, 4, 3, 3)) * 0.5, "b3": rng.standard_normal(4) * 0.1})
+    calib, test = data(4, 6), data(2, 7)
+    learned = w4a8(model, calib, True)
+    report = learned.plan.reports["adaround"]
+    assert len(report) == 3 and all(r["error_adaround"] <= r["error_nearest"] for r in report.values())
+    for feed in test:
+        assert np.isfinite(run_onnxruntime(learned, feed)[0]).all()
+
+
 def test_adaround_is_deterministic_and_needs_data():
     model, calib = small_cnn(), data(4, 5)
     first, second = w4a8(model, calib, True), w4a8(model, calib, True)
