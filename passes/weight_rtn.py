@@ -15,7 +15,7 @@ from qcompiler.errors import UserError
 from qcompiler.ir import Model
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import get_target
-from qcompiler.weight_only.layers import BITS, find_layers, rtn, weight_scheme
+from qcompiler.weight_only.layers import BITS, find_layers, min_max_spec, weight_scheme
 
 
 def check_scheme(name: str, bits: int, block_size: int) -> None:
@@ -47,7 +47,7 @@ class WeightRTN(Pass):
         plan.start(get_target("auto"))
         layers = find_layers(model, self.exclude, self.embeddings)
         for layer in layers:
-            layer.store(layer.matrix(), rtn(layer.matrix(), scheme)[1])
+            layer.weight.quant = min_max_spec(layer, scheme)
             for node in layer.nodes:
                 plan.quantize_node(node)
         plan.reports["weight_only"] = {"bits": self.bits, "block_size": self.block_size, "symmetric": self.symmetric,

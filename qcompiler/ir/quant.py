@@ -347,7 +347,7 @@ def tensor_range(x: np.ndarray, axis: int | None, block_size: int | None = None)
     pad = blocks * block_size - x.shape[axis]
     widths = [(0, pad if i == axis else 0) for i in range(x.ndim)]
     split = x.shape[:axis] + (blocks, block_size) + x.shape[axis + 1:]
-    blocked = np.pad(x, widths, mode="edge").reshape(split)
+    blocked = (np.pad(x, widths, mode="edge") if pad else x).reshape(split)  # a view unless a block is partial
     lo, hi = blocked.min(axis=axis + 1), blocked.max(axis=axis + 1)
     return lo, hi
 

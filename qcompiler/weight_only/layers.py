@@ -59,6 +59,13 @@ def rtn(w: np.ndarray, scheme: Scheme) -> tuple[np.ndarray, QuantSpec]:
     return fake_quantize(w, spec), spec
 
 
+def min_max_spec(layer: WeightLayer, scheme: Scheme) -> QuantSpec:
+    """RTN's spec of ``layer``'s weight, read off the weight as stored (no ``[K, N]`` copy, no grid: a table
+    of 10^8 weights keeps one copy in memory)."""
+    axis = matrix_axis(scheme) if layer.k_axis == 0 else 1 - matrix_axis(scheme)
+    return scheme.spec_for(layer.weight.const, axis)
+
+
 def block_params(spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero point) of a ``[K, N]`` spec as ``[blocks, N]`` arrays (one block per channel)."""
     scale, zero_point = np.asarray(spec.scale), np.asarray(spec.zero_point)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..ir import Model, Node, QuantSpec, Value, quantize
 from ..ir.quant import bit_width, pack_bits, unsigned_offset
-from .layers import WeightLayer, block_params, quantized_layers
+from .layers import WeightLayer, block_params, quantized_layers, with_block_params
 
 DOMAIN = "com.microsoft"
 
@@ -47,12 +47,22 @@ def nbits_block_size(spec: QuantSpec, k: int) -> int | None:
     return size if size >= 16 and size & (size - 1) == 0 else None
 
 
+COLUMNS_AT_ONCE = 4096
+"""Output columns quantized at once: the float temporaries of quantizing stay a few MB per 1k of K, whatever
+the size of the matrix (a 150k-token embedding table would otherwise need several copies of itself)."""
+
+
 def unsigned_rows(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(integers ``[N, K]``, scales ``[N, blocks]`` float32, zero points ``[N, blocks]`` or None) of a ``[K, N]``
-    weight on ``spec``'s grid, shifted to the unsigned type (None: symmetric, the implied ``2^(bits-1)``)."""
+    """(integers ``[N, K]`` uint8, scales ``[N, blocks]`` float32, zero points ``[N, blocks]`` or None) of a
+    ``[K, N]`` weight on ``spec``'s grid, shifted to the unsigned type (None: symmetric, the implied
+    ``2^(bits-1)``); quantized :data:`COLUMNS_AT_ONCE` columns at a time."""
     offset = unsigned_offset(spec.dtype)
-    rows = (quantize(w, spec).astype(np.int64) + offset).T
     scale, zero_point = block_params(spec)  # [blocks, N]
+    rows = np.empty((w.shape[1], w.shape[0]), np.uint8)
+    for start in range(0, w.shape[1], COLUMNS_AT_ONCE):
+        part = slice(start, start + COLUMNS_AT_ONCE)
+        columns = quantize(w[:, part], with_block_params(spec, scale[:, part], zero_point[:, part]))
+        rows[part] = (columns.astype(np.int16) + offset).T
     scales = np.ascontiguousarray(scale.T, np.float32)
     if spec.symmetric and offset:
         return rows, scales, None

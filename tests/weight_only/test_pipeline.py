@@ -62,6 +62,21 @@ def test_both_formats_run_and_agree(tiny_transformer, tmp_path, bits, block_size
     assert error < {2: 2.0, 4: 0.35, 8: 0.02}[bits]  # 2 bits: three or four levels per block
 
 
+def test_packing_in_column_chunks_writes_the_same_file(tiny_transformer, tmp_path, monkeypatch):
+    """MatMulNBits/GatherBlockQuantized weights quantized a few columns at a time (what keeps a big table's
+    temporaries small) are byte for byte those quantized at once."""
+    from qcompiler.weight_only import matmulnbits
+
+    model, _, _ = tiny_transformer
+    for name, columns in (("whole", 1 << 30), ("chunks", 5)):
+        monkeypatch.setattr(matmulnbits, "COLUMNS_AT_ONCE", columns)
+        for symmetric in (True, False):
+            qcompiler.compile(model, tmp_path / f"{name}-{symmetric}.onnx", pipeline="weight-only", weight_bits=4,
+                              block_size=16, symmetric=symmetric)
+    for symmetric in (True, False):
+        assert (tmp_path / f"whole-{symmetric}.onnx").read_bytes() == (tmp_path / f"chunks-{symmetric}.onnx").read_bytes()
+
+
 def test_four_bit_model_is_under_a_third_of_fp32(tiny_transformer, tmp_path):
     model, _, _ = tiny_transformer
     for fmt in ("matmulnbits", "qdq"):
