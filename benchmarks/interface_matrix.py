@@ -23,7 +23,8 @@ internal errors again (``--restart``: start over), so the matrix runs in parts (
         [--json benchmarks/results/interface_matrix.json]
     python benchmarks/interface_matrix.py --merge PART.json ... --json benchmarks/results/interface_matrix.json
 
-``--merge`` joins parts run side by side into separate files (each case keeps its calibration size).
+``--merge`` joins parts run side by side into separate files into ``--json``, keeping the cases already there
+(a case in a part replaces the same model, variant and pipeline; each case keeps its calibration size).
 """
 
 from __future__ import annotations
@@ -114,11 +115,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="cut each batch to its first N samples")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/interface_matrix.json"))
     parser.add_argument("--restart", action="store_true", help="forget the cases already in --json")
-    parser.add_argument("--merge", nargs="+", type=Path, help="join these part files into --json and stop")
+    parser.add_argument("--merge", nargs="+", type=Path, help="join these part files into --json (its cases kept) and stop")
     args = parser.parse_args()
     if args.merge:
-        parts = [json.loads(p.read_text()) for p in args.merge]
-        cases = [c for part in parts for c in part["cases"]]
+        files = ([args.json] if args.json.exists() and args.json not in args.merge else []) + args.merge
+        parts = [json.loads(p.read_text()) for p in files]
+        joined = {(c["model"], c["variant"], c["pipeline"]): c for part in parts for c in part["cases"]}
+        cases = list(joined.values())
         settings = {"date": max(p["settings"]["date"] for p in parts), "machine": parts[0]["settings"]["machine"],
                     "models": sorted({c["model"] for c in cases}),
                     "variants": [v for v in VARIANTS if any(c["variant"] == v for c in cases)],

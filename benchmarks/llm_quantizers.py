@@ -71,9 +71,11 @@ def ort(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool,
 
 
 def nncf_awq(src: str, dst: str, bits: int, block: int, symmetric: bool, calib: str) -> dict:
-    """NNCF ``compress_weights``: INT4 with AWQ on the calibration feeds, every layer at 4 bits. NNCF needs
+    """NNCF ``compress_weights``: INT4 with AWQ on the calibration feeds, every linear layer at 4 bits. NNCF needs
     the group size to divide the reduction axis: with ``ADJUST`` a layer it does not divide (SmolLM2's K of 576
-    at group 128) gets the largest power of two that does (64), a finer grid than the row's block size."""
+    at group 128) gets the largest power of two that does (64), a finer grid than the row's block size. The
+    embedding Gather stays float: NNCF 3.4's ONNX backend writes it as a MatMulNBits fed the int64 token ids,
+    a model onnxruntime refuses to load."""
     import nncf
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
@@ -82,6 +84,7 @@ def nncf_awq(src: str, dst: str, bits: int, block: int, symmetric: bool, calib: 
     feeds = calibration_feeds(calib)
     compressed = nncf.compress_weights(onnx.load(src), mode=mode, ratio=1.0, group_size=block, all_layers=True,
                                        awq=True, dataset=nncf.Dataset(feeds), subset_size=len(feeds),
+                                       ignored_scope=nncf.IgnoredScope(types=["Gather"]),
                                        advanced_parameters=AdvancedCompressionParameters(
                                            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
     onnx.save(compressed, dst)

@@ -146,7 +146,10 @@ def score_row(row: Row, work: Path, tokens: np.ndarray, threads: int, force: boo
     if result["status"] == "ok":
         say(f"{row.name}: perplexity")
         start = time.perf_counter()
-        result["perplexity"] = round(perplexity(model, tokens, threads), 3)
+        try:
+            result["perplexity"] = round(perplexity(model, tokens, threads), 3)
+        except Exception as error:  # a peer's output onnxruntime refuses: the row says so, the run goes on
+            result["status"] = f"does not run in onnxruntime: {str(error).splitlines()[0][:300]}"
         result["perplexity_s"] = round(time.perf_counter() - start, 1)
         result["size_ratio"] = round(model.stat().st_size / (work / llm_export.NOKV).stat().st_size, 4)
         result["size_mb"] = round(model.stat().st_size / 1e6, 1)
