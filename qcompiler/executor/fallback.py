@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import onnx.helper
 from onnx.reference import ReferenceEvaluator
 
 from .. import ir
@@ -28,8 +29,14 @@ def reference_kernel(node: ir.Node, model: ir.Model) -> Callable[..., tuple]:
     Captured outer-scope values are expected after the inputs, in ``node.captures`` order.
     """
     opsets = {domain or "": version for domain, version in model.opset_imports.items()}
+    proto = _node_to_proto(node)
+    # A one-node function, not the bare node: onnx.reference ignores ``opsets`` for a NodeProto and picks every
+    # operator's newest version (an opset-9 Dropout with its ``ratio`` attribute would run as Dropout-12).
+    function = onnx.helper.make_function("qcompiler.fallback", "node", [name for name in proto.input if name],
+                                         [name for name in proto.output if name], [proto],
+                                         [onnx.helper.make_opsetid(d, v) for d, v in opsets.items()])
     try:
-        evaluator = ReferenceEvaluator(_node_to_proto(node), opsets=opsets, functions=model.functions or None)
+        evaluator = ReferenceEvaluator(function, functions=model.functions or None)
     except NotImplementedError as exc:  # an operator (or opset of one) onnx.reference does not know
         label = f"node {node.name!r}" if node.name else f"the node computing {node.outputs[0].name!r}"
         domain = node.domain or "ai.onnx"

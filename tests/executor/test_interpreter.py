@@ -134,3 +134,17 @@ def test_runs_a_model_file(tmp_path, cnn_qdq):
     feed = feeds(6, 1)[0]
     np.testing.assert_array_equal(Interpreter(path, profile="exact").run(feed)["y"],
                                   Interpreter(cnn_qdq, profile="exact").run(feed)["y"])
+
+
+def test_fallback_ops_follow_the_models_opset():
+    """An op without a kernel of ours runs in onnx.reference at the model's opset: an opset-9 Dropout keeps its
+    ``ratio`` attribute (onnx.reference given the bare node would pick Dropout-12, which has no such attribute;
+    the interface matrix met it on light_squeezenet's original model under --sensitivity-threshold)."""
+    model = parse("""<ir_version: 4, opset_import: ["" : 9]>
+    g (float[2,3] x) => (float[2,3] y) {
+      d = Dropout <ratio = 0.5> (x)
+      y = Relu(d)
+    }""")
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(Interpreter(model).run({"x": x})["y"], np.maximum(x, 0))
+    np.testing.assert_array_equal(Interpreter(model).run({"x": x})["y"], run_onnxruntime(model, {"x": x})[0])
