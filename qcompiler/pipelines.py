@@ -316,7 +316,8 @@ def w4a8(options: CompileOptions) -> list[Pass]:
     ]
 
 
-WEIGHT_ONLY_OPTIONS = ("calib", "exclude", "weight_bits", "block_size", "symmetric", "weight_method", "weight_format")
+WEIGHT_ONLY_OPTIONS = ("calib", "exclude", "weight_bits", "block_size", "symmetric", "weight_method", "weight_format",
+                       "int8_activations")
 
 
 @named_pipeline("weight-only", honours=WEIGHT_ONLY_OPTIONS)
@@ -328,7 +329,8 @@ def weight_only(options: CompileOptions) -> list[Pass]:
     ``weight_method``: ``rtn`` (round to nearest) or ``hqq`` without data, ``awq`` or ``gptq`` with ``calib``.
     ``weight_format`` ``matmulnbits`` writes the linear layers (a tied output projection included) as
     onnxruntime's MatMulNBits and the embedding tables as its GatherBlockQuantized; ``qdq`` writes every weight
-    as a blocked DequantizeLinear of an integer initializer (opset 21; 25 for 2 bits).
+    as a blocked DequantizeLinear of an integer initializer (opset 21; 25 for 2 bits). ``int8_activations``:
+    MatMulNBits with ``accuracy_level`` 4 (activations quantized to int8 per block at run time).
     """
     from qcompiler import passes as lib
 
@@ -337,7 +339,8 @@ def weight_only(options: CompileOptions) -> list[Pass]:
                         "feeds); rtn and hqq need none")
     method = {"rtn": [], "hqq": [lib.WeightHQQ()], "awq": [lib.WeightAWQ(data=options.calib)],
               "gptq": [lib.WeightGPTQ(data=options.calib)]}[options.weight_method]
-    lowering = [lib.LowerMatMulNBits()] if options.weight_format == "matmulnbits" else []
+    lowering = ([lib.LowerMatMulNBits(accuracy_level=4 if options.int8_activations else 0)]
+                if options.weight_format == "matmulnbits" else [])
     return canonicalize() + [
         lib.UpgradeOpset(target=25 if options.weight_bits == 2 else 21),
         lib.WeightRTN(bits=options.weight_bits, block_size=options.block_size, symmetric=options.symmetric,

@@ -128,6 +128,7 @@ def test_executor_runs_matmulnbits_models(tiny_transformer, tmp_path):
     ({"block_size": 24}, "power of two"),
     ({"block_size": 8}, "power of two"),
     ({"weight_format": "gguf"}, "unknown weight_format"),
+    ({"weight_format": "qdq", "int8_activations": True}, "needs weight_format 'matmulnbits'"),
 ])
 def test_user_errors(tiny_transformer, tmp_path, fields, pattern):
     model, _, _ = tiny_transformer
@@ -151,3 +152,17 @@ def test_cli_flags(tiny_transformer, tmp_path, capsys):
     integers = [t for t in onnx.load(str(out)).graph.initializer if t.data_type == onnx.TensorProto.UINT8]
     assert integers  # asymmetric: unsigned weights with zero points
     assert relative_error(outputs(out, feeds), outputs(model, feeds)) < 0.02
+
+
+def test_int8_activations_flag_writes_accuracy_level_4(tiny_transformer, tmp_path):
+    """``--int8-activations``: every MatMulNBits has accuracy_level 4 (onnxruntime's int8-activation kernels),
+    and its outputs stay close to the float-activation model's."""
+    model, _, feeds = tiny_transformer
+    paths = {flag: tmp_path / f"{flag or 'float'}.onnx" for flag in ("", "--int8-activations")}
+    for flag, out in paths.items():
+        assert main(["compile", str(model), "-o", str(out), "--pipeline", "weight-only", "--block-size", "16", "-q",
+                     *([flag] if flag else [])]) == 0
+    levels = {a.i for n in onnx.load(str(paths["--int8-activations"])).graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {4}
+    assert relative_error(outputs(paths["--int8-activations"], feeds), outputs(paths[""], feeds)) < 0.05
