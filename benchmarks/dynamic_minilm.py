@@ -85,6 +85,13 @@ def optimized_ops(path: Path, kernels: tuple[str, ...] = DYNAMIC_KERNELS) -> dic
     return {op: histogram[op] for op in kernels if histogram[op]}
 
 
+def add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--evaluator`` (the realmodels kit's evaluate.py) and ``--evaluator-python`` (``$REALMODELS_VENV``'s)."""
+    parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
+    venv = os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv")
+    parser.add_argument("--evaluator-python", default=os.path.join(venv, "bin", "python"))
+
+
 def evaluate(python: str, evaluator: str, models_dir: Path, candidate_dir: Path, model: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([python, evaluator, str(models_dir), "--cand", str(candidate_dir), "--only", model,
@@ -96,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models_dir", type=Path)
     parser.add_argument("--model", default="minilm_l6")
-    parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
-    venv = os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv")
-    parser.add_argument("--evaluator-python", default=os.path.join(venv, "bin", "python"))
+    add_evaluator_arguments(parser)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler-dynamic-minilm")
     parser.add_argument("--only", help="comma-separated candidate numbers (1-based, in the docstring's order)")
     parser.add_argument("--rounds", type=int, default=8, help="latency rounds (candidates alternate in each)")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import onnx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from dynamic_minilm import evaluate as score  # noqa: E402  (benchmarks/dynamic_minilm.py: the kit's evaluator)
-from dynamic_minilm import optimized_ops  # noqa: E402
+from dynamic_minilm import add_evaluator_arguments, optimized_ops  # noqa: E402
 
 QCOMPILER = [sys.executable, "-m", "qcompiler"]
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "ConvInteger",
@@ -155,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="digits_cnn,minilm_l6")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler_float16_models")
-    parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
-    venv = os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv")
-    parser.add_argument("--evaluator-python", default=os.path.join(venv, "bin", "python"))
+    add_evaluator_arguments(parser)
     parser.add_argument("--json", type=Path, default=HERE / "results" / "float16_models.json")
     parser.add_argument("--markdown", type=Path, default=HERE / "results" / "float16_models.md")
     args = parser.parse_args(argv)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from dynamic_minilm import evaluate as score  # noqa: E402  (benchmarks/dynamic_minilm.py: the kit's evaluator)
+from dynamic_minilm import add_evaluator_arguments  # noqa: E402
 from quantizers import NpzReader, ort_preprocess  # noqa: E402  (benchmarks/quantizers.py)
 
 QCOMPILER = [sys.executable, "-m", "qcompiler"]
@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analyze", action="store_true", help="also run qcompiler analyze on the QDQ model")
     parser.add_argument("--reuse", action="store_true", help="keep the models, scores and analysis an earlier run "
                         "left in --work (a long run resumed)")
-    parser.add_argument("--evaluator", default=str(HERE.parent.parent / "shared" / "realmodels" / "evaluate.py"))
-    venv = os.environ.get("REALMODELS_VENV", "/tmp/realmodels-venv")
-    parser.add_argument("--evaluator-python", default=os.path.join(venv, "bin", "python"))
+    add_evaluator_arguments(parser)
     parser.add_argument("--json", type=Path, default=HERE / "results" / "qdq_input.json")
     parser.add_argument("--markdown", type=Path, default=HERE / "results" / "qdq_input.md")
     args = parser.parse_args(argv)
