@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 
 from ..errors import InternalError
-from ._linked_list import LinkedSet
 from .plan import QuantPlan
 
 CAPTURE_INDEX = -1
@@ -212,14 +211,15 @@ class Node:
     """One operator application.
 
     ``inputs`` and ``outputs`` are tuples; ``None`` stands for an omitted optional input or output.
-    Rewire with :meth:`set_input`; the IR keeps use lists in sync. ``attrs`` maps attribute names to
+    Rewire with :meth:`set_input`; the IR keeps use lists in sync. A node in a graph links to its neighbours
+    in the graph's order (``_prev``/``_next``, see :class:`Graph`). ``attrs`` maps attribute names to
     Python values (ints, floats, strings as ``str``, lists, numpy arrays for tensors, ``onnx.GraphProto``
     for subgraphs). ``attr_types`` remembers the ONNX attribute type of loaded attributes so that, e.g.,
     an empty list round-trips with its type.
     """
 
     __slots__ = ("op_type", "domain", "name", "doc_string", "attrs", "attr_types", "graph", "_outputs",
-                 "_inputs", "_captures")
+                 "_inputs", "_captures", "_prev", "_next")
 
     def __init__(
         self,
@@ -241,6 +241,7 @@ class Node:
         self.attrs: dict[str, Any] = dict(attrs) if attrs else {}
         self.attr_types: dict[str, int] = dict(attr_types) if attr_types else {}
         self.graph: Graph | None = None
+        self._prev = self._next = None
         if isinstance(outputs, int):
             outputs = [Value("") for _ in range(outputs)]
         self._outputs: tuple[Value | None, ...] = (outputs := tuple(outputs))
@@ -319,12 +320,25 @@ class Node:
         return bool(subgraphs_of(self.attrs))
 
 
+class _Ring:
+    """The sentinel that closes a graph's ring of nodes: its ``_next`` is the first node, its ``_prev`` the
+    last (itself when the graph has none), so neither end of the order needs a special case."""
+
+    __slots__ = ("_prev", "_next")
+
+    def __init__(self) -> None:
+        self._prev = self._next = self
+
+
 class Graph:
     """A computation graph: inputs, initializers, nodes in topological order, outputs.
 
     Iterating a graph yields a snapshot of its nodes, so passes may edit it while they iterate. The
-    nodes are kept in a linked ordered set, so inserting next to a node and removing nodes cost O(1)
-    per node whatever the size of the graph; finding a node's position (:meth:`index`) is O(n).
+    nodes form a doubly linked ring through their own ``_prev``/``_next`` slots, closed by a sentinel, and
+    a node's ``graph`` says whose ring it is in: inserting next to a node and removing nodes cost O(1) per
+    node whatever the size of the graph, with no link object or index to keep beside the nodes (a Python
+    list costs O(n) per edit in the middle, which made a pass that puts a QuantizeLinear after every
+    producer quadratic). Finding a node's position (:meth:`index`) is O(n).
     """
 
     def __init__(self, name: str = "graph", doc_string: str = ""):
@@ -335,24 +349,36 @@ class Graph:
         self.initializers: dict[str, Value] = {}
         self.value_info: dict[str, Value] = {}
         self.metadata: dict[str, str] = {}
-        self._nodes: LinkedSet[Node] = LinkedSet()
+        self._ring = _Ring()
+        self._count = 0
         self._name_counter = itertools.count()
         self._taken_names: set[str] | None = None
 
     def __iter__(self) -> Iterator[Node]:
-        return iter(tuple(self._nodes))
+        return iter(self.nodes)
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return self._count
 
     @property
     def nodes(self) -> tuple[Node, ...]:
-        return tuple(self._nodes)
+        return tuple(self._walk())
+
+    def _walk(self) -> Iterator[Node]:
+        """The nodes in order, live: the graph must not be edited during the walk."""
+        ring = self._ring
+        node = ring._next
+        while node is not ring:
+            yield node
+            node = node._next
 
     def index(self, node: Node) -> int:
         """Position of ``node`` in the graph's order: O(n)."""
         self._check_member(node)
-        return self._nodes.index(node)
+        for position, member in enumerate(self._walk()):
+            if member is node:
+                return position
+        raise InternalError(f"{node!r} is not in the order of graph {self.name!r}")
 
     def values(self) -> Iterator[Value]:
         """Every value: inputs, initializers, then node outputs in order."""
@@ -361,7 +387,7 @@ class Graph:
             if id(value) not in seen:
                 seen.add(id(value))
                 yield value
-        for node in self._nodes:
+        for node in self._walk():
             for value in node.outputs:
                 if value is not None and id(value) not in seen:
                     seen.add(id(value))
@@ -384,7 +410,7 @@ class Graph:
 
     def _taken(self) -> set[str]:
         if self._taken_names is None:
-            self._taken_names = {v.name for v in self.values()} | {n.name for n in self._nodes}
+            self._taken_names = {v.name for v in self.values()} | {n.name for n in self._walk()}
         return self._taken_names
 
     def unique_names(self, bases: Sequence[str]) -> list[str]:
@@ -420,24 +446,34 @@ class Graph:
                         taken.add(value._name)
         return nodes
 
+    def _link(self, after: Node | _Ring, nodes: tuple[Node, ...]) -> None:
+        """Link ``nodes`` (adopted) in order between ``after`` and its successor."""
+        end = after._next
+        for node in nodes:
+            node._prev = after
+            after._next = after = node
+        after._next = end
+        end._prev = after
+        self._count += len(nodes)
+
     def append(self, *nodes: Node) -> None:
         """Add nodes at the end, in order."""
-        self._nodes.append(self._adopt(nodes))
+        self._link(self._ring._prev, self._adopt(nodes))
 
     def prepend(self, *nodes: Node) -> None:
         """Add nodes at the start, in order: the place for nodes that read only graph inputs and
         initializers (e.g. the quantization of a weight)."""
-        self._nodes.prepend(self._adopt(nodes))
+        self._link(self._ring, self._adopt(nodes))
 
     def insert_before(self, anchor: Node, *nodes: Node) -> None:
         """Add nodes, in order, right before ``anchor`` (a node of this graph)."""
         self._check_member(anchor)
-        self._nodes.insert_before(anchor, self._adopt(nodes))
+        self._link(anchor._prev, self._adopt(nodes))
 
     def insert_after(self, anchor: Node, *nodes: Node) -> None:
         """Add nodes, in order, right after ``anchor`` (a node of this graph)."""
         self._check_member(anchor)
-        self._nodes.insert_after(anchor, self._adopt(nodes))
+        self._link(anchor, self._adopt(nodes))
 
     def remove(self, nodes: Node | Iterable[Node], *, safe: bool = True) -> None:
         """Remove nodes, in time linear in their number (and, with ``safe``, in the graph outputs).
@@ -462,9 +498,10 @@ class Graph:
                             f"cannot remove {node!r}: {value.name!r} is still used by {users[0]!r}"
                         )
         for node in dict.fromkeys(nodes):
-            self._nodes.remove(node)
+            node._prev._next, node._next._prev = node._next, node._prev
+            node._prev = node._next = node.graph = None
             node._detach()
-            node.graph = None
+        self._count -= len(removing)
 
     def add_initializer(self, value: Value) -> Value:
         """Register a constant value as an initializer (its name must be unique)."""
@@ -534,7 +571,16 @@ class Graph:
         """Stable topological sort: keeps the current order wherever it is already valid."""
         from .analysis import topological_order
 
-        self._nodes = LinkedSet(topological_order(self))
+        self.reorder(topological_order(self))
+
+    def reorder(self, nodes: Sequence[Node]) -> None:
+        """Put the graph's nodes in the order of ``nodes``, which must be each of them once."""
+        if len(nodes) != self._count or any(node.graph is not self for node in nodes) or len(set(nodes)) != len(nodes):
+            raise InternalError(f"a new order of graph {self.name!r} must list each of its nodes once")
+        ring = self._ring
+        ring._prev = ring._next = ring
+        self._count = 0
+        self._link(ring, tuple(nodes))
 
 
 class Model:

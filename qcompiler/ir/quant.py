@@ -313,7 +313,8 @@ class QuantSpec:
             safe = np.where(scale > 0, scale, 1.0)
             zero_point = np.clip(np.round(qmin - lo / safe), qmin, qmax)
         scale = np.where(scale != 0, scale, 1.0).astype(np.float32)
-        return cls(dtype, scale, zero_point.astype(storage_dtype(dtype)), axis=axis, block_size=block_size)
+        # an array even per tensor (np.round of a 0-d array gives a scalar), as the class promises
+        return cls(dtype, scale, np.asarray(zero_point).astype(storage_dtype(dtype)), axis=axis, block_size=block_size)
 
 
 def dynamic_spec(x: np.ndarray) -> QuantSpec:

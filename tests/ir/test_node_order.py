@@ -1,4 +1,4 @@
-"""The linked ordered set that holds a graph's nodes, and the graph edits built on it."""
+"""The order of a graph's nodes: the ring they are linked in, and the graph edits built on it."""
 
 from __future__ import annotations
 
@@ -7,47 +7,6 @@ from onnx import TensorProto
 
 from qcompiler.errors import InternalError
 from qcompiler.ir import Graph, Node, Value
-from qcompiler.ir._linked_list import LinkedSet
-
-
-def test_edits_keep_the_order():
-    s = LinkedSet("bd")
-    s.prepend("a")
-    s.insert_before("d", "c")
-    s.insert_after("d", "ef")
-    s.append("g")
-    assert list(s) == list("abcdefg") and len(s) == 7
-    s.remove("a")
-    s.remove("g")
-    s.remove("d")
-    assert list(s) == list("bcef") and len(s) == 4
-    assert [s.index(x) for x in "bcef"] == [0, 1, 2, 3]
-    assert "d" not in s and "e" in s
-
-
-def test_a_failed_insert_changes_nothing():
-    s = LinkedSet("abc")
-    with pytest.raises(ValueError, match="already a member"):
-        s.insert_after("a", ["x", "c"])
-    with pytest.raises(ValueError, match="added twice"):
-        s.append(["x", "y", "x"])
-    with pytest.raises(KeyError):
-        s.insert_before("z", ["x"])
-    with pytest.raises(KeyError):
-        s.remove("z")
-    assert list(s) == list("abc")
-
-
-def test_a_removed_item_can_come_back_elsewhere():
-    s = LinkedSet("abc")
-    s.remove("a")
-    s.insert_after("c", "a")
-    assert list(s) == list("bca")
-    for item in "bca":
-        s.remove(item)
-    assert list(s) == [] and len(s) == 0
-    s.prepend("z")
-    assert list(s) == ["z"]
 
 
 def _relu(name: str, source: Value) -> Node:
@@ -91,3 +50,38 @@ def test_graph_adding_a_node_twice_adopts_nothing():
     with pytest.raises(InternalError, match="added twice"):
         graph.append(first, twice, twice)
     assert first.graph is None and twice.graph is None and len(graph) == 0
+
+
+def test_graph_edits_keep_the_order_and_count():
+    graph = Graph("g")
+    x = Value("x", TensorProto.FLOAT, (2,))
+    graph.inputs.append(x)
+    b, d = _relu("b", x), _relu("d", x)
+    graph.append(b, d)
+    a, c, e, f = (_relu(name, x) for name in "acef")
+    graph.prepend(a)
+    graph.insert_before(d, c)
+    graph.insert_after(d, e)
+    graph.append(f)
+    assert [n.name for n in graph] == list("abcdef") and len(graph) == 6
+    graph.remove([a, f, c])
+    assert [n.name for n in graph] == list("bde") and len(graph) == 3
+    graph.insert_after(e, a)  # a removed node can come back elsewhere
+    assert [n.name for n in graph] == list("bdea") and graph.index(a) == 3
+    graph.remove([b, d, e, a])
+    assert graph.nodes == () and len(graph) == 0
+    graph.append(b)
+    assert graph.nodes == (b,)
+
+
+def test_reorder_takes_each_node_once():
+    graph = Graph("g")
+    x = Value("x", TensorProto.FLOAT, (2,))
+    a, b = _relu("a", x), _relu("b", x)
+    graph.append(a, b)
+    for wrong in ([a], [a, a], [a, _relu("c", x)]):
+        with pytest.raises(InternalError, match="each of its nodes once"):
+            graph.reorder(wrong)
+    assert graph.nodes == (a, b)
+    graph.reorder([b, a])
+    assert graph.nodes == (b, a) and len(graph) == 2
