@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ORT_METHODS = ("ort_default", "ort_rtn", "ort_k_quant", "ort_hqq", "ort_gptq")
-QC_METHODS = ("qc_rtn", "qc_hqq", "qc_awq", "qc_gptq")
+QC_METHODS = ("qc_rtn", "qc_hqq", "qc_awq", "qc_gptq", "qc_rtn_fzp", "qc_hqq_fzp", "qc_awq_fzp", "qc_gptq_fzp")
+FLOAT_ZERO_POINTS = "_fzp"
+"""The suffix of a qcompiler method run with float zero points (``--float-zero-points``): ``qc_hqq_fzp``."""
 METHODS = (*ORT_METHODS, "nncf_awq", *QC_METHODS)
 
 
@@ -93,13 +95,14 @@ def nncf_awq(src: str, dst: str, bits: int, block: int, symmetric: bool, calib: 
 
 def qcompiler_weight_only(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool,
                           calib: str) -> dict:
-    """qcompiler's ``weight-only`` pipeline (output as MatMulNBits)."""
+    """qcompiler's ``weight-only`` pipeline (output as MatMulNBits), with float zero points for a method
+    named with :data:`FLOAT_ZERO_POINTS`."""
     import qcompiler
 
-    algorithm = method.removeprefix("qc_")
+    algorithm = method.removeprefix("qc_").removesuffix(FLOAT_ZERO_POINTS)
     qcompiler.compile(src, dst, pipeline="weight-only", calib=calib if algorithm in ("awq", "gptq") else None,
                       weight_bits=bits, block_size=block, symmetric=symmetric, weight_method=algorithm,
-                      weight_format="matmulnbits")
+                      weight_format="matmulnbits", float_zero_points=method.endswith(FLOAT_ZERO_POINTS))
     return {}
 
 

@@ -158,7 +158,13 @@ def qdq_domain(model: Model, spec: QuantSpec) -> str:
 
 
 def _check_opset(model: Model, values: list[Value]) -> None:
+    """Refuse a spec no ONNX Q/DQ of ``model`` expresses: a float zero point at all, another at a lower opset."""
     for value in values:
+        if value.quant.float_zero_point:
+            raise UnsupportedModelError(
+                f"insert-qdq: {value.name!r} has a float zero point, which only onnxruntime's MatMulNBits "
+                "takes (DequantizeLinear's is an integer); run lower-matmulnbits before insert-qdq, or quantize "
+                "it with integer zero points")
         needed = min_opset(value.quant)
         if needed > model.opset:
             raise UnsupportedModelError(

@@ -77,6 +77,9 @@ class CompileOptions:
     weight_format: str = _option("matmulnbits", "--weight-format", "weight-only output: matmulnbits "
                                  "(onnxruntime's com.microsoft::MatMulNBits, default) or qdq (standard opset-21 "
                                  "blocked DequantizeLinear + MatMul)", choices=WEIGHT_FORMATS)
+    float_zero_points: bool = _option(False, "--float-zero-points", "weight-only, asymmetric, matmulnbits: a float "
+                                      "zero point per block (MatMulNBits takes them; HQQ fits them best) instead of "
+                                      "an integer one; embedding tables keep integer ones", action="store_true")
     int8_activations: bool = _option(False, "--int8-activations", "weight-only, matmulnbits: MatMulNBits quantizes "
                                      "its activations to int8 per block (accuracy_level 4: onnxruntime's integer "
                                      "kernels, faster at decode) instead of computing in float", action="store_true")
@@ -121,6 +124,9 @@ class CompileOptions:
             raise UserError(f"unknown weight_method {self.weight_method!r}; choose one of {', '.join(WEIGHT_METHODS)}")
         if self.weight_format not in WEIGHT_FORMATS:
             raise UserError(f"unknown weight_format {self.weight_format!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+        if self.float_zero_points and (self.symmetric or self.weight_format != "matmulnbits"):
+            raise UserError("float_zero_points: a float zero point is asymmetric (--asymmetric) and only MatMulNBits "
+                            "takes it (weight_format 'matmulnbits')")
         if self.int8_activations and self.weight_format != "matmulnbits":
             raise UserError("int8_activations is MatMulNBits' accuracy_level 4: it needs weight_format 'matmulnbits'")
 

@@ -317,7 +317,7 @@ def w4a8(options: CompileOptions) -> list[Pass]:
 
 
 WEIGHT_ONLY_OPTIONS = ("calib", "exclude", "weight_bits", "block_size", "symmetric", "weight_method", "weight_format",
-                       "int8_activations")
+                       "float_zero_points", "int8_activations")
 
 
 @named_pipeline("weight-only", honours=WEIGHT_ONLY_OPTIONS)
@@ -329,7 +329,8 @@ def weight_only(options: CompileOptions) -> list[Pass]:
     ``weight_method``: ``rtn`` (round to nearest) or ``hqq`` without data, ``awq`` or ``gptq`` with ``calib``.
     ``weight_format`` ``matmulnbits`` writes the linear layers (a tied output projection included) as
     onnxruntime's MatMulNBits and the embedding tables as its GatherBlockQuantized; ``qdq`` writes every weight
-    as a blocked DequantizeLinear of an integer initializer (opset 21; 25 for 2 bits). ``int8_activations``:
+    as a blocked DequantizeLinear of an integer initializer (opset 21; 25 for 2 bits). ``float_zero_points``
+    (asymmetric, ``matmulnbits``): a float zero point per block, as HQQ fits them. ``int8_activations``:
     MatMulNBits with ``accuracy_level`` 4 (activations quantized to int8 per block at run time).
     """
     from qcompiler import passes as lib
@@ -344,7 +345,7 @@ def weight_only(options: CompileOptions) -> list[Pass]:
     return canonicalize() + [
         lib.UpgradeOpset(target=25 if options.weight_bits == 2 else 21),
         lib.WeightRTN(bits=options.weight_bits, block_size=options.block_size, symmetric=options.symmetric,
-                      exclude=list(options.exclude)),
+                      float_zero_point=options.float_zero_points, exclude=list(options.exclude)),
         *method,
         *lowering,
         lib.InsertQDQ(),

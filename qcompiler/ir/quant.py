@@ -183,12 +183,16 @@ def quantize_values(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | i
     """ONNX QuantizeLinear on broadcastable arrays: ``saturate(round_half_even(x / scale) + zero_point)``.
 
     The division is done in ``scale``'s float type (float32 for every spec of this compiler), the zero
-    point is added exactly, and the result is saturated to ``dtype`` (an ONNX type or numpy dtype).
+    point is added exactly, and the result is saturated to ``dtype`` (an ONNX type or numpy dtype). A float
+    zero point (weight-only, MatMulNBits) is added before the rounding: ``round_half_even(x / scale + z)``,
+    the nearest level of the grid ``(q - z) · scale``.
     """
-    scale = np.asarray(scale)
+    scale, zero_point = np.asarray(scale), np.asarray(zero_point)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # +-inf and NaN saturate below
+        if zero_point.dtype.kind == "f":
+            return saturate(np.rint(x.astype(scale.dtype) / scale + zero_point.astype(scale.dtype)), dtype)
         y = np.rint(x.astype(scale.dtype) / scale).astype(np.float64)
-    return saturate(y + np.asarray(zero_point, np.float64), dtype)
+    return saturate(y + zero_point.astype(np.float64), dtype)
 
 
 def dequantize_values(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | int | None,
@@ -196,9 +200,11 @@ def dequantize_values(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray |
     """ONNX DequantizeLinear on broadcastable arrays: ``(q - zero_point) * scale``.
 
     The difference is exact (int64), then converted to the output type (``out_dtype``, else ``scale``'s
-    type) and multiplied by the scale in that type.
+    type) and multiplied by the scale in that type; with a float zero point it is taken in the output type.
     """
     out = np.dtype(out_dtype) if out_dtype is not None else np.asarray(scale).dtype
+    if zero_point is not None and np.asarray(zero_point).dtype.kind == "f":
+        return (q.astype(out) - np.asarray(zero_point).astype(out)) * np.asarray(scale).astype(out)
     diff = q.astype(np.int64)
     if zero_point is not None:
         diff = diff - np.asarray(zero_point).astype(np.int64)
@@ -216,7 +222,8 @@ class QuantSpec:
         dtype: the quantized ONNX element type (a key of :data:`INTEGER_RANGES`).
         scale: float32 array: shape () per tensor, (C,) per axis, or the value's rank with
             ``ceil(n / block_size)`` along ``axis`` when blocked (ONNX opset 21's layout).
-        zero_point: integer array of the same shape as ``scale``, in :func:`storage_dtype`.
+        zero_point: integer array of the same shape as ``scale``, in :func:`storage_dtype`; or float32, a
+            *float zero point* (weight-only, written only as MatMulNBits, whose grid is ``(q - z) · scale``).
         axis: channel axis, or None for per-tensor.
         block_size: elements per block along ``axis`` for blocked quantization, else None.
     """
@@ -233,7 +240,8 @@ class QuantSpec:
         return (
             (self.dtype, self.axis, self.block_size) == (other.dtype, other.axis, other.block_size)
             and np.array_equal(self.scale, other.scale)
-            and np.array_equal(np.asarray(self.zero_point, np.int64), np.asarray(other.zero_point, np.int64))
+            and self.float_zero_point == other.float_zero_point
+            and np.array_equal(np.asarray(self.zero_point, np.float64), np.asarray(other.zero_point, np.float64))
         )
 
     __hash__ = None  # mutable-looking arrays inside: not hashable
@@ -253,13 +261,18 @@ class QuantSpec:
         return "axis" if self.block_size is None else "block"
 
     @property
+    def float_zero_point(self) -> bool:
+        """The zero point is a float (see the class docstring), not an integer of the type."""
+        return np.asarray(self.zero_point).dtype.kind == "f"
+
+    @property
     def per_channel(self) -> bool:
         return self.granularity == "axis"
 
     @property
     def symmetric(self) -> bool:
         """True when zero maps to the middle of the integer range (0 for signed types)."""
-        return bool(np.all(np.asarray(self.zero_point, np.int64) == _middle(self.dtype)))
+        return not self.float_zero_point and bool(np.all(np.asarray(self.zero_point, np.int64) == _middle(self.dtype)))
 
     def broadcast(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """(scale, zero point) shaped to broadcast against a tensor of ``shape``."""
@@ -278,6 +291,7 @@ class QuantSpec:
         block_size: int | None = None,
         reduce_range: bool = False,
         full_range: bool = False,
+        float_zero_point: bool = False,
     ) -> QuantSpec:
         """The spec that maps [lo, hi] onto the integer range of ``dtype``.
 
@@ -294,7 +308,12 @@ class QuantSpec:
         negative when that endpoint is positive), and the other side, at most as large, reaches ``qmax``
         (one step short of ``-qmin``) before it saturates. For int4 that is 16 levels instead of 15, a step
         of ``max|w| / 8`` instead of ``/ 7`` — the grid onnxruntime's blockwise MatMulNBits quantizer uses.
+
+        ``float_zero_point`` (asymmetric only) keeps ``zero_point = qmin - lo / scale`` unrounded, in float32:
+        ``lo`` and ``hi`` then fall exactly on ``qmin`` and ``qmax``.
         """
+        if float_zero_point and symmetric:
+            raise ValueError("a float zero point is asymmetric")
         qmin, qmax = integer_range(dtype)
         if reduce_range:
             qmin, qmax = (qmin // 2, qmax // 2) if qmin < 0 else (qmin, qmax // 2)
@@ -311,7 +330,11 @@ class QuantSpec:
         else:
             scale = (hi - lo) / float(qmax - qmin)
             safe = np.where(scale > 0, scale, 1.0)
-            zero_point = np.clip(np.round(qmin - lo / safe), qmin, qmax)
+            zero_point = qmin - lo / safe
+            if float_zero_point:
+                return cls(dtype, safe.astype(np.float32), np.asarray(zero_point, np.float32), axis=axis,
+                           block_size=block_size)
+            zero_point = np.clip(np.round(zero_point), qmin, qmax)
         scale = np.where(scale != 0, scale, 1.0).astype(np.float32)
         # an array even per tensor (np.round of a 0-d array gives a scalar), as the class promises
         return cls(dtype, scale, np.asarray(zero_point).astype(storage_dtype(dtype)), axis=axis, block_size=block_size)
@@ -366,6 +389,8 @@ class Scheme:
         dynamic: the scale is computed at run time from the tensor (no calibration).
         full_range: symmetric on every level of the type, the larger endpoint on ``qmin`` with a signed
             scale (see :meth:`QuantSpec.from_range`); weight-only blocks, whose kernels never saturate.
+        float_zero_point: asymmetric with a float zero point per block or channel (see :class:`QuantSpec`):
+            weight-only, for MatMulNBits.
     """
 
     dtype: int
@@ -375,9 +400,12 @@ class Scheme:
     reduce_range: bool = False
     dynamic: bool = False
     full_range: bool = False
+    float_zero_point: bool = False
 
     def __post_init__(self) -> None:
         integer_range(self.dtype)
+        if self.float_zero_point and (self.symmetric or self.granularity == "tensor" or self.dynamic):
+            raise ValueError("a float zero point is weight-only: asymmetric, per axis or per block")
         if self.full_range and (not self.symmetric or self.reduce_range):
             raise ValueError("full_range is a symmetric grid on the whole type: not asymmetric, not reduce_range")
         if (self.granularity == "block") != (self.block_size is not None):
@@ -395,7 +423,7 @@ class Scheme:
         return QuantSpec.from_range(lo, hi, self.dtype, symmetric=self.symmetric,
                                     axis=None if self.granularity == "tensor" else axis,
                                     block_size=self.block_size, reduce_range=self.reduce_range,
-                                    full_range=self.full_range)
+                                    full_range=self.full_range, float_zero_point=self.float_zero_point)
 
     def spec_for(self, x: np.ndarray, axis: int | None = None) -> QuantSpec:
         """The min/max spec of a constant tensor: per tensor, per slice along ``axis`` or per block."""

@@ -11,9 +11,10 @@ solved by half-quadratic splitting with an auxiliary error ``W_e`` and alternati
 * ``z ← mean_block(Q(W) - (W - W_e) / s)``;
 * ``β ← κ β``.
 
-Deviations, stated: ONNX ``DequantizeLinear`` and the blocked int4 formats need integer zero points, so
-``z`` is rounded after its update (asymmetric schemes; symmetric ones keep ``z = 0``) and the scale gets the
-least-squares step the rounding calls for, ``s ← <W - W_e, Q(W) - z> / ||Q(W) - z||²``; every block keeps
+Deviations, stated: ONNX ``DequantizeLinear`` and the packed int4 formats need integer zero points, so
+``z`` is rounded after its update (asymmetric schemes; symmetric ones keep ``z = 0``) unless the scheme has
+float zero points (MatMulNBits), as the paper's are; and the scale gets the least-squares step the rounding
+calls for, ``s ← <W - W_e, Q(W) - z> / ||Q(W) - z||²``; every block keeps
 the parameters, among the iterates and its min/max (RTN) start, with the smallest ``l_2`` reconstruction
 error, so HQQ never reconstructs a block worse than RTN. Defaults ``p = 0.7``, ``β = 10``, ``κ = 1.01``,
 20 iterations are the paper's.
@@ -44,8 +45,9 @@ def hqq(w: np.ndarray, scheme: Scheme, *, iterations: int = 20, p: float = 0.7, 
     scale, zero_point = (a[:, None, :].astype(np.float32) for a in block_params(spec))
     qmin, qmax = spec.qmin, spec.qmax
 
-    def quantize_blocks(s, z):
-        return quantize_values(blocks, s, z, spec.dtype).astype(np.float32)
+    def quantize_blocks(s, z):  # an integer zero point is added after the rounding, a float one before
+        return quantize_values(blocks, s, z if scheme.float_zero_point else z.astype(np.int64), spec.dtype
+                               ).astype(np.float32)
 
     def error(q, s, z):
         return np.square((blocks - (q - z) * s) * mask).sum(axis=1, keepdims=True)
@@ -57,7 +59,7 @@ def hqq(w: np.ndarray, scheme: Scheme, *, iterations: int = 20, p: float = 0.7, 
         target = blocks - w_e
         if not scheme.symmetric:
             z = ((q - target / scale) * mask).sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True)
-            zero_point = np.clip(np.rint(z), qmin, qmax).astype(np.float32)
+            zero_point = (z if scheme.float_zero_point else np.clip(np.rint(z), qmin, qmax)).astype(np.float32)
         centred = (q - zero_point) * mask
         norm = (centred ** 2).sum(axis=1, keepdims=True)
         fitted = (target * centred).sum(axis=1, keepdims=True) / np.where(norm > 0, norm, 1.0)

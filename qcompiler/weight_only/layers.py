@@ -9,8 +9,9 @@ read by anything else, or by layers that disagree on that axis, stays float.
 Conventions of the weight-only schemes (:func:`weight_scheme`): ``bits`` in {2, 4, 8}; symmetric uses the
 signed type on its full range (zero point 0, the block's value of largest magnitude on ``-2^(b-1)``:
 ``scale = w_extreme / -2^(b-1)``, signed — onnxruntime's MatMulNBits grid), asymmetric the unsigned type
-(``scale = (max - min) / (2^b - 1)``, integer zero point), so the symmetry of a spec is read off its type
-(:func:`scheme_of`); blocks of ``block_size`` along ``K`` (ONNX opset 21's blocked layout, last block
+(``scale = (max - min) / (2^b - 1)``, integer zero point, or with ``float_zero_point`` the float
+``-min / scale`` that MatMulNBits takes: min and max then lie exactly on the grid), so the symmetry of a spec
+is read off its type (:func:`scheme_of`); blocks of ``block_size`` along ``K`` (ONNX opset 21's blocked layout, last block
 partial), or per output channel (``block_size`` 0: one scale per column of ``[K, N]``).
 
 RTN (round to nearest) is the min/max spec of every block and ``fake_quantize`` — the baseline the other
@@ -32,20 +33,20 @@ BITS = (2, 4, 8)
 FLOAT = TensorProto.FLOAT
 
 
-def weight_scheme(bits: int, block_size: int, symmetric: bool) -> Scheme:
+def weight_scheme(bits: int, block_size: int, symmetric: bool, float_zero_point: bool = False) -> Scheme:
     """The weight-only scheme: ``bits`` wide, blocks of ``block_size`` along K (0: per output channel)."""
     if bits not in BITS:
         raise ValueError(f"weight-only quantization takes {', '.join(map(str, BITS))} bits, not {bits}")
     dtype = integer_type(bits, signed=symmetric)
     if block_size:
-        return Scheme(dtype, symmetric, "block", block_size, full_range=symmetric)
-    return Scheme(dtype, symmetric, "axis", full_range=symmetric)
+        return Scheme(dtype, symmetric, "block", block_size, full_range=symmetric, float_zero_point=float_zero_point)
+    return Scheme(dtype, symmetric, "axis", full_range=symmetric, float_zero_point=float_zero_point)
 
 
 def scheme_of(spec: QuantSpec) -> Scheme:
     """The weight-only scheme a spec of a ``[K, N]`` matrix follows (symmetric exactly when signed)."""
     bits = (integer_range(spec.dtype)[1] - integer_range(spec.dtype)[0]).bit_length()
-    return weight_scheme(bits, spec.block_size or 0, integer_range(spec.dtype)[0] < 0)
+    return weight_scheme(bits, spec.block_size or 0, integer_range(spec.dtype)[0] < 0, spec.float_zero_point)
 
 
 def matrix_axis(scheme: Scheme) -> int:

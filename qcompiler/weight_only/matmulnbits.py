@@ -8,7 +8,8 @@ values, stored (onnxruntime's contrib-op layout, checked against onnxruntime 1.3
   ``8 / bits`` per byte, the first in the lowest bits (:func:`qcompiler.ir.quant.pack_bits`);
 * ``scales``: float ``[N · blocks]``, row-major over ``[N, blocks]``;
 * ``zero_points``: uint8 ``[N · ceil(blocks · bits / 8)]``, each row's unsigned zero points packed as ``B``;
-  absent means ``2^(bits-1)`` (what a symmetric signed spec shifted to unsigned has);
+  absent means ``2^(bits-1)`` (what a symmetric signed spec shifted to unsigned has); a float zero point
+  (:class:`qcompiler.ir.QuantSpec`) is stored unpacked, float32 ``[N · blocks]`` like the scales;
 * attributes ``K``, ``N``, ``bits`` (2, 4 or 8 on the CPU execution provider of onnxruntime 1.32, which
   refuses 3, 5, 6 and 7), ``block_size`` (a power of two, at least 16), ``accuracy_level`` (4: the CPU
   kernel quantizes ``A`` to int8 per block and multiplies in integers; 0: float).
@@ -21,7 +22,8 @@ lowered.
 An embedding table ``[V, D]`` read by ``Gather`` (axis 0) becomes ``com.microsoft::GatherBlockQuantized``
 (``gather_axis`` 0, ``quantize_axis`` 1, blocks along D): ``data`` uint8 ``[V, D · bits / 8]`` (each row
 packed as ``B``'s, without padding to whole blocks; ``D · bits`` a multiple of 8), ``scales`` ``[V, blocks]``,
-``zero_points`` uint8 ``[V, blocks · bits / 8]`` packed the same way (absent: ``2^(bits-1)``), so a decoding
+``zero_points`` uint8 ``[V, blocks · bits / 8]`` packed the same way (absent: ``2^(bits-1)``; onnxruntime 1.32
+refuses float ones, so ``weight-rtn`` gives tables integer zero points), so a decoding
 step dequantizes the rows it reads, not the whole table. A table that a tied output Gemm (``transB``) reads too gets both
 forms. A weight with a block size the contrib ops cannot take keeps its spec for ``insert-qdq``'s blocked
 DequantizeLinear.
@@ -55,7 +57,7 @@ the size of the matrix (a 150k-token embedding table would otherwise need severa
 def unsigned_rows(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(integers ``[N, K]`` uint8, scales ``[N, blocks]`` float32, zero points ``[N, blocks]`` or None) of a
     ``[K, N]`` weight on ``spec``'s grid, shifted to the unsigned type (None: symmetric, the implied
-    ``2^(bits-1)``); quantized :data:`COLUMNS_AT_ONCE` columns at a time."""
+    ``2^(bits-1)``; float32 for a float zero point); quantized :data:`COLUMNS_AT_ONCE` columns at a time."""
     offset = unsigned_offset(spec.dtype)
     scale, zero_point = block_params(spec)  # [blocks, N]
     rows = np.empty((w.shape[1], w.shape[0]), np.uint8)
@@ -66,6 +68,8 @@ def unsigned_rows(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarra
     scales = np.ascontiguousarray(scale.T, np.float32)
     if spec.symmetric and offset:
         return rows, scales, None
+    if spec.float_zero_point:
+        return rows, scales, np.ascontiguousarray(zero_point.T + offset, np.float32)
     return rows, scales, zero_point.astype(np.int64).T + offset
 
 
@@ -75,7 +79,9 @@ def pack_weight(w: np.ndarray, spec: QuantSpec, block_size: int) -> tuple[np.nda
     n, k = rows.shape
     bits, blocks = bit_width(spec.dtype), -(-k // block_size)
     packed = pack_bits(np.pad(rows, ((0, 0), (0, blocks * block_size - k))).reshape(n, blocks, block_size), bits)
-    return packed, scales.reshape(-1), None if zero_points is None else pack_bits(zero_points, bits).reshape(-1)
+    if zero_points is not None:
+        zero_points = zero_points.reshape(-1) if spec.float_zero_point else pack_bits(zero_points, bits).reshape(-1)
+    return packed, scales.reshape(-1), zero_points
 
 
 def pack_table(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -107,7 +113,7 @@ def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int) -> bool:
     if block_size is None or not layer.nodes or not all(_lowerable(node) for node in layer.nodes):
         return False
     gathers = [node for node in layer.nodes if node.op_type == "Gather"]
-    if gathers and k * bits % 8:  # GatherBlockQuantized reads the row length off whole bytes
+    if gathers and (k * bits % 8 or spec.float_zero_point):  # row length in whole bytes; integer zero points
         return False
 
     def initializers(arrays: dict[str, np.ndarray | None]) -> list[Value]:

@@ -126,3 +126,35 @@ def test_awq_searches_wide_layers_on_a_column_sample():
     assert s.shape == (64,) and s[:2].mean() > s[2:].mean()
     reference = x @ w
     assert ((x / s) @ rtn(w * s[:, None], scheme)[0] - reference).var() < (x @ rtn(w, scheme)[0] - reference).var()
+
+
+@pytest.mark.parametrize("bits, block_size", [(4, 32), (4, 0), (2, 16)])
+def test_float_zero_point_puts_min_and_max_on_the_grid(bits, block_size):
+    """A float zero point is ``-min / scale`` unrounded: each block's min and max are levels of its grid
+    ``(q - z) · s`` (an integer zero point shifts the grid by up to half a step), and RTN on it is within half
+    a step everywhere."""
+    w = heavy_tailed_weight(3)
+    quantized, spec = rtn(w, weight_scheme(bits, block_size, False, float_zero_point=True))
+    assert spec.float_zero_point and spec.zero_point.dtype == np.float32 and not spec.symmetric
+    np.testing.assert_array_equal(fake_quantize(quantized, spec), quantized)
+    integer = rtn(w, weight_scheme(bits, block_size, False))[0]
+    size = block_size or w.shape[0]
+    for name, grid in (("float", quantized), ("integer", integer)):
+        ends = np.abs(grid - w).reshape(-1, size, w.shape[1])
+        lo = np.take_along_axis(ends, w.reshape(-1, size, w.shape[1]).argmin(axis=1)[:, None], axis=1)
+        assert (lo.max() < 1e-6) == (name == "float")
+    assert np.all(np.abs(w - quantized) <= 0.5 * np.abs(spec.scale).max(axis=0) + 1e-6)
+
+
+@pytest.mark.parametrize("bits, block_size", [(4, 32), (4, 128), (2, 16)])
+def test_hqq_with_float_zero_points_beats_integer_ones(bits, block_size):
+    """HQQ's zero point update is continuous; kept in float (the paper's form, MatMulNBits') it reconstructs
+    better than rounded each step."""
+    w = heavy_tailed_weight(4)
+    errors = {}
+    for floating in (False, True):
+        refined, spec = hqq(w, weight_scheme(bits, block_size, False, float_zero_point=floating))
+        assert spec.float_zero_point == floating
+        np.testing.assert_array_equal(fake_quantize(refined, spec), refined)
+        errors[floating] = ((w - refined) ** 2).sum()
+    assert errors[True] < 0.97 * errors[False]

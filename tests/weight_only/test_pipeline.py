@@ -166,3 +166,35 @@ def test_int8_activations_flag_writes_accuracy_level_4(tiny_transformer, tmp_pat
               for a in n.attribute if a.name == "accuracy_level"}
     assert levels == {4}
     assert relative_error(outputs(paths["--int8-activations"], feeds), outputs(paths[""], feeds)) < 0.05
+
+
+def test_float_zero_points_run_in_onnxruntime_and_beat_integer_ones(tiny_transformer, tmp_path):
+    """``--float-zero-points``: every MatMulNBits gets float32 zero points of its scales' shape, the table an
+    embedding Gather reads keeps packed uint8 ones (GatherBlockQuantized takes no others, and its tied Gemm
+    shares its spec); onnxruntime and the executor agree, and HQQ's error is below the integer-zero-point one."""
+    model, _, feeds = tiny_transformer
+    reference = outputs(model, feeds)
+    errors = {}
+    for flag in ("", "--float-zero-points"):
+        out = tmp_path / f"hqq{flag}.onnx"
+        assert main(["compile", str(model), "-o", str(out), "--pipeline", "weight-only", "--block-size", "32",
+                     "--asymmetric", "--method", "hqq", "-q", *([flag] if flag else [])]) == 0
+        errors[flag] = relative_error(outputs(out, feeds), reference)
+    graph = onnx.load(str(out)).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            tied = node.op_type == "GatherBlockQuantized" or node.input[1].startswith("table")
+            assert types[node.input[3]] == (onnx.TensorProto.UINT8 if tied else onnx.TensorProto.FLOAT), node.name
+    assert errors["--float-zero-points"] < errors[""]
+    ours = Interpreter(out).run(feeds[0])
+    for name, expected in zip(("logits", "tied_logits"), outputs(out, feeds[:1])[0], strict=True):
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("fields", [{"float_zero_points": True},
+                                    {"float_zero_points": True, "symmetric": False, "weight_format": "qdq"}])
+def test_float_zero_points_need_asymmetric_matmulnbits(tiny_transformer, tmp_path, fields):
+    model, _, _ = tiny_transformer
+    with pytest.raises(UserError, match="float_zero_points: a float zero point is asymmetric"):
+        qcompiler.compile(model, tmp_path / "out.onnx", pipeline="weight-only", **fields)
