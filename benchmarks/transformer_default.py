@@ -84,7 +84,8 @@ def realmodels_scores(models_dir: Path, candidate: Path, name: str) -> dict:
 def task_scores(models: dict[str, Path], eval_dir: Path) -> dict[str, dict]:
     results = tasks.evaluate(models, eval_dir, threads=2)
     metric = results["fp32"]["headline"]
-    return {key: {"metric": metric, "fp32": results["fp32"][metric], "value": r.get(metric), "cosine": r.get("cosine")}
+    return {key: {"metric": metric, "fp32": results["fp32"][metric], "value": r.get(metric), "cosine": r.get("cosine"),
+                  **({"error": r["error"]} if "error" in r else {})}
             for key, r in results.items() if key != "fp32"}
 
 
@@ -114,15 +115,20 @@ def run_model(name: str, source: Path, calib: Path, eval_dir: Path | None, pipel
 
 
 def markdown(rows: list[dict]) -> str:
+    """The table of every pipeline's scores; a candidate that failed to run shows its error."""
+    def cell(value, digits: int) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
     lines = ["| model | pipeline | metric | FP32 | result | cosine to FP32 | speedup vs FP32 | compile s (CPU s) "
              "| kept |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for pipeline, r in row["pipelines"].items():
             kept = (r.get("latency_guard") or {}).get("kept", "")
-            lines.append(f"| {row['model']} | {pipeline} | {r['metric']} | {r['fp32']:.3f} | {r['value']:.3f} | "
-                         f"{r['cosine']:.4f} | {r['speedup']:.2f}x | {r['compile_s']} ({r['compile_cpu_s']}) "
-                         f"| {kept} |")
+            result = f"error: {r['error']}" if "error" in r else cell(r["value"], 3)
+            lines.append(f"| {row['model']} | {pipeline} | {r['metric']} | {cell(r['fp32'], 3)} | {result} | "
+                         f"{cell(r['cosine'], 4)} | {cell(r['speedup'], 2)}x | {r.get('compile_s')} "
+                         f"({r.get('compile_cpu_s')}) | {kept} |")
     return "\n".join(lines)
 
 
@@ -150,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows.append(run_model(name, folder / f"{name}.onnx", folder / "data" / "calib_npz" / name, eval_dir,
                               pipelines, args.work, ORT_DYNAMIC if args.onnxruntime_dynamic else {}))
+        machine["load_average_at_end"] = os.getloadavg()
+        if args.json:  # after every model: a later failure keeps what was measured
+            args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1, default=str) + "\n")
         print(markdown(rows[-1:]), flush=True)
-    machine["load_average_at_end"] = os.getloadavg()
     print(f"\n{markdown(rows)}\n\nmachine: {machine}")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1, default=str) + "\n")
     return 0
 
 
