@@ -62,6 +62,17 @@ def test_dynamic_batch_calibrates_with_batches_of_different_sizes():
     assert derived.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
+def test_dynamic_batch_keeps_each_batch_of_one_shape():
+    """Samples of different widths (text lines, as PP-OCR's recognizer is calibrated on) never share a batch:
+    the matrix's builder once died concatenating a 95- and a 430-pixel line."""
+    proto, _ = small_cnn()
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 8, width)).astype(np.float32)} for width in (8, 16, 8, 24, 16, 8)]
+    _, derived_feeds, _ = VARIANTS["dynamic-batch"](proto, feeds)
+    assert [feed["x"].shape[0] for feed in derived_feeds[:3]] == [1, 2, 3]
+    assert derived_feeds[1]["x"].shape[3] == 16 and np.array_equal(derived_feeds[1]["x"][0], derived_feeds[1]["x"][1])
+
+
 def test_a_changed_exact_output_is_an_internal_error():
     """The check itself: an added output that must be unchanged but is not is reported."""
     proto, feeds = small_cnn()

@@ -162,7 +162,8 @@ def weights_as_inputs(proto, feeds):
 
 
 def dynamic_batch(proto, feeds):
-    """Symbolic dim 0 everywhere; feeds regrouped into batches of 1, 2, 3, ... samples (cycling)."""
+    """Symbolic dim 0 everywhere; feeds regrouped into batches of 1, 2, 3, ... samples (cycling). A batch holds
+    samples of one shape: where the next ones differ (text lines of other widths), its first sample repeats."""
     proto = copy.deepcopy(proto)
     graph = proto.graph
     initializers = {i.name for i in graph.initializer}
@@ -180,6 +181,8 @@ def dynamic_batch(proto, feeds):
         group = samples[start:start + size]
         if len(group) < size and regrouped:
             break
+        alike = [sample for sample in group if all(sample[k].shape == group[0][k].shape for k in sample)]
+        group = (alike * size)[:size]
         regrouped.append({k: np.concatenate([s[k] for s in group]) for k in group[0]})
         start, size = start + size, size % 3 + 1
     if len({len(next(iter(f.values()))) for f in regrouped}) < 2:  # too few samples for two sizes: repeat them
