@@ -8,8 +8,7 @@ values, stored (onnxruntime's contrib-op layout, checked against onnxruntime 1.3
   ``8 / bits`` per byte, the first in the lowest bits (:func:`qcompiler.ir.quant.pack_bits`);
 * ``scales``: float ``[N · blocks]``, row-major over ``[N, blocks]``;
 * ``zero_points``: uint8 ``[N · ceil(blocks · bits / 8)]``, each row's unsigned zero points packed as ``B``;
-  absent means ``2^(bits-1)`` (what a symmetric signed spec shifted to unsigned has); a float zero point
-  (:class:`qcompiler.ir.QuantSpec`) is stored unpacked, float32 ``[N · blocks]`` like the scales;
+  absent means ``2^(bits-1)`` (what a symmetric signed spec shifted to unsigned has);
 * attributes ``K``, ``N``, ``bits`` (2, 4 or 8 on the CPU execution provider of onnxruntime 1.32, which
   refuses 3, 5, 6 and 7), ``block_size`` (a power of two, at least 16), ``accuracy_level`` (4: the CPU
   kernel quantizes ``A`` to int8 per block and multiplies in integers; 0: float).
@@ -18,6 +17,14 @@ A weight's spec decides everything: ``W = (q - z) · s`` with ``q, z`` shifted t
 (:func:`qcompiler.ir.quant.unsigned_offset`). A per-channel spec becomes one block of the smallest power
 of two ``>= K``. MatMul and Gemm (``transA = 0``, ``alpha = beta = 1``; a bias becomes an ``Add``) are
 lowered.
+
+A float zero point ``z`` (:class:`qcompiler.ir.QuantSpec`) is written as the integer ``z' = round(z)``
+(clipped to the type) plus a correction: ``W = (q - z') · s - δ`` with ``δ = s · (z - z')`` per block and
+column, so ``Y = MatMulNBits(A) - (A · E) · Δ``, where ``E`` ``[K, blocks]`` sums ``A`` over each block
+(ones on the block's rows) and ``Δ`` ``[blocks, N]`` holds ``δ``. MatMulNBits also takes float
+``zero_points`` directly, but onnxruntime 1.32's CPU kernel has no fast path for them (SmolLM2-135M: decode
+6x slower, ``benchmarks/llm_weight_only.py --latency``); the correction costs ``blocks · (K + N)`` per row
+against the product's ``K · N``.
 
 An embedding table ``[V, D]`` read by ``Gather`` (axis 0) becomes ``com.microsoft::GatherBlockQuantized``
 (``gather_axis`` 0, ``quantize_axis`` 1, blocks along D): ``data`` uint8 ``[V, D · bits / 8]`` (each row
@@ -73,15 +80,27 @@ def unsigned_rows(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarra
     return rows, scales, zero_point.astype(np.int64).T + offset
 
 
-def pack_weight(w: np.ndarray, spec: QuantSpec, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(B, scales, zero points or None) of a ``[K, N]`` weight on ``spec``'s grid (see the module docstring)."""
+def pack_weight(w: np.ndarray, spec: QuantSpec, block_size: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(B, scales, zero points or None, Δ ``[blocks, N]`` for a float zero point or None) of a ``[K, N]`` weight on
+    ``spec``'s grid (see the module docstring)."""
     rows, scales, zero_points = unsigned_rows(w, spec)
     n, k = rows.shape
     bits, blocks = bit_width(spec.dtype), -(-k // block_size)
     packed = pack_bits(np.pad(rows, ((0, 0), (0, blocks * block_size - k))).reshape(n, blocks, block_size), bits)
+    correction = None
+    if spec.float_zero_point:
+        nearest = np.clip(np.rint(zero_points), 0, (1 << bits) - 1)
+        correction = np.ascontiguousarray((scales * (zero_points - nearest)).T, np.float32)
+        zero_points = nearest.astype(np.int64)
     if zero_points is not None:
-        zero_points = zero_points.reshape(-1) if spec.float_zero_point else pack_bits(zero_points, bits).reshape(-1)
-    return packed, scales.reshape(-1), zero_points
+        zero_points = pack_bits(zero_points, bits).reshape(-1)
+    return packed, scales.reshape(-1), zero_points, correction
+
+
+def block_sums(k: int, block_size: int) -> np.ndarray:
+    """``E`` ``[K, blocks]``: ``A · E`` sums each row of ``A`` over each block of ``block_size`` along K."""
+    return (np.arange(k)[:, None] // block_size == np.arange(-(-k // block_size))[None, :]).astype(np.float32)
 
 
 def pack_table(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -102,9 +121,9 @@ def _lowerable(node: Node) -> bool:
                                                     or node.inputs[2].shape is None or len(node.inputs[2].shape) <= 1))
 
 
-def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int) -> bool:
+def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int, sums: dict[tuple[int, int], Value]) -> bool:
     """Replace the readers of ``layer``'s weight: MatMul/Gemm by MatMulNBits, Gather by GatherBlockQuantized;
-    False if one of them cannot be."""
+    False if one of them cannot be. ``sums`` keeps the block-sum matrices ``E`` made so far, by ``(K, block)``."""
     graph = model.graph
     w, spec = layer.matrix(), layer.spec()
     k, n = w.shape
@@ -122,12 +141,17 @@ def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int) -> bool:
 
     linear = [node for node in layer.nodes if node.op_type != "Gather"]
     if linear:
-        b, scales, zero_points = pack_weight(w, spec, block_size)
+        b, scales, zero_points, delta = pack_weight(w, spec, block_size)
         params = initializers({"Q": b, "scales": scales, "zero_points": zero_points})
+        correction = None
+        if delta is not None:
+            if (k, block_size) not in sums:
+                sums[k, block_size] = initializers({f"block_sums_{k}_{block_size}": block_sums(k, block_size)})[0]
+            correction = (sums[k, block_size], *initializers({"zero_point_correction": delta}))
         attrs = {"K": k, "N": n, "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level}
         for node in linear:
             _replace(model, node, "MatMulNBits", [node.inputs[0], *params], attrs,
-                     node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None)
+                     node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None, correction)
     if gathers:
         data, scales, zero_points = pack_table(w, spec)
         params = initializers({"table": data, "table_scales": scales, "table_zero_points": zero_points})
@@ -139,16 +163,31 @@ def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int) -> bool:
     return True
 
 
-def _replace(model: Model, node: Node, op_type: str, inputs: list[Value], attrs: dict, bias: Value | None) -> None:
-    """Put a ``com.microsoft`` ``op_type`` node (plus an ``Add`` of ``bias``) in the place of ``node``."""
+def _replace(model: Model, node: Node, op_type: str, inputs: list[Value], attrs: dict, bias: Value | None,
+             correction: tuple[Value, Value] | None = None) -> None:
+    """Put a ``com.microsoft`` ``op_type`` node in the place of ``node``, then the subtraction of
+    ``(A · E) · Δ`` for ``correction = (E, Δ)`` (a float zero point, see the module docstring) and an ``Add``
+    of ``bias``."""
     graph, out = model.graph, node.outputs[0]
     product = Node(op_type, inputs, 1, attrs=dict(attrs), domain=DOMAIN,
                    name=graph.unique_name(f"{node.name or op_type}_{op_type}"))
     product.outputs[0].dtype = out.dtype
     replacement = [product]
+
+    def then(op: str, operands: list[Value], suffix: str) -> None:
+        label = "product" if replacement[-1] is product else replacement[-1].op_type.lower()
+        replacement[-1].outputs[0].name = graph.unique_name(f"{out.name}_{label}")
+        step = Node(op, operands, 1, name=graph.unique_name(f"{node.name}_{suffix}"))
+        step.outputs[0].dtype = out.dtype
+        replacement.append(step)
+
+    if correction is not None:
+        result, (sums, delta) = replacement[-1].outputs[0], correction
+        then("MatMul", [inputs[0], sums], "block_sums")
+        then("MatMul", [replacement[-1].outputs[0], delta], "zero_point_shift")
+        then("Sub", [result, replacement[-1].outputs[0]], "zero_point_correction")
     if bias is not None:
-        product.outputs[0].name = graph.unique_name(f"{out.name}_product")
-        replacement.append(Node("Add", [product.outputs[0], bias], 1, name=graph.unique_name(f"{node.name}_bias")))
+        then("Add", [replacement[-1].outputs[0], bias], "bias")
     graph.insert_before(node, *replacement)
     graph.substitute(out, replacement[-1].outputs[0])
     graph.remove(node)
@@ -157,7 +196,8 @@ def _replace(model: Model, node: Node, op_type: str, inputs: list[Value], attrs:
 
 def lower_to_matmulnbits(model: Model, accuracy_level: int = 0) -> int:
     """Lower every quantized weight layer the contrib ops can run (see the module docstring); the number lowered."""
-    lowered = sum(lower_layer(model, layer, accuracy_level) for layer in quantized_layers(model))
+    sums: dict[tuple[int, int], Value] = {}
+    lowered = sum(lower_layer(model, layer, accuracy_level, sums) for layer in quantized_layers(model))
     if lowered:
         model.opset_imports.setdefault(DOMAIN, 1)
     return lowered

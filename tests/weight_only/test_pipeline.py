@@ -169,9 +169,10 @@ def test_int8_activations_flag_writes_accuracy_level_4(tiny_transformer, tmp_pat
 
 
 def test_float_zero_points_run_in_onnxruntime_and_beat_integer_ones(tiny_transformer, tmp_path):
-    """``--float-zero-points``: every MatMulNBits gets float32 zero points of its scales' shape, the table an
-    embedding Gather reads keeps packed uint8 ones (GatherBlockQuantized takes no others, and its tied Gemm
-    shares its spec); onnxruntime and the executor agree, and HQQ's error is below the integer-zero-point one."""
+    """``--float-zero-points``: each MatMulNBits keeps packed uint8 zero points (onnxruntime's fast kernels)
+    and its output gets the correction ``(A · E) · Δ`` of the rounded part subtracted, except the tied table's,
+    which keeps integer zero points (GatherBlockQuantized takes no float ones); onnxruntime and the executor
+    agree, and HQQ's error is below the integer-zero-point one."""
     model, _, feeds = tiny_transformer
     reference = outputs(model, feeds)
     errors = {}
@@ -182,14 +183,39 @@ def test_float_zero_points_run_in_onnxruntime_and_beat_integer_ones(tiny_transfo
         errors[flag] = relative_error(outputs(out, feeds), reference)
     graph = onnx.load(str(out)).graph
     types = {t.name: t.data_type for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
-            tied = node.op_type == "GatherBlockQuantized" or node.input[1].startswith("table")
-            assert types[node.input[3]] == (onnx.TensorProto.UINT8 if tied else onnx.TensorProto.FLOAT), node.name
+    readers = {name: [n.op_type for n in graph.node if name in n.input] for n in graph.node for name in n.output}
+    nbits = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    assert all(types[node.input[3]] == onnx.TensorProto.UINT8 for node in nbits)
+    corrected = {node.input[1].startswith("table"): readers[node.output[0]] == ["Sub"] for node in nbits}
+    assert corrected == {True: False, False: True}  # the tied head alone is uncorrected
     assert errors["--float-zero-points"] < errors[""]
     ours = Interpreter(out).run(feeds[0])
     for name, expected in zip(("logits", "tied_logits"), outputs(out, feeds[:1])[0], strict=True):
         np.testing.assert_allclose(ours[name], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_float_zero_point_correction_is_exact():
+    """``MatMulNBits(integer zero points) - (A · E) · Δ`` computes ``A · W`` with ``W = (q - z) · s`` for the float
+    ``z``, a partial last block included (K = 80, blocks of 32), in onnxruntime."""
+    from qcompiler.ir import Model
+    from qcompiler.ir.serde import from_proto, to_proto
+    from qcompiler.weight_only.layers import find_layers, rtn, weight_scheme
+    from qcompiler.weight_only.matmulnbits import lower_to_matmulnbits
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((80, 24)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["a", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [5, 80])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [5, 24])], [onnx.numpy_helper.from_array(w, "w")])
+    model: Model = from_proto(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)]))
+    grid, spec = rtn(w, weight_scheme(4, 32, False, float_zero_point=True))
+    (layer,) = find_layers(model)
+    layer.weight.quant = spec
+    assert lower_to_matmulnbits(model) == 1
+    a = rng.standard_normal((5, 80)).astype(np.float32)
+    session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"a": a})[0], a @ grid, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("fields", [{"float_zero_points": True},
