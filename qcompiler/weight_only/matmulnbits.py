@@ -22,8 +22,8 @@ A float zero point ``z`` (:class:`qcompiler.ir.QuantSpec`) is written as the int
 (clipped to the type) plus a correction: ``W = (q - z') · s - δ`` with ``δ = s · (z - z')`` per block and
 column, so ``Y = MatMulNBits(A) - (A · E) · Δ``, where ``E`` ``[K, blocks]`` sums ``A`` over each block
 (ones on the block's rows) and ``Δ`` ``[blocks, N]`` holds ``δ``. MatMulNBits also takes float
-``zero_points`` directly, but onnxruntime 1.32's CPU kernel has no fast path for them (SmolLM2-135M: decode
-6x slower, ``benchmarks/llm_weight_only.py --latency``); the correction costs ``blocks · (K + N)`` per row
+``zero_points`` directly, but onnxruntime 1.32's CPU kernel has no fast path for them (measured by
+``benchmarks/llm_weight_only.py --latency``); the correction costs ``blocks · (K + N)`` per row
 against the product's ``K · N``.
 
 An embedding table ``[V, D]`` read by ``Gather`` (axis 0) becomes ``com.microsoft::GatherBlockQuantized``
