@@ -73,7 +73,7 @@ def time_insert_qdq(nodes: int, repeat: int = 3) -> dict:
         model = marked_ladder(nodes)
         gc.collect()
         marks = [(time.perf_counter(), time.process_time())]
-        PassManager([InsertQDQ()], verify="off")(model)  # as a pipeline runs it (the model frozen out of gc)
+        PassManager([InsertQDQ()], verify="off")(model)  # as a pipeline runs it
         marks.append((time.perf_counter(), time.process_time()))
         verify(model)
         marks.append((time.perf_counter(), time.process_time()))

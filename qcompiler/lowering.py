@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Collection, Iterable, Mapping
 
 import numpy as np
@@ -176,23 +177,20 @@ def _check_opset(model: Model, values: list[Value]) -> None:
 @contextlib.contextmanager
 def _collector_paused():
     """Pause the cyclic garbage collector while a rewrite creates many small IR objects (a Q/DQ pair is two
-    nodes, four values and their use lists), and hand the objects it made to the oldest generation when it
-    ends. Each collection of the older generations would traverse the whole model again, so the cost per
-    node grew with the graph's size; and the first collection after the rewrite would still traverse every
-    new object once, a sixth of the rewrite. The rewrite makes next to no garbage (a removed Relu and its use
-    entries), and what it made stays reachable from the model: ``gc.freeze()`` then ``gc.unfreeze()`` moves
-    the young objects to the oldest generation without a traversal, where a full collection still reaches
-    them. A collector someone else paused, or objects someone else froze (before a fork), are left alone."""
-    if not gc.isenabled():
+    nodes, four values and their use lists) and next to no garbage: each collection of the older generations
+    would traverse the whole model again, so the cost per node grew with the graph's size. Only in the main
+    thread: the switch is global, and the sensitivity analysis lowers its trial models on worker threads,
+    whose rewrites overlap; with each of them pausing and resuming it, the collector was off most of the
+    time and the discarded trial models piled up. Nor are the new objects moved to the oldest generation
+    (``gc.freeze``): objects put there that way do not count towards its next collection, so trial models
+    discarded after their rewrite stayed until much later. A collector someone else paused is left alone."""
+    if not gc.isenabled() or threading.current_thread() is not threading.main_thread():
         yield
         return
     gc.disable()
     try:
         yield
     finally:
-        if gc.get_freeze_count() == 0:
-            gc.freeze()
-            gc.unfreeze()
         gc.enable()
 
 
