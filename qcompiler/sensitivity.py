@@ -79,14 +79,20 @@ def run_session(model: bytes | str | onnx.ModelProto, feeds: Iterable[dict[str, 
                 simulated: bool = True, threads: int = SESSION_THREADS) -> Outputs:
     """Outputs of ``model`` on every feed; ``simulated`` turns onnxruntime's graph optimizations off,
     so Q/DQ pairs run as written (fake-quant) instead of being fused into integer kernels; ``threads``:
-    intra-op threads (0: onnxruntime's default)."""
+    intra-op threads (0: onnxruntime's default).
+
+    Every array is copied out of onnxruntime's: an output onnxruntime returns is a view on memory the
+    session's arena owns, and keeps that arena alive after the session is gone. The sensitivity analysis
+    holds the outputs of a whole batch of configurations before it compares them, and held that way they
+    kept one arena per configuration alive."""
     import onnxruntime as ort
 
     options = session_options(threads, optimize=not simulated)
     data = model if isinstance(model, (bytes, str)) else model.SerializeToString()  # str: a path
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
-    return [session.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
+    return [[np.array(output) if isinstance(output, np.ndarray) else output
+             for output in session.run(None, {k: v for k, v in feed.items() if k in names})] for feed in feeds]
 
 
 def quantizable_layers(model: Model) -> list[str]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -90,12 +90,10 @@ class LocalExecutor:
 
 
 class ThreadExecutor:
-    """Runs the items on at most ``workers`` threads of this process at once; results in the order of ``items``.
+    """Runs the items on ``workers`` threads of this process; results in the order of ``items``.
 
     Worth it where an item's time is spent outside the GIL (onnxruntime's ``run``); shared values are
-    passed as they are (nothing is copied). Each item gets a thread of its own, which ends with it: memory
-    onnxruntime keeps per thread after a session is gone is only given back when the thread exits, so the
-    long-lived threads of a pool grew with every session they ran."""
+    passed as they are (nothing is copied)."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -106,30 +104,8 @@ class ThreadExecutor:
     def map(self, function: Callable[[Any, Any], Any], items: Sequence[Any], shared: Any = None) -> list[Any]:
         if self.workers < 2 or len(items) < 2:
             return [function(shared, item) for item in items]
-        results: list[Any] = [None] * len(items)
-        failures: list[BaseException] = []
-        free = threading.Semaphore(self.workers)
-
-        def run(index: int, item: Any) -> None:
-            try:
-                results[index] = function(shared, item)
-            except BaseException as exc:  # re-raised below, in the caller's thread
-                failures.append(exc)
-            finally:
-                free.release()
-
-        threads = []
-        for index, item in enumerate(items):
-            free.acquire()
-            if failures:
-                break
-            threads.append(threading.Thread(target=run, args=(index, item), daemon=True))
-            threads[-1].start()
-        for thread in threads:
-            thread.join()
-        if failures:
-            raise failures[0]
-        return results
+        with ThreadPoolExecutor(min(self.workers, len(items))) as pool:
+            return list(pool.map(lambda item: function(shared, item), items))
 
     def __repr__(self) -> str:
         return f"ThreadExecutor(workers={self.workers})"

@@ -1,18 +1,21 @@
-"""The local executor of the sensitivity analysis: threads that end with their item, results in order, errors
-raised in the caller, and rewrites on those threads that leave the global garbage collector alone."""
+"""The local executor of the sensitivity analysis: results in order, at most ``workers`` items at once, errors
+raised in the caller, and rewrites on its threads that leave the global garbage collector alone."""
 
 from __future__ import annotations
 
 import gc
 import threading
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 from qcompiler.lowering import _collector_paused
 from qcompiler.scaleout import ThreadExecutor
+from qcompiler.sensitivity import run_session
 
 
-def test_results_follow_the_items_and_each_item_has_a_thread_of_its_own():
+def test_results_follow_the_items_and_run_off_the_main_thread():
     seen: list[int] = []
 
     def work(offset: int, item: int) -> int:
@@ -20,8 +23,7 @@ def test_results_follow_the_items_and_each_item_has_a_thread_of_its_own():
         return item + offset
 
     assert ThreadExecutor(2).map(work, list(range(7)), 10) == list(range(10, 17))
-    assert threading.main_thread().ident not in seen
-    assert len(seen) == 7
+    assert threading.main_thread().ident not in seen and len(seen) == 7
 
 
 def test_at_most_workers_items_run_at_once():
@@ -67,3 +69,15 @@ def test_rewrites_on_worker_threads_leave_the_collector_on():
     with _collector_paused():
         assert not gc.isenabled()  # the main thread's rewrite pauses it
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_session_outputs_own_their_memory():
+    """An array onnxruntime returns is a view on its session's arena and keeps the arena alive; the
+    sensitivity analysis holds a batch of configurations' outputs at once, so it keeps copies."""
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (outputs,) = run_session(model, [{"x": x}])
+    assert outputs[0].flags.owndata and np.array_equal(outputs[0], 2 * x)
