@@ -13,6 +13,10 @@ of the scored output with FP32's.
     python benchmarks/compare_quantizers.py MODELS_DIR [--only PATTERN] [--threads 2] [--runs 30] [--seconds 3]
         [--configs qcompiler,ort_default,ort_u8s8_rr] [--calibration mse] [--work DIR] [--results DIR]
 
+``--configs`` also takes the transformer quantizers of ``quantizers.TRANSFORMER_CONFIGS`` (dynamic int8,
+weight-only int8 and int4 as MatMulNBits, qcompiler's and onnxruntime's), e.g. for all-mpnet-base-v2:
+``--only all_mpnet_base_v2 --configs qcompiler,ort_default,qcompiler_dynamic,ort_dynamic,qcompiler_w8,ort_w8,...``.
+
 Writes ``RESULTS/compare_quantizers.json`` and ``.md``, RESULTS defaulting to
 ``benchmarks/results/<cpu>-<cores>c-<threads>t/``: runs on other machines, or with other thread counts,
 land in their own folder. The candidates stay in ``--work`` (default ``~/.cache/qcompiler-bench/work``).
@@ -138,8 +142,8 @@ def markdown(results: dict, configs: list[str]) -> str:
              f"onnxruntime {info['onnxruntime']}, {results['threads']} threads, qcompiler calibration "
              f"{results['qcompiler_calibration']}, suite wall time {results['wall_s'] / 60:.1f} min", "",
              "| model | quantizer | compile s | compile peak MB | QuantizeLinear nodes | size MB | latency ms (median) "
-             "| speedup vs FP32 | task metric | SQNR dB vs FP32 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| speedup vs FP32 | task metric | SQNR dB vs FP32 | cosine to FP32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in results["models"].items():
         for key in ["fp32", *configs]:
             row = entry.get(key)
@@ -147,14 +151,14 @@ def markdown(results: dict, configs: list[str]) -> str:
                 continue
             if "latency_ms" not in row:
                 lines.append(f"| {name} | {key} | {_cell(row.get('compile_s'), 2)} | "
-                             f"{_cell(row.get('compile_peak_mb'), 1)} | error: {row['error'][:80]} | | | | | |")
+                             f"{_cell(row.get('compile_peak_mb'), 1)} | error: {row['error'][:80]} | | | | | | |")
                 continue
             task = row.get("task", {})
             metric = "" if not task else (f"error: {task['error'][:60]}" if "error" in task
                                           else f"{task['headline']} {task[task['headline']]:.3f}")
             cells = [name, key, _cell(row.get("compile_s"), 2), _cell(row.get("compile_peak_mb"), 1),
                      str(row.get("quantize_nodes", "")), f"{row['size_mb']:.3f}", f"{row['latency_ms']['median']:.3f}",
-                     f"{row['speedup']:.2f}x", metric, sqnr(task)]
+                     f"{row['speedup']:.2f}x", metric, sqnr(task), _cell(task.get("cos_mean"), 4)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -175,7 +179,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, help="default: benchmarks/results/<cpu>-<cores>c-<threads>t")
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
-    unknown = sorted(set(configs) - set(quantizers.CONFIGS))
+    unknown = sorted(set(configs) - set(quantizers.ALL_CONFIGS))
     names = list_models(args.models_dir, args.only)
     if unknown or not names:
         parser.error(f"unknown quantizer(s) {unknown}" if unknown else f"no model with calibration feeds in "

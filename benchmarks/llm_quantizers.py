@@ -8,10 +8,11 @@ What each method does with the tied output projection (the export holds the embe
 ``Gather`` table of ``embed_tokens`` and, constant-folded, its transpose as the initializer of the last
 ``MatMul``, the lm_head, 49152 x 576): every method quantizes every ``MatMul`` with a constant weight,
 the lm_head included, with the row's bits and block (NNCF with ``all_layers=True``, which it needs to
-treat the first and last layer like the others instead of keeping them at its 8-bit backup precision);
-the embedding ``Gather`` stays float32 for every method (onnxruntime quantizes ``Gather`` only in its
-DEFAULT method at 4 bits, as ``GatherBlockQuantized``; NNCF and qcompiler leave it alone here), so the
-size ratio counts a float embedding table in every row alike.
+treat the first and last layer like the others instead of keeping them at its 8-bit backup precision).
+The embedding ``Gather`` stays float32 in onnxruntime's and NNCF's rows (onnxruntime quantizes ``Gather``
+only in its DEFAULT method at 4 bits, as ``GatherBlockQuantized``); qcompiler quantizes it with the row's
+bits and block (``GatherBlockQuantized``) unless the method ends in :data:`FLOAT_EMBEDDINGS`
+(``--exclude Gather``), so its size ratio counts a quantized table and the others a float one.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from pathlib import Path
 import numpy as np
 
 ORT_METHODS = ("ort_default", "ort_rtn", "ort_k_quant", "ort_hqq", "ort_gptq")
-QC_METHODS = ("qc_rtn", "qc_hqq", "qc_awq", "qc_gptq", "qc_rtn_fzp", "qc_hqq_fzp", "qc_awq_fzp", "qc_gptq_fzp")
 FLOAT_ZERO_POINTS = "_fzp"
 """The suffix of a qcompiler method run with float zero points (``--float-zero-points``): ``qc_hqq_fzp``."""
+FLOAT_EMBEDDINGS = "_embf"
+"""The last suffix of a qcompiler method that keeps the embedding table float (``--exclude Gather``), as
+onnxruntime's and NNCF's rows do: ``qc_gptq_fzp_embf``."""
+QC_METHODS = tuple(f"qc_{algorithm}{zero}{table}" for table in ("", FLOAT_EMBEDDINGS) for zero in ("", FLOAT_ZERO_POINTS)
+                   for algorithm in ("rtn", "hqq", "awq", "gptq"))
 METHODS = (*ORT_METHODS, "nncf_awq", *QC_METHODS)
 
 
@@ -96,13 +101,16 @@ def nncf_awq(src: str, dst: str, bits: int, block: int, symmetric: bool, calib: 
 def qcompiler_weight_only(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool,
                           calib: str) -> dict:
     """qcompiler's ``weight-only`` pipeline (output as MatMulNBits), with float zero points for a method
-    named with :data:`FLOAT_ZERO_POINTS`."""
+    named with :data:`FLOAT_ZERO_POINTS`, the embedding table float for one named with :data:`FLOAT_EMBEDDINGS`."""
     import qcompiler
 
+    float_embeddings = method.endswith(FLOAT_EMBEDDINGS)
+    method = method.removesuffix(FLOAT_EMBEDDINGS)
     algorithm = method.removeprefix("qc_").removesuffix(FLOAT_ZERO_POINTS)
     qcompiler.compile(src, dst, pipeline="weight-only", calib=calib if algorithm in ("awq", "gptq") else None,
                       weight_bits=bits, block_size=block, symmetric=symmetric, weight_method=algorithm,
-                      weight_format="matmulnbits", float_zero_points=method.endswith(FLOAT_ZERO_POINTS))
+                      weight_format="matmulnbits", float_zero_points=method.endswith(FLOAT_ZERO_POINTS),
+                      exclude=["Gather"] if float_embeddings else [])
     return {}
 
 

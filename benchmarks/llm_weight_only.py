@@ -64,7 +64,8 @@ def _rows() -> list[Row]:
     """Every candidate: 4 bits at block 128 and 32, symmetric and asymmetric, where the method offers it
     (onnxruntime's k-quant and HQQ always store a zero point: asymmetric only), and 2 bits, the lowest
     width below 4 that onnxruntime's MatMulNBits runs (its quantizer accepts 2, 4 and 8 bits only). qcompiler's
-    methods with float zero points (``_fzp``, asymmetric only) are the form of onnxruntime's HQQ."""
+    methods with float zero points (``_fzp``, asymmetric only) are the form of onnxruntime's HQQ; at 2 bits they
+    also run with the embedding table float (``_embf``), as onnxruntime's and NNCF's rows keep it."""
     grid = [(block, symmetric) for block in (128, 32) for symmetric in (True, False)]
     rows = []
     for method in ("ort_default", "ort_rtn", "ort_gptq", "nncf_awq", "qc_rtn", "qc_hqq", "qc_awq", "qc_gptq"):
@@ -76,6 +77,8 @@ def _rows() -> list[Row]:
     rows += [Row("ort_hqq", 2, block, False) for block in (128, 32)]
     for method in ("qc_rtn_fzp", "qc_hqq_fzp", "qc_awq_fzp", "qc_gptq_fzp"):
         rows += [Row(method, bits, block, False) for bits in (4, 2) for block in (128, 32)]
+    for method in ("qc_hqq_fzp_embf", "qc_awq_fzp_embf", "qc_gptq_fzp_embf", "qc_gptq_embf"):
+        rows += [Row(method, 2, block, False) for block in (128, 32)]
     return rows
 
 
