@@ -30,8 +30,8 @@ CONFIGS = ("qcompiler", "ort_default", "ort_u8s8_rr")
 WEIGHT_ONLY = {"w8": {"bits": 8, "block_size": 128, "symmetric": True, "method": "rtn"},
                "w4": {"bits": 4, "block_size": 32, "symmetric": False, "method": "gptq"}}
 """The weight-only settings of the ``*_w8`` and ``*_w4`` configs."""
-TRANSFORMER_CONFIGS = ("qcompiler_int8_transformer", "qcompiler_dynamic", "ort_dynamic", "qcompiler_w8", "ort_w8", "qcompiler_w4", "ort_w4",
-                       "qcompiler_w4_int8act", "ort_w4_int8act")
+TRANSFORMER_CONFIGS = ("qcompiler_int8_transformer", "qcompiler_dynamic", "ort_dynamic", "qcompiler_w8", "ort_w8",
+                       "qcompiler_w4", "ort_w4", "qcompiler_w4_int8act", "ort_w4_int8act")
 ALL_CONFIGS = CONFIGS + TRANSFORMER_CONFIGS
 
 
@@ -100,7 +100,6 @@ def compile_model(config: str, model: str, calib: str, output: str, calibration:
     return {"ort_preprocess": done}
 
 
-
 def compile_transformer(config: str, model: Path, calib: Path, output: Path, threads: int) -> dict:
     """One of ``TRANSFORMER_CONFIGS``: static int8-transformer, dynamic int8, or weight-only int8/int4 as
     MatMulNBits."""
@@ -133,8 +132,9 @@ def compile_transformer(config: str, model: Path, calib: Path, output: Path, thr
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(model)), bits=weights["bits"], block_size=weights["block_size"],
-                                     is_symmetric=weights["symmetric"], accuracy_level=4 if int8_activations else None)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(output), use_external_data_format=False)
+    ort_quantizer = MatMulNBitsQuantizer(onnx.load(str(model)), bits=weights["bits"], block_size=weights["block_size"],
+                                         is_symmetric=weights["symmetric"],
+                                         accuracy_level=4 if int8_activations else None)
+    ort_quantizer.process()
+    ort_quantizer.model.save_model_to_file(str(output), use_external_data_format=False)
     return {"method": "rtn"}
