@@ -27,8 +27,8 @@ FLOAT_ZERO_POINTS = "_fzp"
 FLOAT_EMBEDDINGS = "_embf"
 """The last suffix of a qcompiler method that keeps the embedding table float (``--exclude Gather``), as
 onnxruntime's and NNCF's rows do: ``qc_gptq_fzp_embf``."""
-QC_METHODS = tuple(f"qc_{algorithm}{zero}{table}" for table in ("", FLOAT_EMBEDDINGS) for zero in ("", FLOAT_ZERO_POINTS)
-                   for algorithm in ("rtn", "hqq", "awq", "gptq"))
+QC_METHODS = tuple(f"qc_{algorithm}{zero}{table}" for table in ("", FLOAT_EMBEDDINGS)
+                   for zero in ("", FLOAT_ZERO_POINTS) for algorithm in ("rtn", "hqq", "awq", "gptq"))
 METHODS = (*ORT_METHODS, "nncf_awq", *QC_METHODS)
 
 
