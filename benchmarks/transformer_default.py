@@ -1,13 +1,14 @@
 """The model-aware default (``auto``) against ``int8-transformer`` and FP32 on transformer models.
 
 For each model: compile with each pipeline exactly as ``qcompiler compile MODEL -o OUT --calib DIR``
-does with no other flag (so the latency guard is on), timing the compile (wall and process CPU
+does with no other flag (so the latency guard is on; ``NAME:size`` adds ``--objective size``, which keeps
+the quantized model whatever the guard would measure), timing the compile (wall and process CPU
 seconds); score the task metric and the agreement with FP32 (cosine); and measure onnxruntime latency
 of FP32 and every result side by side (2 threads, alternating rounds, median) on the first calibration
 feed, reported as the ratio FP32 / candidate.
 
     python benchmarks/transformer_default.py [--realmodels /root/realmodels] [--models MODELS_DIR]
-        [--only minilm_l6,ocr_rec_ppocrv4,all_mpnet_base_v2] [--pipelines auto,int8-transformer]
+        [--only minilm_l6,ocr_rec_ppocrv4,all_mpnet_base_v2] [--pipelines auto,auto:size,int8-transformer]
         [--onnxruntime-dynamic] [--json OUT]
 
 ``minilm_l6`` and ``ocr_rec_ppocrv4`` come from the realmodels kit (``--realmodels``), scored by its
@@ -49,11 +50,15 @@ ORT_DYNAMIC = {"ort-dynamic": {}, "ort-dynamic-per-channel": {"per_channel": Tru
 
 
 def compile_timed(source: Path, output: Path, pipeline: str, calib: Path) -> dict:
-    """Compile as the CLI does with only ``--pipeline`` and ``--calib``; the seconds and what the passes decided."""
+    """Compile as the CLI does with only ``--pipeline`` and ``--calib`` (and ``--objective`` for a spec
+    ``NAME:OBJECTIVE``); the seconds and what the passes decided."""
+    name, _, objective = pipeline.partition(":")
     wall, cpu = time.perf_counter(), time.process_time()
-    model = qcompiler.compile(source, output, pipeline=pipeline, calib=calib)
+    model = qcompiler.compile(source, output, pipeline=name, calib=calib, **({"objective": objective} if objective
+                                                                           else {}))
     reports = model.plan.reports
     return {"compile_s": round(time.perf_counter() - wall, 1), "compile_cpu_s": round(time.process_time() - cpu, 1),
+            "pipeline": reports.get("pipeline"), "dynamic_screen": reports.get("dynamic_screen"),
             "structure": reports.get("structure"), "latency_guard": reports.get("latency_guard"),
             "calibrate_search": {k: v for k, v in (reports.get("calibrate_search") or {}).items() if k != "errors"}}
 
@@ -93,7 +98,7 @@ def run_model(name: str, source: Path, calib: Path, eval_dir: Path | None, pipel
               ort_variants: dict[str, dict]) -> dict:
     outputs, row = {}, {"model": name, "pipelines": {}}
     for pipeline in [*pipelines, *ort_variants]:
-        out = work / pipeline / f"{name}.onnx"
+        out = work / pipeline.replace(":", "-") / f"{name}.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"{name}: compiling with {pipeline}", file=sys.stderr, flush=True)
         row["pipelines"][pipeline] = (ort_dynamic(source, out, ort_variants[pipeline]) if pipeline in ort_variants
@@ -137,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--realmodels", type=Path, default=Path("/root/realmodels"))
     parser.add_argument("--models", type=Path, help="the folder benchmarks/models.py wrote all_mpnet_base_v2 into")
     parser.add_argument("--only", default="minilm_l6,ocr_rec_ppocrv4,all_mpnet_base_v2")
-    parser.add_argument("--pipelines", default="auto,int8-transformer")
+    parser.add_argument("--pipelines", default="auto,auto:size,int8-transformer",
+                        help="named pipelines, each NAME or NAME:OBJECTIVE (latency, the default, or size)")
     parser.add_argument("--onnxruntime-dynamic", action="store_true", help="add quantize_dynamic's variants")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "qcompiler-transformer-default")
     parser.add_argument("--json", type=Path)

@@ -11,10 +11,12 @@ compile`` prints them).
 from __future__ import annotations
 
 from dataclasses import field
+from typing import Any
 
 from onnx import TensorProto
 
-from qcompiler.assignment import OTHER_FLOAT_TYPES, assign, assign_dynamic, excluded
+from qcompiler.assignment import OTHER_FLOAT_TYPES, assign, assign_dynamic, dynamic_layers, excluded
+from qcompiler.dynamic_screen import token_sqnr
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import Model, Node
 from qcompiler.ops import lookup
@@ -49,17 +51,33 @@ class AssignPrecision(Pass):
 
 @register_pass("assign-dynamic")
 class AssignDynamic(Pass):
-    """Dynamic int8: quantize the MatMul/Gemm layers' weights; their inputs are quantized at run time."""
+    """Dynamic int8: quantize the MatMul/Gemm layers' weights; their inputs are quantized at run time.
+
+    With calibration ``data``, a layer whose typical token's output SQNR under dynamic int8 is below
+    ``min_token_sqnr_db`` stays float (``qcompiler.dynamic_screen``: outlier tokens set the run's range);
+    the measurements are kept in ``model.plan.reports["dynamic_screen"]``.
+    """
 
     target: str = "x86-avx2"
     exclude: list[str] = field(default_factory=list)
     per_channel: bool = True
+    data: Any = None
+    min_token_sqnr_db: float = 20.0
     provides = ("plan", "ranges")  # dynamic activations need no range
     invalidates = ("qdq",)
 
     def call(self, model: Model) -> PassResult:
         target = get_target(self.target)
-        count = assign_dynamic(model, target, list(self.exclude), self.per_channel and target.per_channel)
+        per_channel = self.per_channel and target.per_channel
+        layers = dynamic_layers(model, list(self.exclude))
+        if self.data is not None and layers:
+            measured = token_sqnr(model, layers, self.data, target, per_channel)
+            kept_float = [n for n in layers if measured[n] < self.min_token_sqnr_db]
+            model.plan.reports["dynamic_screen"] = {
+                "min_token_sqnr_db": self.min_token_sqnr_db, "layers": len(layers),
+                "float": [{"layer": n.name or n.outputs[0].name, "token_sqnr_db": round(measured[n], 1)} for n in kept_float]}
+            layers = [n for n in layers if n not in kept_float]
+        count = assign_dynamic(model, target, layers, per_channel)
         _report(model, count, list(self.exclude))
         return PassResult(model, count > 0)
 

@@ -9,7 +9,8 @@ with every convolution quantized, measured by ``benchmarks/compare_quantizers.py
 ``keep-float-reference`` keeps the float model (after canonicalization) aside as a
 :class:`~qcompiler.ir.SavedModel` (serialized, or past 256 MB a scratch file with external data, so a
 large model is not held twice in memory), which is what onnxruntime needs; ``latency-guard``,
-at the end of the pipeline, measures both in onnxruntime on one calibration feed (the two models
+at the end of the pipeline, measures both in onnxruntime on one calibration feed (its first sample
+when a float run of the whole feed takes over a second: ``qcompiler.latency.latency_feed``; the two models
 alternate over ``rounds`` rounds, each round at least ``runs`` runs and ``min_seconds / rounds`` per model,
 ``threads`` intra-op threads, 0 = onnxruntime's default; the median of all runs counts) and,
 when the quantized model is not at least ``min_speedup`` times as fast, restores the float model.
@@ -25,7 +26,7 @@ from typing import Any
 
 from qcompiler.calibration import model_inputs, open_calibration
 from qcompiler.ir import Model, SavedModel, onnxruntime_model
-from qcompiler.latency import measure_latencies
+from qcompiler.latency import latency_feed, measure_latencies
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -67,6 +68,7 @@ class LatencyGuard(Pass):
         reference = model.plan.float_reference
         model.plan.float_reference = None
         feed = next(iter(open_calibration(self.data, model_inputs(model))))
+        feed, whole_feed_seconds = latency_feed(reference.source, feed, threads=self.threads)
         with onnxruntime_model(model) as quantized_model:
             models = [reference.source, quantized_model]
             floating, quantized = measure_latencies(models, feed, threads=self.threads, runs=self.runs,
@@ -78,7 +80,8 @@ class LatencyGuard(Pass):
                 speedup = floating.median_ms / quantized.median_ms
         keep = speedup >= self.min_speedup
         model.plan.reports["latency_guard"] = {"float_ms": floating.median_ms, "int8_ms": quantized.median_ms,
-                                       "speedup": speedup, "kept": "int8" if keep else "float"}
+                                               "speedup": speedup, "kept": "int8" if keep else "float",
+                                               "first_sample_only": whole_feed_seconds is not None}
         if keep:
             return PassResult(model, False)
         restore(model, reference, "float reference")

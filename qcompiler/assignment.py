@@ -156,41 +156,26 @@ DYNAMIC_LAYERS = ("MatMul", "Gemm")
 on PP-OCR's direction classifier; older releases lacked the u8 x s8 ConvInteger kernel altogether)."""
 
 
-def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel: bool) -> int:
-    """Start ``model``'s plan for dynamic quantization; returns the number of quantized layers.
+def dynamic_layers(model: Model, exclude: list[str]) -> list[Node]:
+    """The layers dynamic int8 quantizes: every MatMul and Gemm with a constant float32 weight (the linear
+    layers, attention projections included) that ``exclude`` does not keep float.
 
-    Every MatMul and Gemm with a constant float32 weight (the linear layers, attention projections
-    included) gets the target's dynamic weight spec (``Target.dynamic_weight_scheme``), and its
-    activation input the target's dynamic scheme (``DynamicQuantizeLinear``: uint8, asymmetric, per
-    tensor, the range taken from the tensor on every run). Outputs stay float, so nothing needs a range
-    and no calibration data is read. MatMuls of two activations (attention scores) stay float, as in
-    onnxruntime's dynamic quantizer: their second input would need a run-time quantization of its own
-    and their kernels gain little.
-
-    A Conv layer that is not excluded is a user error: dynamic quantization has no fast convolution
-    kernel (:data:`DYNAMIC_LAYERS`), so the message points to static quantization, or to ``--exclude
-    Conv`` to quantize the linear layers alone.
+    MatMuls of two activations (attention scores) stay float, as in onnxruntime's dynamic quantizer: their
+    second input would need a run-time quantization of its own and their kernels gain little. A Conv
+    layer that is not excluded is a user error: dynamic quantization has no fast convolution kernel
+    (:data:`DYNAMIC_LAYERS`), so the message points to static quantization, or to ``--exclude Conv`` to
+    quantize the linear layers alone.
     """
-    plan = model.plan
-    plan.start(target)
-    scheme = target.dynamic_activation_scheme
-    convolutions = []
+    layers, convolutions = [], []
     for node in model.graph:
         if node.domain not in ("", "ai.onnx") or excluded(node, exclude):
             continue
         facts = lookup(node)
         if facts.role != "layer" or not _weighted_eligible(node, facts):
             continue
-        weight = node.inputs[facts.weight_input]
-        if weight.const is None:  # a MatMul of two activations (attention scores)
+        if node.inputs[facts.weight_input].const is None:  # a MatMul of two activations (attention scores)
             continue
-        if node.op_type not in DYNAMIC_LAYERS:
-            convolutions.append(node)
-            continue
-        axis = weight_axis(node, weight.const) if per_channel else None
-        weight.quant = target.dynamic_weight_scheme(per_channel=axis is not None).spec_for(weight.const, axis)
-        plan.quantize_node(node)
-        plan.needs_range(node.inputs[0], scheme)
+        (layers if node.op_type in DYNAMIC_LAYERS else convolutions).append(node)
     if convolutions:
         kinds = sorted({n.op_type for n in convolutions})
         first = convolutions[0]
@@ -200,4 +185,28 @@ def assign_dynamic(model: Model, target: Target, exclude: list[str], per_channel
             f"dynamic kernel for them (its dynamic ConvInteger runs slower than float). Use static quantization "
             f"(--pipeline int8 with --calib DATA), or keep them float and quantize the MatMul/Gemm layers alone with "
             + " ".join(f"--exclude {k}" for k in kinds))
+    return layers
+
+
+def dynamic_weight_spec(node: Node, target: Target, per_channel: bool) -> QuantSpec:
+    """The spec of a dynamic layer's weight: the target's dynamic weight scheme, per output channel or not."""
+    weight = node.inputs[lookup(node).weight_input].const
+    axis = weight_axis(node, weight) if per_channel else None
+    return target.dynamic_weight_scheme(per_channel=axis is not None).spec_for(weight, axis)
+
+
+def assign_dynamic(model: Model, target: Target, layers: list[Node], per_channel: bool) -> int:
+    """Start ``model``'s plan for dynamic quantization of ``layers`` (:func:`dynamic_layers`); returns their number.
+
+    Each layer's weight gets the target's dynamic weight spec (``Target.dynamic_weight_scheme``), and its
+    activation input the target's dynamic scheme (``DynamicQuantizeLinear``: uint8, asymmetric, per
+    tensor, the range taken from the tensor on every run). Outputs stay float, so nothing needs a range
+    and no calibration data is read.
+    """
+    plan = model.plan
+    plan.start(target)
+    for node in layers:
+        node.inputs[lookup(node).weight_input].quant = dynamic_weight_spec(node, target, per_channel)
+        plan.quantize_node(node)
+        plan.needs_range(node.inputs[0], target.dynamic_activation_scheme)
     return len(plan.layers)

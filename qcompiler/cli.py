@@ -116,9 +116,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         load_plugin(module)
     check_output_path(args.model, args.output, args.overwrite)
     options = CompileOptions.from_args(args)
-    pipeline = resolve(args.pipeline, options)
+    resolve(args.pipeline, options)  # options the pipeline does not take are refused before the model is read
     start = time.perf_counter()
     model = ir.load(args.model)
+    pipeline = resolve(args.pipeline, options, model.graph)
     original_bytes = serialized_bytes(model)  # for the summary's sizes (not a second copy of the model)
     before = len(model.graph)
     instruments, timing = _run_instruments(args, len(pipeline.passes), model)
@@ -164,6 +165,9 @@ def _print_reports(model: ir.Model) -> None:
               + (f"its scales kept on {kept['kept']} values, {len(kept['calibrated'])} calibrated, "
                  f"{kept['given_unused']} of its quantized values left float" if kept else
                  "re-quantized from the recovered float weights (--keep-qdq-scales keeps its scales)"))
+    chosen = reports.get("pipeline")
+    if chosen:
+        print(f"pipeline: {chosen['name']} -> {chosen['chosen']}: {chosen['reason']}")
     for region in reports.get("structure", []):
         print(f"structure: {region['treatment']} treatment for {region['nodes']} nodes ({region['reason']})")
     assigned = reports.get("assign_precision", {})
@@ -172,6 +176,13 @@ def _print_reports(model: ir.Model) -> None:
     if assigned.get("other_float_layers"):
         print(f"warning: {len(assigned['other_float_layers'])} layer(s) compute in float16/bfloat16/float64 and stay "
               f"unquantized (qcompiler quantizes float32 layers)")
+    screen = reports.get("dynamic_screen")
+    if screen:
+        low = ", ".join(f"{row['layer']} {row['token_sqnr_db']:.1f} dB" for row in screen["float"][:8])
+        more = f" and {len(screen['float']) - 8} more" if len(screen["float"]) > 8 else ""
+        print(f"dynamic screen: {len(screen['float'])} of {screen['layers']} linear layers kept float (typical token's "
+              f"output SQNR under {screen['min_token_sqnr_db']:g} dB: outlier tokens set the run's range)"
+              + (f": {low}{more}" if low else ""))
     check = reports.get("check_kernels")
     if check and "skipped" in check:
         print(f"kernels ({check['target']}): {check['skipped']}; not checked against the simulation")
@@ -187,8 +198,8 @@ def _print_reports(model: ir.Model) -> None:
         print(format_report(placement))
     guard = reports.get("latency_guard")
     if guard:
-        print(f"latency on this CPU: float {guard['float_ms']:.3g} ms, int8 {guard['int8_ms']:.3g} ms "
-              f"({guard['speedup']:.2f}x): kept {guard['kept']}"
+        print(f"latency on this CPU{' (first sample of the first feed)' if guard.get('first_sample_only') else ''}: "
+              f"float {guard['float_ms']:.3g} ms, int8 {guard['int8_ms']:.3g} ms ({guard['speedup']:.2f}x): kept {guard['kept']}"
               + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
 
 

@@ -19,6 +19,38 @@ class Latency:
     threads: int
 
 
+def latency_feed(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int = 2,
+                 slow_seconds: float = 1.0) -> tuple[dict[str, np.ndarray], float | None]:
+    """The feed a compile-time latency comparison runs: ``feed``, or its first sample when one run of
+    ``model`` on the whole feed takes over ``slow_seconds`` (then also that run's seconds, else None).
+
+    A large encoder on a batched calibration feed (all-mpnet-base-v2 on 8 x 128 tokens: 2.8 s a run on
+    two cores) would otherwise spend minutes of a compile on timing runs. One sample keeps the shapes
+    per sample, and the comparison is a ratio of two models on the same feed. Only a feed whose inputs
+    all share their first dimension (the batch) is cut; the model must then accept the cut feed, which
+    one run checks, else the whole feed is kept.
+    """
+    from .bench.session import open_session
+
+    batch = {v.shape[0] if v.ndim else None for v in feed.values()}
+    if len(batch) != 1 or (size := batch.pop()) is None or size < 2:
+        return feed, None
+    session = open_session(model, threads)
+    names = {i.name for i in session.get_inputs()}
+    fed = {k: v for k, v in feed.items() if k in names}
+    start = time.perf_counter()
+    session.run(None, fed)
+    seconds = time.perf_counter() - start
+    if seconds <= slow_seconds:
+        return feed, None
+    sample = {k: v[:1] for k, v in feed.items()}
+    try:
+        session.run(None, {k: v for k, v in sample.items() if k in names})
+    except Exception:  # onnxruntime's errors share no base class: a fixed batch dimension, say
+        return feed, None
+    return sample, seconds
+
+
 def measure_latency(model: bytes | str, feeds: dict[str, np.ndarray], *, threads: int = 2,
                     runs: int = 20) -> Latency:
     """Latency of one model: one warm-up run, then the median of ``runs`` runs."""

@@ -34,20 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PipelineConfigError, UserError
+from .ir import Graph
 from .options import RESOURCES, CompileOptions
 from .pass_manager import Pass, default_registry
-from .structure import CONVOLUTIONAL, TRANSFORMER
+from .structure import CONVOLUTIONAL, CUT_OPS, TRANSFORMER, recognize
 from .targets import get_target
 
 PipelineFunction = Callable[[CompileOptions], list[Pass]]
+Chooser = Callable[[CompileOptions, Graph], tuple[str, str]]
 
 
 @dataclass(frozen=True)
 class NamedPipeline:
-    """A registered pipeline: the function that builds its passes and the options it honours."""
+    """A registered pipeline: the function that builds its passes, the options it honours and, for a
+    model-aware name (``auto``), the chooser that names the pipeline it stands for on a given model."""
 
     function: PipelineFunction
     honours: frozenset[str]
+    choose: Chooser | None = None
 
     @property
     def summary(self) -> str:
@@ -61,9 +65,11 @@ STATIC_INT8_OPTIONS = ("calib", "target", "calibration", "percentile", "per_tens
                        "threads", "latency_cache", "sensitivity_threshold", "metric", "keep_qdq_scales")
 
 
-def named_pipeline(name: str, honours: tuple[str, ...] = ()) -> Callable[[PipelineFunction], PipelineFunction]:
+def named_pipeline(name: str, honours: tuple[str, ...] = (), choose: Chooser | None = None
+                   ) -> Callable[[PipelineFunction], PipelineFunction]:
     """Register ``function(options) -> passes`` under ``name`` (an error if taken), honouring the
-    :class:`CompileOptions` fields in ``honours``."""
+    :class:`CompileOptions` fields in ``honours``; ``choose(options, graph) -> (name, why)``, when given,
+    names the registered pipeline ``name`` stands for on a model (its own name: ``function``)."""
 
     def decorate(function: PipelineFunction) -> PipelineFunction:
         if name in NAMED_PIPELINES:
@@ -71,7 +77,7 @@ def named_pipeline(name: str, honours: tuple[str, ...] = ()) -> Callable[[Pipeli
         unknown = set(honours) - set(CompileOptions.__dataclass_fields__)
         if unknown:
             raise PipelineConfigError(f"pipeline {name!r} honours unknown option(s) {sorted(unknown)}")
-        NAMED_PIPELINES[name] = NamedPipeline(function, frozenset(honours))
+        NAMED_PIPELINES[name] = NamedPipeline(function, frozenset(honours), choose)
         return function
 
     return decorate
@@ -206,9 +212,42 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
     ]
 
 
-@named_pipeline("auto", honours=STATIC_INT8_OPTIONS)
+STATIC_ONLY_OPTIONS = ("calibration", "percentile", "latency_cache", "sensitivity_threshold", "metric",
+                       "keep_qdq_scales")
+"""The options of ``auto`` that only its static int8 form takes (``dynamic`` honours the others)."""
+
+
+def choose_auto(options: CompileOptions, graph: Graph) -> tuple[str, str]:
+    """What ``auto`` stands for on ``graph``, and why: ``dynamic`` for a transformer-only model, itself otherwise.
+
+    A model made of transformer blocks alone (``qcompiler.structure`` finds attention or LayerNorms, and
+    there is no convolution) gets dynamic int8: its linear layers' inputs carry a few outlier channels
+    whose per-tensor static ranges round most values to zero, while run-time ranges follow each input
+    (``benchmarks/results/transformer_default.md`` measures both on MiniLM-L6 and all-mpnet-base-v2), and
+    it compiles in seconds; with calibration data the layers whose inputs are outlier-dominated stay float
+    (``dynamic``). An option that only static int8 takes (a range method, a sensitivity threshold, given
+    Q/DQ scales) keeps the static form, as do models with convolutions (one static treatment per region).
+    """
+    transformer = [r for r in recognize(graph) if r.treatment == TRANSFORMER]
+    if not transformer:
+        return "auto", ""
+    convolutions = sum(node.op_type in CUT_OPS for node in graph)
+    if convolutions:
+        return "auto", (f"static int8 by region: {convolutions} convolution(s) beside the transformer blocks "
+                        "(dynamic int8 is for MatMul/Gemm only)")
+    static = sorted(options.changed() & set(STATIC_ONLY_OPTIONS))
+    if static:
+        asked = ", ".join(CompileOptions.describe(o) for o in static)
+        return "auto", f"static int8: {asked} given, which only static int8 takes"
+    blocks = "; ".join(r.reason for r in transformer)
+    return "dynamic", (f"dynamic int8: transformer blocks only ({blocks}), no convolution; activation ranges "
+                       "taken at run time")
+
+
+@named_pipeline("auto", honours=STATIC_INT8_OPTIONS, choose=choose_auto)
 def auto(options: CompileOptions) -> list[Pass]:
-    """The default: ``int8-transformer``'s treatment in the transformer blocks, ``int8``'s everywhere else.
+    """The default: ``dynamic`` for transformer-only models (:func:`choose_auto`); for the others (and as a
+    TOML ``include``) ``int8-transformer``'s treatment in the transformer blocks, ``int8``'s everywhere else.
 
     ``recognize-structure`` finds the regions (attention, LayerNorms; ``qcompiler.structure``) and the
     region-aware passes act on them: in transformer regions SmoothQuant, MSE weight clipping, float
@@ -250,15 +289,16 @@ def dynamic(options: CompileOptions) -> list[Pass]:
     a ``DynamicQuantizeLinear`` (uint8, the range of every run's tensor); ``lower-dynamic-matmul`` writes
     them as ``MatMulInteger -> Cast -> Mul``, which onnxruntime fuses into ``DynamicQuantizeMatMul`` and
     ``MatMulIntegerToFloat`` (``benchmarks/dynamic_minilm.py`` compares the forms). Conv layers are
-    refused unless excluded (``--exclude Conv``). ``calib`` is optional: given, the latency guard
-    measures on its first feed (``objective="latency"``); without it nothing is measured and the result
-    stays quantized.
+    refused unless excluded (``--exclude Conv``). ``calib`` is optional: given, the layers whose typical
+    token's output SQNR under dynamic int8 is below 20 dB stay float (``qcompiler.dynamic_screen``: outlier
+    tokens set the run's range) and the latency guard measures on its first feed
+    (``objective="latency"``); without it nothing is measured and every linear layer is quantized.
     """
     from qcompiler import passes as lib
 
     passes = [lib.GemmToMatMul(),
               lib.AssignDynamic(target=get_target(options.target).name, exclude=list(options.exclude),
-                                per_channel=not options.per_tensor),
+                                per_channel=not options.per_tensor, data=options.calib),
               lib.InsertQDQ(),
               lib.FoldQuantizedWeights(),
               lib.LowerDynamicMatMul()]
@@ -361,15 +401,20 @@ class Pipeline:
     verify: str = "each"
     source: str = ""
     honours: frozenset[str] = frozenset()
+    chosen: str = ""  # for a model-aware name: the pipeline it stood for on the model
+    reason: str = ""  # ... and why
 
 
-def resolve(spec: str, options: CompileOptions | None = None) -> Pipeline:
-    """The pipeline ``spec`` (a named pipeline or a TOML file) for ``options``; options that were set but
+def resolve(spec: str, options: CompileOptions | None = None, graph: Graph | None = None) -> Pipeline:
+    """The pipeline ``spec`` (a named pipeline or a TOML file) for ``options``, and for the model
+    ``graph`` when given (a model-aware name such as ``auto`` then chooses); options that were set but
     that the pipeline does not honour are a user error."""
     options = options or CompileOptions()
     if spec in NAMED_PIPELINES:
         named = NAMED_PIPELINES[spec]
-        pipeline = Pipeline(named.function(options), source=spec, honours=named.honours)
+        chosen, reason = named.choose(options, graph) if named.choose and graph is not None else (spec, "")
+        pipeline = Pipeline(NAMED_PIPELINES[chosen].function(options), source=spec, honours=named.honours,
+                            chosen=chosen, reason=reason)
     else:
         path = Path(spec)
         if path.suffix != ".toml" and not path.exists():

@@ -162,3 +162,19 @@ def test_cli_compile_of_a_float16_model_says_it_upcasts(tmp_path, capsys):
     written = onnx.load(tmp_path / "o.onnx")
     assert written.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert any(n.op_type == "QuantizeLinear" for n in written.graph.node)
+
+
+@pytest.mark.parametrize("batch", ["N", "4"])
+def test_latency_feed_cuts_a_slow_batched_feed_to_its_first_sample_where_the_model_takes_it(batch):
+    from qcompiler.latency import latency_feed
+
+    proto = onnx.parser.parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[{batch},8] x) => (float[{batch},8] y) {{ y = Relu(x) }}""").SerializeToString()
+    feed = {"x": np.ones((4, 8), np.float32)}
+    assert latency_feed(proto, feed, slow_seconds=60.0) == (feed, None)  # fast: the whole feed
+    cut, seconds = latency_feed(proto, feed, slow_seconds=0.0)
+    if batch == "N":
+        assert cut["x"].shape == (1, 8) and seconds > 0
+    else:  # a fixed batch dimension refuses one sample: the whole feed is kept
+        assert cut is feed and seconds is None

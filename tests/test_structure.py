@@ -201,3 +201,40 @@ def test_a_region_restricted_pass_without_regions_is_a_pipeline_order_error(name
     fields = {"region": TRANSFORMER, **({"data": _feeds(model)} if name == "smoothquant" else {})}
     with pytest.raises(PipelineOrderError, match="regions"):
         build_pass(name, fields, {})(model)
+
+
+def _token_feeds(model: ir.Model, count: int = 2) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    return [{"x": rng.standard_normal((2, 6, D)).astype(np.float32)} for _ in range(count)]
+
+
+def test_auto_chooses_dynamic_int8_for_a_transformer_only_model_and_says_why():
+    model = compile_model(encoder_model(), calib=_token_feeds(encoder_model()), objective="size")
+    chosen = model.plan.reports["pipeline"]
+    assert chosen["name"] == "auto" and chosen["chosen"] == "dynamic"
+    assert "transformer blocks only (1 attention block" in chosen["reason"] and "no convolution" in chosen["reason"]
+    ops = [n.op_type for n in model.graph]
+    assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops and "QuantizeLinear" not in ops
+    assert model.plan.reports["dynamic_screen"]["layers"] == 6  # q, k, v, output, FFN in and out
+
+
+def test_auto_without_calibration_data_compiles_a_transformer_only_model():
+    model = compile_model(encoder_model(), objective="size")
+    assert model.plan.reports["pipeline"]["chosen"] == "dynamic" and "dynamic_screen" not in model.plan.reports
+
+
+@pytest.mark.parametrize("option", [{"calibration": "percentile"}, {"sensitivity_threshold": 0.01}])
+def test_auto_keeps_static_int8_when_an_option_only_static_int8_takes_is_given(option):
+    model = encoder_model()
+    compiled = compile_model(model, calib=_feeds(model), objective="size", **option)
+    chosen = compiled.plan.reports["pipeline"]
+    assert chosen["chosen"] == "auto" and "only static int8 takes" in chosen["reason"]
+    assert [r["treatment"] for r in compiled.plan.reports["structure"]] == [TRANSFORMER]
+    assert "DynamicQuantizeLinear" not in [n.op_type for n in compiled.graph]
+
+
+def test_auto_on_a_model_with_convolutions_and_transformer_blocks_stays_static_and_says_why():
+    model = mixed_model()
+    compiled = compile_model(model, calib=_feeds(model), objective="size")
+    assert compiled.plan.reports["pipeline"]["chosen"] == "auto"
+    assert "2 convolution(s) beside the transformer blocks" in compiled.plan.reports["pipeline"]["reason"]

@@ -177,3 +177,31 @@ def test_cli_refuses_conv_with_exit_2_and_compiles_without_calib(tmp_path, capsy
     assert not output.exists()
     assert main(["compile", str(source), "-o", str(output), "--pipeline", "dynamic", "--exclude", "Conv", "-q"]) == 0
     assert "MatMulInteger" in {n.op_type for n in onnx.load(output).graph.node}
+
+
+def test_dynamic_with_calibration_keeps_float_the_layer_whose_input_has_outlier_tokens():
+    """One token with a value 1000 times the others' sets the run's range: the other tokens of ``u`` round
+    to the zero point, so ``b``'s typical token is mostly error; ``a`` reads an ordinary input."""
+    rng = np.random.default_rng(5)
+    inits = ", ".join(tensor_text(k, rng.normal(0, 0.3, (32, 16)).astype(np.float32)) for k in ("w1", "w2"))
+    model = parse(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N,32] x, float[N,32] u) => (float[N,16] a, float[N,16] b) <{inits}> {{
+        a = MatMul (x, w1)
+        b = MatMul (u, w2)
+    }}""")
+    feeds = []
+    for _ in range(3):
+        x, u = rng.standard_normal((64, 32)).astype(np.float32), rng.standard_normal((64, 32)).astype(np.float32)
+        u[0, 3] = 1000.0
+        feeds.append({"x": x, "u": u})
+    compiled = qcompiler.compile(model, None, pipeline="dynamic", target="x86-vnni", calib=feeds, objective="size")
+    screen = compiled.plan.reports["dynamic_screen"]
+    assert screen["layers"] == 2 and [row["layer"] for row in screen["float"]] == ["b"]
+    assert screen["float"][0]["token_sqnr_db"] < 10
+    readers = {n.outputs[0].name: n.op_type for n in compiled.graph}
+    assert readers["b"] == "MatMul" and readers["a"] != "MatMul"  # a: MatMulInteger -> Cast -> Mul
+    ordinary = [{"x": f["x"], "u": f["x"]} for f in feeds]
+    compiled = qcompiler.compile(model, None, pipeline="dynamic", target="x86-vnni", calib=ordinary,
+                                objective="size")
+    assert compiled.plan.reports["dynamic_screen"]["float"] == []
