@@ -62,7 +62,7 @@ class AssignDynamic(Pass):
     exclude: list[str] = field(default_factory=list)
     per_channel: bool = True
     data: Any = None
-    min_token_sqnr_db: float = 20.0
+    min_token_sqnr_db: float = 25.0
     provides = ("plan", "ranges")  # dynamic activations need no range
     invalidates = ("qdq",)
 

@@ -290,7 +290,7 @@ def dynamic(options: CompileOptions) -> list[Pass]:
     them as ``MatMulInteger -> Cast -> Mul``, which onnxruntime fuses into ``DynamicQuantizeMatMul`` and
     ``MatMulIntegerToFloat`` (``benchmarks/dynamic_minilm.py`` compares the forms). Conv layers are
     refused unless excluded (``--exclude Conv``). ``calib`` is optional: given, the layers whose typical
-    token's output SQNR under dynamic int8 is below 20 dB stay float (``qcompiler.dynamic_screen``: outlier
+    token's output SQNR under dynamic int8 is below 25 dB stay float (``qcompiler.dynamic_screen``: outlier
     tokens set the run's range) and the latency guard measures on its first feed
     (``objective="latency"``); without it nothing is measured and every linear layer is quantized.
     """
