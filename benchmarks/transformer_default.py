@@ -89,7 +89,7 @@ def realmodels_scores(models_dir: Path, candidate: Path, name: str) -> dict:
 def task_scores(models: dict[str, Path], eval_dir: Path) -> dict[str, dict]:
     results = tasks.evaluate(models, eval_dir, threads=2)
     metric = results["fp32"]["headline"]
-    return {key: {"metric": metric, "fp32": results["fp32"][metric], "value": r.get(metric), "cosine": r.get("cosine"),
+    return {key: {"metric": metric, "fp32": results["fp32"][metric], "value": r.get(metric), "cosine": r.get("cos_mean"),
                   **({"error": r["error"]} if "error" in r else {})}
             for key, r in results.items() if key != "fp32"}
 
