@@ -246,8 +246,10 @@ def choose_auto(options: CompileOptions, graph: Graph) -> tuple[str, str]:
 
 @named_pipeline("auto", honours=STATIC_INT8_OPTIONS, choose=choose_auto)
 def auto(options: CompileOptions) -> list[Pass]:
-    """The default: ``dynamic`` for transformer-only models (:func:`choose_auto`); for the others (and as a
-    TOML ``include``) ``int8-transformer``'s treatment in the transformer blocks, ``int8``'s everywhere else.
+    """The default, chosen by model: ``dynamic`` if transformer-only, else static int8 region by region.
+
+    :func:`choose_auto` picks ``dynamic`` for transformer-only models. For the others (and as a TOML
+    ``include``): ``int8-transformer``'s treatment in the transformer blocks, ``int8``'s everywhere else.
 
     ``recognize-structure`` finds the regions (attention, LayerNorms; ``qcompiler.structure``) and the
     region-aware passes act on them: in transformer regions SmoothQuant, MSE weight clipping, float
