@@ -75,7 +75,8 @@ class AssignDynamic(Pass):
             kept_float = [n for n in layers if measured[n] < self.min_token_sqnr_db]
             model.plan.reports["dynamic_screen"] = {
                 "min_token_sqnr_db": self.min_token_sqnr_db, "layers": len(layers),
-                "float": [{"layer": n.name or n.outputs[0].name, "token_sqnr_db": round(measured[n], 1)} for n in kept_float]}
+                "float": [{"layer": n.name or n.outputs[0].name, "token_sqnr_db": round(measured[n], 1)}
+                          for n in kept_float]}
             layers = [n for n in layers if n not in kept_float]
         count = assign_dynamic(model, target, layers, per_channel)
         _report(model, count, list(self.exclude))

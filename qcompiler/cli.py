@@ -198,8 +198,9 @@ def _print_reports(model: ir.Model) -> None:
         print(format_report(placement))
     guard = reports.get("latency_guard")
     if guard:
-        print(f"latency on this CPU{' (first sample of the first feed)' if guard.get('first_sample_only') else ''}: "
-              f"float {guard['float_ms']:.3g} ms, int8 {guard['int8_ms']:.3g} ms ({guard['speedup']:.2f}x): kept {guard['kept']}"
+        where = " (first sample of the first feed)" if guard.get("first_sample_only") else ""
+        print(f"latency on this CPU{where}: float {guard['float_ms']:.3g} ms, int8 {guard['int8_ms']:.3g} ms "
+              f"({guard['speedup']:.2f}x): kept {guard['kept']}"
               + ("" if guard["kept"] == "int8" else " (use --objective size to keep int8 anyway)"))
 
 

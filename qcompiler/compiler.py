@@ -3,7 +3,8 @@
 The Python API behind ``qcompiler compile``. Its keyword options are the fields of
 :class:`qcompiler.options.CompileOptions` (checked when given); it builds the pipeline once (the named
 ``auto`` pipeline by default, which chooses by the model's structure: ``dynamic`` for transformer-only
-models, else ``int8-transformer``'s treatment in transformer blocks and ``int8``'s elsewhere; or a TOML file whose passes may name ``"@name"`` resources), refuses
+models, else ``int8-transformer``'s treatment in transformer blocks and ``int8``'s elsewhere; or a
+TOML file whose passes may name ``"@name"`` resources), refuses
 options the pipeline does not honour, runs it with verification after every pass, and writes the
 result atomically without touching the input. Calibration data is checked against the model's
 inputs before any pass runs.
@@ -76,12 +77,12 @@ def compile(  # noqa: A001 - the natural name of the API
     options = options or CompileOptions(**fields)
     if output is not None:
         check_output_path(None if isinstance(model, ir.Model) else model, output, overwrite)
-    if not isinstance(pipeline, Pipeline):
+    given = pipeline if isinstance(pipeline, Pipeline) else None
+    if given is None:
         resolve(pipeline, options)  # options the pipeline does not take are refused before the model is read
     if not isinstance(model, ir.Model):
         model = ir.load(model)
-    if not isinstance(pipeline, Pipeline):
-        pipeline = resolve(pipeline, options, model.graph)
+    pipeline = given or resolve(pipeline, options, model.graph)  # a model-aware name chooses now
     if options.calib is not None:  # data that does not fit the model is refused before any work
         check_calibration(options.calib, model_inputs(model))
     with using(executor_for(executor)):

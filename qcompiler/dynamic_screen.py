@@ -9,8 +9,9 @@ Activations in Large Language Models"). They set the range of the whole run: the
 other tokens' values, which round to the zero point, so those tokens' outputs are mostly error. The
 layer's SQNR over the whole tensor hides it, because the outlier tokens dominate its energy.
 
-So each layer is measured per token. Over the first ``feeds`` calibration feeds, for up to ``rows`` rows ``x`` (tokens: the
-input's last axis holds the K input channels) of each feed, sampled evenly, the relative output error
+So each layer is measured per token. Over the first ``feeds`` calibration feeds, for up to ``rows``
+rows ``x`` of each feed (tokens: the input's last axis holds the K input channels), sampled evenly,
+the relative output error
 
     e(x) = ||Q(x) Ŵ - x W||² / ||x W||²
 

@@ -24,8 +24,8 @@ def latency_feed(model: bytes | str, feed: dict[str, np.ndarray], *, threads: in
     """The feed a compile-time latency comparison runs: ``feed``, or its first sample when one run of
     ``model`` on the whole feed takes over ``slow_seconds`` (then also that run's seconds, else None).
 
-    A large encoder on a batched calibration feed (all-mpnet-base-v2 on 8 x 128 tokens: 2.8 s a run on
-    two cores) would otherwise spend minutes of a compile on timing runs. One sample keeps the shapes
+    A large encoder on a batched calibration feed would otherwise spend minutes of a compile on timing
+    runs (``benchmarks/results/transformer_default.md``). One sample keeps the shapes
     per sample, and the comparison is a ratio of two models on the same feed. Only a feed whose inputs
     all share their first dimension (the batch) is cut; the model must then accept the cut feed, which
     one run checks, else the whole feed is kept.
