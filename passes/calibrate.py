@@ -56,5 +56,6 @@ class Calibrate(Pass):
             with onnxruntime_model(model) as source:  # a path for a model near 2 GB: no second copy in memory
                 observers = collect(source, names, open_calibration(self.data, inputs),
                                     make_observer_factory(self.method, percentile=self.percentile))
-        plan.set_ranges({v: observers[v.name].compute_range() for v in pending})
+        plan.set_ranges({v: observers[v.name].compute_range() for v in pending},
+                        {v: observers[v.name].extremes() for v in pending})
         return PassResult(model, True)

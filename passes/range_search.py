@@ -186,7 +186,8 @@ class CalibrateSearch(Pass):
         data = open_calibration(self.data, model_inputs(model))
         if not searched:  # nothing to search: calibrate with the fixed method
             observers = collect(to_proto(model), names, data, fixed)
-            plan.set_ranges({v: observers[v.name].compute_range() for v in pending})
+            plan.set_ranges({v: observers[v.name].compute_range() for v in pending},
+                            {v: observers[v.name].extremes() for v in pending})
             plan.reports["calibrate_search"] = {"searched": 0, "method": self.method}
             return PassResult(model, True)
         fit, held = _split(data, self.holdout)
@@ -211,7 +212,7 @@ class CalibrateSearch(Pass):
         for name in searched:
             observers[name].merge(held_observers[name])
         plan.set_ranges({v: ranges[v.name] if v.name in ranges else candidate_range(observers[v.name], best)
-                         for v in pending})
+                         for v in pending}, {v: observers[v.name].extremes() for v in pending})
         plan.reports["calibrate_search"] = {"best": best, "errors": errors, "searched": len(searched),
                                             "method": self.method}
         return PassResult(model, True)

@@ -43,7 +43,7 @@ from onnx import TensorProto
 
 from .errors import UnsupportedModelError
 from .ir import Graph, Model, Node, QuantSpec, Value, quantize, verify
-from .ir.quant import min_opset, qdq_attributes, quantize_biases, spec_of_qdq
+from .ir.quant import SIXTEEN_BIT, min_opset, qdq_attributes, quantize_biases, spec_of_qdq
 from .ir.external_data import release_pages
 from .ir.rewrite import bypass_all, insert_after_producer
 from .ops import lookup
@@ -102,8 +102,9 @@ def insert_dynamic(graph: Graph, value: Value, layers: Collection[Node]) -> Valu
 
 def _int32_bias(node: Node) -> tuple[int, QuantSpec, QuantSpec] | None:
     """(bias input index, input spec, weight spec) when ``node``'s bias can become int32: an op with a bias
-    input (Conv, Gemm), a constant bias of rank 1 or less, a per-tensor input spec and a per-tensor or
-    per-channel weight spec."""
+    input (Conv, Gemm), a constant bias of rank 1 or less, a per-tensor 8-bit input spec and a per-tensor or
+    per-channel weight spec. A 16-bit input keeps its float bias: no fused integer kernel reads it, and
+    ``s_input · s_weight`` is then so small that a bias of a few units overflows int32."""
     op = lookup(node)
     if op.bias_input is None or len(node.inputs) <= op.bias_input or node.inputs[op.bias_input] is None:
         return None
@@ -111,7 +112,7 @@ def _int32_bias(node: Node) -> tuple[int, QuantSpec, QuantSpec] | None:
     x_spec, w_spec = x.quant, w.quant
     if b.const is None or x_spec is None or w_spec is None or b.const.ndim > 1:
         return None
-    if x_spec.granularity != "tensor" or w_spec.granularity == "block":
+    if x_spec.granularity != "tensor" or w_spec.granularity == "block" or x_spec.dtype in SIXTEEN_BIT:
         return None
     return op.bias_input, x_spec, w_spec
 
@@ -145,7 +146,6 @@ def add_int32_biases(graph: Graph, nodes: Iterable[Node]) -> int:
     return len(layers)
 
 
-SIXTEEN_BIT = (TensorProto.INT16, TensorProto.UINT16)
 MS = "com.microsoft"
 
 

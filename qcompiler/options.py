@@ -59,6 +59,11 @@ class CompileOptions:
         None, "--sensitivity-threshold", "keep in float the layers whose int8 error does not fit T: the mean over "
         "outputs of ||y_int8 - y_fp32||^2 / ||y_fp32||^2 on calibration feeds (0: outputs identical to the input "
         "model; start with 0.005, an output SQNR of 23 dB); default: all int8", type=float, metavar="T")
+    int16: bool | None = _option(
+        None, "--int16", "with --sensitivity-threshold: a layer int8 cannot keep may take 16-bit activations "
+        "(A16W8: int8 weights, so a smaller file than float) before it stays float; on CPU targets such a layer "
+        "computes in float, so it is not faster (default: only where the target runs 16 bits fast)",
+        action="store_const", const=True)
     metric: Any = field(default=None, metadata={"help": "with sensitivity_threshold, an error callback "
                                                         "metric(reference, outputs) -> float (Python only)"})
     keep_qdq_scales: bool = _option(False, "--keep-qdq-scales", "a model that already has Q/DQ nodes (QAT, another "
@@ -109,6 +114,11 @@ class CompileOptions:
             raise UserError(f"sensitivity threshold must be a number >= 0, not {threshold!r}")
         if self.metric is not None and threshold is None:
             raise UserError("a metric is only used with a sensitivity threshold")
+        if self.int16 is not None and not isinstance(self.int16, bool):
+            raise UserError(f"int16 must be True or False, not {self.int16!r}")
+        if self.int16 and threshold is None:
+            raise UserError("int16 (16-bit activations where int8 is too lossy) needs a sensitivity threshold: "
+                            "give --sensitivity-threshold T")
         self._check_weight_only()
 
     def _check_weight_only(self) -> None:
@@ -154,7 +164,8 @@ class CompileOptions:
 RESOURCES = {"calibration": "calib", "target": "target", "method": "calibration", "percentile": "percentile",
              "per_tensor": "per_tensor", "exclude": "exclude", "objective": "objective", "threads": "threads",
              "latency_cache": "latency_cache",
-             "sensitivity_threshold": "sensitivity_threshold", "metric": "metric", "bits": "weight_bits",
+             "sensitivity_threshold": "sensitivity_threshold", "metric": "metric", "int16": "int16",
+             "bits": "weight_bits",
              "block_size": "block_size", "symmetric": "symmetric"}
 """TOML resource names (``data = "@calibration"``) -> the option they read."""
 

@@ -62,7 +62,7 @@ class NamedPipeline:
 NAMED_PIPELINES: dict[str, NamedPipeline] = {}
 
 STATIC_INT8_OPTIONS = ("calib", "target", "calibration", "percentile", "per_tensor", "exclude", "objective",
-                       "threads", "latency_cache", "sensitivity_threshold", "metric", "keep_qdq_scales")
+                       "threads", "latency_cache", "sensitivity_threshold", "metric", "int16", "keep_qdq_scales")
 
 
 def named_pipeline(name: str, honours: tuple[str, ...] = (), choose: Chooser | None = None
@@ -150,7 +150,7 @@ def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False
     return [lib.KeepOriginalModel()], [lib.MixedPrecision(
         data=options.calib, threshold=options.sensitivity_threshold, metric=options.metric,
         exclude=list(options.exclude), per_channel=not options.per_tensor, float_linear_outputs=float_linear_outputs,
-        region=region)]
+        region=region, int16=options.int16)]
 
 
 def _calibrate(options: CompileOptions) -> Pass:
@@ -212,7 +212,7 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
     ]
 
 
-STATIC_ONLY_OPTIONS = ("calibration", "percentile", "latency_cache", "sensitivity_threshold", "metric",
+STATIC_ONLY_OPTIONS = ("calibration", "percentile", "latency_cache", "sensitivity_threshold", "metric", "int16",
                        "keep_qdq_scales")
 """The options of ``auto`` that only its static int8 form takes (``dynamic`` honours the others)."""
 

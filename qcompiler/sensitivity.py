@@ -2,14 +2,17 @@
 
 A *layer* is a node ``assign-precision`` quantizes that has an int8 kernel of its own (Conv, MatMul,
 Gemm, Add, Concat, pooling); pass-through ops and absorbed activations follow the layers around
-them. A *configuration* is the set of layers kept in float. :class:`Evaluator` builds the model of a
-configuration by running the project's own precision assignment with those layers excluded (so
-every configuration is one the compiler could emit: no float islands inside an int8 region), gives
-each quantized value the spec calibrated for the all-int8 model (ranges come from the float model,
-so they do not depend on the configuration), inserts Q/DQ and runs it in onnxruntime with graph
-optimizations off: the *simulated* (fake-quant) numerics, as ONNX Runtime's ``qdq_loss_debug`` and
-AIMET's QuantSim measure them. One configuration costs one onnxruntime session and one run per feed;
-results are cached by the set of nodes that end up quantized.
+them. A *configuration* (:class:`Configuration`) is the set of layers kept in float, and the set of
+layers whose activations are 16-bit (A16W8: the activation inputs of such a layer get the target's
+16-bit scheme over the extremes calibration observed, its weights stay int8). :class:`Evaluator`
+builds the model of a configuration by running the project's own precision assignment with the float
+layers excluded (so every configuration is one the compiler could emit: no float islands inside an
+int8 region), gives each quantized value the spec calibrated for the all-int8 model (ranges come from
+the float model, so they do not depend on the configuration), widens the 16-bit ones, inserts Q/DQ and
+runs it in onnxruntime with graph optimizations off: the *simulated* (fake-quant) numerics, as ONNX
+Runtime's ``qdq_loss_debug`` and AIMET's QuantSim measure them. One configuration costs one onnxruntime
+session and one run per feed; results are cached by the set of nodes that end up quantized and the 16-bit
+layers among them.
 
 Every session runs on one onnxruntime thread (:data:`qcompiler.scaleout.SESSION_THREADS`: the same
 numbers on any machine), and the parallelism comes from evaluating independent configurations at once:
@@ -43,7 +46,8 @@ import numpy as np
 import onnx
 
 from .assignment import assign
-from .ir import Model, QuantSpec, SavedModel, to_proto
+from .ir import Model, QuantSpec, SavedModel, Value, to_proto
+from .ir.quant import SIXTEEN_BIT
 from .scaleout import SESSION_THREADS, ThreadExecutor, session_options, usable_cpus
 from .lowering import lower
 from .ops import lookup
@@ -116,15 +120,35 @@ def name_nodes(model: Model) -> bool:
     return renamed
 
 
+@dataclass(frozen=True)
+class Configuration:
+    """The precision of every layer: those in ``float_layers`` stay float, those in ``wide_layers`` read
+    16-bit activations (with int8 weights), the others run int8."""
+
+    float_layers: frozenset[str] = frozenset()
+    wide_layers: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, configuration: Configuration | Iterable[str]) -> Configuration:
+        """A :class:`Configuration` as given, or the one that keeps the named layers float."""
+        return configuration if isinstance(configuration, Configuration) else cls(frozenset(configuration))
+
+
 @dataclass
 class Evaluation:
-    """One evaluated configuration: the layers kept float, the nodes quantized, the error measures and
-    the size of the model as the compiler writes it (bytes, integer weights stored)."""
+    """One evaluated configuration: the layers kept float, the nodes quantized, the error measures, the
+    size of the model as the compiler writes it (bytes, integer weights stored) and the layers that read
+    16-bit activations."""
 
     float_layers: frozenset[str]
     quantized_nodes: frozenset[str]
     errors: dict[str, float]
     size: int
+    wide_layers: frozenset[str] = frozenset()
+
+    @property
+    def configuration(self) -> Configuration:
+        return Configuration(self.float_layers, self.wide_layers)
 
 
 @dataclass
@@ -142,7 +166,9 @@ class Evaluator:
         weights: elements of the constant weight of every weighted node, by node name.
         workers: configurations measured at once on this process's threads when no scale-out executor
             is in scope (default: the CPUs this process may use).
-        cache: evaluations by the set of nodes quantized; keys: that set by set of float layers asked for.
+        cache: evaluations by their key (:meth:`key`); keys: that key by
+            :class:`Configuration` asked for.
+        observed: the extremes calibration observed, by value name (``QuantPlan.observed``): 16-bit specs.
         remote: a scale-out executor's handle on this evaluator's state (:mod:`qcompiler.scaleout.sensitivity`).
     """
 
@@ -155,8 +181,9 @@ class Evaluator:
     metric: Metric | None = None
     weights: dict[str, int] = field(default_factory=dict)
     workers: int = field(default_factory=usable_cpus)
-    cache: dict[frozenset[str], Evaluation] = field(default_factory=dict)
-    keys: dict[frozenset[str], frozenset[str]] = field(default_factory=dict)
+    cache: dict[tuple[frozenset[str], frozenset[str]], Evaluation] = field(default_factory=dict)
+    keys: dict[Configuration, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
+    observed: dict[str, tuple[float, float]] = field(default_factory=dict)
     evaluations: int = 0
     remote: Any = field(default=None, repr=False)
 
@@ -184,24 +211,36 @@ class Evaluator:
         weights = {n.name: int(n.inputs[1].const.size) for n in base.graph
                    if lookup(n).role == "layer" and len(n.inputs) > 1 and n.inputs[1] is not None
                    and n.inputs[1].const is not None}
-        return cls(base, specs, dict(assign_options), list(exclude), [], [], None, weights)
+        return cls(base, specs, dict(assign_options), list(exclude), [], [], None, weights,
+                   observed=dict(model.plan.observed))
 
     @functools.cached_property
     def threads(self) -> ThreadExecutor:
         """The local path's executor: ``workers`` threads of this process."""
         return ThreadExecutor(self.workers)
 
-    def build(self, float_layers: Iterable[str]) -> Model:
-        """The configuration's model: assignment with ``float_layers`` excluded, calibrated specs, no Q/DQ yet."""
+    def build(self, configuration: Configuration | Iterable[str]) -> Model:
+        """The configuration's model (a :class:`Configuration`, or the layers kept float): assignment with
+        the float layers excluded, calibrated specs, the 16-bit ones widened, no Q/DQ yet."""
+        configuration = Configuration.of(configuration)
         model = self.base.clone()
-        patterns = self.exclude + [glob.escape(name) for name in float_layers]
+        patterns = self.exclude + [glob.escape(name) for name in configuration.float_layers]
         assign(model, exclude=patterns, **self.assign_options)
         ranged = {*model.plan.pending, *model.plan.shares}
         for value in model.graph.values():
             marked = value.quant is not None or value in ranged
             value.quant = self.specs.get(value.name) if marked else None
         model.plan.pending.clear()
+        if configuration.wide_layers:
+            widen(model, configuration.wide_layers, self.observed)
         return model
+
+    @staticmethod
+    def key(model: Model, configuration: Configuration) -> tuple[frozenset[str], frozenset[str]]:
+        """What the model :meth:`build` made of ``configuration`` is cached by: (the nodes quantized, the
+        quantized ones among the 16-bit layers); two configurations with the same key build the same model."""
+        quantized = frozenset(n.name for n in model.plan.layers)
+        return quantized, configuration.wide_layers & quantized
 
     def run(self, model: Model) -> tuple[Outputs, int]:
         """(outputs on the feeds, written size) of a model with specs and no Q/DQ yet (:func:`lower`ed here)."""
@@ -214,25 +253,27 @@ class Evaluator:
         self.evaluations += 1
         return error_measures(self.reference, outputs, self.metric), size
 
-    def evaluate(self, float_layers: Iterable[str]) -> Evaluation:
-        """Error of the configuration against the reference (cached by the nodes actually quantized)."""
-        float_layers = frozenset(float_layers)
-        quantized = self.keys.get(float_layers)
-        if quantized is None:
-            model = self.build(float_layers)
-            quantized = self.keys[float_layers] = frozenset(n.name for n in model.plan.layers)
-            if quantized not in self.cache:
-                self.cache[quantized] = Evaluation(float_layers, quantized, *self.measure(model))
-        cached = self.cache[quantized]
-        return Evaluation(float_layers, quantized, cached.errors, cached.size)
+    def evaluate(self, configuration: Configuration | Iterable[str]) -> Evaluation:
+        """Error of the configuration (a :class:`Configuration`, or the layers kept float) against the
+        reference (cached by :meth:`key`)."""
+        configuration = Configuration.of(configuration)
+        key = self.keys.get(configuration)
+        if key is None:
+            model = self.build(configuration)
+            key = self.keys[configuration] = self.key(model, configuration)
+            if key not in self.cache:
+                self.cache[key] = Evaluation(configuration.float_layers, key[0], *self.measure(model),
+                                             configuration.wide_layers)
+        cached = self.cache[key]
+        return Evaluation(configuration.float_layers, key[0], cached.errors, cached.size, configuration.wide_layers)
 
-    def evaluate_all(self, configurations: Iterable[Iterable[str]]) -> list[Evaluation]:
+    def evaluate_all(self, configurations: Iterable[Configuration | Iterable[str]]) -> list[Evaluation]:
         """:meth:`evaluate` of each configuration, in order. The configurations not known yet are first
         measured all at once, on the workers of the scale-out executor in scope
         (:func:`qcompiler.scaleout.current`) or else on ``workers`` threads of this process, and entered
         in the cache in the order given: the cache, ``evaluations`` and every result are the sequential
         loop's (:mod:`qcompiler.scaleout.sensitivity`)."""
-        configurations = [frozenset(c) for c in configurations]
+        configurations = [Configuration.of(c) for c in configurations]
         from .scaleout import current
         from .scaleout.sensitivity import prefetch
 
@@ -256,3 +297,49 @@ def layer_sensitivity(evaluator: Evaluator, layers: list[str], both: bool = True
             record["float_alone"] = next(evaluations).errors
         result[name] = record
     return result
+
+
+def widen(model: Model, layers: Iterable[str], observed: dict[str, tuple[float, float]]) -> list[Value]:
+    """Give the activations the quantized ``layers`` of ``model`` read (and the values sharing their spec
+    through pass-through ops) a 16-bit spec: the target's ``wide_activation_scheme`` over the extremes
+    calibration observed (with 65,536 levels the whole range costs less than any clipping), or over the
+    8-bit spec's range where none was observed. Returns the values widened (one quantizer per tensor: a
+    value read by an int8 layer too is 16-bit for both).
+
+    A weight the target limits to 7 bits (u8·s8 pairs that saturate an int16) gets all 8 bits over the
+    same range when only widened layers read it: no u8·s8 kernel reads a 16-bit activation."""
+    plan, names = model.plan, set(layers)
+    nodes = [node for node in model.graph if node.name in names and plan.is_quantized(node)]
+    for node in nodes:
+        index = lookup(node).weight_input
+        weight = node.inputs[index] if index is not None and index < len(node.inputs) else None
+        if weight is not None and weight.quant is not None and plan.target.reduces_weight_range([node]) \
+                and all(use.node.name in names for use in weight.uses()):
+            spec = weight.quant
+            reach = np.abs(spec.scale) * (spec.qmax // 2)  # a 7-bit symmetric grid reaches qmax // 2 steps
+            weight.quant = QuantSpec.from_range(-reach, reach, spec.dtype, symmetric=True, axis=spec.axis)
+    roots: dict[Value, None] = {}
+    for node in nodes:
+        for value in node.inputs:
+            if value is not None and value.const is None and value.quant is not None:
+                while value in plan.shares:
+                    value = plan.shares[value]
+                roots[value] = None
+    sharing: dict[Value, list[Value]] = {}
+    for value in plan.shares:
+        root = value
+        while root in plan.shares:
+            root = plan.shares[root]
+        sharing.setdefault(root, []).append(value)
+    scheme = plan.target.wide_activation_scheme
+    widened = []
+    for root in roots:
+        if root.quant.dtype in SIXTEEN_BIT:
+            continue
+        lo, hi = observed.get(root.name) or root.quant.float_range()
+        spec = scheme.spec_from_range(lo, hi)
+        for value in (root, *sharing.get(root, ())):
+            if value.quant is not None:
+                value.quant = spec
+                widened.append(value)
+    return widened

@@ -2,7 +2,8 @@
 
 ``summarize`` reads a compiled (QDQ) model as written, so it also describes models compiled elsewhere:
 a layer runs in int8 when its activation input (and its weight, for a weighted op) comes from a
-``DequantizeLinear``, the pattern onnxruntime fuses into an integer kernel. The layers listed are the
+``DequantizeLinear``, the pattern onnxruntime fuses into an integer kernel; in int16 when one of those
+activations is stored in 16 bits (A16W8, chosen by ``mixed-precision``). The layers listed are the
 compute ops (those with a MAC count in :mod:`qcompiler.ops`: Conv, ConvTranspose, MatMul, Gemm, and
 MatMulInteger, which dynamic int8 writes) and the
 other ops some target runs in int8 (Add, Concat, pooling) when they are int8 or were decided on by
@@ -26,6 +27,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .ir import Model, Node, Value, onnxruntime_model
+from .ir.quant import SIXTEEN_BIT
 from .ir.serde import serialized_bytes
 from .ops import lookup
 from .targets import TARGETS
@@ -57,7 +59,8 @@ def _dequantized(value: Value | None) -> bool:
 
 def precision(node: Node) -> str:
     """``int8`` when the node reads every activation (and a weighted op its weight) through DequantizeLinear,
-    or is a compute op on 8-bit integers (MatMulInteger: dynamic int8)."""
+    or is a compute op on 8-bit integers (MatMulInteger: dynamic int8); ``int16`` when one of those
+    activations is 16-bit."""
     if node.inputs and node.inputs[0] is not None and node.inputs[0].dtype in EIGHT_BIT \
             and lookup(node).macs is not None:
         return "int8"
@@ -65,7 +68,9 @@ def precision(node: Node) -> str:
     activations = [v for v in inputs if _constant(_source(v)) is None]
     index = lookup(node).weight_input
     weight = index is None or len(inputs) <= index or _dequantized(node.inputs[index])
-    return "int8" if activations and weight and all(_dequantized(v) for v in activations) else "float"
+    if not (activations and weight and all(_dequantized(v) for v in activations)):
+        return "float"
+    return "int16" if any(_source(v).dtype in SIXTEEN_BIT for v in activations) else "int8"
 
 
 def parameters(node: Node) -> int:
@@ -138,9 +143,13 @@ def summarize(model: Model, feed: dict[str, np.ndarray], original: Model | int |
         record["macs_share"] = record["macs"] / total_macs if total_macs else 0.0
     int8_macs = sum(r["macs"] for r in records if r["precision"] == "int8")
     after = serialized_bytes(model)
+    int16_macs = sum(r["macs"] for r in records if r["precision"] == "int16")
     totals = {"layers": len(records), "int8_layers": sum(r["precision"] == "int8" for r in records),
               "macs": total_macs, "int8_macs_share": int8_macs / total_macs if total_macs else 0.0,
               "size_after": after}
+    if int16_macs:
+        totals.update(int16_layers=sum(r["precision"] == "int16" for r in records),
+                      int16_macs_share=int16_macs / total_macs)
     if original is not None:
         before = original if isinstance(original, int) else serialized_bytes(original)
         totals.update(size_before=before, compression=before / after)
@@ -176,6 +185,8 @@ def format_table(summary: dict[str, Any]) -> str:
     t = summary["totals"]
     text = (f"{t['int8_layers']}/{t['layers']} layers int8, {100 * t['int8_macs_share']:.1f}% of "
             f"{t['macs']:,} MACs in int8")
+    if "int16_layers" in t:
+        text += f", {t['int16_layers']} layers int16 ({100 * t['int16_macs_share']:.1f}% of MACs)"
     if "size_before" in t:
         text += f"; size {t['size_before']:,} -> {t['size_after']:,} bytes ({t['compression']:.2f}x)"
     if "predicted" in t:

@@ -78,6 +78,12 @@ class Target:
         pass_through_ops: ops that keep their input's quantization (default: the pass-through ops).
         absorbed_activations: activations folded into the quantization of the op before them (default:
             the absorbable ops).
+        wide_activation_dtype: ONNX element type of 16-bit activations (A16W8), which mixed precision may give
+            the layers int8 cannot keep.
+        wide_activations: what 16-bit activations buy here: ``"fast"`` (the runtime has 16-bit integer
+            kernels: an NPU's A16W8) or ``"accuracy"`` (onnxruntime's CPU kernels have none: such a layer
+            computes in float from its int8-stored weights; a smaller file than float, float's speed at best).
+            Mixed precision offers 16 bits by default only where they are fast (``MixedPrecision.int16``).
         accumulation: how the runtime sums u8·s8 products ("exact" or "avx2_pair_saturate").
         isa: the instruction set of the runtime's float Softmax/Erf kernels the executor reproduces
             (``"fma3"``, ``"avx512f"``, or None for the ONNX formula).
@@ -93,6 +99,8 @@ class Target:
     int8_ops: frozenset[str] = field(default_factory=lambda: ops_with("layer", "int8_op"))
     pass_through_ops: frozenset[str] = field(default_factory=lambda: ops_with("pass_through"))
     absorbed_activations: frozenset[str] = field(default_factory=lambda: ops_with("absorbable"))
+    wide_activation_dtype: int = TensorProto.UINT16
+    wide_activations: str = "accuracy"
     accumulation: str = "exact"
     isa: str | None = None
 
@@ -100,6 +108,11 @@ class Target:
     def activation_scheme(self) -> Scheme:
         """Static activations: asymmetric, per tensor, in the target's activation type."""
         return Scheme(self.activation_dtype, symmetric=False)
+
+    @property
+    def wide_activation_scheme(self) -> Scheme:
+        """16-bit activations (A16W8): asymmetric, per tensor, in ``wide_activation_dtype``."""
+        return Scheme(self.wide_activation_dtype, symmetric=False)
 
     @property
     def dynamic_activation_scheme(self) -> Scheme:

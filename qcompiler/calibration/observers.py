@@ -89,7 +89,8 @@ class Observer:
     def compute_range(self) -> tuple[float, float]:
         raise NotImplementedError
 
-    def _observed(self) -> tuple[float, float]:
+    def extremes(self) -> tuple[float, float]:
+        """The smallest and largest finite value seen; (0, 0) before any."""
         return (0.0, 0.0) if self.count == 0 else (float(self.lo), float(self.hi))
 
     def _finite_chunks(self, array: Any):
@@ -176,7 +177,7 @@ class MinMaxObserver(Observer):
 
     def compute_range(self) -> tuple[Any, Any]:
         if self.axis is None:
-            return self._observed()
+            return self.extremes()
         if self.channel_lo is None:
             return np.zeros(0), np.zeros(0)
         lo = np.where(np.isfinite(self.channel_lo), self.channel_lo, 0.0)  # all-NaN channel: (0, 0)
@@ -253,7 +254,7 @@ class StreamingHistogram(Observer):
         self.counts += counts
 
     def compute_range(self) -> tuple[float, float]:
-        return self._observed()
+        return self.extremes()
 
     # -- views of the counts the subclasses search over -------------------------------------------
 
@@ -320,7 +321,7 @@ class PercentileObserver(StreamingHistogram):
         self.lower = 100.0 - percentile if lower is None else lower
 
     def compute_range(self) -> tuple[float, float]:
-        lo, hi = self._observed()
+        lo, hi = self.extremes()
         if self.count == 0 or lo == hi:
             return lo, hi
         if self.symmetric:
@@ -447,7 +448,7 @@ class EntropyObserver(StreamingHistogram):
         return best * self.bin_width, candidates * self.bin_width, divergences
 
     def compute_range(self) -> tuple[float, float]:
-        lo, hi = self._observed()
+        lo, hi = self.extremes()
         if self.count == 0 or lo == hi:
             return lo, hi
         threshold = self.threshold()[0]
@@ -514,7 +515,7 @@ class MSEObserver(StreamingHistogram):
         return float(t[int(np.argmin(error))])
 
     def compute_range(self) -> tuple[float, float]:
-        lo, hi = self._observed()
+        lo, hi = self.extremes()
         if self.count == 0 or lo == hi:
             return lo, hi
         if self.symmetric:

@@ -63,6 +63,8 @@ class QuantPlan:
         regions: the model's regions and their treatments (``recognize-structure``); kept by :meth:`start`.
         given: the specs a QDQ input model carried, by value name (``ingest-qdq``; ``keep-qdq-scales``
             applies them); kept by :meth:`start`.
+        observed: the smallest and largest value each calibrated activation took, by value name (a
+            16-bit spec is made from them: with 65,536 levels the whole range costs less than clipping).
         reports: what passes measured and decided, by pass name, for people and the summary.
     """
 
@@ -78,6 +80,7 @@ class QuantPlan:
     batchnorm_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     regions: list[Region] = field(default_factory=list)
     given: dict[str, QuantSpec] = field(default_factory=dict)
+    observed: dict[str, tuple[float, float]] = field(default_factory=dict)
     reports: dict[str, Any] = field(default_factory=dict)
 
     # -- decisions -------------------------------------------------------------------------------
@@ -130,9 +133,12 @@ class QuantPlan:
         self.shares[value] = source
         self.pending.pop(value, None)
 
-    def set_ranges(self, ranges: Mapping[Value, tuple[Any, Any]]) -> None:
-        """Give every pending activation its spec from its observed range, then every sharing value its
-        source's spec. A pending activation without a range is an error of the caller."""
+    def set_ranges(self, ranges: Mapping[Value, tuple[Any, Any]],
+                   observed: Mapping[Value, tuple[float, float]] | None = None) -> None:
+        """Give every pending activation its spec from its range (the one calibration chose), then every
+        sharing value its source's spec; ``observed``: the extremes each took, kept in :attr:`observed`.
+        A pending activation without a range is an error of the caller."""
+        self.observed.update({value.name: extremes for value, extremes in (observed or {}).items()})
         missing = [v.name for v in self.pending if v not in ranges]
         if missing:
             raise KeyError(f"no range for pending activation(s) {missing[:5]}")
@@ -155,7 +161,7 @@ class QuantPlan:
 
         copy = QuantPlan(self.target, lowered=self.lowered, float_reference=self.float_reference,
                          original_model=self.original_model, batchnorm_stats=dict(self.batchnorm_stats),
-                         given=dict(self.given), reports=dict(self.reports))
+                         given=dict(self.given), observed=dict(self.observed), reports=dict(self.reports))
         copy.regions = [Region(r.treatment, r.reason, {node(n): None for n in r.nodes if node(n) is not None})
                         for r in self.regions]
         copy.layers = {node(n): None for n in self.layers if node(n) is not None}

@@ -86,6 +86,9 @@ INTEGER_TYPES = {(2, True): TensorProto.INT2, (2, False): TensorProto.UINT2, (4,
                  (16, True): TensorProto.INT16, (16, False): TensorProto.UINT16}
 """(bits, signed) -> the ONNX integer type."""
 
+SIXTEEN_BIT = (TensorProto.INT16, TensorProto.UINT16)
+"""The 16-bit integer types (A16: activations that 8 bits cannot keep)."""
+
 
 def integer_type(bits: int, signed: bool) -> int:
     """The ONNX integer type of ``bits`` bits (2, 4, 8 or 16), signed or not."""
@@ -273,6 +276,12 @@ class QuantSpec:
     def symmetric(self) -> bool:
         """True when zero maps to the middle of the integer range (0 for signed types)."""
         return not self.float_zero_point and bool(np.all(np.asarray(self.zero_point, np.int64) == _middle(self.dtype)))
+
+    def float_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lowest, highest) float value the spec represents: ``(qmin - zp) · scale``, ``(qmax - zp) · scale``."""
+        zero_point = np.asarray(self.zero_point, np.float64)
+        ends = ((self.qmin - zero_point) * self.scale, (self.qmax - zero_point) * self.scale)
+        return np.minimum(*ends), np.maximum(*ends)  # a negative scale (full_range) swaps them
 
     def broadcast(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """(scale, zero point) shaped to broadcast against a tensor of ``shape``."""

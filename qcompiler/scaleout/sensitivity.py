@@ -28,11 +28,11 @@ from typing import Any
 import onnx
 
 from .. import ir
-from ..sensitivity import Evaluation, Evaluator, Outputs, error_measures
+from ..sensitivity import Configuration, Evaluation, Evaluator, Outputs, error_measures
 from . import Executor
 
 
-SHIPPED = ("specs", "assign_options", "exclude", "feeds", "weights")
+SHIPPED = ("specs", "assign_options", "exclude", "feeds", "weights", "observed")
 """The :class:`Evaluator` fields a worker gets as they are (the float model goes as ONNX bytes: the IR's
 linked node list is too deep for pickle)."""
 
@@ -66,14 +66,15 @@ class Replica:
 _BUILDING = threading.Lock()
 
 
-def measure(replica: Replica, float_layers: frozenset[str]) -> tuple[frozenset[str], Outputs, int]:
-    """One task: ``(nodes quantized, outputs, written size)`` of a configuration."""
+def measure(replica: Replica, configuration: Configuration
+            ) -> tuple[tuple[frozenset[str], frozenset[str]], Outputs, int]:
+    """One task: ``(cache key, outputs, written size)`` of a configuration (``Evaluator.key``)."""
     evaluator = replica.evaluator()
-    model = evaluator.build(float_layers)
-    return frozenset(n.name for n in model.plan.layers), *evaluator.run(model)
+    model = evaluator.build(configuration)
+    return evaluator.key(model, configuration), *evaluator.run(model)
 
 
-def prefetch(executor: Executor, evaluator: Evaluator, configurations: list[frozenset[str]]) -> None:
+def prefetch(executor: Executor, evaluator: Evaluator, configurations: list[Configuration]) -> None:
     """Measure the ``configurations`` ``evaluator`` does not know yet on ``executor``'s workers and enter
     them in its cache in the order given (see the module docstring)."""
     unknown = list(dict.fromkeys(c for c in configurations if c not in evaluator.keys))
@@ -83,9 +84,10 @@ def prefetch(executor: Executor, evaluator: Evaluator, configurations: list[froz
         replica = Replica.of(evaluator)
         evaluator.remote = (executor, executor.share(replica))
     results = executor.map(measure, unknown, evaluator.remote[1])
-    for float_layers, (quantized, outputs, size) in zip(unknown, results):
-        evaluator.keys[float_layers] = quantized
-        if quantized not in evaluator.cache:
+    for configuration, (key, outputs, size) in zip(unknown, results):
+        evaluator.keys[configuration] = key
+        if key not in evaluator.cache:
             errors = error_measures(evaluator.reference, outputs, evaluator.metric)
-            evaluator.cache[quantized] = Evaluation(float_layers, quantized, errors, size)
+            evaluator.cache[key] = Evaluation(configuration.float_layers, key[0], errors, size,
+                                              configuration.wide_layers)
             evaluator.evaluations += 1
