@@ -4,7 +4,9 @@ Runs after calibration (and mixed precision), before ``insert-qdq``: cuts every 
 (``qcompiler.placement``: partition, subgraphs, the paired test, the cache) out of the float and the
 all-int8 model, compares them on the real intermediate tensors of the first calibration feed, and
 rebuilds the plan with the slower regions' layers in float (the assignment the sensitivity search
-uses, so every result is one the compiler could emit). The measurements go to the latency cache
+uses, so every result is one the compiler could emit); when no region is kept and a float reference was
+kept before the quantization passes (``keep-float-reference`` before SmoothQuant, whose unfoldable scales
+are Muls a float model does not need), that reference is the result. The measurements go to the latency cache
 (``cache``; a comparison found there is reused), the decisions and the predicted latency to
 ``model.plan.reports["latency_placement"]``; the compile command prints the per-region table.
 """
@@ -29,6 +31,7 @@ from qcompiler.placement import (Comparison, LatencyCache, Region, choose, compa
                                  units, whole_model_ms)
 from qcompiler.sensitivity import Evaluator, name_nodes
 
+from .latency_guard import restore
 from .structure import require_regions
 
 
@@ -145,6 +148,10 @@ class LatencyPlacement(Pass):
             "seconds": time.perf_counter() - start}
         if not rejected:
             return PassResult(model, renamed)
+        if not chosen and plan.float_reference is not None:
+            restore(model, plan.float_reference, "float reference")
+            plan.reports["latency_placement"]["seconds"] = time.perf_counter() - start
+            return PassResult(model, True)
         built = evaluator.build(rejected)
         expected = {n.name for n in plan.layers} - set(rejected)  # (absorbed activations are layers too)
         if {n.name for n in built.plan.layers} != expected:

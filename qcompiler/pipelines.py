@@ -125,6 +125,18 @@ def _placement(options: CompileOptions, float_linear_outputs: bool = False, regi
                                  float_linear_outputs=float_linear_outputs, region=region)]
 
 
+def _smoothquant(options: CompileOptions, **smooth: Any) -> list[Pass]:
+    """SmoothQuant (none for a QDQ input that keeps its scales: they are of the unsmoothed activations),
+    after ``keep-float-reference`` when the objective is latency: when placement keeps no region int8, the
+    result is the float model without SmoothQuant's scales."""
+    from qcompiler import passes as lib
+
+    if options.keep_qdq_scales:
+        return []
+    reference = [lib.KeepFloatReference()] if options.objective == "latency" else []
+    return reference + [lib.SmoothQuant(data=options.calib, method=options.calibration, explicit=True, **smooth)]
+
+
 def _source() -> list[Pass]:
     """The passes that bring any source model to float32 without Q/DQ, first in every quantizing pipeline:
     float16/bfloat16 compute upcast (interface kept), a QDQ model's Q/DQ taken out (specs kept in the plan)."""
@@ -196,10 +208,8 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True)
-    smooth = [] if options.keep_qdq_scales else [  # given scales are of the unsmoothed activations
-        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True)]
     return _source() + first + canonicalize() + [
-        *smooth,
+        *_smoothquant(options, target=name),
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
                             float_linear_outputs=True),
         lib.SearchWeightRanges(),
@@ -262,12 +272,9 @@ def auto(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True, region=TRANSFORMER)
-    smooth = [] if options.keep_qdq_scales else [  # given scales are of the unsmoothed activations
-        lib.SmoothQuant(data=options.calib, method=options.calibration, target=name, explicit=True,
-                        region=TRANSFORMER)]
     return _source() + first + canonicalize() + [
         lib.RecognizeStructure(),
-        *smooth,
+        *_smoothquant(options, target=name, region=TRANSFORMER),
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
                             float_linear_outputs=True, region=TRANSFORMER),
         lib.SearchWeightRanges(region=TRANSFORMER),

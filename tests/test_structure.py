@@ -185,6 +185,30 @@ def test_auto_gives_each_region_its_treatment():
     assert cosine > 0.98
 
 
+def test_when_placement_keeps_no_region_int8_auto_gives_the_float_model_without_smoothquant_scales(tmp_path):
+    """SmoothQuant's scales that fold into no LayerNorm stay as Muls: a model placement leaves all float
+    would run them for nothing, so the result is the float model kept before them. The latency cache
+    decides: every region it holds is marked slower in int8."""
+    import json
+
+    cache = tmp_path / "latency.json"
+    model = mixed_model()
+    first = compile_model(mixed_model(), calib=_feeds(model), threads=1, latency_cache=str(cache))
+    assert first.plan.reports["latency_placement"]["regions_total"] >= 1
+    document = json.loads(cache.read_text())
+    for entries in document["machines"].values():
+        for entry in entries.values():
+            if "int8" in entry:
+                entry["int8"] = False
+    cache.write_text(json.dumps(document))
+    placed = compile_model(mixed_model(), calib=_feeds(model), threads=1, latency_cache=str(cache))
+    assert placed.plan.reports["latency_placement"]["int8_regions"] == 0
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.name.endswith("SmoothMul")
+                   for n in placed.graph)
+    canonical = compile_model(mixed_model(), pipeline="canonicalize")
+    assert [n.op_type for n in placed.graph] == [n.op_type for n in canonical.graph]
+
+
 def test_auto_compiles_a_model_without_transformer_structure_exactly_as_int8():
     feeds = _feeds(conv_model())
     auto = compile_model(conv_model(), calib=feeds, objective="size")
