@@ -184,6 +184,16 @@ def cnn(tmp_path):
     return path, calib
 
 
+def mark_cached_decisions(cache, int8: bool) -> None:
+    """Rewrite every region comparison in the latency cache file ``cache`` as faster (or slower) in int8."""
+    document = json.loads(cache.read_text())
+    for entries in document["machines"].values():
+        for entry in entries.values():
+            if "int8" in entry:
+                entry["int8"] = int8
+    cache.write_text(json.dumps(document))
+
+
 def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -199,12 +209,7 @@ def test_the_same_cache_gives_the_same_file_and_the_decisions_follow_it(cnn, tmp
     assert second.plan.reports["latency_placement"]["measured"] == 0  # every region from the cache
     assert _digest(outputs[0]) == _digest(outputs[1])
     # the decision is the cache's: mark every region faster in int8, and the output is the all-int8 model
-    document = json.loads(cache.read_text())
-    for entries in document["machines"].values():
-        for entry in entries.values():
-            if "int8" in entry:
-                entry["int8"] = True
-    cache.write_text(json.dumps(document))
+    mark_cached_decisions(cache, int8=True)
     placed = qcompiler.compile(path, outputs[2], calib=calib, threads=1, latency_cache=str(cache))
     assert placed.plan.reports["latency_placement"]["all_int8"]
     everything = tmp_path / "size.onnx"

@@ -189,18 +189,13 @@ def test_when_placement_keeps_no_region_int8_auto_gives_the_float_model_without_
     """SmoothQuant's scales that fold into no LayerNorm stay as Muls: a model placement leaves all float
     would run them for nothing, so the result is the float model kept before them. The latency cache
     decides: every region it holds is marked slower in int8."""
-    import json
+    from .test_placement import mark_cached_decisions
 
     cache = tmp_path / "latency.json"
     model = mixed_model()
     first = compile_model(mixed_model(), calib=_feeds(model), threads=1, latency_cache=str(cache))
     assert first.plan.reports["latency_placement"]["regions_total"] >= 1
-    document = json.loads(cache.read_text())
-    for entries in document["machines"].values():
-        for entry in entries.values():
-            if "int8" in entry:
-                entry["int8"] = False
-    cache.write_text(json.dumps(document))
+    mark_cached_decisions(cache, int8=False)
     placed = compile_model(mixed_model(), calib=_feeds(model), threads=1, latency_cache=str(cache))
     assert placed.plan.reports["latency_placement"]["int8_regions"] == 0
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.name.endswith("SmoothMul")
