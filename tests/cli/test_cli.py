@@ -167,6 +167,11 @@ def test_missing_pipeline_file(model_path, tmp_path, capsys):
                        r"absent\.toml: no such pipeline file", inputs=[model_path])
 
 
+def test_int16_without_a_threshold_is_one_line(model_path, tmp_path, capsys):
+    _expect_user_error(capsys, ["compile", str(model_path), "-o", str(tmp_path / "o.onnx"), "--int16"],
+                       r"int16 .* needs a sensitivity threshold", inputs=[model_path], outputs=[tmp_path / "o.onnx"])
+
+
 def test_unwritable_output(model_path, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
