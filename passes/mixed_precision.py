@@ -86,7 +86,7 @@ class MixedPrecision(Pass):
                                               self.wide(model))
         model.plan.reports["mixed_precision"] = {
             "threshold": self.threshold, "measure": measure, "samples": len(evaluator.feeds),
-            "layers": {name: {"precision": precision(best, name), **sensitivity.get(name, {})} for name in layers},
+            "layers": {name: {"precision": layer_precision(best, name), **sensitivity.get(name, {})} for name in layers},
             "path": path, "evaluations": evaluator.evaluations,
             "predicted": best.errors if best is not None else error_measures(evaluator.reference, evaluator.reference)}
         if original is not None and model.plan.float_reference is not None:
@@ -122,7 +122,7 @@ class MixedPrecision(Pass):
         return choose(evaluator, layers, measure, self.threshold, original_size)
 
 
-def precision(chosen: Evaluation | None, layer: str) -> str:
+def layer_precision(chosen: Evaluation | None, layer: str) -> str:
     """``int8``, ``int16`` (16-bit activations, int8 weights) or ``float``: ``layer``'s in the configuration
     kept (None: the original model)."""
     if chosen is None or layer not in chosen.quantized_nodes:
