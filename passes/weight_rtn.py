@@ -1,11 +1,11 @@
 """Weight-only quantization, RTN: start a weight-only plan with the min/max spec of every weight block.
 
 ``weight-rtn`` picks the weight layers (``qcompiler.weight_only.layers``: MatMul/Gemm with a constant 2-D
-weight, and embedding Gathers unless ``embeddings = false``), gives each weight the round-to-nearest spec
-of the scheme (``bits``, ``block_size`` along K — 0: per output channel —, ``symmetric``; asymmetric with
-``float_zero_point``: a float zero point per block, for MatMulNBits, except on a table an embedding Gather
-reads, which onnxruntime's GatherBlockQuantized takes with integer zero points only) and leaves every
-activation float. ``weight-hqq``, ``weight-awq`` and ``weight-gptq`` refine those specs; ``lower-matmulnbits``
+weight, unless ``linear = false``, and embedding Gathers unless ``embeddings = false``), gives each weight
+the round-to-nearest spec of the scheme (``bits``, ``block_size`` along K — 0: per output channel —,
+``symmetric``; asymmetric with ``float_zero_point``: a float zero point per block, for MatMulNBits, except on
+a table an embedding Gather reads, which onnxruntime's GatherBlockQuantized takes with integer zero points
+only) and leaves every activation float. ``weight-hqq``, ``weight-awq`` and ``weight-gptq`` refine those specs; ``lower-matmulnbits``
 or ``insert-qdq`` + ``fold-quantized-weights`` write them.
 """
 
@@ -39,6 +39,7 @@ class WeightRTN(Pass):
     float_zero_point: bool = False
     exclude: list[str] = field(default_factory=list)
     embeddings: bool = True
+    linear: bool = True
     provides = ("plan", "ranges")  # weight-only: no activation waits for a range
 
     def requires(self, model: Model) -> None:
@@ -51,7 +52,7 @@ class WeightRTN(Pass):
         table_scheme = replace(scheme, float_zero_point=False)
         plan = model.plan
         plan.start(get_target("auto"))
-        layers = find_layers(model, self.exclude, self.embeddings)
+        layers = find_layers(model, self.exclude, self.embeddings, self.linear)
         for layer in layers:
             gathered = any(node.op_type == "Gather" for node in layer.nodes)
             layer.weight.quant = min_max_spec(layer, table_scheme if gathered else scheme)

@@ -289,6 +289,10 @@ def auto(options: CompileOptions) -> list[Pass]:
     ]
 
 
+EMBEDDING_BLOCK = 128
+"""Elements per 8-bit block along an embedding row in ``dynamic``: a float scale per 128 weights adds 3 %."""
+
+
 @named_pipeline("dynamic", honours=("calib", "target", "per_tensor", "exclude", "objective", "threads"))
 def dynamic(options: CompileOptions) -> list[Pass]:
     """Dynamic int8, no calibration data: 8-bit MatMul/Gemm weights, their inputs quantized at run time.
@@ -298,7 +302,9 @@ def dynamic(options: CompileOptions) -> list[Pass]:
     a ``DynamicQuantizeLinear`` (uint8, the range of every run's tensor); ``lower-dynamic-matmul`` writes
     them as ``MatMulInteger -> Cast -> Mul``, which onnxruntime fuses into ``DynamicQuantizeMatMul`` and
     ``MatMulIntegerToFloat`` (``benchmarks/dynamic_minilm.py`` compares the forms). Conv layers are
-    refused unless excluded (``--exclude Conv``). ``calib`` is optional: given, the layers whose typical
+    refused unless excluded (``--exclude Conv``). Embedding tables are stored in 8 bits, blocks of
+    :data:`EMBEDDING_BLOCK` along a row, as ``GatherBlockQuantized``, which dequantizes only the rows it
+    gathers (``--exclude Gather`` keeps them float). ``calib`` is optional: given, the layers whose typical
     token's output SQNR under dynamic int8 is below 25 dB stay float (``qcompiler.dynamic_screen``: outlier
     tokens set the run's range) and the latency guard measures on its first feed
     (``objective="latency"``); without it nothing is measured and every linear layer is quantized.
@@ -310,7 +316,9 @@ def dynamic(options: CompileOptions) -> list[Pass]:
                                 per_channel=not options.per_tensor, data=options.calib),
               lib.InsertQDQ(),
               lib.FoldQuantizedWeights(),
-              lib.LowerDynamicMatMul()]
+              lib.LowerDynamicMatMul(),
+              lib.WeightRTN(bits=8, block_size=EMBEDDING_BLOCK, linear=False, exclude=list(options.exclude)),
+              lib.LowerMatMulNBits()]
     return _source() + (_latency_guarded(passes, options) if options.calib is not None else canonicalize() + passes)
 
 

@@ -134,10 +134,11 @@ def _reduction_axis(node: Node, weight: Value) -> int | None:
     return None
 
 
-def find_layers(model: Model, exclude: list[str] = (), embeddings: bool = True) -> list[WeightLayer]:
+def find_layers(model: Model, exclude: list[str] = (), embeddings: bool = True, linear: bool = True
+                ) -> list[WeightLayer]:
     """The weight layers of the main graph (see the module docstring), in graph order; nodes matching
     ``exclude`` (names, shell patterns or op types) keep their weight float, and so does every table an
-    embedding Gather reads unless ``embeddings``."""
+    embedding Gather reads unless ``embeddings``, and every weight only MatMul/Gemm read unless ``linear``."""
     graph = model.graph
     layers: dict[Value, WeightLayer] = {}
     for node in graph:
@@ -152,6 +153,8 @@ def find_layers(model: Model, exclude: list[str] = (), embeddings: bool = True) 
         if len(axes) != 1 or None in axes or any(excluded(r, list(exclude)) for r in readers):
             continue
         if not embeddings and any(r.op_type == "Gather" for r in readers):
+            continue
+        if not linear and all(r.op_type != "Gather" for r in readers):
             continue
         layers[weight] = WeightLayer(weight, list(dict.fromkeys(readers)), axes.pop())
     return list(layers.values())

@@ -93,6 +93,32 @@ def test_dynamic_pipeline_needs_no_calibration_and_writes_onnxruntimes_integer_f
     assert "MatMul" not in fused and "Gemm" not in fused and "FusedGemm" not in fused
 
 
+def embedding_model() -> ir.Model:
+    """Token ids -> an embedding table (a Gather along axis 0) -> a MatMul."""
+    rng = np.random.default_rng(9)
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (int64[N,T] ids) => (float[N,T,16] y) { e = Gather(table, ids) y = MatMul(e, w) }""")
+    proto.graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.standard_normal((1000, 256)).astype(np.float32), "table"),
+        onnx.numpy_helper.from_array(rng.standard_normal((256, 16)).astype(np.float32), "w")])
+    return ir.from_proto(proto)
+
+
+def test_dynamic_stores_embedding_tables_in_8_bits_unless_gather_is_excluded():
+    """The table becomes 8-bit blocks read by GatherBlockQuantized (about a quarter of its float bytes) and
+    the output stays close to float; ``--exclude Gather`` keeps the table float."""
+    ids = {"ids": np.random.default_rng(2).integers(0, 1000, (3, 7)).astype(np.int64)}
+    want = onnxruntime_outputs(embedding_model(), ids)["y"]
+    model = qcompiler.compile(embedding_model(), None, pipeline="dynamic", target="x86-vnni")
+    gather = next(n for n in model.graph if n.op_type == "GatherBlockQuantized")
+    assert gather.domain == "com.microsoft" and gather.inputs[0].const.nbytes == 1000 * 256
+    got = onnxruntime_outputs(model, ids, optimize=True)["y"]
+    assert 0 < np.sum((got - want) ** 2) / np.sum(want ** 2) < 1e-3
+    kept = qcompiler.compile(embedding_model(), None, pipeline="dynamic", target="x86-vnni", exclude=["Gather"])
+    assert [n.op_type for n in kept.graph if "Gather" in n.op_type] == ["Gather"]
+
+
 def ort_optimized_ops(model: ir.Model) -> list[str]:
     import tempfile
 
