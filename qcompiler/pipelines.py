@@ -103,13 +103,15 @@ def canonicalize(options: CompileOptions | None = None) -> list[Pass]:
 
 
 def _latency_guarded(passes: list[Pass], options: CompileOptions) -> list[Pass]:
-    """``canonicalize`` + ``passes``, with the float model kept before them and the whole-model
-    ``latency-guard`` after them when the objective is "latency" (dynamic int8, which has no regions)."""
+    """``canonicalize`` + ``passes``, with the float model kept before canonicalization and the whole-model
+    ``latency-guard`` after them when the objective is "latency" (dynamic int8, which has no regions): the
+    quantized model is measured against the model as given, and a model kept float is given back as it
+    came (onnxruntime fuses an exporter's graph at least as well as the canonical one)."""
     from qcompiler import passes as lib
 
     if options.objective != "latency":
         return canonicalize() + passes
-    return canonicalize() + [lib.KeepFloatReference()] + passes + [lib.LatencyGuard(data=options.calib,
+    return [lib.KeepFloatReference()] + canonicalize() + passes + [lib.LatencyGuard(data=options.calib,
                                                                                    threads=options.threads)]
 
 
