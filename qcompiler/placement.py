@@ -65,10 +65,6 @@ from .ir import Model, Node, Value
 T_SEPARATED = 4.0
 """|t| of the paired per-round log ratios past which float and int8 count as separated."""
 
-LARGE_EFFECT = math.log(1.1)
-"""A mean log ratio this far from 0 (one side 10 % faster) is worth more rounds when ``max_rounds`` did not
-separate it: a large region runs once per round, and a few disturbed runs hide a real difference."""
-
 # -- partition ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Region:
@@ -284,8 +280,7 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
             min_rounds: int = 6, max_rounds: int = 10, round_seconds: float = 0.01) -> Comparison:
     """Float against int8 (``models``), in alternation: each round runs both for about ``round_seconds``
     each (ABBA order over rounds), its medians pair up; stop once :func:`decide` separates them after at
-    least ``min_rounds`` rounds, or after ``max_rounds`` (three times as many while the mean effect is at
-    least :data:`LARGE_EFFECT`). int8 is chosen only when separated and faster."""
+    least ``min_rounds`` rounds, or after ``max_rounds``. int8 is chosen only when separated and faster."""
     sessions = [open_session(m, threads) for m in models]
     feeds = [{i.name: feed[i.name] for i in session.get_inputs()} for session in sessions]
     single = []
@@ -296,9 +291,7 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
     runs = max(1, int(round_seconds * 1000.0 / max(min(single), 1e-3)))
     per_round: list[list[float]] = [[], []]
     separated = False
-    mean = 0.0
-    while not (separated and len(per_round[0]) >= min_rounds) and len(per_round[0]) < (
-            3 * max_rounds if abs(mean) >= LARGE_EFFECT else max_rounds):
+    while len(per_round[0]) < max_rounds and not (separated and len(per_round[0]) >= min_rounds):
         order = (0, 1) if len(per_round[0]) % 2 == 0 else (1, 0)
         for which in order:
             per_round[which].append(_timed(sessions[which], feeds[which], runs))
