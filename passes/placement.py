@@ -4,7 +4,10 @@ Runs after calibration (and mixed precision), before ``insert-qdq``: cuts every 
 (``qcompiler.placement``: partition, subgraphs, the paired test, the cache) out of the float and the
 all-int8 model, compares them on the real intermediate tensors of the first calibration feed, and
 rebuilds the plan with the slower regions' layers in float (the assignment the sensitivity search
-uses, so every result is one the compiler could emit); when no region is kept and a float reference was
+uses, so every result is one the compiler could emit). The chosen set is then checked as a whole: the
+placed model against the float one, in the same paired test; unless it is faster, every region stays
+float (regions measured alone can each gain and together not: a large model's isolated subgraphs
+take more than their share of the whole); when no region is kept and a float reference was
 kept before the quantization passes (``keep-float-reference`` before SmoothQuant, whose unfoldable scales
 are Muls a float model does not need), that reference is the result. The measurements go to the latency cache
 (``cache``; a comparison found there is reused), the decisions and the predicted latency to
@@ -44,6 +47,14 @@ def _capture(model: Model, names: list[str], feed: dict) -> dict:
         fed = {k: v for k, v in feed.items() if k in {i.name for i in session.get_inputs()}}
         arrays = dict(zip([o.name for o in session.get_outputs()], session.run(None, fed)))
     return {n: (feed[n] if n in inputs else arrays[n]) for n in names if n in inputs or n in arrays}
+
+
+def _rejected(regions: list[Region], chosen: list[Region]) -> list[str]:
+    """The nodes excluded by name when ``chosen`` run int8: every node of a float region (pass-through ops
+    included, so int8 layers alone do not join up through them again) that no chosen region or unit holds."""
+    kept = {r.index for r in chosen}
+    int8_nodes = {n for r in chosen for n in r.nodes}
+    return [name for r in regions if r.index not in kept for name in r.nodes if name not in int8_nodes]
 
 
 def _describe(region: Region, ops: dict[str, str]) -> str:
@@ -130,21 +141,33 @@ class LatencyPlacement(Pass):
                   and c.float_ms >= self.min_share * whole["float_ms"]}
         for unit in [u for u in candidates if u.parent in slower][:self.max_units]:
             measure(unit)
-        cache.save()
         measured_units = [u for u in candidates if u.index in comparisons]
         chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))
+        rejected = _rejected(regions, chosen)
+        built, whole_model = None, None
+        if chosen:  # the regions measured alone must pay off together: the placed model against float, whole
+            built = evaluator.build(rejected) if rejected else None
+            placed = to_proto(lower(built.clone())) if built is not None else int8_proto
+            key = subgraph_key((float_proto, placed), feed)
+            whole_model = cache.comparison(key)
+            if whole_model is None:
+                whole_model = compare((float_proto.SerializeToString(), placed.SerializeToString()), feed,
+                                      threads=self.threads)
+                cache.put_comparison(key, whole_model)
+            if not whole_model.int8:
+                chosen, built = [], None
+                rejected = _rejected(regions, chosen)
+        cache.save()
         kept = {r.index for r in chosen}
         for row in rows:
             row["choice"] = "int8" if row["region"] in kept else "float"
-        int8_nodes = {n for r in chosen for n in r.nodes}  # every node of a float region is excluded by name,
-        rejected = [name for r in regions if r.index not in kept for name in r.nodes if name not in int8_nodes]
-        # pass-through ops included, so int8 layers alone do not join up through them again
         plan.reports["latency_placement"] = {
             "machine": cache.machine, "cache": str(cache.path), "float_ms": whole["float_ms"],
             "predicted_ms": predicted_ms(whole["float_ms"], chosen, comparisons), "regions": rows,
             "int8_regions": sum(r.parent is None for r in chosen), "int8_units": sum(r.parent is not None for r in chosen),
             "all_int8": all(r.index in kept for r in regions), "regions_total": len(regions),
             "measured": sum(r["source"] == "measured" for r in rows),
+            "whole_model": asdict(whole_model) if whole_model is not None else None,
             "seconds": time.perf_counter() - start}
         if not rejected:
             return PassResult(model, renamed)
@@ -152,7 +175,7 @@ class LatencyPlacement(Pass):
             restore(model, plan.float_reference, "float reference")
             plan.reports["latency_placement"]["seconds"] = time.perf_counter() - start
             return PassResult(model, True)
-        built = evaluator.build(rejected)
+        built = built or evaluator.build(rejected)
         expected = {n.name for n in plan.layers} - set(rejected)  # (absorbed activations are layers too)
         if {n.name for n in built.plan.layers} != expected:
             plan.reports["latency_placement"]["rebuilt_layers_differ"] = sorted(

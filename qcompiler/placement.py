@@ -461,4 +461,9 @@ def format_report(report: Mapping[str, Any]) -> str:
                  f"regions int8, {report['int8_units']} layer(s) int8 alone; predicted {predicted:.3g} ms vs float {float_ms:.3g} ms "
                  f"({float_ms / predicted:.2f}x); {report['measured']} measured, the rest repeats of those (same "
                  f"structure) or from {report['cache']}")
+    whole = report.get("whole_model")
+    if whole:
+        lines.append(f"the regions chosen, as a whole model: float {whole['float_ms']:.3g} ms, placed "
+                     f"{whole['int8_ms']:.3g} ms (t {whole['t']:+.1f}): "
+                     + ("kept" if whole["int8"] else "not faster, every region stays float"))
     return "\n".join(lines)

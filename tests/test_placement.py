@@ -184,14 +184,18 @@ def cnn(tmp_path):
     return path, calib
 
 
-def mark_cached_decisions(cache, int8: bool) -> None:
-    """Rewrite every region comparison in the latency cache file ``cache`` as faster (or slower) in int8."""
+def mark_cached_decisions(cache, int8: bool, but: dict[str, bool] | None = None) -> set[str]:
+    """Rewrite every comparison in the latency cache file ``cache`` (regions, and placed models against float)
+    as faster (or slower) in int8, those keyed in ``but`` as it says; returns every comparison's key."""
     document = json.loads(cache.read_text())
+    keys = set()
     for entries in document["machines"].values():
-        for entry in entries.values():
+        for key, entry in entries.items():
             if "int8" in entry:
-                entry["int8"] = int8
+                entry["int8"] = (but or {}).get(key, int8)
+                keys.add(key)
     cache.write_text(json.dumps(document))
+    return keys
 
 
 def _digest(path) -> str:
@@ -208,8 +212,12 @@ def test_the_same_cache_gives_the_same_file_and_the_decisions_follow_it(cnn, tmp
     second = qcompiler.compile(path, outputs[1], calib=calib, threads=1, latency_cache=str(cache))
     assert second.plan.reports["latency_placement"]["measured"] == 0  # every region from the cache
     assert _digest(outputs[0]) == _digest(outputs[1])
-    # the decision is the cache's: mark every region faster in int8, and the output is the all-int8 model
-    mark_cached_decisions(cache, int8=True)
+    # the decision is the cache's: mark every region faster in int8 (the compile then measures the all-int8
+    # model against float, whole), and mark that faster too: the output is the all-int8 model
+    regions = mark_cached_decisions(cache, int8=True)
+    qcompiler.compile(path, outputs[2], calib=calib, threads=1, latency_cache=str(cache))
+    whole = mark_cached_decisions(cache, int8=True) - regions
+    assert len(whole) == 1
     placed = qcompiler.compile(path, outputs[2], calib=calib, threads=1, latency_cache=str(cache))
     assert placed.plan.reports["latency_placement"]["all_int8"]
     everything = tmp_path / "size.onnx"
@@ -221,3 +229,20 @@ def _structure(path):
 
     proto = onnx.load(str(path))
     return [n.op_type for n in proto.graph.node], sorted(t.raw_data for t in proto.graph.initializer)
+
+
+def test_regions_faster_alone_stay_float_when_the_placed_model_is_not_faster_whole(cnn, tmp_path):
+    """Regions measured alone can each gain and together not: the chosen set is measured as a whole model
+    against float, and kept only when that is faster too (the cache decides here, as in the test above)."""
+    path, calib = cnn
+    cache, output = tmp_path / "latency.json", tmp_path / "out.onnx"
+    qcompiler.compile(path, output, calib=calib, threads=1, latency_cache=str(cache))
+    regions = mark_cached_decisions(cache, int8=True)
+    qcompiler.compile(path, output, calib=calib, threads=1, latency_cache=str(cache))
+    whole = mark_cached_decisions(cache, int8=True) - regions
+    mark_cached_decisions(cache, int8=True, but={key: False for key in whole})
+    model = qcompiler.compile(path, output, calib=calib, threads=1, latency_cache=str(cache))
+    report = model.plan.reports["latency_placement"]
+    assert report["whole_model"]["int8"] is False and report["int8_regions"] == 0
+    assert all(row["choice"] == "float" for row in report["regions"])
+    assert not any(n.op_type == "QuantizeLinear" for n in model.graph)
