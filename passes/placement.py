@@ -86,6 +86,18 @@ class LatencyPlacement(Pass):
                             "resource); the regions are measured on its first feed")
         require_regions(self, model, self.region)
 
+    def _compared(self, cache: LatencyCache, pair: tuple, feed: dict) -> tuple[Comparison, str]:
+        """(float against int8 of the two ONNX models ``pair`` on ``feed``, where it came from): from the
+        cache ("cache", or "repeat" when this compile measured the same structure already), or "measured"
+        now and entered in the cache."""
+        key = subgraph_key(pair, feed)
+        comparison = cache.comparison(key)
+        if comparison is not None:
+            return comparison, "repeat" if key in cache.new else "cache"
+        comparison = compare(tuple(p.SerializeToString() for p in pair), feed, threads=self.threads)
+        cache.put_comparison(key, comparison)
+        return comparison, "measured"
+
     def call(self, model: Model) -> PassResult:
         start = time.perf_counter()
         renamed = name_nodes(model)
@@ -117,12 +129,7 @@ class LatencyPlacement(Pass):
             try:
                 pair = region_subgraphs(region, float_proto, int8_proto, types, shapes)
                 fed = {x: tensors[x] for x in dict.fromkeys(pair[0].inputs + pair[1].inputs)}
-                key = subgraph_key((p.proto for p in pair), fed)
-                comparison = cache.comparison(key)
-                row["source"] = ("repeat" if key in cache.new else "cache") if comparison is not None else "measured"
-                if comparison is None:
-                    comparison = compare(tuple(p.proto.SerializeToString() for p in pair), fed, threads=self.threads)
-                    cache.put_comparison(key, comparison)
+                comparison, row["source"] = self._compared(cache, tuple(p.proto for p in pair), fed)
             except cut_errors() as exc:
                 comparison = None
                 row["source"] = f"not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -148,12 +155,7 @@ class LatencyPlacement(Pass):
         if chosen:  # the regions measured alone must pay off together: the placed model against float, whole
             built = evaluator.build(rejected) if rejected else None
             placed = to_proto(lower(built.clone())) if built is not None else int8_proto
-            key = subgraph_key((float_proto, placed), feed)
-            whole_model = cache.comparison(key)
-            if whole_model is None:
-                whole_model = compare((float_proto.SerializeToString(), placed.SerializeToString()), feed,
-                                      threads=self.threads)
-                cache.put_comparison(key, whole_model)
+            whole_model, _ = self._compared(cache, (float_proto, placed), feed)
             if not whole_model.int8:
                 chosen, built = [], None
                 rejected = _rejected(regions, chosen)
