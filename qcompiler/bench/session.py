@@ -11,13 +11,20 @@ import numpy as np
 
 def open_session(model: bytes | str, threads: int):
     """A CPU session with ``threads`` intra-op threads (0: onnxruntime's default, one per physical core), one
-    inter-op thread, all graph optimizations: how every latency qcompiler measures is taken."""
+    inter-op thread, all graph optimizations: how every latency qcompiler measures is taken.
+
+    Its worker threads spin between the parallel sections of a run, as onnxruntime's are by default, but
+    stop spinning when the run returns (``session.force_spinning_stop``): two sessions measured in
+    alternation in one process (a paired comparison, ``qcompiler bench``'s rounds) otherwise run while the
+    other's workers still spin on the same cores, which a deployed model, alone in its process, never sees.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no warnings about unused initializers and the like
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
