@@ -5,8 +5,8 @@ Runs after calibration (and mixed precision), before ``insert-qdq``: cuts every 
 all-int8 model, compares them on the real intermediate tensors of the first calibration feed, and
 rebuilds the plan with the slower regions' layers in float (the assignment the sensitivity search
 uses, so every result is one the compiler could emit). The chosen set is then checked as a whole: the
-placed model against the float one, in the same paired test; unless it is faster, every region stays
-float (regions measured alone can each gain and together not: a large model's isolated subgraphs
+placed model against the float one, in the same paired test; unless it is faster on average (``WHOLE_MODEL``),
+every region stays float (regions measured alone can each gain and together not: a large model's isolated subgraphs
 take more than their share of the whole); when no region is kept and a float reference was
 kept before the quantization passes (``keep-float-reference`` before SmoothQuant, whose unfoldable scales
 are Muls a float model does not need), that reference is the result. The measurements go to the latency cache
@@ -36,6 +36,12 @@ from qcompiler.sensitivity import Evaluator, name_nodes
 
 from .latency_guard import restore
 from .structure import require_regions
+
+
+WHOLE_MODEL = {"separated_only": False, "round_seconds": 0.05}
+"""How the placed model is compared with float (:func:`qcompiler.placement.compare`): each region chosen was
+shown faster alone, so the whole is only to show it is not slower (the mean log ratio above 0); a gain of a few
+small regions can lie within the noise of a whole model's run. Rounds of several runs each steady their medians."""
 
 
 def _capture(model: Model, names: list[str], feed: dict) -> dict:
@@ -86,15 +92,15 @@ class LatencyPlacement(Pass):
                             "resource); the regions are measured on its first feed")
         require_regions(self, model, self.region)
 
-    def _compared(self, cache: LatencyCache, pair: tuple, feed: dict) -> tuple[Comparison, str]:
+    def _compared(self, cache: LatencyCache, pair: tuple, feed: dict, **how: Any) -> tuple[Comparison, str]:
         """(float against int8 of the two ONNX models ``pair`` on ``feed``, where it came from): from the
         cache ("cache", or "repeat" when this compile measured the same structure already), or "measured"
-        now and entered in the cache."""
+        now (:func:`compare`, with ``how``) and entered in the cache."""
         key = subgraph_key(pair, feed)
         comparison = cache.comparison(key)
         if comparison is not None:
             return comparison, "repeat" if key in cache.new else "cache"
-        comparison = compare(tuple(p.SerializeToString() for p in pair), feed, threads=self.threads)
+        comparison = compare(tuple(p.SerializeToString() for p in pair), feed, threads=self.threads, **how)
         cache.put_comparison(key, comparison)
         return comparison, "measured"
 
@@ -155,7 +161,7 @@ class LatencyPlacement(Pass):
         if chosen:  # the regions measured alone must pay off together: the placed model against float, whole
             built = evaluator.build(rejected) if rejected else None
             placed = to_proto(lower(built.clone())) if built is not None else int8_proto
-            whole_model, _ = self._compared(cache, (float_proto, placed), feed)
+            whole_model, _ = self._compared(cache, (float_proto, placed), feed, **WHOLE_MODEL)
             if not whole_model.int8:
                 chosen, built = [], None
                 rejected = _rejected(regions, chosen)

@@ -277,10 +277,12 @@ def _timed(session, feed: dict[str, np.ndarray], runs: int) -> float:
 
 
 def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray], *, threads: int,
-            min_rounds: int = 6, max_rounds: int = 10, round_seconds: float = 0.01) -> Comparison:
+            min_rounds: int = 6, max_rounds: int = 10, round_seconds: float = 0.01,
+            separated_only: bool = True) -> Comparison:
     """Float against int8 (``models``), in alternation: each round runs both for about ``round_seconds``
     each (ABBA order over rounds), its medians pair up; stop once :func:`decide` separates them after at
-    least ``min_rounds`` rounds, or after ``max_rounds``. int8 is chosen only when separated and faster."""
+    least ``min_rounds`` rounds, or after ``max_rounds``. int8 is chosen when faster on average (mean log
+    ratio above 0) and, with ``separated_only``, separated too."""
     sessions = [open_session(m, threads) for m in models]
     feeds = [{i.name: feed[i.name] for i in session.get_inputs()} for session in sessions]
     single = []
@@ -298,7 +300,7 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
         if len(per_round[0]) >= 2:
             mean, t, separated = decide(*per_round)
     return Comparison(float(np.median(per_round[0])), float(np.median(per_round[1])), mean, t,
-                      len(per_round[0]), separated and mean > 0)
+                      len(per_round[0]), (separated or not separated_only) and mean > 0)
 
 
 def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 3,
