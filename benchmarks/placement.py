@@ -304,11 +304,16 @@ def markdown(results: dict) -> str:
             lines.append(f"| {where} {r['first']} ({r['ops']}) | {r['layers']} | {r['float_ms']:.4f} | "
                          f"{r['int8_ms']:.4f} | {r['float_ms'] - r['int8_ms']:+.4f} | {r['t']:+.1f} | {r['rounds']} | "
                          f"{r['choice']} |")
-        lat = models[name]["latency_ms"]
+        lat, whole = models[name]["latency_ms"], placed.get("whole_model")
         lines += ["", f"{placed['int8_regions']}/{placed['regions_total']} regions int8, {placed['int8_units']} "
                   f"layer(s) int8 alone; whole model: fp32 "
                   f"{lat.get('fp32')} ms, placement {lat.get('placement')} ms "
                   f"({lat['fp32'] / lat['placement']:.2f}x)" if "placement" in lat else "", ""]
+        if whole:
+            lines += [f"The chosen set, checked as a whole model in the compile: float {whole['float_ms']:.3f} ms, "
+                      f"placed {whole['int8_ms']:.3f} ms (mean log ratio {whole['log_ratio']:+.3f}, t "
+                      f"{whole['t']:+.1f}, {whole['rounds']} rounds): "
+                      + ("kept" if whole["int8"] else "slower on average, every region float"), ""]
     lines += ["## Line 3: predicted against measured latency of the placed model", "",
               "predicted: the compile's float model latency minus the chosen regions' gains; scaled: the same "
               "prediction as a ratio of float, times this run's fp32 (cancels a change of load between the "

@@ -467,5 +467,5 @@ def format_report(report: Mapping[str, Any]) -> str:
     if whole:
         lines.append(f"the regions chosen, as a whole model: float {whole['float_ms']:.3g} ms, placed "
                      f"{whole['int8_ms']:.3g} ms (t {whole['t']:+.1f}): "
-                     + ("kept" if whole["int8"] else "not faster, every region stays float"))
+                     + ("kept" if whole["int8"] else "slower on average, every region stays float"))
     return "\n".join(lines)
