@@ -313,7 +313,7 @@ def markdown(results: dict) -> str:
             lines += [f"The chosen set, checked as a whole model in the compile: float {whole['float_ms']:.3f} ms, "
                       f"placed {whole['int8_ms']:.3f} ms (mean log ratio {whole['log_ratio']:+.3f}, t "
                       f"{whole['t']:+.1f}, {whole['rounds']} rounds): "
-                      + ("kept" if whole["int8"] else "slower on average, every region float"), ""]
+                      + ("kept" if whole["int8"] else "not faster, every region float"), ""]
     lines += ["## Line 3: predicted against measured latency of the placed model", "",
               "predicted: the compile's float model latency minus the chosen regions' gains; scaled: the same "
               "prediction as a ratio of float, times this run's fp32 (cancels a change of load between the "

@@ -5,8 +5,8 @@ Runs after calibration (and mixed precision), before ``insert-qdq``: cuts every 
 all-int8 model, compares them on the real intermediate tensors of the first calibration feed, and
 rebuilds the plan with the slower regions' layers in float (the assignment the sensitivity search
 uses, so every result is one the compiler could emit). The chosen set is then checked as a whole: the
-placed model against the float one, in the same paired test; unless it is faster on average (``WHOLE_MODEL``),
-every region stays float (regions measured alone can each gain and together not: a large model's isolated subgraphs
+placed model against the float one, in the same paired test; unless it is faster (``WHOLE_MODEL``), every region
+stays float (regions measured alone can each gain and together not: a large model's isolated subgraphs
 take more than their share of the whole); when no region is kept and a float reference was
 kept before the quantization passes (``keep-float-reference`` before SmoothQuant, whose unfoldable scales
 are Muls a float model does not need), that reference is the result. The measurements go to the latency cache
@@ -38,10 +38,9 @@ from .latency_guard import restore
 from .structure import require_regions
 
 
-WHOLE_MODEL = {"separated_only": False, "round_seconds": 0.05}
-"""How the placed model is compared with float (:func:`qcompiler.placement.compare`): each region chosen was
-shown faster alone, so the whole is only to show it is not slower (the mean log ratio above 0); a gain of a few
-small regions can lie within the noise of a whole model's run. Rounds of several runs each steady their medians."""
+WHOLE_MODEL = {"round_seconds": 0.05, "max_rounds": 16}
+"""How the placed model is compared with float (:func:`qcompiler.placement.compare`): rounds of several runs
+each steady their medians, and more rounds than a region's give a gain of a few percent the chance to separate."""
 
 
 def _capture(model: Model, names: list[str], feed: dict) -> dict:

@@ -277,12 +277,10 @@ def _timed(session, feed: dict[str, np.ndarray], runs: int) -> float:
 
 
 def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray], *, threads: int,
-            min_rounds: int = 6, max_rounds: int = 10, round_seconds: float = 0.01,
-            separated_only: bool = True) -> Comparison:
+            min_rounds: int = 6, max_rounds: int = 10, round_seconds: float = 0.01) -> Comparison:
     """Float against int8 (``models``), in alternation: each round runs both for about ``round_seconds``
     each (ABBA order over rounds), its medians pair up; stop once :func:`decide` separates them after at
-    least ``min_rounds`` rounds, or after ``max_rounds``. int8 is chosen when faster on average (mean log
-    ratio above 0) and, with ``separated_only``, separated too."""
+    least ``min_rounds`` rounds, or after ``max_rounds``. int8 is chosen only when separated and faster."""
     sessions = [open_session(m, threads) for m in models]
     feeds = [{i.name: feed[i.name] for i in session.get_inputs()} for session in sessions]
     single = []
@@ -300,7 +298,7 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
         if len(per_round[0]) >= 2:
             mean, t, separated = decide(*per_round)
     return Comparison(float(np.median(per_round[0])), float(np.median(per_round[1])), mean, t,
-                      len(per_round[0]), (separated or not separated_only) and mean > 0)
+                      len(per_round[0]), separated and mean > 0)
 
 
 def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 3,
@@ -467,5 +465,5 @@ def format_report(report: Mapping[str, Any]) -> str:
     if whole:
         lines.append(f"the regions chosen, as a whole model: float {whole['float_ms']:.3g} ms, placed "
                      f"{whole['int8_ms']:.3g} ms (t {whole['t']:+.1f}): "
-                     + ("kept" if whole["int8"] else "slower on average, every region stays float"))
+                     + ("kept" if whole["int8"] else "not faster, every region stays float"))
     return "\n".join(lines)
