@@ -276,8 +276,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, False)
     result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
-                      weights=args.weights, activation_bits=args.activation_bits,
+                      weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks,
                       progress=not args.quiet and is_terminal(sys.stderr))
+    if args.blocks:
+        print(f"block reconstruction: {len(result.block_ends) + 1} blocks, cut at "
+              f"{', '.join(result.block_ends) or '(nowhere: no quantized value the teacher computes too)'}")
     print(result.table())
     print(f"wrote {args.output}: {result.steps_run} steps in this run, final loss "
           f"{result.losses[-1] if result.losses else float('nan'):.5g}, {result.seconds:.1f}s")
@@ -372,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "layer but the first and last to this form")
     tune.add_argument("--activation-bits", type=int, choices=(4,), help="first narrow the activations (all but the "
                       "first layer's input and the last layer's output) to 4 bits, in their 8-bit storage")
+    tune.add_argument("--blocks", type=int, default=0, metavar="N", help="block reconstruction (BRECQ): blocks of "
+                      "about N layers each learn the teacher's tensor at their end (default 0: the outputs alone)")
     tune.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(run=cmd_finetune)

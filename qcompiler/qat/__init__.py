@@ -42,6 +42,7 @@ class FinetuneResult:
     losses: list[float]
     outputs: list[OutputSummary] = field(default_factory=list)
     seconds: float = 0.0
+    block_ends: list[str] = field(default_factory=list)  # with blocks: the values that end each block but the last
 
     def table(self) -> str:
         lines = [f"{'output':24} {'error before':>13} {'error after':>12} {'agree before':>13} {'agree after':>12}"]
@@ -72,13 +73,14 @@ def _data_files(data: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _session(path: Path, threads: int):
+def _session(model: Path | bytes | str, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
+                                providers=["CPUExecutionProvider"])
 
 
 def load_batches(files: list[Path], model_inputs: list[str], teacher_path: Path, threads: int):
@@ -129,18 +131,25 @@ def _summaries(before: Path, after: Path, batches, threads: int) -> list[OutputS
     return result
 
 
+def _summed(first, second):
+    """The task loss that adds ``second`` (None: nothing) to ``first``."""
+    return first if second is None else lambda outputs, extras: first(outputs, extras) + second(outputs, extras)
+
+
 def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: str | os.PathLike,
              data: str | os.PathLike, steps: int = 500, lr: float = 1e-4, batch: int = 32, seed: int = 0,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, task_loss=None,
              threads: int = 1, progress: bool | None = None, on_step=None,
-             weights: str | None = None, activation_bits: int | None = None) -> FinetuneResult:
+             weights: str | None = None, activation_bits: int | None = None, blocks: int = 0) -> FinetuneResult:
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
     and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
     optional labelled loss added to the distillation (``extras``: the data files' non-input arrays).
     ``weights`` (int4, ternary, binary) and ``activation_bits`` (4) first lower the weights and activations
-    of all but the first and last layer (:mod:`.lowbit`). Returns the losses and, per output, the error and agreement against the teacher before and after (as
-    onnxruntime runs the two models)."""
+    of all but the first and last layer (:mod:`.lowbit`). ``blocks``: reconstruct blocks of about that many layers
+    against the teacher's tensors at their ends (:mod:`.blocks`; 0: the outputs alone). Returns the losses and,
+    per output, the error and agreement against the teacher before and after (as onnxruntime runs the two
+    models)."""
     import time
 
     torch = _import_torch()
@@ -179,10 +188,16 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
                             f"from a model qcompiler compiled (qcompiler compile)")
         batches = load_batches(_data_files(data), [v.name for v in module.model.graph.inputs
                                                    if v.const is None], Path(teacher), threads)
+        ends: list[str] = []
+        if blocks:
+            from .blocks import cut_into_blocks
+
+            ends, block_loss = cut_into_blocks(module, Path(teacher), batches, blocks, threads)
+            task_loss = _summed(block_loss, task_loss)
         torch.manual_seed(seed)
         config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
                                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
-                                checkpoint_every=checkpoint_every)
+                                checkpoint_every=checkpoint_every, blocks=blocks)
         losses = train(module, batches, config, task_loss=task_loss, on_step=on_step, progress=progress)
         ir.save(trained_model(module), output)
     finally:
@@ -192,7 +207,7 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     finally:
         if before != model:
             before.unlink(missing_ok=True)
-    result = FinetuneResult(output, len(losses), losses, summaries)
+    result = FinetuneResult(output, len(losses), losses, summaries, block_ends=ends)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -160,6 +160,8 @@ class QuantizedModel(torch.nn.Module):
         self.activations: dict[str, ActivationQuantizer] = {}
         self.biases: dict[str, BiasQuantizer] = {}
         self.record: dict[str, torch.Tensor] | None = None  # when a dict: integer activations by Q output name
+        self.cuts: frozenset[str] = frozenset()  # values whose quantizer ends a block (:mod:`.blocks`)
+        self.taps: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # at each cut: (q, low, high)
         self._build()
 
     # -- reading the quantizers -----------------------------------------------------------------
@@ -294,10 +296,14 @@ class QuantizedModel(torch.nn.Module):
             x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
             scale = self.activation_scale(quantizer.key)
             features = x[0].numel() if x.ndim > 1 else x.numel()
-            y = fake_quantize(x, scale, np.float32(zero), qmin, qmax,
-                              grad_factor=lsq_gradient_factor(features, int(qmax - zero)))
+            factor = lsq_gradient_factor(features, int(qmax - zero))
+            y = fake_quantize(x, scale, np.float32(zero), qmin, qmax, grad_factor=factor)
             if self.record is not None:
                 self.record[name] = torch.round(y.detach() / scale.detach()) + zero
+            if source.name in self.cuts:  # the block ends here: the next one reads q without a way back
+                bound = scale.detach()
+                self.taps[source.name] = (y, (qmin - zero) * bound, (qmax - zero) * bound)
+                y = fake_quantize(x.detach(), scale, np.float32(zero), qmin, qmax, grad_factor=factor)
             return y
 
         return Step("FakeQuantize", quantize.name, run, (source,), dequantize.outputs, {},
@@ -321,6 +327,7 @@ class QuantizedModel(torch.nn.Module):
 
     # -- running --------------------------------------------------------------------------------
     def forward(self, feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        self.taps = {}
         outputs = self.interpreter.run(feeds)
         return {name: value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
                 for name, value in outputs.items()}

@@ -78,11 +78,13 @@ class TrainingConfig:
     seed: int = 0
     checkpoint: Path | None = None
     checkpoint_every: int = 50
+    blocks: int = 0  # layers per reconstructed block (0: none); a checkpoint holds to it
 
 
 def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
     """What a checkpoint must match to be resumed: the parameters' initial values and the settings."""
-    digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed)).encode())
+    digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed)
+                                 + ((config.blocks,) if config.blocks else ())).encode())
     for name, p in module.parameters_.items():
         digest.update(name.encode())
         digest.update(p.detach().numpy().tobytes())
@@ -109,7 +111,7 @@ def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, 
         state = torch.load(config.checkpoint, weights_only=False)
         if state.get("fingerprint") != key:
             raise UserError(f"checkpoint {config.checkpoint} belongs to another model or other settings "
-                            f"(steps, lr, batch, seed); delete it or choose another --checkpoint")
+                            f"(steps, lr, batch, seed, blocks); delete it or choose another --checkpoint")
         module.parameters_.load_state_dict(state["parameters"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

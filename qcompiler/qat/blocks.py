@@ -1,0 +1,90 @@
+"""Block reconstruction for ``qcompiler finetune --blocks N`` (BRECQ, Li et al. 2021).
+
+Full fine-tuning learns from the model's outputs alone; AdaRound (Nagel et al. 2020) learns each layer's
+rounding from that layer's output alone. Block reconstruction sits between them: the quantized model is
+cut into blocks of about ``N`` layers, and each block learns to reproduce the FP32 teacher's tensor at its
+end, reading the quantized output of the block before it.
+
+* **Where the cuts go** (:func:`block_ends`): at activation quantizers, in execution order, once at least
+  ``N`` layers (Conv, ConvTranspose, MatMul, Gemm) ran since the last cut, on a value the teacher computes
+  too. The teacher is canonicalized by the passes that start every compile (``canonicalize``), so the
+  quantized model's values and the teacher's carry the same names for the same tensors (batch
+  normalization folded into the convolution on both sides).
+* **The loss of a block** (:func:`block_loss`): ``||q - clip(t)||² / ||clip(t)||²`` of the fake-quantized
+  student tensor ``q`` against the teacher's ``t`` clipped to the quantizer's range (what a perfect
+  quantizer of that range gives; an activation absorbed into its layer, a Relu, is the clip at 0).
+  Averaged over blocks, it adds to the distillation loss of the outputs, which end the last block.
+* **One backward pass for all blocks**: at a cut the next block reads ``q`` with its gradient stopped
+  (:class:`~.graph.QuantizedModel` ``cuts``), so each block's weights, steps and biases learn from its own
+  block's error only, while every block reads its predecessor's current quantized output: BRECQ's
+  sequential block order run in parallel, at the cost of a fine-tuning step.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .graph import QuantizedModel
+from .train import Batch, TaskLoss
+
+LAYER_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+TARGET = "teacher:"
+"""Prefix of a block target's key among a batch's extras."""
+
+
+def block_ends(module: QuantizedModel, teacher_values: set[str], layers_per_block: int) -> list[str]:
+    """The values whose quantizers end a block: see the module docstring."""
+    inputs = {v.name for v in module.model.graph.inputs}
+    ends, layers = [], 0
+    for step in module.interpreter.steps:
+        if any(node.op_type in LAYER_OPS for node in step.nodes):
+            layers += 1
+        elif step.op == "FakeQuantize" and layers >= layers_per_block:
+            name = step.inputs[0].name
+            if name in teacher_values and name not in inputs:
+                ends.append(name)
+                layers = 0
+    return ends
+
+
+def block_loss(module: QuantizedModel, extras: dict[str, np.ndarray]) -> torch.Tensor:
+    """Mean over the blocks of the last forward pass of ``||q - clip(t)||² / ||clip(t)||²``."""
+    terms = []
+    for name, (q, low, high) in module.taps.items():
+        target = torch.from_numpy(np.asarray(extras[TARGET + name], np.float32))
+        target = torch.minimum(torch.maximum(target, low), high)
+        terms.append(((q - target) ** 2).sum() / (target ** 2).sum().clamp_min(1e-12))
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def cut_into_blocks(module: QuantizedModel, teacher: Path, batches: list[Batch], layers_per_block: int,
+                    threads: int) -> tuple[list[str], TaskLoss]:
+    """Cut ``module`` into blocks, put the canonicalized teacher's tensors at their ends into each batch's
+    extras and return (the values that end blocks, the block loss as a task loss)."""
+    import qcompiler
+
+    from ..ir import onnxruntime_model
+    from . import _session
+
+    if layers_per_block < 1:
+        raise UserError(f"finetune: --blocks {layers_per_block}: a block holds at least one layer")
+    with tempfile.TemporaryDirectory(prefix="qcompiler-teacher-") as scratch:
+        canonical = qcompiler.compile(str(teacher), str(Path(scratch) / "teacher.onnx"), pipeline="canonicalize")
+    ends = block_ends(module, {v.name for v in canonical.graph.values()}, layers_per_block)
+    if not ends:
+        return ends, lambda outputs, extras: torch.zeros(())
+    with onnxruntime_model(canonical, extra_outputs=ends) as source:
+        session = _session(source, threads)
+        for batch in batches:
+            fed = {i.name: batch.feeds[i.name] for i in session.get_inputs()}
+            batch.extras.update({TARGET + name: value for name, value in zip(ends, session.run(ends, fed))})
+    module.cuts = frozenset(ends)
+    return ends, lambda outputs, extras: block_loss(module, extras)
+
+
+__all__ = ["block_ends", "block_loss", "cut_into_blocks"]
