@@ -136,3 +136,14 @@ def test_input_problems_are_user_errors(tmp_path, pair, weights, feed_dir, probl
         options["inputs"] = str(feed_dir)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         bench(models, memory=False, **options, **FAST)
+
+
+def test_measuring_sessions_stop_spinning_when_a_run_returns(tmp_path, weights):
+    """Latencies are taken from sessions measured in alternation in one process: a session whose workers
+    spin on after its run would slow the next one down (see ``qcompiler.bench.session.open_session``)."""
+    from qcompiler.bench.session import open_session
+
+    session = open_session(str(matmul_model(tmp_path / "m.onnx", weights[0])), 2)
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
