@@ -9,7 +9,10 @@ end, reading the quantized output of the block before it.
   ``N`` layers (Conv, ConvTranspose, MatMul, Gemm) ran since the last cut, on a value the teacher computes
   too. The teacher is canonicalized by the passes that start every compile (``canonicalize``), so the
   quantized model's values and the teacher's carry the same names for the same tensors (batch
-  normalization folded into the convolution on both sides).
+  normalization folded into the convolution on both sides). That holds for models compiled by a pipeline
+  whose only float rewrites are canonicalize's (``int8``, ``w4a8``, ``auto`` without SmoothQuant), not for
+  cross-layer equalization (``int8-dfq``) or SmoothQuant, which rescale the tensors between layers per
+  channel under the same names: their targets would be the unscaled tensors.
 * **The loss of a block** (:func:`block_loss`): ``||q - clip(t)||² / ||clip(t)||²`` of the fake-quantized
   student tensor ``q`` against the teacher's ``t`` clipped to the quantizer's range (what a perfect
   quantizer of that range gives; an activation absorbed into its layer, a Relu, is the clip at 0).
