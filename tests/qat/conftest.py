@@ -44,3 +44,17 @@ def tiny_cnn(tmp_path_factory):
         np.savez(data / f"batch_{i}.npz", x=rng.uniform(0, 1, (16, 1, 6, 6)).astype(np.float32))
     qcompiler.compile(str(fp32), str(int8), pipeline="int8", calib=str(data), objective="size")
     return fp32, int8, data
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread per test: the tests' numbers do not depend on the machine's core count."""
+    try:
+        import torch
+    except ImportError:  # the tests that need it skip themselves
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -18,14 +18,6 @@ from qcompiler.qat.train import distillation_loss  # noqa: E402
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _weight_read_by(module: QuantizedModel, layer: str) -> torch.nn.Parameter:
     node = next(n for n in module.model.graph if n.name == layer)
     key = next(k for k, q in module.weights.items() if q.output == node.inputs[1].name)

@@ -19,14 +19,6 @@ from qcompiler.cli import main  # noqa: E402
 from qcompiler.errors import UserError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _initializers(path) -> dict[str, np.ndarray]:
     return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
