@@ -281,6 +281,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.blocks:
         print(f"block reconstruction: {len(result.block_ends) + 1} blocks, cut at "
               f"{', '.join(result.block_ends) or '(nowhere: no quantized value the teacher computes too)'}")
+        if result.rescaled_ends:
+            print(f"not cut at {', '.join(result.rescaled_ends)}: there the quantized model's tensors are the "
+                  "teacher's rescaled per channel (cross-layer equalization or SmoothQuant in its compile)")
     print(result.table())
     print(f"wrote {args.output}: {result.steps_run} steps in this run, final loss "
           f"{result.losses[-1] if result.losses else float('nan'):.5g}, {result.seconds:.1f}s")

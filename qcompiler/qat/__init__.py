@@ -43,6 +43,7 @@ class FinetuneResult:
     outputs: list[OutputSummary] = field(default_factory=list)
     seconds: float = 0.0
     block_ends: list[str] = field(default_factory=list)  # with blocks: the values that end each block but the last
+    rescaled_ends: list[str] = field(default_factory=list)  # ends refused: the teacher's tensor rescaled per channel
 
     def table(self) -> str:
         lines = [f"{'output':24} {'error before':>13} {'error after':>12} {'agree before':>13} {'agree after':>12}"]
@@ -189,10 +190,11 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
         batches = load_batches(_data_files(data), [v.name for v in module.model.graph.inputs
                                                    if v.const is None], Path(teacher), threads)
         ends: list[str] = []
+        refused: list[str] = []
         if blocks:
             from .blocks import cut_into_blocks
 
-            ends, block_loss = cut_into_blocks(module, Path(teacher), batches, blocks, threads)
+            ends, refused, block_loss = cut_into_blocks(module, Path(teacher), batches, blocks, threads)
             task_loss = _summed(block_loss, task_loss)
         torch.manual_seed(seed)
         config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
@@ -207,7 +209,7 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     finally:
         if before != model:
             before.unlink(missing_ok=True)
-    result = FinetuneResult(output, len(losses), losses, summaries, block_ends=ends)
+    result = FinetuneResult(output, len(losses), losses, summaries, block_ends=ends, rescaled_ends=refused)
     result.seconds = time.perf_counter() - started
     return result
 

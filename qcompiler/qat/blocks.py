@@ -12,7 +12,8 @@ end, reading the quantized output of the block before it.
   normalization folded into the convolution on both sides). That holds for models compiled by a pipeline
   whose only float rewrites are canonicalize's (``int8``, ``w4a8``, ``auto`` without SmoothQuant), not for
   cross-layer equalization (``int8-dfq``) or SmoothQuant, which rescale the tensors between layers per
-  channel under the same names: their targets would be the unscaled tensors.
+  channel under the same names. Such an end is found on the first batch (:func:`rescaled`) and not cut at;
+  a rescaling within a few percent passes for rounding, and its targets are off by as little.
 * **The loss of a block** (:func:`block_loss`): ``||q - clip(t)||² / ||clip(t)||²`` of the fake-quantized
   student tensor ``q`` against the teacher's ``t`` clipped to the quantizer's range (what a perfect
   quantizer of that range gives; an activation absorbed into its layer, a Relu, is the clip at 0).
@@ -36,6 +37,12 @@ from .graph import QuantizedModel
 from .train import Batch, TaskLoss
 
 LAYER_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+RESCALED = 4.0
+"""An end is refused when one factor per channel, fitted to the teacher's tensor, cuts the quantized model's
+error against it this many times or more: the two differ by a rescaling, not by rounding."""
+NOISE = 0.1
+"""Relative errors up to this are accepted as they are: 4-bit weights with clipped per-channel scales give each
+channel a gain error of a few percent, which a per-channel fit also removes."""
 TARGET = "teacher:"
 """Prefix of a block target's key among a batch's extras."""
 
@@ -55,20 +62,43 @@ def block_ends(module: QuantizedModel, teacher_values: set[str], layers_per_bloc
     return ends
 
 
+def _relative(q: np.ndarray, t: np.ndarray) -> float:
+    return float(((q - t) ** 2).sum()) / max(float((t ** 2).sum()), 1e-30)
+
+
+def rescaled(q: np.ndarray, t: np.ndarray) -> bool:
+    """Whether the quantized model's tensor ``q`` is the teacher's ``t`` rescaled per channel (axis 1, or the
+    last axis) rather than ``t`` with rounding errors: least squares gives each channel ``c`` the factor
+    ``a_c = <q_c, t_c> / <t_c, t_c>``, and a rescaled tensor's error drops by :data:`RESCALED` or more with it."""
+    error = _relative(q, t)
+    if error <= NOISE or q.ndim < 2:
+        return False
+    for axis in sorted({1, q.ndim - 1}):
+        qc, tc = (np.moveaxis(a.astype(np.float64), axis, 0).reshape(a.shape[axis], -1) for a in (q, t))
+        factors = (qc * tc).sum(1) / np.maximum((tc * tc).sum(1), 1e-30)
+        if error >= RESCALED * _relative(qc, factors[:, None] * tc):
+            return True
+    return False
+
+
 def block_loss(module: QuantizedModel, extras: dict[str, np.ndarray]) -> torch.Tensor:
     """Mean over the blocks of the last forward pass of ``||q - clip(t)||² / ||clip(t)||²``."""
     terms = []
     for name, (q, low, high) in module.taps.items():
-        target = torch.from_numpy(np.asarray(extras[TARGET + name], np.float32))
-        target = torch.minimum(torch.maximum(target, low), high)
+        target = torch.from_numpy(_clipped(extras, name, low, high))
         terms.append(((q - target) ** 2).sum() / (target ** 2).sum().clamp_min(1e-12))
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
+def _clipped(extras: dict[str, np.ndarray], name: str, low: torch.Tensor, high: torch.Tensor) -> np.ndarray:
+    return np.clip(np.asarray(extras[TARGET + name], np.float32), float(low), float(high))
+
+
 def cut_into_blocks(module: QuantizedModel, teacher: Path, batches: list[Batch], layers_per_block: int,
-                    threads: int) -> tuple[list[str], TaskLoss]:
+                    threads: int) -> tuple[list[str], list[str], TaskLoss]:
     """Cut ``module`` into blocks, put the canonicalized teacher's tensors at their ends into each batch's
-    extras and return (the values that end blocks, the block loss as a task loss)."""
+    extras and return (the values that end blocks, the ends refused as rescaled, the block loss as a task
+    loss)."""
     import qcompiler
 
     from ..ir import onnxruntime_model
@@ -80,14 +110,20 @@ def cut_into_blocks(module: QuantizedModel, teacher: Path, batches: list[Batch],
         canonical = qcompiler.compile(str(teacher), str(Path(scratch) / "teacher.onnx"), pipeline="canonicalize")
     ends = block_ends(module, {v.name for v in canonical.graph.values()}, layers_per_block)
     if not ends:
-        return ends, lambda outputs, extras: torch.zeros(())
+        return ends, [], lambda outputs, extras: torch.zeros(())
     with onnxruntime_model(canonical, extra_outputs=ends) as source:
         session = _session(source, threads)
         for batch in batches:
             fed = {i.name: batch.feeds[i.name] for i in session.get_inputs()}
             batch.extras.update({TARGET + name: value for name, value in zip(ends, session.run(ends, fed))})
     module.cuts = frozenset(ends)
-    return ends, lambda outputs, extras: block_loss(module, extras)
+    with torch.no_grad():
+        module(batches[0].feeds)
+    refused = [name for name, (q, low, high) in module.taps.items()
+               if rescaled(q.numpy(), _clipped(batches[0].extras, name, low, high))]
+    ends = [name for name in ends if name not in refused]
+    module.cuts = frozenset(ends)
+    return ends, refused, lambda outputs, extras: block_loss(module, extras)
 
 
-__all__ = ["block_ends", "block_loss", "cut_into_blocks"]
+__all__ = ["block_ends", "block_loss", "cut_into_blocks", "rescaled"]

@@ -12,7 +12,7 @@ import qcompiler  # noqa: E402
 from qcompiler import ir  # noqa: E402
 from qcompiler.cli import main  # noqa: E402
 from qcompiler.errors import UserError  # noqa: E402
-from qcompiler.qat.blocks import block_ends, block_loss, cut_into_blocks  # noqa: E402
+from qcompiler.qat.blocks import block_ends, block_loss, cut_into_blocks, rescaled  # noqa: E402
 from qcompiler.qat.graph import QuantizedModel  # noqa: E402
 from qcompiler.qat.train import distillation_loss  # noqa: E402
 
@@ -71,3 +71,17 @@ def test_finetune_reconstructs_blocks_and_the_cli_names_them(tiny_cnn, tmp_path,
     module = QuantizedModel(ir.load(int8))
     with pytest.raises(UserError, match="at least one layer"):
         cut_into_blocks(module, fp32, [], 0, 1)
+
+
+def test_an_end_where_the_teacher_tensor_is_rescaled_per_channel_is_found():
+    """Cross-layer equalization and SmoothQuant rescale a tensor per channel under its name: against such a
+    teacher tensor a block would learn the wrong thing. Rounding errors, even large ones, are not a rescaling."""
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((8, 16, 5, 5)).astype(np.float32)
+    factors = np.exp(rng.uniform(-1.2, 1.2, 16)).astype(np.float32)  # equalization-like, 0.3x..3.3x
+    assert rescaled(t * factors[None, :, None, None] + 0.01 * rng.standard_normal(t.shape), t)
+    assert rescaled(np.moveaxis(np.moveaxis(t, 1, -1) * factors, -1, 1), t)
+    tokens = rng.standard_normal((2, 7, 16)).astype(np.float32)  # SmoothQuant: the hidden (last) axis
+    assert rescaled(tokens / factors, tokens)
+    assert not rescaled(t + 0.7 * rng.standard_normal(t.shape), t)  # noise: no factor per channel explains it
+    assert not rescaled(t * (1 + 0.05 * rng.standard_normal(16))[None, :, None, None], t)  # 4-bit gain errors
