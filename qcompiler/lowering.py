@@ -49,7 +49,7 @@ from .ir.rewrite import bypass_all, insert_after_producer
 from .ops import lookup
 
 
-_PAIR_NAMES = ("scale", "zero_point", "quantized", "dequantized", "QuantizeLinear", "DequantizeLinear")
+_PAIR_NAMES = ("_scale", "_zero_point", "_quantized", "_dequantized", "_QuantizeLinear", "_DequantizeLinear")
 """The suffixes of the names a Q/DQ pair takes from its value's name, in the order it takes them."""
 
 
@@ -62,13 +62,15 @@ def insert_pairs(graph: Graph, domains: Mapping[Value, str]) -> dict[Value, Valu
     The names of every pair are taken in one go (:meth:`Graph.unique_names`), in the order in which one
     pair after another would take them, so they are the same.
     """
-    names = iter(graph.unique_names([f"{value.name}_{suffix}" for value in domains for suffix in _PAIR_NAMES]))
-    add_initializer = graph.add_initializer
+    names = iter(graph.unique_names([name + suffix for name in [value.name for value in domains]
+                                     for suffix in _PAIR_NAMES]))
     restored: dict[Value, Value] = {}
+    constants: list[Value] = []
+    placements: list[tuple[Node | None, tuple[Node, Node]]] = []
     for value, domain in domains.items():
         spec, readers = value.quant, value.uses()
-        scale = add_initializer(Value(next(names), const=np.asarray(spec.scale)))
-        zero_point = add_initializer(Value(next(names), const=np.asarray(spec.zero_point)))
+        scale = Value(next(names), const=np.asarray(spec.scale))
+        zero_point = Value(next(names), const=np.asarray(spec.zero_point))
         quantized = Value(next(names), spec.dtype, value.shape)
         output = Value(next(names), value.dtype, value.shape)
         attrs = qdq_attributes(spec)  # each node copies it
@@ -77,9 +79,12 @@ def insert_pairs(graph: Graph, domains: Mapping[Value, str]) -> dict[Value, Valu
         dq = Node("DequantizeLinear", (quantized, scale, zero_point), (output,), attrs=attrs, domain=domain,
                   name=next(names))
         output.quant, value.quant = spec, None
-        insert_after_producer(graph, value, q, dq)
+        constants += (scale, zero_point)
+        placements.append((value.producer(), (q, dq)))  # right after the producer (first for an input)
         value.redirect(readers, output)
         restored[value] = output
+    graph.add_initializers(constants)
+    graph.insert_after_each(placements)
     return restored
 
 
@@ -117,7 +122,7 @@ def _int32_bias(node: Node) -> tuple[int, QuantSpec, QuantSpec] | None:
     return op.bias_input, x_spec, w_spec
 
 
-_BIAS_NAMES = ("quantized", "scale", "zero_point", "dequantized", "DequantizeLinear")
+_BIAS_NAMES = ("_quantized", "_scale", "_zero_point", "_dequantized", "_DequantizeLinear")
 """The suffixes of the names an int32 bias takes from the float bias's name, in the order it takes them."""
 
 
@@ -132,12 +137,12 @@ def add_int32_biases(graph: Graph, nodes: Iterable[Node]) -> int:
     layers = [(node, found) for node in nodes if (found := _int32_bias(node)) is not None]
     biases = [node.inputs[index] for node, (index, _, _) in layers]
     numbers = quantize_biases([(b.const, x_spec, w_spec) for b, (_, (_, x_spec, w_spec)) in zip(biases, layers)])
-    names = iter(graph.unique_names([f"{b.name}_{suffix}" for b in biases for suffix in _BIAS_NAMES]))
-    add_initializer = graph.add_initializer
+    names = iter(graph.unique_names([name + suffix for name in [b.name for b in biases] for suffix in _BIAS_NAMES]))
     for (node, (index, _, _)), bias, (integers, scale) in zip(layers, biases, numbers):
-        int_bias = add_initializer(Value(next(names), const=integers))
-        scale_value = add_initializer(Value(next(names), const=scale))
-        zero = add_initializer(Value(next(names), const=np.zeros(scale.shape, np.int32)))
+        int_bias = Value(next(names), const=integers)
+        scale_value = Value(next(names), const=scale)
+        zero = Value(next(names), const=np.zeros(scale.shape, np.int32))
+        graph.add_initializers((int_bias, scale_value, zero))
         restored = Value(next(names), TensorProto.FLOAT, bias.const.shape)
         dq = Node("DequantizeLinear", (int_bias, scale_value, zero), (restored,), attrs={"axis": 0}, name=next(names))
         graph.insert_before(node, dq)

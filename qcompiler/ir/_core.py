@@ -10,8 +10,10 @@ behind the subgraph's back.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,13 +33,19 @@ class Usage(NamedTuple):
     index: int
 
 
-_new_tuple = tuple.__new__
+_usage = functools.partial(tuple.__new__, Usage)
+"""``Usage(*pair)`` for a ``(node, index)`` pair, without the argument handling of a NamedTuple's ``__new__``."""
 
 
-def _usage(pair: tuple[Node, int]) -> Usage:
-    """``Usage(*pair)`` without the argument handling of a NamedTuple's ``__new__`` (use lists are edited on
-    every rewrite). A plain ``(node, index)`` tuple finds the same entry: it hashes and compares alike."""
-    return _new_tuple(Usage, pair)
+_TENSOR_DTYPES: dict[np.dtype, int] = {}
+
+
+def _tensor_dtype(dtype: np.dtype) -> int:
+    """``onnx.helper.np_dtype_to_tensor_dtype``, remembered per dtype: a rewrite makes initializers by the 10k."""
+    found = _TENSOR_DTYPES.get(dtype)
+    if found is None:
+        found = _TENSOR_DTYPES[dtype] = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    return found
 
 
 class Value:
@@ -53,7 +61,11 @@ class Value:
         doc_string: kept from the file.
 
     Values and nodes have ``__slots__``: a quantized graph holds hundreds of thousands of them, and a
-    rewrite such as insert-qdq spends most of its time creating them.
+    rewrite such as insert-qdq spends most of its time creating them. For the same reason the uses are
+    kept as ``{node: index}`` (a tuple of indices, in the order they were added, for a node that reads the
+    value more than once), not as one :class:`Usage` object per edge, which is made when asked for
+    (:meth:`uses`): the long-lived objects of a graph are what each collection of the cyclic garbage
+    collector traverses.
     """
 
     __slots__ = ("_name", "const", "dtype", "shape", "type_proto", "doc_string", "quant", "_producer",
@@ -73,7 +85,7 @@ class Value:
         self.const = const
         if const is not None:
             if dtype is None:
-                dtype = onnx.helper.np_dtype_to_tensor_dtype(const.dtype)
+                dtype = _tensor_dtype(const.dtype)
             if shape is None:
                 shape = const.shape
         self.dtype = dtype
@@ -83,7 +95,7 @@ class Value:
         self.quant = None
         self._producer: Node | None = None
         self._output_index: int | None = None
-        self._uses: dict[Usage, None] = {}
+        self._uses: dict[Node, int | tuple[int, ...]] = {}
 
     def __repr__(self) -> str:
         return f"Value({self.name!r})"
@@ -102,7 +114,7 @@ class Value:
         old, self._name = self._name, name
         if old == name:
             return
-        for node in dict.fromkeys(use.node for use in self._uses if use.index == CAPTURE_INDEX):
+        for node in [use.node for use in self.uses() if use.index == CAPTURE_INDEX]:
             for graph in subgraphs_of(node.attrs):
                 _rename_in_graph(graph, old, name)
 
@@ -115,12 +127,17 @@ class Value:
         return self._output_index
 
     def uses(self) -> tuple[Usage, ...]:
-        """A snapshot of every (node, input index) reading this value, captures included."""
-        return tuple(self._uses)
+        """A snapshot of every (node, input index) reading this value, captures included: the nodes in
+        first-use order, each node's indices in the order it came to read the value at them."""
+        uses = self._uses
+        if tuple in map(type, uses.values()):  # a node reads the value more than once
+            return tuple(_usage((node, index)) for node, held in uses.items()
+                         for index in (held if type(held) is tuple else (held,)))
+        return tuple(map(_usage, uses.items()))
 
     def consumers(self) -> tuple[Node, ...]:
         """The distinct nodes reading this value, in first-use order."""
-        return tuple(dict.fromkeys(use.node for use in self._uses))
+        return tuple(self._uses)
 
     def is_constant(self) -> bool:
         return self.const is not None
@@ -144,10 +161,29 @@ class Value:
                 node.set_input(index, other)
 
     def _add_use(self, node: Node, index: int) -> None:
-        self._uses[_usage((node, index))] = None
+        uses = self._uses
+        held = uses.get(node)
+        if held is None:
+            uses[node] = index
+        elif type(held) is int:
+            if held != index:
+                uses[node] = (held, index)
+        elif index not in held:
+            uses[node] = held + (index,)
 
     def _remove_use(self, node: Node, index: int) -> None:
-        self._uses.pop((node, index), None)
+        uses = self._uses
+        held = uses.get(node)
+        if held == index:
+            del uses[node]
+        elif type(held) is tuple and index in held:
+            rest = tuple(i for i in held if i != index)
+            uses[node] = rest[0] if len(rest) == 1 else rest
+
+    def _has_use(self, node: Node, index: int) -> bool:
+        """Whether ``node`` reads this value at ``index``: O(1), not a scan of :meth:`uses`."""
+        held = self._uses.get(node)
+        return held == index or (type(held) is tuple and index in held)
 
 
 def _subgraph_references(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
@@ -207,6 +243,10 @@ def captured_names(attrs: dict[str, Any]) -> list[str]:
     return sorted(names)
 
 
+_NO_ATTR_TYPES: Mapping[str, int] = MappingProxyType({})
+"""The ``attr_types`` of a node made by a pass, shared: nodes are made by the 10k, and only loading fills it."""
+
+
 class Node:
     """One operator application.
 
@@ -239,10 +279,10 @@ class Node:
         self.name = name
         self.doc_string = doc_string
         self.attrs: dict[str, Any] = dict(attrs) if attrs else {}
-        self.attr_types: dict[str, int] = dict(attr_types) if attr_types else {}
+        self.attr_types: Mapping[str, int] = dict(attr_types) if attr_types else _NO_ATTR_TYPES
         self.graph: Graph | None = None
         self._prev = self._next = None
-        if isinstance(outputs, int):
+        if type(outputs) is int:
             outputs = [Value("") for _ in range(outputs)]
         self._outputs: tuple[Value | None, ...] = (outputs := tuple(outputs))
         for index, out in enumerate(outputs):
@@ -257,7 +297,10 @@ class Node:
         self._inputs: tuple[Value | None, ...] = (inputs := tuple(inputs))
         for index, value in enumerate(inputs):
             if value is not None:
-                value._uses[_new_tuple(Usage, (self, index))] = None  # _usage, inlined: nodes are made by the 10k
+                if self in value._uses:
+                    value._add_use(self, index)
+                else:  # _add_use, inlined for the first use: nodes are made by the 10k
+                    value._uses[self] = index
         self._captures: tuple[Value, ...] = tuple(captures)
         for value in self._captures:
             value._add_use(self, CAPTURE_INDEX)
@@ -284,12 +327,12 @@ class Node:
         if old is value:
             return
         if old is not None:
-            old._uses.pop((self, index), None)
+            old._remove_use(self, index)
         inputs = list(self._inputs)
         inputs[index] = value
         self._inputs = tuple(inputs)
         if value is not None:
-            value._uses[_usage((self, index))] = None
+            value._add_use(self, index)
 
     def append_input(self, value: Value | None) -> None:
         """Add an input at the end (e.g. a bias for a Conv that had none)."""
@@ -381,16 +424,15 @@ class Graph:
         raise InternalError(f"{node!r} is not in the order of graph {self.name!r}")
 
     def values(self) -> Iterator[Value]:
-        """Every value: inputs, initializers, then node outputs in order."""
-        seen: set[int] = set()
-        for value in itertools.chain(self.inputs, self.initializers.values()):
-            if id(value) not in seen:
-                seen.add(id(value))
-                yield value
+        """Every value once: inputs, initializers, then node outputs in order.
+
+        Only inputs and initializers can repeat (an input with a default is also an initializer); a
+        node output is no input or initializer and has one producer, so the outputs need no check."""
+        leading = {id(value): value for value in itertools.chain(self.inputs, self.initializers.values())}
+        yield from leading.values()
         for node in self._walk():
-            for value in node.outputs:
-                if value is not None and id(value) not in seen:
-                    seen.add(id(value))
+            for value in node._outputs:
+                if value is not None:
                     yield value
 
     # -- naming --------------------------------------------------------------------------------
@@ -410,7 +452,12 @@ class Graph:
 
     def _taken(self) -> set[str]:
         if self._taken_names is None:
-            self._taken_names = {v.name for v in self.values()} | {n.name for n in self._walk()}
+            taken = {value.name for value in self.inputs}
+            taken.update(self.initializers)
+            for node in self._walk():
+                taken.add(node.name)
+                taken.update([value._name for value in node._outputs if value is not None])
+            self._taken_names = taken
         return self._taken_names
 
     def unique_names(self, bases: Sequence[str]) -> list[str]:
@@ -475,6 +522,17 @@ class Graph:
         self._check_member(anchor)
         self._link(anchor, self._adopt(nodes))
 
+    def insert_after_each(self, placements: Sequence[tuple[Node | None, tuple[Node, ...]]]) -> None:
+        """For each ``(anchor, nodes)``, add ``nodes`` in order right after ``anchor`` (a node of this graph, or
+        None for the start of the graph), as one :meth:`insert_after` or :meth:`prepend` call after another
+        would; the nodes are checked and claimed in one go, for a pass that inserts thousands."""
+        for anchor, _ in placements:
+            if anchor is not None and anchor.graph is not self:
+                self._check_member(anchor)
+        self._adopt(tuple(node for _, nodes in placements for node in nodes))
+        for anchor, nodes in placements:
+            self._link(self._ring if anchor is None else anchor, nodes)
+
     def remove(self, nodes: Node | Iterable[Node], *, safe: bool = True) -> None:
         """Remove nodes, in time linear in their number (and, with ``safe``, in the graph outputs).
         With ``safe``, refuse when an output is still used outside the removed set or is a graph
@@ -505,14 +563,23 @@ class Graph:
 
     def add_initializer(self, value: Value) -> Value:
         """Register a constant value as an initializer (its name must be unique)."""
-        if value.const is None:
-            raise InternalError(f"initializer {value.name!r} has no data")
-        if value.name in self.initializers:
-            raise InternalError(f"an initializer named {value.name!r} already exists")
-        self.initializers[value.name] = value
-        if self._taken_names is not None:
-            self._taken_names.add(value.name)
+        self.add_initializers((value,))
         return value
+
+    def add_initializers(self, values: Sequence[Value]) -> None:
+        """Register constant values as initializers, in order (each name unique), the checks done in one go."""
+        fresh = {value.name: value for value in values}
+        if len(fresh) != len(values) or not self.initializers.keys().isdisjoint(fresh) \
+                or any(value.const is None for value in values):
+            names = [value.name for value in values]
+            for position, value in enumerate(values):
+                if value.const is None:
+                    raise InternalError(f"initializer {value.name!r} has no data")
+                if value.name in self.initializers or value.name in names[:position]:
+                    raise InternalError(f"an initializer named {value.name!r} already exists")
+        self.initializers.update(fresh)
+        if self._taken_names is not None:
+            self._taken_names.update(fresh)
 
     def drop_initializer(self, value: Value) -> bool:
         """Delete the initializer ``value`` if nothing reads it and it is not a graph output or input; an

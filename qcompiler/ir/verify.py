@@ -36,7 +36,7 @@ def _check_graph(graph: Graph, problems: list[str]) -> None:
             if id(value) not in defined:
                 problems.append(f"{where}: input {index} {value.name!r} is not defined before the node "
                                 f"(not a graph input, initializer or earlier output)")
-            if (node, index) not in value._uses:  # the use dict itself: O(1), not a scan of a snapshot
+            if not value._has_use(node, index):
                 problems.append(f"{where}: input {index} {value.name!r} does not list this use")
         for value in node.captures:
             if id(value) not in defined:
