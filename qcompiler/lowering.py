@@ -181,21 +181,42 @@ def _check_opset(model: Model, values: list[Value]) -> None:
 
 @contextlib.contextmanager
 def _collector_paused():
-    """Pause the cyclic garbage collector while a rewrite creates many small IR objects (a Q/DQ pair is two
-    nodes, four values and their use lists) and next to no garbage: each collection of the older generations
-    would traverse the whole model again, so the cost per node grew with the graph's size. Only in the main
-    thread: the switch is global, and the sensitivity analysis lowers its trial models on worker threads,
-    whose rewrites overlap; with each of them pausing and resuming it, the collector was off most of the
-    time and the discarded trial models piled up. Nor are the new objects moved to the oldest generation
-    (``gc.freeze``): objects put there that way do not count towards its next collection, so trial models
-    discarded after their rewrite stayed until much later. A collector someone else paused is left alone."""
-    if not gc.isenabled() or threading.current_thread() is not threading.main_thread():
+    """Run a rewrite that creates many small, long-lived IR objects (a Q/DQ pair is two nodes, four values
+    and their tuples and use dicts) with the cyclic garbage collector paused, and put what it made straight
+    into the collector's oldest generation.
+
+    CPython's collector is generational: new objects are traversed by a collection of the youngest
+    generation, their survivors again by one of the middle generation, and only then do they join the
+    oldest, which full collections traverse (scheduled by counts: a full collection waits for ten of the
+    middle one and for a quarter of the oldest generation's size in newly promoted objects). Left running,
+    the collector's full collections during the rewrite each traversed the whole model again, so the cost
+    per node grew with the graph's size; paused, the two young collections afterwards still traversed
+    every new object, twice. Instead, the young objects made before the rewrite are collected first (the
+    usual promotion, counted towards the next full collection), and afterwards ``gc.freeze()`` then
+    ``gc.unfreeze()`` move the rewrite's objects into the oldest generation untraversed. ``gc.freeze()``
+    zeroes the counts that schedule collections; with them zeroed after every rewrite no full collection
+    came and discarded trial models piled up, so the counts are restored (a collection of the empty young
+    generations adds one to the count of the next older one).
+
+    Only in the main thread: the switch is global, and the sensitivity analysis lowers its trial models on
+    worker threads, whose rewrites overlap (with each pausing and resuming it, the collector was off most
+    of the time). A collector someone else paused, or objects someone else froze, are left alone.
+    """
+    if not gc.isenabled() or gc.get_freeze_count() or threading.current_thread() is not threading.main_thread():
         yield
         return
+    gc.collect(1)
     gc.disable()
     try:
         yield
     finally:
+        _, young_collections, middle_collections = gc.get_count()
+        gc.freeze()
+        gc.unfreeze()
+        for _ in range(middle_collections):
+            gc.collect(1)
+        for _ in range(young_collections):
+            gc.collect(0)
         gc.enable()
 
 

@@ -68,3 +68,42 @@ def test_the_ladder_is_quantized_everywhere(scaling):
     ops = Counter(node.op_type for node in model.graph)
     # per block: Conv, Relu (removed), MatMul, Add; pairs for w, k, Conv, MatMul, Add outputs; a bias DQ
     assert ops == {"Conv": 10, "MatMul": 10, "Add": 10, "QuantizeLinear": 51, "DequantizeLinear": 61}
+
+
+def test_a_rewrite_leaves_the_collector_scheduled_as_it_was():
+    """insert-qdq puts the objects it made into the collector's oldest generation with ``gc.freeze()``,
+    which zeroes the counts that schedule collections; they are restored (a full collection waits for
+    ten of the middle generation: zeroed after every rewrite, none came, and discarded trial models
+    piled up)."""
+    import gc
+
+    from qcompiler.lowering import _collector_paused
+
+    gc.collect()
+    for _ in range(3):
+        gc.collect(1)  # the oldest generation's count: 3
+    with _collector_paused():
+        pass
+    assert gc.get_count()[2] == 4 and gc.isenabled() and gc.get_freeze_count() == 0  # one more: its own
+
+
+def test_discarded_models_are_still_collected_when_each_was_lowered(scaling):
+    """Lowering one trial model after another, each discarded (a range search, bias correction): full
+    collections keep coming, so the cycles of the discarded models are freed."""
+    import gc
+
+    from qcompiler.passes import InsertQDQ
+
+    full = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(1)
+
+    gc.callbacks.append(count)
+    try:
+        for _ in range(12):
+            InsertQDQ()(scaling.marked_ladder(2000))
+    finally:
+        gc.callbacks.remove(count)
+    assert full, "no full collection in 12 lowerings of discarded models"
