@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -563,23 +563,29 @@ class Graph:
 
     def add_initializer(self, value: Value) -> Value:
         """Register a constant value as an initializer (its name must be unique)."""
-        self.add_initializers((value,))
+        self._check_initializer(value, ())
+        self.initializers[value.name] = value
+        if self._taken_names is not None:
+            self._taken_names.add(value.name)
         return value
 
     def add_initializers(self, values: Sequence[Value]) -> None:
-        """Register constant values as initializers, in order (each name unique), the checks done in one go."""
+        """:meth:`add_initializer` for each of ``values``, in order, the checks done in one go (none is added
+        when one is refused): for a pass that adds thousands."""
         fresh = {value.name: value for value in values}
         if len(fresh) != len(values) or not self.initializers.keys().isdisjoint(fresh) \
                 or any(value.const is None for value in values):
-            names = [value.name for value in values]
             for position, value in enumerate(values):
-                if value.const is None:
-                    raise InternalError(f"initializer {value.name!r} has no data")
-                if value.name in self.initializers or value.name in names[:position]:
-                    raise InternalError(f"an initializer named {value.name!r} already exists")
+                self._check_initializer(value, [v.name for v in values[:position]])
         self.initializers.update(fresh)
         if self._taken_names is not None:
             self._taken_names.update(fresh)
+
+    def _check_initializer(self, value: Value, also_taken: Collection[str]) -> None:
+        if value.const is None:
+            raise InternalError(f"initializer {value.name!r} has no data")
+        if value.name in self.initializers or value.name in also_taken:
+            raise InternalError(f"an initializer named {value.name!r} already exists")
 
     def drop_initializer(self, value: Value) -> bool:
         """Delete the initializer ``value`` if nothing reads it and it is not a graph output or input; an
