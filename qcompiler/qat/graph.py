@@ -310,7 +310,7 @@ class QuantizedModel(torch.nn.Module):
                     (quantize, dequantize), "kernel")
 
     def bias_scale(self, key: str) -> torch.Tensor:
-        """``s_x · s_w`` per output channel, in float64 as :func:`qcompiler.ir.quant.bias_scale`."""
+        """``s_x · s_w`` per output channel, in float64 as :func:`qcompiler.ir.quant.quantize_biases` computes it."""
         bias = self.biases[key]
         product = self.activation_scale(bias.activation).double() * self.weight_scale(bias.weight).double().reshape(-1)
         return product
