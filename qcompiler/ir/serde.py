@@ -29,6 +29,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -419,13 +420,19 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
     return proto
 
 
+LOAD_ATTEMPTS = 50
+"""How many times :func:`load` reads a file that concurrent saves keep replacing before it gives up."""
+
+
 def load(path: str | os.PathLike) -> Model:
     """Load an ONNX file into the IR, its external initializers memory-mapped (see the module docstring).
 
     When the file is replaced by a concurrent save between reading the ``.onnx`` and opening its data
-    (whose old data file that save deletes), the new pair is read instead."""
+    (whose old data file that save deletes), the new pair is read instead, after a pause that grows by a
+    millisecond each time (two processes saving in a loop replaced it five times running on a busy
+    machine)."""
     path = Path(path)
-    for attempt in range(5):
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
         proto, status = _read_proto(path)
         try:
             try:
@@ -434,8 +441,9 @@ def load(path: str | os.PathLike) -> Model:
                 raise ModelLoadError(f"{path}: cannot read its external data ({exc})") from exc
             return from_proto(proto, where=str(path), data=DataFiles(path.parent, str(path)))
         except ModelLoadError:
-            if attempt == 4 or not _replaced_since(path, status):
+            if attempt == LOAD_ATTEMPTS or not _replaced_since(path, status):
                 raise
+        time.sleep(attempt / 1000)
     raise AssertionError("unreachable")
 
 
