@@ -246,15 +246,20 @@ def file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def data_files(proto: onnx.ModelProto) -> set[str]:
+    """The names of the data files ``proto``'s tensors refer to (relative to its directory)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return {os.path.normpath(external_location(t)[0]) for t in _get_all_tensors(proto) if uses_external_data(t)}
+
+
 def _referenced(path: Path) -> set[str]:
     """Data file names the model at ``path`` refers to (empty when it does not exist or is unreadable)."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - a missing or foreign file refers to nothing of ours
         return set()
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    return {os.path.normpath(external_location(t)[0]) for t in _get_all_tensors(proto) if uses_external_data(t)}
+    return data_files(proto)
 
 
 def _lock_is_free(path: Path) -> bool | None:
@@ -286,9 +291,8 @@ def clean_stale(path: Path) -> None:
         found = pattern.match(entry)
         if found:
             tokens.setdefault(found["staged"] or found["data"], set()).add(entry)
-    referenced: set[str] | None = None
+    finished: dict[str, set[str]] = {}
     for token, entries in tokens.items():
-        data = f"{name}.{token}.data"
         lock = directory / f".{name}.{token}.lock"
         state = _lock_is_free(lock)
         if state is False:
@@ -299,12 +303,12 @@ def clean_stale(path: Path) -> None:
                     continue  # a writer that is creating its lock right now
             except FileNotFoundError:
                 continue
-        if data in entries:
-            if referenced is None:  # read after the locks were seen free: see the module docstring
-                referenced = _referenced(path)
-            if data in referenced:
-                entries = entries - {data}
-        for entry in entries:
+        finished[token] = entries
+    # read after every lock above was seen free, so each of those writers has renamed its .onnx if it ever
+    # will: read before the last check, it could miss the rename of a save that finished in between
+    referenced = _referenced(path) if any(f"{name}.{t}.data" in e for t, e in finished.items()) else set()
+    for token, entries in finished.items():
+        for entry in entries - referenced:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / entry)
 

@@ -41,7 +41,7 @@ from onnx import AttributeProto, numpy_helper
 
 from ..errors import ModelLoadError, ModelSaveError, UnsupportedModelError
 from ._core import Graph, Model, Node, Value, captured_names
-from .external_data import MAP_BYTES, DataFiles, TensorWriter, external_location, file_mode, replace_pair
+from .external_data import MAP_BYTES, DataFiles, TensorWriter, data_files, external_location, file_mode, replace_pair
 
 PROTOBUF_LIMIT = 2**31 - 1
 """Largest serialized protobuf message; larger models need external data."""
@@ -400,14 +400,6 @@ def _load_nested_external_data(proto: onnx.ModelProto, directory: Path) -> None:
             del tensor.external_data[:]
 
 
-def _replaced_since(path: Path, status: os.stat_result) -> bool:
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (now.st_ino, now.st_dev) != (status.st_ino, status.st_dev)
-
-
 def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX file with all its external data in memory (for tools that need one proto; a model
     past 2 GB cannot be one). :func:`load` maps the data instead."""
@@ -429,22 +421,28 @@ def load(path: str | os.PathLike) -> Model:
 
     When the file is replaced by a concurrent save between reading the ``.onnx`` and opening its data
     (whose old data file that save deletes), the new pair is read instead, after a pause that grows by a
-    millisecond each time (two processes saving in a loop replaced it five times running on a busy
-    machine)."""
+    millisecond each time. A save names its data file afresh (``qcompiler.ir.external_data``), so a pair
+    was replaced exactly when the ``.onnx`` read again names other data files; the file's inode says
+    nothing, as a later save's file can be given the inode of the one it replaced."""
     path = Path(path)
+    failed: tuple[set[str], ModelLoadError] | None = None
     for attempt in range(1, LOAD_ATTEMPTS + 1):
-        proto, status = _read_proto(path)
+        proto, _ = _read_proto(path)
+        files = data_files(proto)
+        if failed is not None and files == failed[0]:
+            raise failed[1]  # the same pair as before: not a concurrent save
         try:
             try:
                 _load_nested_external_data(proto, path.parent)
             except Exception as exc:
                 raise ModelLoadError(f"{path}: cannot read its external data ({exc})") from exc
             return from_proto(proto, where=str(path), data=DataFiles(path.parent, str(path)))
-        except ModelLoadError:
-            if attempt == LOAD_ATTEMPTS or not _replaced_since(path, status):
+        except ModelLoadError as exc:
+            if not files:
                 raise
+            failed = files, exc
         time.sleep(attempt / 1000)
-    raise AssertionError("unreachable")
+    raise failed[1]
 
 
 def tensor_bytes(model: Model) -> int:

@@ -306,3 +306,39 @@ def test_concurrent_saves_over_one_pair_never_show_a_reader_a_mismatched_pair(tm
     assert sum(r[1] for r in results) == 0  # no reader ever saw one save's .onnx with another's data
     assert pair_names(tmp_path) == sorted(["m.onnx", *referenced_data(path)])  # nothing left behind
     assert float(ir.load(path).metadata["fill"]) in (1.0, 2.0)
+
+
+def test_load_reads_the_new_pair_when_saves_replace_it_between_the_onnx_and_its_data(tmp_path, monkeypatch):
+    """Two saves land after ``load`` read the ``.onnx`` and before it opens the data, which the second
+    deletes; on ext4 the second save's file gets the inode of the file it replaces, so only the data file
+    names tell that the pair was replaced (the concurrent-save test above failed one run in ten on that)."""
+    path = tmp_path / "m.onnx"
+    ir.save(filled_model(1.0), path, external_data=True)
+    read = serde._read_proto
+    calls = []
+
+    def read_then_replace(where):
+        found = read(where)
+        calls.append(where)
+        if len(calls) == 1:
+            for fill in (2.0, 3.0):
+                ir.save(filled_model(fill), path, external_data=True)
+        return found
+
+    monkeypatch.setattr(serde, "_read_proto", read_then_replace)
+    model = ir.load(path)
+    assert float(model.metadata["fill"]) == 3.0 and np.all(model.graph.initializers["w"].const == 3.0)
+    assert len(calls) == 2
+
+
+def test_a_missing_data_file_is_reported_after_one_more_read(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    ir.save(filled_model(1.0), path, external_data=True)
+    for name in external_data._referenced(path):
+        os.unlink(tmp_path / name)
+    reads = []
+    read = serde._read_proto
+    monkeypatch.setattr(serde, "_read_proto", lambda where: reads.append(where) or read(where))
+    with pytest.raises(ModelLoadError, match="is missing"):
+        ir.load(path)
+    assert len(reads) == 2
