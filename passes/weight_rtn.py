@@ -15,6 +15,7 @@ from dataclasses import field, replace
 
 from qcompiler.errors import UserError
 from qcompiler.ir import Model
+from qcompiler.ir.external_data import release_pages
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import get_target
 from qcompiler.weight_only.layers import BITS, find_layers, min_max_spec, weight_scheme
@@ -56,6 +57,7 @@ class WeightRTN(Pass):
         for layer in layers:
             gathered = any(node.op_type == "Gather" for node in layer.nodes)
             layer.weight.quant = min_max_spec(layer, table_scheme if gathered else scheme)
+            release_pages(layer.weight.const)  # a model past memory: its weights are not all kept resident
             for node in layer.nodes:
                 plan.quantize_node(node)
         plan.reports["weight_only"] = {"bits": self.bits, "block_size": self.block_size, "symmetric": self.symmetric,

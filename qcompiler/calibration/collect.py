@@ -96,7 +96,7 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
     observers = {name: make_observer(name) for name in names}
     for name in names:
         if name in initializers and name not in graph_inputs:
-            _observe(observers[name], onnx.numpy_helper.to_array(initializers[name], directory or ""))
+            observe(observers[name], onnx.numpy_helper.to_array(initializers[name], directory or ""))
     fetched = [n for n in names if n in produced]
     observed_inputs = [n for n in names if n in graph_inputs]
 
@@ -118,7 +118,7 @@ def collect(model: onnx.ModelProto | bytes | str | os.PathLike, tensor_names: It
             for where, feed in feeds:
                 if position == 0:
                     for name in observed_inputs:
-                        _observe(observers[name], feed[name])
+                        observe(observers[name], feed[name])
                 if session is not None:
                     _run(session, group, feed, where, observers)
                 del feed  # before the next one is read: one feed in memory at a time
@@ -135,23 +135,29 @@ def _resume(held: list, rest: Iterator) -> Iterator:
     yield from rest
 
 
-def _run(session: Any, group: list[str], feed: dict[str, np.ndarray], where: str,
-         observers: dict[str, Observer]) -> None:
+def run_feed(session: Any, names: list[str], feed: dict[str, np.ndarray], where: str) -> list[Any]:
+    """``session.run(names, feed)``; onnxruntime's failure as a :class:`CalibrationDataError` naming the feed."""
     try:
-        outputs = session.run(group, feed)
+        return session.run(names, feed)
     except Exception as exc:  # onnxruntime's exceptions have no common public base class
         text = str(exc).strip()
         message = text.splitlines()[0] if text else type(exc).__name__
         raise CalibrationDataError(f"{where}: onnxruntime failed on this feed: {message}") from exc
+
+
+def _run(session: Any, group: list[str], feed: dict[str, np.ndarray], where: str,
+         observers: dict[str, Observer]) -> None:
+    outputs = run_feed(session, group, feed, where)
     for index, name in enumerate(group):
         array = outputs[index]
         outputs[index] = None  # drop each output as soon as it is observed
         if isinstance(array, np.ndarray):
-            _observe(observers[name], array)
+            observe(observers[name], array)
         del array
 
 
-def _observe(observer: Observer, array: Any) -> None:
+def observe(observer: Observer, array: Any) -> None:
+    """Feed ``array`` to ``observer`` when it is floating point (shapes and masks are not observed)."""
     array = np.asarray(array)
     if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
         observer.update(array)

@@ -42,6 +42,7 @@ import os
 import re
 import secrets
 import sys
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -149,12 +150,44 @@ class DataFiles:
             copy.data_location = onnx.TensorProto.DEFAULT
             copy.raw_data = data
             return numpy_helper.to_array(copy)
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(stream.fileno(), offset + length - start, access=mmap.ACCESS_READ, offset=start)
-        array = np.frombuffer(mapped, dtype=dtype, count=length // dtype.itemsize, offset=offset - start).reshape(shape)
-        key = id(array)
-        _MAPPED[key] = (weakref.ref(array, lambda _: _MAPPED.pop(key, None)), stream, offset, length, mapped)
+        return _map(stream, offset, length, dtype, shape)
+
+
+def _map(stream: Any, offset: int, length: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only view of bytes ``offset .. offset + length`` of the open file ``stream``, on a shared,
+    read-only memory map of its own (unmapped when the array goes), registered in ``_MAPPED``."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(stream.fileno(), offset + length - start, access=mmap.ACCESS_READ, offset=start)
+    array = np.frombuffer(mapped, dtype=dtype, count=length // dtype.itemsize, offset=offset - start).reshape(shape)
+    key = id(array)
+    _MAPPED[key] = (weakref.ref(array, lambda _: _MAPPED.pop(key, None)), stream, offset, length, mapped)
+    return array
+
+
+_spill_file: Any = None
+
+
+def spill(array: np.ndarray) -> np.ndarray:
+    """``array`` written to this process's scratch file and mapped back read-only: the same values, in pages
+    the kernel can drop (:func:`release_pages`) instead of anonymous memory.
+
+    For a pass that rewrites the weights of a model past memory (GPTQ, AWQ on an LLM): the rewritten weights
+    of every layer would otherwise all be resident until the model is written. The scratch file is a
+    ``tempfile.TemporaryFile`` (already unlinked, gone with the process); a save copies spilled tensors file
+    to file like any mapped tensor. Arrays smaller than :data:`MAP_BYTES` and types that are not plain are
+    given back as they are."""
+    global _spill_file
+    dtype = _plain_dtype(onnx.helper.np_dtype_to_tensor_dtype(array.dtype)) if array.dtype.kind in "biuf" else None
+    if dtype is None or array.nbytes < MAP_BYTES:
         return array
+    if _spill_file is None:
+        _spill_file = tempfile.TemporaryFile(prefix="qcompiler-spill-")  # noqa: SIM115 - kept for the process
+    fd = _spill_file.fileno()
+    offset = -(-os.fstat(fd).st_size // ALIGNMENT) * ALIGNMENT
+    view, written = memoryview(np.ascontiguousarray(array)).cast("B"), 0
+    while written < len(view):
+        written += os.pwrite(fd, view[written:], offset + written)
+    return _map(_spill_file, offset, len(view), dtype, array.shape)
 
 
 def mapped_source(array: np.ndarray) -> tuple[Any, int, int] | None:

@@ -5,11 +5,14 @@ in onnxruntime over the calibration feeds with those activations exposed as outp
 (:func:`qcompiler.calibration.collect`, which also bounds the activations held per feed); each one is
 flattened to rows of its last dimension and a uniform random sample of at most ``max_tokens`` rows is kept
 (a deterministic seed): memory is ``max_tokens · K · 4`` bytes per input, whatever the amount of data.
-Inputs are float-model activations for every layer (the layers are not quantized one after the other).
+Inputs are float-model activations for every layer (the layers are not quantized one after the other). A
+model whose weights exceed :data:`~qcompiler.calibration.staged.STAGED_ABOVE` runs in stages of a few
+layers each (:mod:`qcompiler.calibration.staged`): one session never holds the whole LLM.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -54,9 +57,29 @@ class TokenSample:
 
 def sample_inputs(model: Model, values: list[Value], data: Any, max_tokens: int) -> dict[Value, np.ndarray]:
     """``{value: [tokens, K] sample}`` of the float activations ``values`` over the calibration ``data``."""
+    return dict(iter_samples(model, values, data, max_tokens))
+
+
+def iter_samples(model: Model, values: list[Value], data: Any, max_tokens: int) -> Iterator[tuple[Value, np.ndarray]]:
+    """``(value, [tokens, K] sample)`` of each of ``values``; a model past memory
+    (:func:`~qcompiler.calibration.staged.needs_stages`) is run stage by stage and each sample comes as soon
+    as the stages that produce and read its value have run, so a pass that rewrites the weights reading it
+    and drops it holds one stage's samples at a time, not the whole model's."""
     from ..calibration import collect, model_inputs, open_calibration
+    from ..calibration.staged import needs_stages, observe_in_stages
 
     names = [v.name for v in values]
+    by_name = {v.name: v for v in values}
     source = open_calibration(data, model_inputs(model))
-    samples = collect(to_proto(model), names, source, lambda name: TokenSample(max_tokens, seed=len(name)))
-    return {v: samples[v.name].tokens() for v in values}
+
+    def sample(name: str) -> TokenSample:
+        return TokenSample(max_tokens, seed=len(name))
+
+    if needs_stages(model):
+        for completed in observe_in_stages(model, names, source, sample):
+            for name, observer in completed.items():
+                yield by_name[name], observer.tokens()
+        return
+    samples = collect(to_proto(model), names, source, sample)
+    for name in names:
+        yield by_name[name], samples.pop(name).tokens()

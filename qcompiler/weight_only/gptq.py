@@ -53,8 +53,11 @@ def gptq(w: np.ndarray, h: np.ndarray, scheme: Scheme, *, act_order: bool = True
     size = scheme.block_size or rows
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(rows)
     static = act_order or not scheme.block_size
-    w, h = w[order], h[np.ix_(order, order)]
-    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: H⁻¹ = Uᵀ U
+    w = w[order]
+    inverse = np.linalg.inv(h[np.ix_(order, order)])
+    del h  # K x K float64 each: an LLM's MLP projection holds no more of them than it must
+    u = np.linalg.cholesky(inverse).T  # upper: H⁻¹ = Uᵀ U
+    del inverse
     quantized = np.zeros_like(w, dtype=np.float32)
     for start in range(0, rows, batch):
         end = min(start + batch, rows)

@@ -27,6 +27,7 @@ from onnx import TensorProto
 
 from ..assignment import excluded
 from ..ir import Model, Node, QuantSpec, Scheme, Value, fake_quantize
+from ..ir.external_data import mapped_source, spill
 from ..ir.quant import integer_range, integer_type
 
 BITS = (2, 4, 8)
@@ -115,10 +116,13 @@ class WeightLayer:
         return self.weight.quant if self.k_axis == 0 else transposed(self.weight.quant)
 
     def store(self, w: np.ndarray, spec: QuantSpec) -> None:
-        """Give the weight the ``[K, N]`` matrix ``w`` (on ``spec``'s grid) and ``spec``."""
+        """Give the weight the ``[K, N]`` matrix ``w`` (on ``spec``'s grid) and ``spec``. A weight that was
+        read from a data file (a model past memory) is spilled to a scratch file: the rewritten weights of
+        an LLM are not all kept in anonymous memory until the model is written."""
         if self.k_axis == 1:
             w, spec = w.T, transposed(spec)
-        self.weight.const = np.ascontiguousarray(w, dtype=np.float32)
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        self.weight.const = spill(w) if mapped_source(self.weight.const) is not None else w
         self.weight.quant = spec
 
 
