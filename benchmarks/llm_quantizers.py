@@ -30,6 +30,8 @@ onnxruntime's and NNCF's rows do: ``qc_gptq_fzp_embf``."""
 QC_METHODS = tuple(f"qc_{algorithm}{zero}{table}" for table in ("", FLOAT_EMBEDDINGS)
                    for zero in ("", FLOAT_ZERO_POINTS) for algorithm in ("rtn", "hqq", "awq", "gptq"))
 METHODS = (*ORT_METHODS, "nncf_awq", *QC_METHODS)
+EXTERNAL_DATA_BYTES = 1 << 30
+"""A peer's output larger than this is saved with external data (protobuf cannot hold 2 GB)."""
 
 
 def calibration_feeds(calib: str) -> list[dict[str, np.ndarray]]:
@@ -73,7 +75,12 @@ def ort(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool,
     quantizer = mnq.MatMulNBitsQuantizer(src, bits=bits, block_size=block, is_symmetric=symmetric,
                                          algo_config=configs[method]())
     quantizer.process()
-    quantizer.model.save_model_to_file(dst, use_external_data_format=False)
+    # past 2 GB (Qwen2.5-Coder-1.5B keeps a float embedding table of 0.9 GB) the output needs external data
+    try:
+        large = quantizer.model.model.ByteSize() > EXTERNAL_DATA_BYTES
+    except Exception:  # noqa: BLE001 - some protobuf builds refuse to size a message past 2 GB
+        large = True
+    quantizer.model.save_model_to_file(dst, use_external_data_format=large)
     return {}
 
 

