@@ -2,7 +2,7 @@
 
 Concerns that cut across passes live here rather than inside passes (TVM's PassInstrument):
 
-* :class:`Timing` — wall time per pass (``--time-passes``).
+* :class:`Timing` — wall time and peak memory per pass (``--time-passes``).
 * :class:`Progress` — one line per pass on stderr and, on a terminal, a progress bar with the time left.
 * :class:`DumpIR` — the canonical printed IR after every pass (``--dump-ir DIR``).
 * :class:`CheckModifiedFlag` — a pass that says ``modified=False`` must not have changed the IR,
@@ -36,21 +36,53 @@ def fingerprint(model: Model) -> str:
 
 
 class Timing(Instrument):
-    """Collects the wall time of every pass; :meth:`table` renders them, slowest first."""
+    """Collects the wall time of every pass, and with ``memory`` its peak resident memory; :meth:`table`
+    renders them, slowest first. The peak is the process's (Linux: ``VmHWM``, reset before each pass by
+    writing ``5`` to ``/proc/self/clear_refs``, so a tool that reads the whole command's peak afterwards sees
+    only the last pass's; elsewhere not measured): what a pass holds on top of the model shows."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory: bool = False) -> None:
+        self.memory = memory
         self.records: list[PassRecord] = []
+        self.peak_mb: list[float | None] = []
+
+    def before(self, pass_: Pass, model: Model) -> None:
+        if self.memory:
+            reset_peak_memory()
 
     def after(self, pass_: Pass, model: Model, record: PassRecord) -> None:
         self.records.append(record)
+        self.peak_mb.append(peak_memory_mb() if self.memory else None)
 
     def table(self) -> str:
         total = sum(r.seconds for r in self.records) or 1e-12
-        lines = [f"{'pass':<32} {'seconds':>9} {'share':>6}  modified"]
-        for r in sorted(self.records, key=lambda r: -r.seconds):
-            lines.append(f"{r.name:<32} {r.seconds:9.3f} {100 * r.seconds / total:5.1f}%  {r.modified}")
+        lines = [f"{'pass':<32} {'seconds':>9} {'share':>6}{' peak MB' if self.memory else ''}  modified"]
+        for r, peak in sorted(zip(self.records, self.peak_mb, strict=True), key=lambda item: -item[0].seconds):
+            shown = "" if not self.memory else f" {peak:7.0f}" if peak is not None else " " * 8
+            lines.append(f"{r.name:<32} {r.seconds:9.3f} {100 * r.seconds / total:5.1f}%{shown}  {r.modified}")
         lines.append(f"{'total':<32} {total:9.3f}")
         return "\n".join(lines)
+
+
+def reset_peak_memory() -> None:
+    """Reset this process's peak resident memory (Linux; nothing elsewhere or where it is not allowed)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory since start or :func:`reset_peak_memory` (Linux ``VmHWM``), MB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 class Progress(Instrument):

@@ -6,13 +6,14 @@
 consecutive nodes whose constant inputs total at most ``stage_bytes`` (a node whose weights alone exceed
 it is a stage of its own). Each stage becomes a model of its own: its graph inputs are the values it reads
 that the feed or an earlier stage produced, its outputs the values it produces that a later stage reads,
-and the requested tensors among them; its weights are copied in. Stages run one after the other, each over
-every feed, in one session at a time; between stages, each feed's values that cross the cut are held in
-memory and the ones no later stage reads are dropped. After a stage, the resident pages of its mapped
-weights are released (:func:`~qcompiler.ir.external_data.release_pages`).
+and the requested tensors among them; its weights are handed to the session as external initializers (read
+in place: a memory-mapped weight is not copied), except the small ones shape inference reads, copied in. Stages run one after the other, each over every feed, in
+one session at a time; between stages, each feed's values that cross the cut are held in memory and the
+ones no later stage reads are dropped. After a stage, the resident pages of its mapped weights are
+released (:func:`~qcompiler.ir.external_data.release_pages`).
 
-Peak memory: one stage's weights (in the stage's proto and its session) plus, for every feed, the values
-crossing the current cut (a decoder LLM: the residual stream, the attention mask and the rotary tables).
+Peak memory: one stage's weights (their pages and the session's prepacked copies) plus, for every feed, the
+values crossing the current cut (a decoder LLM: the residual stream, the attention mask and the rotary tables).
 The outputs are the same as one session's up to the fusions onnxruntime can no longer make across a cut.
 A node with subgraphs reads the outer values its subgraphs capture like inputs.
 """
@@ -28,7 +29,7 @@ import onnx.numpy_helper
 
 from ..ir import Model, Node, Value
 from ..ir.external_data import release_pages
-from ..ir.serde import weightless_proto
+from ..ir.serde import is_shape_data, weightless_proto
 from ..scaleout import SESSION_THREADS, session_options
 from .collect import observe, run_feed
 from .data import CalibrationSet, model_inputs, open_calibration
@@ -128,8 +129,12 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
     for position, stage in enumerate(cut):
         proto, inputs, outputs, weights = _stage_model(model, shell, protos, stage, position, last_read, wanted,
                                                        held[0][1] if held else {})
-        session = ort.InferenceSession(proto.SerializeToString(), session_options(threads, optimize=True),
-                                       providers=["CPUExecutionProvider"])
+        options = session_options(threads, optimize=True)
+        large = [v for v in weights if not is_shape_data(v)]
+        tensors = [np.ascontiguousarray(v.const) for v in large]  # the session reads them in place
+        options.add_external_initializers([v.name for v in large],
+                                          [ort.OrtValue.ortvalue_from_numpy(t) for t in tensors])
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         del proto
         for where, live in held:
             arrays = run_feed(session, [v.name for v in outputs], {v.name: live[v.name] for v in inputs}, where)
@@ -142,7 +147,7 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
             for value in inputs:
                 if last_read[value] <= position:
                     live.pop(value.name, None)
-        del session
+        del session, options, tensors
         for weight in weights:
             release_pages(weight.const)
         yield {name: observers[name] for name in names if complete_after[name] == position}
@@ -170,8 +175,19 @@ def _stage_model(model: Model, shell: onnx.ModelProto, protos: dict[Node, onnx.N
     sub.input.extend(onnx.helper.make_tensor_value_info(
         v.name, onnx.helper.np_dtype_to_tensor_dtype(live[v.name].dtype), None) for v in inputs)
     sub.output.extend(onnx.ValueInfoProto(name=v.name) for v in outputs)
-    sub.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v.const), v.name) for v in weights)
+    sub.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v.const), v.name) if is_shape_data(v)
+                           else _placeholder(v) for v in weights)
     proto = onnx.ModelProto(ir_version=shell.ir_version, graph=sub)
     proto.opset_import.extend(shell.opset_import)
     proto.functions.extend(shell.functions)
     return proto, list(inputs), outputs, list(weights)
+
+
+def _placeholder(weight: Value) -> onnx.TensorProto:
+    """An initializer's type and dims, its data to come from the session's external initializers (the
+    weight's own array, memory-mapped for a model read from a data file: not copied into the proto)."""
+    tensor = onnx.TensorProto(name=weight.name, dims=weight.const.shape,
+                              data_type=onnx.helper.np_dtype_to_tensor_dtype(weight.const.dtype))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="qcompiler-stage-weights")
+    return tensor

@@ -82,6 +82,10 @@ def test_optimize_writes_canonical_model_and_keeps_input(model_path, tmp_path, c
     assert digest(model_path) == before
     captured = capsys.readouterr()
     assert "[10/10] infer-shapes" in captured.err and "fold-constants" in captured.err
+    table = captured.err[captured.err.index("pass "):].splitlines()
+    assert table[0].split() == ["pass", "seconds", "share", "peak", "MB", "modified"]
+    if sys.platform == "linux":  # the peak resident memory of each pass, in MB: at least the interpreter's
+        assert all(float(line.split()[3]) > 10 for line in table[1:-1])
     result = ir.load(out_path)
     assert result.opset == 13
     assert [n.op_type for n in result.graph] == ["Mul", "Cast", "Relu"]
