@@ -4,7 +4,9 @@ The float model runs in onnxruntime over the calibration data, batch by batch, w
 tensors exposed as outputs; a streaming observer per tensor turns what it saw into a range
 (``qcompiler.calibration``): min/max, a percentile of a histogram, the KL-optimal threshold
 (entropy) or the MSE-optimal clipping range. Each spec follows the scheme the plan recorded (asymmetric
-in the target's activation type, uint8 on x86); pass-through outputs reuse the spec of their input.
+in the target's activation type, uint8 on x86); pass-through outputs reuse the spec of their input. A
+model whose weights exceed ``qcompiler.calibration.staged.STAGED_ABOVE`` runs stage by stage
+(``qcompiler.calibration.staged``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Calibrate(Pass):
             plan.set_ranges({})  # pass-through outputs still take their source's spec
             return PassResult(model, False)
         from qcompiler.calibration import collect, make_observer_factory, open_calibration
+        from qcompiler.calibration.staged import collect_in_stages, needs_stages
         from qcompiler.scaleout import current
 
         names, inputs = [v.name for v in pending], model_inputs(model)
@@ -52,10 +55,12 @@ class Calibrate(Pass):
 
             observers = collect_sharded(executor, to_proto(model), names, self.data, inputs, self.method,
                                         self.percentile)
+        factory = make_observer_factory(self.method, percentile=self.percentile)
+        if observers is None and needs_stages(model):  # past memory: one stage's weights at a time
+            observers = collect_in_stages(model, names, open_calibration(self.data, inputs), factory)
         if observers is None:
             with onnxruntime_model(model) as source:  # a path for a model near 2 GB: no second copy in memory
-                observers = collect(source, names, open_calibration(self.data, inputs),
-                                    make_observer_factory(self.method, percentile=self.percentile))
+                observers = collect(source, names, open_calibration(self.data, inputs), factory)
         plan.set_ranges({v: observers[v.name].compute_range() for v in pending},
                         {v: observers[v.name].extremes() for v in pending})
         return PassResult(model, True)

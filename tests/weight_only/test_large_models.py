@@ -1,6 +1,6 @@
-"""Weight-only quantization of a model past memory, on the small transformer: its activations observed stage
-by stage (never one session over the whole model) and its rewritten weights spilled to a scratch file.
-Each gives what the in-memory path gives."""
+"""Quantization of a model past memory, on the small transformer: its activations observed stage by stage
+(never one session over the whole model) and the weights weight-only methods rewrite spilled to a scratch
+file. Each gives what the in-memory path gives, for weight-only and static int8 compiles."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from qcompiler.calibration import collect, make_observer_factory
 from qcompiler.calibration import staged
 from qcompiler.ir import external_data
 from qcompiler.ir.external_data import mapped_source, spill
+
+STAGES = staged.stages
 
 
 def float_activations(model):
@@ -90,3 +92,16 @@ def test_a_tensor_comes_once_its_readers_have_run(tiny_transformer):
             assert max([position[values[name].producer()], *readers]) == stage, name
             given.append(name)
     assert sorted(given) == sorted(names)
+
+
+def test_static_int8_calibrated_in_stages_writes_the_same_model(tiny_transformer, tmp_path, monkeypatch):
+    path, calib, _ = tiny_transformer
+    options = {"pipeline": "int8", "calib": calib, "objective": "size"}
+    qcompiler.compile(path, tmp_path / "whole.onnx", **options)
+    monkeypatch.setattr(staged, "STAGED_ABOVE", 0)
+    monkeypatch.setattr(staged, "STAGE_BYTES", 40_000)
+    observed = []
+    monkeypatch.setattr(staged, "stages", lambda *a, **k: observed.append(1) or STAGES(*a, **k))
+    qcompiler.compile(path, tmp_path / "staged.onnx", **options)
+    assert observed
+    assert (tmp_path / "staged.onnx").read_bytes() == (tmp_path / "whole.onnx").read_bytes()
