@@ -17,19 +17,22 @@ Blocks: without act-order a block's scale and zero point are the min/max ones of
 when GPTQ reaches the block's first row (the error moved onto them included); with act-order, whose order
 crosses blocks, they are fixed up front from the original weight ("static groups"), so the result keeps
 the plain blocked layout that MatMulNBits and DequantizeLinear read (no ``g_idx``). Per-channel scales
-are fixed up front. Memory: ``H`` and its inverse, ``K x K`` float64, per layer.
+are fixed up front. Memory: ``H`` and its inverse, ``K x K`` float64, per layer, and the weight in float64
+``COLUMNS`` output channels at a time. The values written are those the rows were quantized to, each the
+dequantized grid point of the block's final scale and zero point: the weight is on its spec's grid.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir import QuantSpec, Scheme, fake_quantize
+from ..ir import QuantSpec, Scheme
 from ..ir.quant import dequantize_values, quantize_values
 from .layers import block_params, rtn, with_block_params
 
 DAMP = 0.01
 BATCH = 128
+COLUMNS = 4096
 
 
 def hessian(x: np.ndarray) -> np.ndarray:
@@ -39,25 +42,42 @@ def hessian(x: np.ndarray) -> np.ndarray:
 
 
 def gptq(w: np.ndarray, h: np.ndarray, scheme: Scheme, *, act_order: bool = True, damp: float = DAMP,
-         batch: int = BATCH) -> tuple[np.ndarray, QuantSpec]:
-    """(``w`` on the grid, its spec) for a ``[K, N]`` weight and the Hessian ``h`` of its inputs."""
-    w = w.astype(np.float64).copy()
+         batch: int = BATCH, columns: int = COLUMNS) -> tuple[np.ndarray, QuantSpec]:
+    """(``w`` on the grid, its spec) for a ``[K, N]`` weight and the Hessian ``h`` of its inputs, ``columns``
+    output channels at a time (each column's updates involve only itself and ``H``, so the result does not
+    depend on ``columns``; an LLM's output projection, 151936 columns, is never copied whole in float64)."""
     h = h.astype(np.float64).copy()
     rows = w.shape[0]
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
-    w[dead] = 0.0
     h[np.diag_indices(rows)] += damp * np.mean(np.diag(h))
-    _, spec = rtn(w.astype(np.float32), scheme)
-    scale, zero_point = (a.copy() for a in block_params(spec))
-    size = scheme.block_size or rows
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(rows)
-    static = act_order or not scheme.block_size
-    w = w[order]
     inverse = np.linalg.inv(h[np.ix_(order, order)])
     del h  # K x K float64 each: an LLM's MLP projection holds no more of them than it must
     u = np.linalg.cholesky(inverse).T  # upper: H⁻¹ = Uᵀ U
     del inverse
+    static = act_order or not scheme.block_size
+    result = np.empty(w.shape, np.float32)
+    params = []
+    for first in range(0, w.shape[1], columns):
+        chunk = slice(first, first + columns)
+        params.append(_columns(w[:, chunk], u, order, dead, scheme, static, batch, result[:, chunk]))
+    spec = params[0][0]
+    return result, with_block_params(spec, np.concatenate([p[1] for p in params], axis=1),
+                                     np.concatenate([p[2] for p in params], axis=1))
+
+
+def _columns(w: np.ndarray, u: np.ndarray, order: np.ndarray, dead: np.ndarray, scheme: Scheme, static: bool,
+             batch: int, out: np.ndarray) -> tuple[QuantSpec, np.ndarray, np.ndarray]:
+    """GPTQ of some columns of the weight, written into ``out`` (rows in the weight's order): (their RTN spec,
+    the final ``[blocks, columns]`` scales and zero points)."""
+    w = w.astype(np.float64)
+    w[dead] = 0.0
+    rows = w.shape[0]
+    _, spec = rtn(w.astype(np.float32), scheme)
+    scale, zero_point = (a.copy() for a in block_params(spec))
+    size = scheme.block_size or rows
+    w = w[order]
     quantized = np.zeros_like(w, dtype=np.float32)
     for start in range(0, rows, batch):
         end = min(start + batch, rows)
@@ -73,7 +93,5 @@ def gptq(w: np.ndarray, h: np.ndarray, scheme: Scheme, *, act_order: bool = True
             w[i + 1:end] -= np.outer(u[i, i + 1:end], error)
             errors[i - start] = error
         w[end:] -= u[start:end, end:].T @ errors
-    result = np.empty_like(quantized)
-    result[order] = quantized
-    chosen = with_block_params(spec, scale, zero_point)
-    return fake_quantize(result, chosen), chosen
+    out[order] = quantized
+    return spec, scale, zero_point
