@@ -27,7 +27,7 @@ from onnx import TensorProto
 
 from ..assignment import excluded
 from ..ir import Model, Node, QuantSpec, Scheme, Value, fake_quantize
-from ..ir.external_data import mapped_source, spill
+from ..ir.external_data import mapped_source, release_pages, spill
 from ..ir.quant import integer_range, integer_type
 
 BITS = (2, 4, 8)
@@ -117,13 +117,16 @@ class WeightLayer:
 
     def store(self, w: np.ndarray, spec: QuantSpec) -> None:
         """Give the weight the ``[K, N]`` matrix ``w`` (on ``spec``'s grid) and ``spec``. A weight that was
-        read from a data file (a model past memory) is spilled to a scratch file: the rewritten weights of
-        an LLM are not all kept in anonymous memory until the model is written."""
+        read from a data file (a model past memory) is spilled to a scratch file, and the pages read of the
+        float weight are released: the weights of an LLM are not all kept resident until it is written."""
         if self.k_axis == 1:
             w, spec = w.T, transposed(spec)
         w = np.ascontiguousarray(w, dtype=np.float32)
-        self.weight.const = spill(w) if mapped_source(self.weight.const) is not None else w
-        self.weight.quant = spec
+        old = self.weight.const
+        if mapped_source(old) is not None:
+            release_pages(old)  # what the algorithm read of the float weight (others may still hold the array)
+            w = spill(w)
+        self.weight.const, self.weight.quant = w, spec
 
 
 def _reduction_axis(node: Node, weight: Value) -> int | None:
