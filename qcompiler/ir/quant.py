@@ -441,10 +441,40 @@ class Scheme:
         return self.spec_from_range(lo, hi, used_axis)
 
 
+QUANTIZE_ELEMENTS = 1 << 22
+""":func:`quantize` works on slices of about this many elements along the first axis: its float64
+temporaries stay small on a weight of 10^8 elements (an LLM's output projection)."""
+
+
 def quantize(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
-    """The integers of ``x`` under ``spec`` (ONNX QuantizeLinear: round half to even, saturate)."""
-    scale, zero_point = spec.broadcast(x.shape)
-    return quantize_values(np.asarray(x, np.float32), scale.astype(np.float32), zero_point, spec.dtype)
+    """The integers of ``x`` under ``spec`` (ONNX QuantizeLinear: round half to even, saturate), computed
+    :data:`QUANTIZE_ELEMENTS` at a time along the first axis (whole blocks when the blocks run along it)."""
+    x = np.asarray(x, np.float32)
+    if x.ndim == 0 or x.size <= QUANTIZE_ELEMENTS:
+        scale, zero_point = spec.broadcast(x.shape)
+        return quantize_values(x, scale.astype(np.float32), zero_point, spec.dtype)
+    axis = None if spec.axis is None else spec.axis % x.ndim
+    step = max(1, QUANTIZE_ELEMENTS * x.shape[0] // x.size)
+    if spec.block_size and axis == 0:
+        step = max(1, step // spec.block_size) * spec.block_size
+    out = np.empty(x.shape, storage_dtype(spec.dtype))
+    for start in range(0, x.shape[0], step):
+        rows = slice(start, start + step)
+        part = x[rows]
+        scale, zero_point = (broadcast_param(_first_axis_slice(p, rows, axis, spec.block_size), part.shape, axis,
+                                             spec.block_size) for p in (spec.scale, spec.zero_point))
+        out[rows] = quantize_values(part, scale.astype(np.float32), zero_point, spec.dtype)
+    return out
+
+
+def _first_axis_slice(param: np.ndarray, rows: slice, axis: int | None, block_size: int | None) -> np.ndarray:
+    """The part of a scale or zero point that covers ``rows`` of the tensor's first axis."""
+    param = np.asarray(param)
+    if param.size == 1 and param.ndim <= 1 or (axis != 0 and not block_size):
+        return param  # per tensor, or per channel along another axis
+    if axis == 0 and block_size:
+        return param[rows.start // block_size:-(-rows.stop // block_size)]
+    return param[rows]  # per channel along the first axis, or blocks along another axis (params of the tensor's rank)
 
 
 def dequantize(q: np.ndarray, spec: QuantSpec) -> np.ndarray:

@@ -104,3 +104,19 @@ def test_a_spec_the_opset_cannot_express_names_the_fix():
         PassManager([InsertQDQ()])(model)
     PassManager([UpgradeOpset(target=21), InsertQDQ(), FoldQuantizedWeights()])(model)
     assert any(n.attrs.get("block_size") == 16 for n in model.graph if n.op_type == "DequantizeLinear")
+
+
+@pytest.mark.parametrize("dtype, axis, block_size", [
+    (TensorProto.UINT8, None, None), (TensorProto.INT8, 0, None), (TensorProto.INT8, 1, None),
+    (TensorProto.INT4, 0, 32), (TensorProto.UINT4, 1, 16)])
+def test_quantize_in_slices_is_quantize_at_once(monkeypatch, dtype, axis, block_size):
+    """A large tensor is quantized a slice of rows at a time (whole blocks when they run along the rows, the
+    last one partial here): the same integers as at once, for every granularity."""
+    from qcompiler.ir import quant
+
+    x = np.random.default_rng(0).standard_normal((1000, 300)).astype(np.float32)
+    lo, hi = quant.tensor_range(x, axis, block_size)
+    spec = QuantSpec.from_range(lo, hi, dtype, symmetric=dtype == TensorProto.INT8, axis=axis, block_size=block_size)
+    whole = quant.quantize(x, spec)
+    monkeypatch.setattr(quant, "QUANTIZE_ELEMENTS", 3000)
+    np.testing.assert_array_equal(quant.quantize(x, spec), whole)
