@@ -123,7 +123,10 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
                     complete_after[value.name] = position
             for value in _reads(node):
                 last_read[value] = position
-    yield {name: observers[name] for name in names if complete_after[name] == -1}
+    def complete(position: int) -> dict[str, Observer]:  # handed over, not kept: the caller frees them
+        return {name: observers.pop(name) for name in names if complete_after[name] == position}
+
+    yield complete(-1)
     shell = weightless_proto(model)
     protos = dict(zip(graph, shell.graph.node, strict=True))
     for position, stage in enumerate(cut):
@@ -139,7 +142,7 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
         for where, live in held:
             arrays = run_feed(session, [v.name for v in outputs], {v.name: live[v.name] for v in inputs}, where)
             for value, array in zip(outputs, arrays, strict=True):
-                if value.name in wanted:
+                if value.name in observers:
                     observe(observers[value.name], array)
                 if last_read.get(value, -1) > position:  # a copy: onnxruntime's array keeps its arena alive
                     live[value.name] = np.array(array)
@@ -150,7 +153,7 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
         del session, options, tensors
         for weight in weights:
             release_pages(weight.const)
-        yield {name: observers[name] for name in names if complete_after[name] == position}
+        yield complete(position)
 
 
 def _stage_model(model: Model, shell: onnx.ModelProto, protos: dict[Node, onnx.NodeProto], stage: list[Node],
