@@ -22,25 +22,32 @@ error, and ``-10 log10`` of it the *token SQNR*; a layer below the threshold sta
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .assignment import dynamic_weight_spec
-from .calibration import Observer, collect, model_inputs, open_calibration
-from .ir import Model, Node, Scheme, fake_quantize, to_proto
+from .calibration import Observer, model_inputs, open_calibration
+from .calibration.staged import collect_model
+from .ir.external_data import release_pages
+from .ir import Model, Node, Scheme, fake_quantize
 from .ops import lookup
 from .targets import Target
 
 
 class TokenError(Observer):
-    """Per-row relative output errors of the linear layers reading one activation, feed by feed."""
+    """Per-row relative output errors of the linear layers reading one activation, feed by feed; ``weights``
+    gives a layer's ``(W, Ŵ)`` as ``[K, N]`` and the stored weight when asked (not held: an LLM's weights would
+    not fit twice; the pages read of a memory-mapped one are released after use)."""
 
-    def __init__(self, weights: list[tuple[np.ndarray, np.ndarray]], scheme: Scheme, rows: int) -> None:
+    def __init__(self, weights: list[Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]], scheme: Scheme,
+                 rows: int) -> None:
         super().__init__()
-        self.weights, self.scheme, self.rows = weights, scheme, rows  # (W, Ŵ) as [K, N] per layer
+        self.weights, self.scheme, self.rows = weights, scheme, rows
         self.errors: list[list[np.ndarray]] = [[] for _ in weights]
 
     def update(self, array: Any) -> None:
@@ -49,12 +56,14 @@ class TokenError(Observer):
         rows = x.reshape(-1, x.shape[-1])
         sample = rows[::max(1, len(rows) // self.rows)][: self.rows]
         quantized = fake_quantize(sample, spec)
-        for errors, (w, w_hat) in zip(self.errors, self.weights):
+        for errors, pair in zip(self.errors, self.weights):
+            w, w_hat, stored = pair()
             y = sample @ w
             energy = np.einsum("ij,ij->i", y, y)
             error = quantized @ w_hat - y
             kept = energy > 0
             errors.append(np.einsum("ij,ij->i", error, error)[kept] / energy[kept])
+            release_pages(stored)
 
     def token_sqnr_db(self) -> list[float]:
         """Per layer: ``-10 log10`` of the median relative error over the sampled rows (inf when exact)."""
@@ -69,21 +78,23 @@ def token_sqnr(model: Model, layers: list[Node], data: Any, target: Target, per_
                feeds: int = 2, rows: int = 256) -> dict[Node, float]:
     """The token SQNR (dB, see the module docstring) of each of ``layers`` under ``target``'s dynamic int8,
     measured on the first ``feeds`` feeds of the calibration ``data`` in one onnxruntime pass over the
-    float model."""
+    float model (stage by stage when it is past memory)."""
     readers: dict[str, list[Node]] = {}
     for node in layers:
         readers.setdefault(node.inputs[0].name, []).append(node)
 
+    def pair(node: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        stored = node.inputs[lookup(node).weight_input].const
+        weight = np.asarray(stored, np.float32)
+        w_hat = fake_quantize(weight, dynamic_weight_spec(node, target, per_channel))
+        transposed = node.op_type == "Gemm" and node.attrs.get("transB", 0)  # as [K, N]
+        return (weight.T, w_hat.T, stored) if transposed else (weight, w_hat, stored)
+
     def observer(name: str) -> TokenError:
-        pairs = []
-        for node in readers[name]:
-            weight = node.inputs[lookup(node).weight_input].const.astype(np.float32)
-            w_hat = fake_quantize(weight, dynamic_weight_spec(node, target, per_channel))
-            transposed = node.op_type == "Gemm" and node.attrs.get("transB", 0)  # as [K, N]
-            pairs.append((weight.T, w_hat.T) if transposed else (weight, w_hat))
-        return TokenError(pairs, target.dynamic_activation_scheme, rows)
+        return TokenError([functools.partial(pair, node) for node in readers[name]], target.dynamic_activation_scheme,
+                          rows)
 
     first = [feed for _, feed in itertools.islice(open_calibration(data, model_inputs(model)).items(), feeds)]
-    observers = collect(to_proto(model), list(readers), first, observer)
+    observers = collect_model(model, list(readers), first, observer)
     return {node: db for name, nodes in readers.items()
             for node, db in zip(nodes, observers[name].token_sqnr_db())}

@@ -27,11 +27,11 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from ..ir import Model, Node, Value
+from ..ir import Model, Node, Value, onnxruntime_model
 from ..ir.external_data import release_pages
 from ..ir.serde import is_shape_data, weightless_proto
 from ..scaleout import SESSION_THREADS, session_options
-from .collect import observe, run_feed
+from .collect import collect, observe, run_feed
 from .data import CalibrationSet, model_inputs, open_calibration
 from .observers import Observer
 
@@ -71,6 +71,17 @@ def stages(model: Model, stage_bytes: int = STAGE_BYTES) -> list[list[Node]]:
         held |= weights
         total += size
     return [stage for stage in result if stage]
+
+
+def collect_model(model: Model, tensor_names: Iterable[str], data: CalibrationSet | Any,
+                  make_observer: Callable[[str], Observer]) -> dict[str, Observer]:
+    """:func:`~qcompiler.calibration.collect` for an IR ``model``: stage by stage when it is past memory
+    (:func:`needs_stages`), else in one session over the model as onnxruntime takes it (by path with
+    external data when near 2 GB: no second copy in memory)."""
+    if needs_stages(model):
+        return collect_in_stages(model, tensor_names, data, make_observer)
+    with onnxruntime_model(model) as source:
+        return collect(source, tensor_names, data, make_observer)
 
 
 def collect_in_stages(model: Model, tensor_names: Iterable[str], data: CalibrationSet | Any,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import Model, Value, to_proto
+from ..ir import Model, Value
 
 
 class TokenSample:
@@ -65,8 +65,8 @@ def iter_samples(model: Model, values: list[Value], data: Any, max_tokens: int) 
     (:func:`~qcompiler.calibration.staged.needs_stages`) is run stage by stage and each sample comes as soon
     as the stages that produce and read its value have run, so a pass that rewrites the weights reading it
     and drops it holds one stage's samples at a time, not the whole model's."""
-    from ..calibration import collect, model_inputs, open_calibration
-    from ..calibration.staged import needs_stages, observe_in_stages
+    from ..calibration import model_inputs, open_calibration
+    from ..calibration.staged import collect_model, needs_stages, observe_in_stages
 
     names = [v.name for v in values]
     by_name = {v.name: v for v in values}
@@ -80,6 +80,6 @@ def iter_samples(model: Model, values: list[Value], data: Any, max_tokens: int) 
             for name, observer in completed.items():
                 yield by_name[name], observer.tokens()
         return
-    samples = collect(to_proto(model), names, source, sample)
+    samples = collect_model(model, names, source, sample)
     for name in names:
         yield by_name[name], samples.pop(name).tokens()

@@ -46,14 +46,16 @@ def gptq(w: np.ndarray, h: np.ndarray, scheme: Scheme, *, act_order: bool = True
     """(``w`` on the grid, its spec) for a ``[K, N]`` weight and the Hessian ``h`` of its inputs, ``columns``
     output channels at a time (each column's updates involve only itself and ``H``, so the result does not
     depend on ``columns``; an LLM's output projection, 151936 columns, is never copied whole in float64)."""
-    h = h.astype(np.float64).copy()
     rows = w.shape[0]
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h[np.diag_indices(rows)] += damp * np.mean(np.diag(h))
-    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(rows)
-    inverse = np.linalg.inv(h[np.ix_(order, order)])
-    del h  # K x K float64 each: an LLM's MLP projection holds no more of them than it must
+    diagonal = np.diag(h).astype(np.float64)
+    dead = diagonal == 0
+    diagonal[dead] = 1.0
+    diagonal += damp * np.mean(diagonal)
+    order = np.argsort(-diagonal, kind="stable") if act_order else np.arange(rows)
+    damped = np.asarray(h, np.float64)[np.ix_(order, order)]  # the one K x K copy of H (an MLP's K is 8960)
+    damped[np.diag_indices(rows)] = diagonal[order]
+    inverse = np.linalg.inv(damped)
+    del damped
     u = np.linalg.cholesky(inverse).T  # upper: H⁻¹ = Uᵀ U
     del inverse
     static = act_order or not scheme.block_size
