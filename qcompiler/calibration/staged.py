@@ -134,13 +134,24 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
                     complete_after[value.name] = position
             for value in _reads(node):
                 last_read[value] = position
-    def complete(position: int) -> dict[str, Observer]:  # handed over, not kept: the caller frees them
+    last_read_by_name = {value.name: position for value, position in last_read.items()}
+
+    def complete(position: int) -> dict[str, Observer]:
+        """The observers complete after stage ``position``, handed over (the caller frees them), and the
+        values no later stage reads dropped."""
+        for _, live in held:
+            for name in [n for n in live if last_read_by_name.get(n, -1) <= position]:
+                del live[name]
         return {name: observers.pop(name) for name in names if complete_after[name] == position}
 
     yield complete(-1)
     shell = weightless_proto(model)
     protos = dict(zip(graph, shell.graph.node, strict=True))
     for position, stage in enumerate(cut):
+        if not any(v is not None and (last_read.get(v, -1) > position or v.name in observers)
+                   for node in stage for v in node.outputs):
+            yield complete(position)  # nothing later reads what it computes (an LLM's logits): not run
+            continue
         proto, inputs, outputs, weights = _stage_model(model, shell, protos, stage, position, last_read, wanted,
                                                        held[0][1] if held else {})
         options = session_options(threads, optimize=True)
@@ -158,9 +169,6 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
                 if last_read.get(value, -1) > position:  # a copy: onnxruntime's array keeps its arena alive
                     live[value.name] = np.array(array)
             del arrays
-            for value in inputs:
-                if last_read[value] <= position:
-                    live.pop(value.name, None)
         del session, options, tensors
         for weight in weights:
             release_pages(weight.const)

@@ -105,3 +105,14 @@ def test_static_int8_calibrated_in_stages_writes_the_same_model(tiny_transformer
     qcompiler.compile(path, tmp_path / "staged.onnx", **options)
     assert observed
     assert (tmp_path / "staged.onnx").read_bytes() == (tmp_path / "whole.onnx").read_bytes()
+
+
+def test_stages_nothing_later_needs_are_not_run(tiny_transformer):
+    """Asked only for an early tensor, the stages after it compute nothing anyone reads (an LLM's logits):
+    they are skipped, not run with no output (onnxruntime refuses that)."""
+    path, calib, _ = tiny_transformer
+    model = ir.load(path)
+    factory = make_observer_factory("minmax")
+    whole = collect(ir.to_proto(model), ["h"], calib, factory)
+    stages = staged.collect_in_stages(model, ["h"], calib, factory, stage_bytes=40_000)
+    np.testing.assert_allclose(stages["h"].compute_range(), whole["h"].compute_range(), rtol=1e-5)
