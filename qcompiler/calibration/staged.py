@@ -29,7 +29,7 @@ import onnx.numpy_helper
 
 from ..ir import Model, Node, Value, onnxruntime_model
 from ..ir.external_data import release_pages
-from ..ir.serde import is_shape_data, weightless_proto
+from ..ir.serde import is_shape_data, tensor_bytes, weightless_proto
 from ..scaleout import SESSION_THREADS, session_options
 from .collect import collect, observe, run_feed
 from .data import CalibrationSet, model_inputs, open_calibration
@@ -41,14 +41,9 @@ STAGED_ABOVE = 1 << 30
 """Models whose weights exceed this many bytes are observed in stages (:func:`needs_stages`)."""
 
 
-def weight_bytes(model: Model) -> int:
-    """Bytes of the main graph's initializers."""
-    return sum(v.const.nbytes for v in model.graph.initializers.values() if v.const is not None)
-
-
 def needs_stages(model: Model) -> bool:
     """Whether :func:`collect_in_stages` should observe ``model`` instead of one session."""
-    return weight_bytes(model) > STAGED_ABOVE
+    return tensor_bytes(model) > STAGED_ABOVE
 
 
 def _reads(node: Node) -> list[Value]:
