@@ -99,8 +99,6 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
     a tensor being complete once every stage that produces or reads it has run. So a caller may rewrite the
     weights of a tensor's readers as soon as it gets the tensor's observer: no later stage reads them, and
     every tensor is observed in the float model."""
-    import onnxruntime as ort
-
     names = list(dict.fromkeys(tensor_names))
     observers = {name: make_observer(name) for name in names}
     graph = model.graph
@@ -149,12 +147,7 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
             continue
         proto, inputs, outputs, weights = _stage_model(model, shell, protos, stage, position, last_read, wanted,
                                                        held[0][1] if held else {})
-        options = session_options(threads, optimize=True)
-        large = [v for v in weights if not is_shape_data(v)]
-        tensors = [np.ascontiguousarray(v.const) for v in large]  # the session reads them in place
-        options.add_external_initializers([v.name for v in large],
-                                          [ort.OrtValue.ortvalue_from_numpy(t) for t in tensors])
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session, tensors = _session(proto, weights, threads)
         del proto
         for where, live in held:
             arrays = run_feed(session, [v.name for v in outputs], {v.name: live[v.name] for v in inputs}, where)
@@ -164,10 +157,22 @@ def observe_in_stages(model: Model, tensor_names: Iterable[str], data: Calibrati
                 if last_read.get(value, -1) > position:  # a copy: onnxruntime's array keeps its arena alive
                     live[value.name] = np.array(array)
             del arrays
-        del session, options, tensors
+        del session, tensors
         for weight in weights:
             release_pages(weight.const)
         yield complete(position)
+
+
+def _session(proto: onnx.ModelProto, weights: list[Value], threads: int) -> tuple[Any, list[np.ndarray]]:
+    """(a session of the stage's model, the arrays it reads its large weights from in place: keep them while
+    it runs)."""
+    import onnxruntime as ort
+
+    options = session_options(threads, optimize=True)
+    large = [v for v in weights if not is_shape_data(v)]
+    tensors = [np.ascontiguousarray(v.const) for v in large]
+    options.add_external_initializers([v.name for v in large], [ort.OrtValue.ortvalue_from_numpy(t) for t in tensors])
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"]), tensors
 
 
 def _stage_model(model: Model, shell: onnx.ModelProto, protos: dict[Node, onnx.NodeProto], stage: list[Node],
