@@ -10,6 +10,11 @@ the output loads in onnxruntime and agrees with the float model on one calibrati
 
     python benchmarks/large_model_memory.py [--workdir /tmp/qc-large] [--layers 36] [--width 4096]
         [--json benchmarks/results/large_model_memory.json]
+    python benchmarks/large_model_memory.py --model WORK/qwen2.5-coder-1.5b_nokv.onnx --calib CALIB_DIR
+        [--pipeline int8] [--only optimize,compile-size] [--json ...]
+
+``--model`` measures a real model with external data instead (``llm_export.py --model qwen2.5-coder-1.5b``
+writes the 7.1 GB Qwen2.5-Coder-1.5B); its size is its ``.onnx`` plus data files.
 
 The weights are random (seeded), scaled by 1 / sqrt(width) so the activations stay in range; the point is
 the memory, not the accuracy.
@@ -107,23 +112,36 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--only", default="optimize,compile-size,compile",
                         help="comma-separated: optimize, compile-size (--objective size), compile (latency guard)")
+    parser.add_argument("--model", type=Path, help="a real model with external data instead of the synthetic MLP "
+                        "(e.g. llm_export.py's Qwen2.5-Coder-1.5B); needs --calib")
+    parser.add_argument("--calib", type=Path, help="calibration .npz directory for --model")
+    parser.add_argument("--pipeline", help="the compile runs' --pipeline (default: the compiler's default)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    directory = (args.workdir / f"mlp_{args.layers}x{args.width}").resolve()
-    model, calib = directory / "mlp.onnx", directory / "calib"
-    tensor_bytes = (args.layers * (args.width * args.width + args.width)) * 4
-    if not (directory / "complete").exists():
-        model, calib, _ = build_model(directory, args.layers, args.width)
+    if args.model:
+        model, calib = args.model.resolve(), args.calib.resolve()
+        directory = (args.workdir / model.stem).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        tensor_bytes = sum(f.stat().st_size for f in model.parent.glob(f"{model.name}*"))  # the .onnx and its data
+        title = f"{model.name} (its .onnx and external data)"
+    else:
+        directory = (args.workdir / f"mlp_{args.layers}x{args.width}").resolve()
+        model, calib = directory / "mlp.onnx", directory / "calib"
+        tensor_bytes = (args.layers * (args.width * args.width + args.width)) * 4
+        if not (directory / "complete").exists():
+            model, calib, _ = build_model(directory, args.layers, args.width)
+        title = f"MLP {args.layers} x MatMul[{args.width}x{args.width}] + Add + Relu, float32"
     qcompiler = [sys.executable, "-m", "qcompiler"]
+    pipeline = ["--pipeline", args.pipeline] if args.pipeline else []
     runs = {
         "optimize": qcompiler + ["optimize", str(model), "-o", str(directory / "out.optimize.onnx"), "-q"],
         "compile-size": qcompiler + ["compile", str(model), "-o", str(directory / "out.size.onnx"), "--calib",
-                                     str(calib), "--calibration", "minmax", "--objective", "size", "-q"],
+                                     str(calib), "--calibration", "minmax", "--objective", "size", "-q", *pipeline],
         "compile": qcompiler + ["compile", str(model), "-o", str(directory / "out.latency.onnx"), "--calib",
-                                str(calib), "--calibration", "minmax", "-q"],
+                                str(calib), "--calibration", "minmax", "-q", *pipeline],
     }
     outputs = {"optimize": "out.optimize.onnx", "compile-size": "out.size.onnx", "compile": "out.latency.onnx"}
-    results = {"model": f"MLP {args.layers} x MatMul[{args.width}x{args.width}] + Add + Relu, float32",
+    results = {"model": title, "pipeline": args.pipeline or "default",
                "tensor_bytes": tensor_bytes, "machine": platform.processor() or platform.machine(),
                "note": "peak RSS of the child process (ru_maxrss); shared machine", "runs": {}}
     print(f"model: {results['model']}, {tensor_bytes / 1e9:.2f} GB of tensors")

@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Model, Node, QuantSpec, Value, quantize
+from ..ir.external_data import release_pages
 from ..ir.quant import bit_width, pack_bits, unsigned_offset
 from .layers import WeightLayer, block_params, quantized_layers, with_block_params
 
@@ -160,6 +161,7 @@ def lower_layer(model: Model, layer: WeightLayer, accuracy_level: int, sums: dic
             _replace(model, node, "GatherBlockQuantized", [params[0], node.inputs[1], *params[1:]], attrs, None)
     layer.weight.quant = None
     graph.drop_initializer(layer.weight)
+    release_pages(layer.weight.const)  # a weight spilled or mapped from a file: its pages, not all kept resident
     return True
 
 
