@@ -105,8 +105,9 @@ def main() -> int:
         print(f"threads {row['threads']} bias {row['bias']!s:5}: fused {row['fused_us']:8.1f} us  unfused "
               f"{row['unfused_us']:8.1f} us  ratio {row['fused_over_unfused']:.2f}  ({'+'.join(row['fused_ops'])})")
     if args.json:
-        args.json.write_text(json.dumps({"benchmark": "benchmarks/ort_skip_layernorm.py", "onnxruntime": onnxruntime.__version__,
-                                         "machine": platform.processor() or platform.machine(), "rows": rows}, indent=1))
+        report = {"benchmark": "benchmarks/ort_skip_layernorm.py", "onnxruntime": onnxruntime.__version__,
+                  "machine": platform.processor() or platform.machine(), "rows": rows}
+        args.json.write_text(json.dumps(report, indent=1))
     return 0
 
 

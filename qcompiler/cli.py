@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (it registers passes); repeatable")
     runner.add_argument("--dump-ir", metavar="DIR", help="write the printed IR after every pass into DIR")
-    runner.add_argument("--time-passes", action="store_true", help="print the time and peak memory of every pass (the peak counter of the "
-                        "process is reset before each pass)")
+    runner.add_argument("--time-passes", action="store_true",
+                        help="print the time and peak memory of every pass (the peak counter of the process is "
+                        "reset before each pass)")
     runner.add_argument("--overwrite", action="store_true", help="allow -o to be the input file")
     runner.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 

@@ -2,15 +2,15 @@
 
 :func:`collect` runs the whole model in one onnxruntime session, and a session holds every weight
 (prepacked MatMul weights are copies): for an LLM of gigabytes that is more memory than the model file.
-:func:`collect_in_stages` cuts the graph instead, in its topological order, into *stages*: runs of
-consecutive nodes whose constant inputs total at most ``stage_bytes`` (a node whose weights alone exceed
-it is a stage of its own). Each stage becomes a model of its own: its graph inputs are the values it reads
-that the feed or an earlier stage produced, its outputs the values it produces that a later stage reads,
-and the requested tensors among them; its weights are handed to the session as external initializers (read
-in place: a memory-mapped weight is not copied), except the small ones shape inference reads, copied in. Stages run one after the other, each over every feed, in
-one session at a time; between stages, each feed's values that cross the cut are held in memory and the
-ones no later stage reads are dropped. After a stage, the resident pages of its mapped weights are
-released (:func:`~qcompiler.ir.external_data.release_pages`).
+:func:`collect_in_stages` cuts the graph instead, in its topological order, into *stages*: runs of consecutive
+nodes whose constant inputs total at most ``stage_bytes`` (a node whose weights alone exceed it is a stage of
+its own). Each stage becomes a model of its own: its graph inputs are the values it reads that the feed or an
+earlier stage produced, its outputs the values it produces that a later stage reads, and the requested tensors
+among them; its weights are handed to the session as external initializers (read in place: a memory-mapped
+weight is not copied), except the small ones shape inference reads, copied in. Stages run one after the other,
+each over every feed, in one session at a time; between stages, each feed's values that cross the cut are held
+in memory and the ones no later stage reads are dropped. After a stage, the resident pages of its mapped
+weights are released (:func:`~qcompiler.ir.external_data.release_pages`).
 
 Peak memory: one stage's weights (their pages and the session's prepacked copies) plus, for every feed, the
 values crossing the current cut (a decoder LLM: the residual stream, the attention mask and the rotary tables).
