@@ -16,7 +16,7 @@ from typing import Any
 from qcompiler.calibration import METHODS, model_inputs
 from qcompiler.calibration.observers import valid_percentile
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, onnxruntime_model, to_proto
+from qcompiler.ir import Model, to_proto
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
 
@@ -44,8 +44,8 @@ class Calibrate(Pass):
         if not pending:
             plan.set_ranges({})  # pass-through outputs still take their source's spec
             return PassResult(model, False)
-        from qcompiler.calibration import collect, make_observer_factory, open_calibration
-        from qcompiler.calibration.staged import collect_in_stages, needs_stages
+        from qcompiler.calibration import make_observer_factory, open_calibration
+        from qcompiler.calibration.staged import collect_model
         from qcompiler.scaleout import current
 
         names, inputs = [v.name for v in pending], model_inputs(model)
@@ -55,12 +55,9 @@ class Calibrate(Pass):
 
             observers = collect_sharded(executor, to_proto(model), names, self.data, inputs, self.method,
                                         self.percentile)
-        factory = make_observer_factory(self.method, percentile=self.percentile)
-        if observers is None and needs_stages(model):  # past memory: one stage's weights at a time
-            observers = collect_in_stages(model, names, open_calibration(self.data, inputs), factory)
         if observers is None:
-            with onnxruntime_model(model) as source:  # a path for a model near 2 GB: no second copy in memory
-                observers = collect(source, names, open_calibration(self.data, inputs), factory)
+            observers = collect_model(model, names, open_calibration(self.data, inputs),
+                                      make_observer_factory(self.method, percentile=self.percentile))
         plan.set_ranges({v: observers[v.name].compute_range() for v in pending},
                         {v: observers[v.name].extremes() for v in pending})
         return PassResult(model, True)
