@@ -41,6 +41,10 @@ from ..kernels.torch_ops import BACKEND, registered_ops
 from ..kernels.torch_ops.quantize import binary_fake_quantize, fake_quantize, lsq_gradient_factor, round_ste
 
 
+RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+"""Ops that keep the elements and their order: logits reshaped like the probabilities they led to."""
+
+
 class TorchInterpreter(Interpreter):
     """The interpreter on the torch backend alone; ops without a torch kernel are refused by name."""
 
@@ -162,7 +166,9 @@ class QuantizedModel(torch.nn.Module):
         self.record: dict[str, torch.Tensor] | None = None  # when a dict: integer activations by Q output name
         self.cuts: frozenset[str] = frozenset()  # values whose quantizer ends a block (:mod:`.blocks`)
         self.taps: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # at each cut: (q, low, high)
+        self.logits: dict[str, torch.Tensor] = {}  # by graph output: the input of the Softmax that computes it
         self._build()
+        self._tap_logits()
 
     # -- reading the quantizers -----------------------------------------------------------------
     def _build(self) -> None:
@@ -232,6 +238,30 @@ class QuantizedModel(torch.nn.Module):
             if bias is not None:
                 replacements[index[node]] = self._bias_step(node, bias)
         self.interpreter.replace_steps(replacements)
+
+    def _tap_logits(self) -> None:
+        """Make every graph output computed by a Softmax over its last axis (then, perhaps, only reshaped:
+        canonicalization writes a Softmax over a middle axis as Flatten, Softmax, Reshape) record that
+        Softmax's input, the logits, in :attr:`logits` on each forward pass, in the output's shape (when the
+        last axis is the output's: a reshape that keeps it keeps every row): distillation compares
+        distributions through them."""
+        steps = {step.nodes[0]: step for step in self.interpreter.steps if len(step.nodes) == 1}
+        for output in self.model.graph.outputs:
+            node = output.producer()
+            while node is not None and node.op_type in RESHAPES:
+                node = node.inputs[0].producer()
+            if node is None or node.op_type != "Softmax" or node not in steps:
+                continue
+            rank = node.outputs[0].shape and len(node.outputs[0].shape)
+            if node.attrs.get("axis", -1 if self.model.opset >= 13 else 1) in (-1, (rank or 0) - 1):
+                steps[node].kernel = self._recording(steps[node].kernel, output.name)
+
+    def _recording(self, kernel, name: str):
+        def run(x, **attrs):
+            self.logits[name] = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+            return kernel(x, **attrs)
+
+        return run
 
     def _pair(self, quantize: ir.Node) -> ir.Node | None:
         """The DequantizeLinear that alone reads ``quantize``'s output with the same scale and zero point."""
@@ -327,10 +357,12 @@ class QuantizedModel(torch.nn.Module):
 
     # -- running --------------------------------------------------------------------------------
     def forward(self, feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        self.taps = {}
-        outputs = self.interpreter.run(feeds)
-        return {name: value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-                for name, value in outputs.items()}
+        self.taps, self.logits = {}, {}
+        outputs = {name: value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+                   for name, value in self.interpreter.run(feeds).items()}
+        self.logits = {name: z.reshape(outputs[name].shape) for name, z in self.logits.items()  # rows stay rows
+                       if z.shape[-1:] == outputs[name].shape[-1:] and z.numel() == outputs[name].numel()}
+        return outputs
 
     def recorded(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The integer activations (by QuantizeLinear output name) of one forward pass without gradients."""

@@ -1,9 +1,12 @@
 """The fine-tuning loop: distillation from the float teacher on unlabelled data, Adam with a cosine
 schedule, checkpoints that an interrupted run resumes from.
 
-Loss: for each output, ``||y - t||² / ||t||²`` (the student's output ``y`` against the teacher's ``t``
-on the same minibatch, the compiler's sensitivity measure), averaged over outputs: label-free knowledge
-distillation (Hinton et al. 2015, with the regression form of Ba & Caruana 2014). A ``task_loss(outputs,
+Loss: label-free knowledge distillation, averaged over the outputs. An output that a Softmax over its last
+axis computes (class or character probabilities) is compared as a distribution: ``KL(t || softmax(z))`` per
+position, from the student's logits ``z`` (the Softmax's input, so a probability that rounds to 0 still has
+a gradient) and the teacher's probabilities ``t`` (Hinton et al. 2015). Any other output is compared by
+``||y - t||² / ||t||²`` (the student's output ``y`` against the teacher's ``t`` on the same minibatch, the
+compiler's sensitivity measure: the regression form of Ba & Caruana 2014). A ``task_loss(outputs,
 extras)`` callback may add a labelled loss; ``extras`` holds the minibatch's rows of the data files'
 arrays that are not model inputs (labels, for instance).
 
@@ -48,12 +51,19 @@ class Batch:
                      {k: v[rows] for k, v in self.extras.items() if len(v) == self.rows})
 
 
-def distillation_loss(outputs: list[torch.Tensor], teacher: list[np.ndarray]) -> torch.Tensor:
-    """Mean over outputs of ``||y - t||² / ||t||²``."""
+def distillation_loss(outputs: list[torch.Tensor], teacher: list[np.ndarray],
+                      logits: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Mean over outputs of each output's term: ``KL(t || softmax(z))`` per position, averaged over positions,
+    where the student's logits ``z`` (the input of the Softmax that computes the output) are known; else
+    ``||y - t||² / ||t||²``."""
     terms = []
-    for y, t in zip(outputs, teacher, strict=True):
+    for y, t, z in zip(outputs, teacher, logits or [None] * len(outputs), strict=True):
         t = torch.from_numpy(np.asarray(t, np.float32))
-        terms.append(((y.float() - t) ** 2).sum() / (t ** 2).sum().clamp_min(1e-12))
+        if z is not None:
+            entropy = torch.special.xlogy(t, t).sum(-1)
+            terms.append((entropy - (t * torch.log_softmax(z.float(), -1)).sum(-1)).mean())
+        else:
+            terms.append(((y.float() - t) ** 2).sum() / (t ** 2).sum().clamp_min(1e-12))
     return torch.stack(terms).mean()
 
 
@@ -127,7 +137,7 @@ def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, 
             batch = source.take(np.sort(rows))
             outputs = module(batch.feeds)
             student = [outputs[n] for n in names]
-            loss = distillation_loss(student, batch.teacher)
+            loss = distillation_loss(student, batch.teacher, [module.logits.get(n) for n in names])
             if task_loss is not None:
                 loss = loss + task_loss(outputs, batch.extras)
             optimizer.zero_grad()
