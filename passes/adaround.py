@@ -50,7 +50,7 @@ import numpy as np
 from qcompiler.calibration import model_inputs
 from qcompiler.calibration.observers import Observer
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, Node, to_proto
+from qcompiler.ir import Model, Node
 from qcompiler.ir.plan import QuantPlan
 from qcompiler.ir.quant import quantize_values
 from qcompiler.layers import clip_bounds, grouped, is_layer, own_input, ungrouped
@@ -241,7 +241,8 @@ class AdaRound(Pass):
             raise UserError("adaround: iterations, batch, samples and max_feeds must be positive")
 
     def call(self, model: Model) -> PassResult:
-        from qcompiler.calibration import collect, open_calibration
+        from qcompiler.calibration import open_calibration
+        from qcompiler.calibration.staged import collect_model
 
         layers = [n for n in model.graph if not adaroundable(n, model.plan)]
         if not layers:
@@ -257,14 +258,14 @@ class AdaRound(Pass):
         float_inputs: dict[str, list[Node]] = {}
         for layer in layers:
             float_inputs.setdefault(layer.inputs[0].name, []).append(layer)
-        x_float = collect(to_proto(model), list(float_inputs), data, sampler(float_inputs))
+        x_float = collect_model(model, list(float_inputs), data, sampler(float_inputs))
         report = {}
         for layer in layers:  # in topological order, each seeing the layers before it adarounded
             trial = model.clone()
             copy = trial.graph.nodes[model.graph.index(layer)]  # the clone keeps the node order
             lower(trial, fold=False)
             quantized_input = copy.inputs[0].name
-            x_hat = collect(to_proto(trial), [quantized_input], data, sampler({quantized_input: [layer]}))
+            x_hat = collect_model(trial, [quantized_input], data, sampler({quantized_input: [layer]}))
             before, after = self._round(model, layer, x_float[layer.inputs[0].name].matrix(layer),
                                         x_hat[quantized_input].matrix(layer))
             report[layer.name or f"{layer.op_type}@{model.graph.index(layer)}"] = {

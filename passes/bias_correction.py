@@ -43,7 +43,7 @@ import numpy as np
 from qcompiler.calibration import model_inputs
 from qcompiler.calibration.observers import Observer
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, Node, Value, fake_quantize, to_proto
+from qcompiler.ir import Model, Node, Value, fake_quantize
 from qcompiler.layers import add_to_bias, batchnorm_stats, channels_last, clip_bounds, input_ranges, input_sums, is_layer
 from qcompiler.lowering import lower
 from qcompiler.ops import lookup
@@ -152,20 +152,21 @@ class BiasCorrection(Pass):
         return shifts
 
     def _empirical(self, model: Model, layers: list[Node]) -> dict[Node, np.ndarray]:
-        from qcompiler.calibration import collect, open_calibration
+        from qcompiler.calibration import open_calibration
+        from qcompiler.calibration.staged import collect_model
 
         if not layers:
             return {}
         data = open_calibration(self.data, model_inputs(model))
         names = [layer.outputs[0].name for layer in layers]
         axes = {layer.outputs[0].name: -1 if channels_last(layer) else 1 for layer in layers}
-        reference = collect(to_proto(model), names, data, lambda name: ChannelMean(axes[name]))
+        reference = collect_model(model, names, data, lambda name: ChannelMean(axes[name]))
         shifts = {}
         for layer, name in zip(layers, names):
             trial = model.clone()
             value = next(v for v in trial.graph.values() if v.name == name)
             lower(trial, fold=False)  # may rename a graph output: ``value`` is kept by identity
-            quantized = collect(to_proto(trial), [value.name], data, lambda _: ChannelMean(axes[name]))
+            quantized = collect_model(trial, [value.name], data, lambda _: ChannelMean(axes[name]))
             shifts[layer] = quantized[value.name].mean() - reference[name].mean()
             add_to_bias(model.graph, layer, -shifts[layer])
         return shifts

@@ -39,7 +39,7 @@ from qcompiler.calibration import METHODS, model_inputs
 from qcompiler.calibration.collect import observing_session
 from qcompiler.calibration.observers import MSEObserver, PercentileObserver, StreamingHistogram
 from qcompiler.errors import UserError
-from qcompiler.ir import Model, QuantSpec, channel_shape, fake_quantize, to_proto
+from qcompiler.ir import Model, QuantSpec, channel_shape, fake_quantize, onnxruntime_model
 from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.scaleout import session_options
@@ -173,7 +173,8 @@ class CalibrateSearch(Pass):
         require_regions(self, model, self.region)
 
     def call(self, model: Model) -> PassResult:
-        from qcompiler.calibration import collect, make_observer_factory, open_calibration
+        from qcompiler.calibration import make_observer_factory, open_calibration
+        from qcompiler.calibration.staged import collect_model
 
         graph, plan = model.graph, model.plan
         pending = list(plan.pending)
@@ -185,7 +186,7 @@ class CalibrateSearch(Pass):
         names = [v.name for v in pending]
         data = open_calibration(self.data, model_inputs(model))
         if not searched:  # nothing to search: calibrate with the fixed method
-            observers = collect(to_proto(model), names, data, fixed)
+            observers = collect_model(model, names, data, fixed)
             plan.set_ranges({v: observers[v.name].compute_range() for v in pending},
                             {v: observers[v.name].extremes() for v in pending})
             plan.reports["calibrate_search"] = {"searched": 0, "method": self.method}
@@ -193,11 +194,11 @@ class CalibrateSearch(Pass):
         fit, held = _split(data, self.holdout)
         held_feeds = [feed for _, feed in held.items()]
         observer = lambda name: StreamingHistogram() if name in searched else fixed(name)  # noqa: E731
-        observers = collect(to_proto(model), names, fit, observer)
+        observers = collect_model(model, names, fit, observer)
         # the error is measured on the float outputs, not on shapes, masks or indices a model also returns
         outputs = [v.name for v in graph.outputs if v.dtype in FLOAT_TYPES + OTHER_FLOAT_TYPES]
-        held_observers = collect(to_proto(model), names, held_feeds, observer)
-        reference = _run(to_proto(model), held_feeds, outputs)
+        held_observers = collect_model(model, names, held_feeds, observer)
+        reference = _run(model, held_feeds, outputs)
         for name in names:
             if name not in searched:
                 observers[name].merge(held_observers[name])
@@ -239,9 +240,11 @@ def _split(data: Any, every: int) -> tuple[Any, Any]:
 def _run_quantized(model: Model, feeds: list[dict[str, np.ndarray]], names: list[str]) -> list[list[np.ndarray]]:
     """The outputs ``names`` of ``model`` with Q/DQ inserted for its specs, on every feed."""
     lower(model, fold=False)
-    return _run(to_proto(model), feeds, names)
+    return _run(model, feeds, names)
 
 
-def _run(proto: Any, feeds: list[dict[str, np.ndarray]], names: list[str]) -> list[list[np.ndarray]]:
-    session = observing_session(proto.SerializeToString(), session_options(), ["CPUExecutionProvider"])
+def _run(model: Model, feeds: list[dict[str, np.ndarray]], names: list[str]) -> list[list[np.ndarray]]:
+    """The outputs ``names`` of ``model`` on every feed, in one onnxruntime session."""
+    with onnxruntime_model(model) as source:
+        session = observing_session(source, session_options(), ["CPUExecutionProvider"])
     return [session.run(names, feed) for feed in feeds]

@@ -56,7 +56,7 @@ from qcompiler.assignment import is_float_activation, weight_spec
 from qcompiler.calibration import METHODS, model_inputs
 from qcompiler.calibration.observers import Observer, make_observer_factory
 from qcompiler.errors import UserError
-from qcompiler.ir import Graph, Model, Node, Value, fake_quantize, to_proto
+from qcompiler.ir import Graph, Model, Node, Value, fake_quantize
 from qcompiler.ir.rewrite import insert_after_producer
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.targets import Target, get_target
@@ -261,7 +261,8 @@ class SmoothQuant(Pass):
             raise UserError(f"smoothquant: alpha values must lie in [0, 1], got {grid}")
 
     def call(self, model: Model) -> PassResult:
-        from qcompiler.calibration import collect, open_calibration
+        from qcompiler.calibration import open_calibration
+        from qcompiler.calibration.staged import collect_model
 
         target = get_target(self.target)
         graph = model.graph
@@ -279,7 +280,7 @@ class SmoothQuant(Pass):
             model.plan.reports["smoothquant"] = report
             return PassResult(model, False)
         data = open_calibration(self.data, model_inputs(model))
-        stats = collect(to_proto(model), [x.name for x, *_ in plans], data, lambda name: ChannelSample(self.rows, self.holdout))
+        stats = collect_model(model, [x.name for x, *_ in plans], data, lambda name: ChannelSample(self.rows, self.holdout))
         changed = False
         for x, layers, apply, reason in reversed(plans):  # consumers before producers: weights read are current
             stat = stats[x.name]

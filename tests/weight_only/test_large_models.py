@@ -94,9 +94,10 @@ def test_a_tensor_comes_once_its_readers_have_run(tiny_transformer):
     assert sorted(given) == sorted(names)
 
 
-def test_static_int8_calibrated_in_stages_writes_the_same_model(tiny_transformer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("pipeline", ["int8", "int8-transformer", "w4a8"])  # + SmoothQuant, range search; AdaRound
+def test_static_int8_calibrated_in_stages_writes_the_same_model(tiny_transformer, tmp_path, monkeypatch, pipeline):
     path, calib, _ = tiny_transformer
-    options = {"pipeline": "int8", "calib": calib, "objective": "size"}
+    options = {"pipeline": pipeline, "calib": calib, "objective": "size"}
     qcompiler.compile(path, tmp_path / "whole.onnx", **options)
     monkeypatch.setattr(staged, "STAGED_ABOVE", 0)
     monkeypatch.setattr(staged, "STAGE_BYTES", 40_000)
