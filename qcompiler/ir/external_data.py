@@ -43,6 +43,7 @@ import re
 import secrets
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -165,6 +166,21 @@ def _map(stream: Any, offset: int, length: int, dtype: np.dtype, shape: tuple[in
 
 
 _spill_file: Any = None
+_spilled: set[int] = set()  # the live memory maps of the scratch file, by id
+_spill_lock = threading.RLock()  # reentrant: a collection inside spill() may run the finalizer below
+
+
+WRITING = 0
+"""Held in ``_spilled`` while :func:`spill` writes (no object has id 0): the file is not emptied under it."""
+
+
+def _forget_spilled(key: int) -> None:
+    """A spilled array is gone (or a write ended): once none is left, the scratch file is emptied (a
+    long-lived process that compiles model after model does not keep every spilled weight on disk)."""
+    with _spill_lock:
+        _spilled.discard(key)
+        if not _spilled and _spill_file is not None:
+            os.ftruncate(_spill_file.fileno(), 0)
 
 
 def spill(array: np.ndarray) -> np.ndarray:
@@ -175,19 +191,28 @@ def spill(array: np.ndarray) -> np.ndarray:
     of every layer would otherwise all be resident until the model is written. The scratch file is a
     ``tempfile.TemporaryFile`` (already unlinked, gone with the process); a save copies spilled tensors file
     to file like any mapped tensor. Arrays smaller than :data:`MAP_BYTES` and types that are not plain are
-    given back as they are."""
+    given back as they are. The file is emptied whenever no spilled array is left."""
     global _spill_file
     dtype = _plain_dtype(onnx.helper.np_dtype_to_tensor_dtype(array.dtype)) if array.dtype.kind in "biuf" else None
     if dtype is None or array.nbytes < MAP_BYTES:
         return array
-    if _spill_file is None:
-        _spill_file = tempfile.TemporaryFile(prefix="qcompiler-spill-")  # noqa: SIM115 - kept for the process
-    fd = _spill_file.fileno()
-    offset = -(-os.fstat(fd).st_size // ALIGNMENT) * ALIGNMENT
-    view, written = memoryview(np.ascontiguousarray(array)).cast("B"), 0
-    while written < len(view):
-        written += os.pwrite(fd, view[written:], offset + written)
-    return _map(_spill_file, offset, len(view), dtype, array.shape)
+    with _spill_lock:
+        if _spill_file is None:
+            _spill_file = tempfile.TemporaryFile(prefix="qcompiler-spill-")  # noqa: SIM115 - kept for the process
+        _spilled.add(WRITING)
+        try:
+            fd = _spill_file.fileno()
+            offset = -(-os.fstat(fd).st_size // ALIGNMENT) * ALIGNMENT
+            view, written = memoryview(np.ascontiguousarray(array)).cast("B"), 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+            spilled = _map(_spill_file, offset, len(view), dtype, array.shape)
+            mapped = _MAPPED[id(spilled)][4]  # lives while the array or any view of it does
+            _spilled.add(id(mapped))
+            weakref.finalize(mapped, _forget_spilled, id(mapped))
+        finally:
+            _forget_spilled(WRITING)
+    return spilled
 
 
 def mapped_source(array: np.ndarray) -> tuple[Any, int, int] | None:

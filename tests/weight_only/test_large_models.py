@@ -4,6 +4,9 @@ file. Each gives what the in-memory path gives, for weight-only and static int8 
 
 from __future__ import annotations
 
+import gc
+import os
+
 import numpy as np
 import pytest
 
@@ -52,6 +55,25 @@ def test_spilled_array_is_a_mapped_copy(monkeypatch):
     assert not spilled.flags.writeable
     np.testing.assert_array_equal(spilled, array)
     assert spill(np.arange(3)) is not None  # an int64 array too
+
+
+def test_the_scratch_file_is_emptied_once_no_spilled_array_is_left(monkeypatch):
+    monkeypatch.setattr(external_data, "MAP_BYTES", 0)
+    rng = np.random.default_rng(0)
+    first, second = (spill(rng.standard_normal((256, 16)).astype(np.float32)) for _ in range(2))
+    view = second[::2]  # a view keeps its array, and the array's place in the file, alive
+    scratch = external_data._spill_file.fileno()
+    assert os.fstat(scratch).st_size >= first.nbytes + second.nbytes
+    del first, second
+    gc.collect()
+    assert os.fstat(scratch).st_size > 0
+    expected = view.copy()
+    np.testing.assert_array_equal(view, expected)
+    del view
+    gc.collect()
+    assert os.fstat(scratch).st_size == 0
+    again = rng.standard_normal((64, 16)).astype(np.float32)
+    np.testing.assert_array_equal(spill(again), again)
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
