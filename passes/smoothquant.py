@@ -280,7 +280,8 @@ class SmoothQuant(Pass):
             model.plan.reports["smoothquant"] = report
             return PassResult(model, False)
         data = open_calibration(self.data, model_inputs(model))
-        stats = collect_model(model, [x.name for x, *_ in plans], data, lambda name: ChannelSample(self.rows, self.holdout))
+        stats = collect_model(model, [x.name for x, *_ in plans], data,
+                              lambda name: ChannelSample(self.rows, self.holdout))
         changed = False
         for x, layers, apply, reason in reversed(plans):  # consumers before producers: weights read are current
             stat = stats[x.name]

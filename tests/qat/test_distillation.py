@@ -21,11 +21,11 @@ def _with_softmax(fp32, data, root, reshaped: bool):
     that Softmax reshaped to ``[n, 1, 5]``, the form canonicalization gives a Softmax over a middle axis
     (Flatten, Softmax, Reshape)."""
     model = onnx.load(fp32)
-    model.graph.node.append(helper.make_node("Softmax", ["y"], ["softmax_out" if reshaped else "probabilities"], axis=-1,
-                                             name="softmax"))
+    softmax = "softmax_out" if reshaped else "probabilities"
+    model.graph.node.append(helper.make_node("Softmax", ["y"], [softmax], axis=-1, name="softmax"))
     if reshaped:
         model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1, 1, 5], np.int64), "shape"))
-        model.graph.node.append(helper.make_node("Reshape", ["softmax_out", "shape"], ["probabilities"], name="reshape"))
+        model.graph.node.append(helper.make_node("Reshape", [softmax, "shape"], ["probabilities"], name="reshape"))
         model.graph.output[0].type.tensor_type.shape.dim.insert(1, onnx.TensorShapeProto.Dimension(dim_value=1))
     model.graph.output[0].name = "probabilities"
     source, compiled = root / "softmax.onnx", root / "softmax.int8.onnx"
