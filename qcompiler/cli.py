@@ -269,15 +269,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_steps(steps: int, lines: int = 20):
+    """An ``on_step`` callback that writes about ``lines`` progress lines to stderr: a log's progress bar."""
+    started, every = time.perf_counter(), max(1, steps // lines)
+
+    def log(done: int, loss: float) -> None:
+        if done % every == 0 or done == steps:
+            print(f"finetune: step {done}/{steps}, loss {loss:.5g}, {time.perf_counter() - started:.0f}s",
+                  file=sys.stderr, flush=True)
+
+    return log
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .progress import is_terminal
     from .qat import finetune
 
     check_output_path(args.model, args.output, False)
+    terminal = is_terminal(sys.stderr)
     result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
-                      weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks,
-                      progress=not args.quiet and is_terminal(sys.stderr))
+                      weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks, crop=args.crop,
+                      progress=not args.quiet and terminal,
+                      on_step=None if args.quiet or terminal else _log_steps(args.steps))
     if args.blocks:
         print(f"block reconstruction: {len(result.block_ends) + 1} blocks, cut at "
               f"{', '.join(result.block_ends) or '(nowhere: no quantized value the teacher computes too)'}")
@@ -382,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "first layer's input and the last layer's output) to 4 bits, in their 8-bit storage")
     tune.add_argument("--blocks", type=int, default=0, metavar="N", help="block reconstruction (BRECQ): blocks of "
                       "about N layers each learn the teacher's tensor at their end (default 0: the outputs alone)")
+    tune.add_argument("--crop", action="append", default=[], metavar="INPUT:AXIS", help="label-free augmentation: "
+                      "cut this axis (a text line's width, a sequence's length) to a random window on every step, "
+                      "the teacher labelling each window; repeat it for axes cut together")
     tune.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(run=cmd_finetune)

@@ -74,47 +74,13 @@ def _data_files(data: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _session(model: Path | bytes | str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
-                                providers=["CPUExecutionProvider"])
-
-
-def load_batches(files: list[Path], model_inputs: list[str], teacher_path: Path, threads: int):
-    """The data files as :class:`~.train.Batch` es, with the teacher's outputs computed once."""
-    from ..calibration.data import read_npz
-    from .train import Batch
-
-    teacher = _session(teacher_path, threads)
-    teacher_inputs = [i.name for i in teacher.get_inputs()]
-    if sorted(teacher_inputs) != sorted(model_inputs):
-        raise UserError(f"--teacher {teacher_path}: inputs {teacher_inputs} differ from the quantized model's "
-                        f"{model_inputs}")
-    batches = []
-    for file in files:
-        arrays = read_npz(file)
-        missing = [n for n in model_inputs if n not in arrays]
-        if missing:
-            raise UserError(f"{file}: no array for input(s) {', '.join(missing)} (it holds {', '.join(arrays)})")
-        feeds = {n: arrays[n] for n in model_inputs}
-        rows = {len(a) for a in feeds.values()}
-        if len(rows) != 1:
-            raise UserError(f"{file}: the inputs' first (batch) dimensions differ: {sorted(rows)}")
-        outputs = teacher.run(None, feeds)
-        batches.append(Batch(feeds, outputs, {k: v for k, v in arrays.items() if k not in feeds}))
-    return batches
-
-
 def _summaries(before: Path, after: Path, batches, threads: int) -> list[OutputSummary]:
+    from .teacher import session as teacher_session
     from .train import agreement
 
     runs = {}
     for label, path in (("before", before), ("after", after)):
-        session = _session(path, threads)
+        session = teacher_session(path, threads)
         names = [o.name for o in session.get_outputs()]
         runs[label] = (names, [session.run(None, b.feeds) for b in batches])
     result = []
@@ -141,23 +107,27 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
              data: str | os.PathLike, steps: int = 500, lr: float = 1e-4, batch: int = 32, seed: int = 0,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, task_loss=None,
              threads: int = 1, progress: bool | None = None, on_step=None,
-             weights: str | None = None, activation_bits: int | None = None, blocks: int = 0) -> FinetuneResult:
+             weights: str | None = None, activation_bits: int | None = None, blocks: int = 0,
+             crop: list[str] = ()) -> FinetuneResult:
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
     and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
     optional labelled loss added to the distillation (``extras``: the data files' non-input arrays).
     ``weights`` (int4, ternary, binary) and ``activation_bits`` (4) first lower the weights and activations
     of all but the first and last layer (:mod:`.lowbit`). ``blocks``: reconstruct blocks of about that many layers
-    against the teacher's tensors at their ends (:mod:`.blocks`; 0: the outputs alone). Returns the losses and,
-    per output, the error and agreement against the teacher before and after (as onnxruntime runs the two
-    models)."""
+    against the teacher's tensors at their ends (:mod:`.blocks`; 0: the outputs alone). ``crop``:
+    ``INPUT:AXIS`` axes cut to a random window on every step, the teacher labelling each window
+    (:mod:`.augment`). Returns the losses and, per output, the error and agreement against the teacher before
+    and after (as onnxruntime runs the two models)."""
     import time
 
     torch = _import_torch()
     from .. import ir
     from ..compiler import check_output_path
+    from .augment import parse_axes
     from .export import trained_model
     from .graph import QuantizedModel
+    from .teacher import Teacher
     from .train import TrainingConfig, train
 
     model, output = Path(model), Path(output)
@@ -187,20 +157,23 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
         if not module.weights and not module.activations:
             raise UserError(f"{model}: no QuantizeLinear/DequantizeLinear with constant scales: finetune starts "
                             f"from a model qcompiler compiled (qcompiler compile)")
-        batches = load_batches(_data_files(data), [v.name for v in module.model.graph.inputs
-                                                   if v.const is None], Path(teacher), threads)
+        inputs = [v for v in module.model.graph.inputs if v.const is None]
+        axes = parse_axes(list(crop), {v.name: None if v.shape is None else tuple(v.shape) for v in inputs})
+        labeller = Teacher(Path(teacher), [v.name for v in inputs], threads)
+        batches = labeller.batches(_data_files(data))
         ends: list[str] = []
         refused: list[str] = []
         if blocks:
             from .blocks import cut_into_blocks
 
-            ends, refused, block_loss = cut_into_blocks(module, Path(teacher), batches, blocks, threads)
+            ends, refused, block_loss = cut_into_blocks(module, labeller, batches, blocks)
             task_loss = _summed(block_loss, task_loss)
         torch.manual_seed(seed)
         config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
                                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
-                                checkpoint_every=checkpoint_every, blocks=blocks)
-        losses = train(module, batches, config, task_loss=task_loss, on_step=on_step, progress=progress)
+                                checkpoint_every=checkpoint_every, blocks=blocks, crop=axes)
+        losses = train(module, batches, config, task_loss=task_loss, teacher=labeller, on_step=on_step,
+                       progress=progress)
         ir.save(trained_model(module), output)
     finally:
         torch.set_num_threads(previous_threads)

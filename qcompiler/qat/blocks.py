@@ -34,7 +34,8 @@ import torch
 
 from ..errors import UserError
 from .graph import QuantizedModel
-from .train import Batch, TaskLoss
+from .teacher import TARGET, Batch, Teacher
+from .train import TaskLoss
 
 LAYER_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 RESCALED = 4.0
@@ -43,8 +44,6 @@ error against it this many times or more: the two differ by a rescaling, not by 
 NOISE = 0.1
 """Relative errors up to this are accepted as they are: 4-bit weights with clipped per-channel scales give each
 channel a gain error of a few percent, which a per-channel fit also removes."""
-TARGET = "teacher:"
-"""Prefix of a block target's key among a batch's extras."""
 
 
 def block_ends(module: QuantizedModel, teacher_values: set[str], layers_per_block: int) -> list[str]:
@@ -94,28 +93,26 @@ def _clipped(extras: dict[str, np.ndarray], name: str, low: torch.Tensor, high: 
     return np.clip(np.asarray(extras[TARGET + name], np.float32), float(low), float(high))
 
 
-def cut_into_blocks(module: QuantizedModel, teacher: Path, batches: list[Batch], layers_per_block: int,
-                    threads: int) -> tuple[list[str], list[str], TaskLoss]:
-    """Cut ``module`` into blocks, put the canonicalized teacher's tensors at their ends into each batch's
-    extras and return (the values that end blocks, the ends refused as rescaled, the block loss as a task
-    loss)."""
+def cut_into_blocks(module: QuantizedModel, teacher: Teacher, batches: list[Batch],
+                    layers_per_block: int) -> tuple[list[str], list[str], TaskLoss]:
+    """Cut ``module`` into blocks, have ``teacher`` give the canonicalized teacher's tensors at their ends to
+    every minibatch (``batches`` relabelled in place) and return (the values that end blocks, the ends refused
+    as rescaled, the block loss as a task loss)."""
     import qcompiler
 
     from ..ir import onnxruntime_model
-    from . import _session
+    from .teacher import session
 
     if layers_per_block < 1:
         raise UserError(f"finetune: --blocks {layers_per_block}: a block holds at least one layer")
     with tempfile.TemporaryDirectory(prefix="qcompiler-teacher-") as scratch:
-        canonical = qcompiler.compile(str(teacher), str(Path(scratch) / "teacher.onnx"), pipeline="canonicalize")
+        canonical = qcompiler.compile(str(teacher.path), str(Path(scratch) / "teacher.onnx"), pipeline="canonicalize")
     ends = block_ends(module, {v.name for v in canonical.graph.values()}, layers_per_block)
     if not ends:
         return ends, [], lambda outputs, extras: torch.zeros(())
     with onnxruntime_model(canonical, extra_outputs=ends) as source:
-        session = _session(source, threads)
-        for batch in batches:
-            fed = {i.name: batch.feeds[i.name] for i in session.get_inputs()}
-            batch.extras.update({TARGET + name: value for name, value in zip(ends, session.run(ends, fed))})
+        teacher.track(session(source, teacher.threads), ends)
+    batches[:] = [teacher.label(b.feeds, b.extras) for b in batches]
     module.cuts = frozenset(ends)
     with torch.no_grad():
         module(batches[0].feeds)
@@ -123,6 +120,7 @@ def cut_into_blocks(module: QuantizedModel, teacher: Path, batches: list[Batch],
                if rescaled(q.numpy(), _clipped(batches[0].extras, name, low, high))]
     ends = [name for name in ends if name not in refused]
     module.cuts = frozenset(ends)
+    teacher.ends = ends
     return ends, refused, lambda outputs, extras: block_loss(module, extras)
 
 

@@ -11,8 +11,9 @@ extras)`` callback may add a labelled loss; ``extras`` holds the minibatch's row
 arrays that are not model inputs (labels, for instance).
 
 The minibatches are drawn from the data files by a seeded numpy generator (a file, then rows of it, so
-inputs of different shapes never mix); a checkpoint holds the step, the parameters, Adam's state and the
-generator's state, so a resumed run continues exactly where the interrupted one stopped.
+inputs of different shapes never mix); with ``crop`` axes the same generator cuts each minibatch to a random
+window (:mod:`.augment`) and the teacher labels it anew. A checkpoint holds the step, the parameters, Adam's
+state and the generator's state, so a resumed run continues exactly where the interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -29,26 +30,11 @@ import torch
 
 from ..errors import UserError
 from ..progress import bar
+from .augment import Axes, crop
 from .graph import QuantizedModel, parameter_groups
+from .teacher import Batch, Teacher
 
 TaskLoss = Callable[[dict[str, torch.Tensor], dict[str, np.ndarray]], torch.Tensor]
-
-
-@dataclass
-class Batch:
-    """One data file: the model's feeds, the teacher's outputs (in the model's output order), extras."""
-
-    feeds: dict[str, np.ndarray]
-    teacher: list[np.ndarray]
-    extras: dict[str, np.ndarray]
-
-    @property
-    def rows(self) -> int:
-        return len(next(iter(self.feeds.values())))
-
-    def take(self, rows: np.ndarray) -> Batch:
-        return Batch({k: v[rows] for k, v in self.feeds.items()}, [t[rows] for t in self.teacher],
-                     {k: v[rows] for k, v in self.extras.items() if len(v) == self.rows})
 
 
 def distillation_loss(outputs: list[torch.Tensor], teacher: list[np.ndarray],
@@ -89,12 +75,14 @@ class TrainingConfig:
     checkpoint: Path | None = None
     checkpoint_every: int = 50
     blocks: int = 0  # layers per reconstructed block (0: none); a checkpoint holds to it
+    crop: Axes = ()  # (input, axis) cut to one random window per step (:mod:`.augment`); needs a teacher
 
 
 def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
     """What a checkpoint must match to be resumed: the parameters' initial values and the settings."""
     digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed)
-                                 + ((config.blocks,) if config.blocks else ())).encode())
+                                 + ((config.blocks,) if config.blocks else ())
+                                 + ((config.crop,) if config.crop else ())).encode())
     for name, p in module.parameters_.items():
         digest.update(name.encode())
         digest.update(p.detach().numpy().tobytes())
@@ -108,8 +96,12 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, *, task_loss: TaskLoss | None = None,
-          on_step: Callable[[int, float], None] | None = None, progress: bool | None = None) -> list[float]:
-    """Train ``module`` for ``config.steps`` steps; returns the loss of each step run here."""
+          teacher: Teacher | None = None, on_step: Callable[[int, float], None] | None = None,
+          progress: bool | None = None) -> list[float]:
+    """Train ``module`` for ``config.steps`` steps; returns the loss of each step run here. ``teacher`` labels
+    the cropped minibatches (needed with ``config.crop``)."""
+    if config.crop and teacher is None:
+        raise ValueError("train: cropped minibatches need the teacher that labels them")
     weights, steps = parameter_groups(module)
     optimizer = torch.optim.Adam([{"params": weights}, {"params": steps}], lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -121,7 +113,7 @@ def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, 
         state = torch.load(config.checkpoint, weights_only=False)
         if state.get("fingerprint") != key:
             raise UserError(f"checkpoint {config.checkpoint} belongs to another model or other settings "
-                            f"(steps, lr, batch, seed, blocks); delete it or choose another --checkpoint")
+                            f"(steps, lr, batch, seed, blocks, crop); delete it or choose another --checkpoint")
         module.parameters_.load_state_dict(state["parameters"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -135,6 +127,8 @@ def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, 
             source = batches[int(rng.integers(len(batches)))]
             rows = rng.choice(source.rows, size=min(config.batch, source.rows), replace=False)
             batch = source.take(np.sort(rows))
+            if config.crop:
+                batch = teacher.label(crop(batch.feeds, config.crop, rng), batch.extras)
             outputs = module(batch.feeds)
             student = [outputs[n] for n in names]
             loss = distillation_loss(student, batch.teacher, [module.logits.get(n) for n in names])

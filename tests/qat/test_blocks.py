@@ -14,6 +14,7 @@ from qcompiler.cli import main  # noqa: E402
 from qcompiler.errors import UserError  # noqa: E402
 from qcompiler.qat.blocks import block_ends, block_loss, cut_into_blocks, rescaled  # noqa: E402
 from qcompiler.qat.graph import QuantizedModel  # noqa: E402
+from qcompiler.qat.teacher import Teacher  # noqa: E402
 from qcompiler.qat.train import distillation_loss  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def test_finetune_reconstructs_blocks_and_the_cli_names_them(tiny_cnn, tmp_path,
     assert "block reconstruction: " in capsys.readouterr().out
     module = QuantizedModel(ir.load(int8))
     with pytest.raises(UserError, match="at least one layer"):
-        cut_into_blocks(module, fp32, [], 0, 1)
+        cut_into_blocks(module, Teacher(fp32, ["x"], 1), [], 0)
 
 
 def test_an_end_where_the_teacher_tensor_is_rescaled_per_channel_is_found():
