@@ -2,8 +2,8 @@
 rounding error of each input channel compensated on the channels not yet quantized, with the inverse
 Hessian of the layer's inputs. The algorithm and its equations: ``qcompiler.weight_only.gptq``; samples of
 the inputs: ``qcompiler.weight_only.activations`` (each group's taken as soon as it is complete and dropped
-after its Hessian: a model past memory holds one stage's samples at a time). Layers without samples keep
-round to nearest.
+after its Hessian: a model past memory holds one stage's samples at a time). ``clip``: each block's grid
+clipped to the range its Hessian block prefers. Layers without samples keep round to nearest.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class WeightGPTQ(Pass):
     act_order: bool = True
     damp: float = DAMP
     batch: int = BATCH
+    clip: bool = False
     needs = ("plan",)
 
     def requires(self, model: Model) -> None:
@@ -45,6 +46,6 @@ class WeightGPTQ(Pass):
             group = groups[x]
             for layer in group:
                 layer.store(*gptq(layer.matrix(), h, scheme_of(layer.spec()), act_order=self.act_order,
-                                  damp=self.damp, batch=self.batch))
+                                  damp=self.damp, batch=self.batch, clip=self.clip))
                 changed = True
         return PassResult(model, changed)

@@ -54,21 +54,37 @@ def input_scale(x: np.ndarray, weights: list[np.ndarray], scheme: Scheme, grid: 
     return best
 
 
+def block_grams(x: np.ndarray, rows: int, block_size: int) -> np.ndarray:
+    """``G_b = X_bᵀ X_b`` (``[blocks, size, size]``, float64) of the inputs ``x`` (``[tokens, K]``) for blocks of
+    ``block_size`` rows (0: one block of all ``rows``), the last zero-padded."""
+    size = block_size or rows
+    blocks = -(-rows // size)
+    xb = np.pad(x.astype(np.float64), ((0, 0), (0, blocks * size - rows))).reshape(len(x), blocks, size)
+    return np.matmul(xb.transpose(1, 2, 0), xb.transpose(1, 0, 2))
+
+
 def clipped(w: np.ndarray, x: np.ndarray, scheme: Scheme, ratios=CLIP_RATIOS) -> tuple[np.ndarray, QuantSpec]:
     """(``w`` on the grid, spec) with each block's range shrunk by the ratio that minimizes its output
     error on the inputs ``x`` (``[tokens, K]``)."""
+    spec = clip_search(w, block_grams(x, w.shape[0], scheme.block_size), scheme, ratios)
+    return fake_quantize(w, spec), spec
+
+
+def clip_search(w: np.ndarray, grams: np.ndarray, scheme: Scheme, ratios=CLIP_RATIOS) -> QuantSpec:
+    """The spec of ``w`` whose blocks' ranges ``[r·min, r·max]`` each take the ratio ``r`` that minimizes the
+    block's ``ΔW_bᵀ G_b ΔW_b`` per output channel (``grams``: ``[blocks, size, size]``, a block's input Gram
+    matrix ``X_bᵀ X_b`` or any multiple of it, such as GPTQ's Hessian block; or ``[blocks, size]``, its
+    diagonal alone)."""
     axis = matrix_axis(scheme)
     lo, hi = tensor_range(w, axis, scheme.block_size)
-    size = scheme.block_size or w.shape[0]
-    blocks = -(-w.shape[0] // size)
+    blocks, size = grams.shape[:2]
     pad = blocks * size - w.shape[0]
-    xb = np.pad(x.astype(np.float64), ((0, 0), (0, pad))).reshape(len(x), blocks, size)
-    gram = np.matmul(xb.transpose(1, 2, 0), xb.transpose(1, 0, 2))  # G_b = X_bᵀ X_b
     best_lo, best_hi, best_error = lo, hi, None
     for ratio in ratios:
         spec = scheme.spec_from_range(lo * ratio, hi * ratio, axis)
         delta = np.pad((w - fake_quantize(w, spec)).astype(np.float64), ((0, pad), (0, 0))).reshape(blocks, size, -1)
-        error = (delta * np.matmul(gram, delta)).sum(axis=1)  # ||X_b ΔW_b||² per block and column
+        weighted = np.matmul(grams, delta) if grams.ndim == 3 else grams[:, :, None] * delta
+        error = (delta * weighted).sum(axis=1)  # ||X_b ΔW_b||² per block and column
         error = error if scheme.block_size else error[0]
         if best_error is None:
             best_error = error
@@ -76,5 +92,4 @@ def clipped(w: np.ndarray, x: np.ndarray, scheme: Scheme, ratios=CLIP_RATIOS) ->
         better = error < best_error
         best_lo, best_hi = np.where(better, lo * ratio, best_lo), np.where(better, hi * ratio, best_hi)
         best_error = np.minimum(error, best_error)
-    spec = scheme.spec_from_range(best_lo, best_hi, axis)
-    return fake_quantize(w, spec), spec
+    return scheme.spec_from_range(best_lo, best_hi, axis)
