@@ -23,27 +23,38 @@ def _float_model() -> onnx.ModelProto:
              helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1, name="fc")]
-    graph = helper.make_graph(nodes, "tiny_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], inits)
+    return float_model(nodes, "tiny_cnn", ["n", 1, 6, 6], ["n", 5], inits)
+
+
+def float_model(nodes, name: str, x_shape: list, y_shape: list, inits) -> onnx.ModelProto:
+    """An opset-17 model of ``nodes`` from input ``x`` to output ``y``, both float."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
 
+def compiled(root, name: str, model: onnx.ModelProto, batches: list[np.ndarray]):
+    """``(fp32 path, int8 QDQ path, calibration dir)``: ``model`` saved in ``root``, ``batches`` as its
+    calibration files, and the int8 model qcompiler compiles from them."""
+    import qcompiler
+
+    fp32, int8, data = root / f"{name}.onnx", root / f"{name}.int8.onnx", root / "calib"
+    onnx.save(model, fp32)
+    data.mkdir()
+    for i, x in enumerate(batches):
+        np.savez(data / f"batch_{i}.npz", x=x)
+    qcompiler.compile(str(fp32), str(int8), pipeline="int8", calib=str(data), objective="size")
+    return fp32, int8, data
+
+
 @pytest.fixture(scope="session")
 def tiny_cnn(tmp_path_factory):
     """``(fp32 path, int8 QDQ path, calibration dir)``."""
-    import qcompiler
-
-    root = tmp_path_factory.mktemp("qat")
-    fp32, int8, data = root / "tiny.onnx", root / "tiny.int8.onnx", root / "calib"
-    onnx.save(_float_model(), fp32)
-    data.mkdir()
     rng = np.random.default_rng(1)
-    for i in range(3):
-        np.savez(data / f"batch_{i}.npz", x=rng.uniform(0, 1, (16, 1, 6, 6)).astype(np.float32))
-    qcompiler.compile(str(fp32), str(int8), pipeline="int8", calib=str(data), objective="size")
-    return fp32, int8, data
+    return compiled(tmp_path_factory.mktemp("qat"), "tiny", _float_model(),
+                    [rng.uniform(0, 1, (16, 1, 6, 6)).astype(np.float32) for _ in range(3)])
 
 
 @pytest.fixture(autouse=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from qcompiler.errors import UserError
 from qcompiler.qat.augment import MIN_FRACTION, crop, parse_axes
+
+from .conftest import compiled, float_model
 
 
 def test_axes_are_checked_against_the_inputs_and_their_shapes():
@@ -57,27 +59,15 @@ def _line_model() -> onnx.ModelProto:
              helper.make_node("Squeeze", ["k", "sq"], ["s"]),
              helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]),
              helper.make_node("Softmax", ["t"], ["y"], axis=-1)]
-    graph = helper.make_graph(nodes, "line", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 4, "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "w", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return float_model(nodes, "line", ["n", 1, 4, "w"], ["n", "w", 4], inits)
 
 
 @pytest.fixture(scope="module")
 def line_model(tmp_path_factory):
     """``(fp32 path, int8 QDQ path, calibration dir)`` of :func:`_line_model`, lines 16 to 24 wide."""
-    import qcompiler
-
-    root = tmp_path_factory.mktemp("line")
-    fp32, int8, data = root / "line.onnx", root / "line.int8.onnx", root / "calib"
-    onnx.save(_line_model(), fp32)
-    data.mkdir()
     rng = np.random.default_rng(0)
-    for i, width in enumerate((16, 24, 20)):
-        np.savez(data / f"line_{i}.npz", x=rng.normal(0, 1, (2, 1, 4, width)).astype(np.float32))
-    qcompiler.compile(str(fp32), str(int8), pipeline="int8", calib=str(data), objective="size")
-    return fp32, int8, data
+    return compiled(tmp_path_factory.mktemp("line"), "line", _line_model(),
+                    [rng.normal(0, 1, (2, 1, 4, width)).astype(np.float32) for width in (16, 24, 20)])
 
 
 def test_finetune_labels_each_window_with_the_teacher_and_resumes_exactly(line_model, tmp_path, monkeypatch):
