@@ -290,6 +290,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
                       weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks, crop=args.crop,
+                      temperature=args.temperature,
                       progress=not args.quiet and terminal,
                       on_step=None if args.quiet or terminal else _log_steps(args.steps))
     if args.blocks:
@@ -399,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--crop", action="append", default=[], metavar="INPUT:AXIS", help="label-free augmentation: "
                       "cut this axis (a text line's width, a sequence's length) to a random window on every step, "
                       "the teacher labelling each window; repeat it for axes cut together")
+    tune.add_argument("--temperature", type=float, default=1.0, metavar="T", help="softens the teacher's and the "
+                      "student's probabilities of a Softmax output in its KL term (Hinton et al. 2015; default 1)")
     tune.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(run=cmd_finetune)

@@ -108,7 +108,7 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, task_loss=None,
              threads: int = 1, progress: bool | None = None, on_step=None,
              weights: str | None = None, activation_bits: int | None = None, blocks: int = 0,
-             crop: list[str] = ()) -> FinetuneResult:
+             crop: list[str] = (), temperature: float = 1.0) -> FinetuneResult:
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
     and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
@@ -117,8 +117,9 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     of all but the first and last layer (:mod:`.lowbit`). ``blocks``: reconstruct blocks of about that many layers
     against the teacher's tensors at their ends (:mod:`.blocks`; 0: the outputs alone). ``crop``:
     ``INPUT:AXIS`` axes cut to a random window on every step, the teacher labelling each window
-    (:mod:`.augment`). Returns the losses and, per output, the error and agreement against the teacher before
-    and after (as onnxruntime runs the two models)."""
+    (:mod:`.augment`). ``temperature``: of the KL divergence of Softmax outputs (:mod:`.train`). Returns
+    the losses and, per output, the error and agreement against the teacher before and after (as onnxruntime
+    runs the two models)."""
     import time
 
     torch = _import_torch()
@@ -136,8 +137,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     if not Path(teacher).is_file():
         raise UserError(f"--teacher {teacher}: no such file")
     check_output_path(model, output)
-    if steps < 1 or batch < 1 or lr <= 0:
-        raise UserError("finetune: --steps and --batch must be positive and --lr greater than 0")
+    if steps < 1 or batch < 1 or lr <= 0 or temperature <= 0:
+        raise UserError("finetune: --steps and --batch must be positive, --lr and --temperature greater than 0")
     started = time.perf_counter()
     before = model
     previous_threads = torch.get_num_threads()
@@ -171,7 +172,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
         torch.manual_seed(seed)
         config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
                                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
-                                checkpoint_every=checkpoint_every, blocks=blocks, crop=axes)
+                                checkpoint_every=checkpoint_every, blocks=blocks, crop=axes,
+                                temperature=temperature)
         losses = train(module, batches, config, task_loss=task_loss, teacher=labeller, on_step=on_step,
                        progress=progress)
         ir.save(trained_model(module), output)

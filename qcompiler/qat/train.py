@@ -38,16 +38,20 @@ TaskLoss = Callable[[dict[str, torch.Tensor], dict[str, np.ndarray]], torch.Tens
 
 
 def distillation_loss(outputs: list[torch.Tensor], teacher: list[np.ndarray],
-                      logits: list[torch.Tensor | None] | None = None) -> torch.Tensor:
-    """Mean over outputs of each output's term: ``KL(t || softmax(z))`` per position, averaged over positions,
-    where the student's logits ``z`` (the input of the Softmax that computes the output) are known; else
-    ``||y - t||² / ||t||²``."""
+                      logits: list[torch.Tensor | None] | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over outputs of each output's term: ``T² KL(t_T || softmax(z / T))`` per position, averaged over
+    positions, where the student's logits ``z`` (the input of the Softmax that computes the output) are known,
+    with ``t_T ∝ t^(1/T)`` (the teacher's probabilities at temperature ``T``: ``softmax(z_t / T)`` for its
+    logits ``z_t``); else ``||y - t||² / ||t||²``."""
     terms = []
     for y, t, z in zip(outputs, teacher, logits or [None] * len(outputs), strict=True):
         t = torch.from_numpy(np.asarray(t, np.float32))
         if z is not None:
+            if temperature != 1.0:
+                t = torch.softmax(torch.log(t) / temperature, -1)  # log 0 = -inf: a zero stays zero
             entropy = torch.special.xlogy(t, t).sum(-1)
-            terms.append((entropy - (t * torch.log_softmax(z.float(), -1)).sum(-1)).mean())
+            cross = (t * torch.log_softmax(z.float() / temperature, -1)).sum(-1)
+            terms.append(temperature ** 2 * (entropy - cross).mean())
         else:
             terms.append(((y.float() - t) ** 2).sum() / (t ** 2).sum().clamp_min(1e-12))
     return torch.stack(terms).mean()
@@ -76,13 +80,15 @@ class TrainingConfig:
     checkpoint_every: int = 50
     blocks: int = 0  # layers per reconstructed block (0: none); a checkpoint holds to it
     crop: Axes = ()  # (input, axis) cut to one random window per step (:mod:`.augment`); needs a teacher
+    temperature: float = 1.0  # of the KL term of Softmax outputs
 
 
 def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
     """What a checkpoint must match to be resumed: the parameters' initial values and the settings."""
     digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed)
                                  + ((config.blocks,) if config.blocks else ())
-                                 + ((config.crop,) if config.crop else ())).encode())
+                                 + ((config.crop,) if config.crop else ())
+                                 + ((config.temperature,) if config.temperature != 1.0 else ())).encode())
     for name, p in module.parameters_.items():
         digest.update(name.encode())
         digest.update(p.detach().numpy().tobytes())
@@ -131,7 +137,8 @@ def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, 
                 batch = teacher.label(crop(batch.feeds, config.crop, rng), batch.extras)
             outputs = module(batch.feeds)
             student = [outputs[n] for n in names]
-            loss = distillation_loss(student, batch.teacher, [module.logits.get(n) for n in names])
+            loss = distillation_loss(student, batch.teacher, [module.logits.get(n) for n in names],
+                                     config.temperature)
             if task_loss is not None:
                 loss = loss + task_loss(outputs, batch.extras)
             optimizer.zero_grad()

@@ -62,6 +62,22 @@ def test_kl_through_the_logits_matches_its_definition_and_is_zero_at_the_teacher
     assert distillation_loss([torch.from_numpy(t)], [t], [at_teacher]).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [2.0, 4.0])
+def test_kl_at_a_temperature_softens_both_sides_and_scales_by_its_square(temperature):
+    rng = np.random.default_rng(1)
+    z = torch.tensor(rng.normal(size=(2, 5, 9)), dtype=torch.float32)
+    teacher_logits = rng.normal(size=(2, 5, 9)) * 3
+    t = np.asarray(torch.softmax(torch.tensor(teacher_logits), -1).numpy(), np.float32)
+    loss = distillation_loss([torch.softmax(z, -1)], [t], [z], temperature)
+    soft_t = torch.softmax(torch.tensor(teacher_logits) / temperature, -1).numpy()
+    log_soft_y = torch.log_softmax(z.double() / temperature, -1).numpy()
+    expected = temperature ** 2 * (soft_t * (np.log(soft_t) - log_soft_y)).sum(-1).mean()
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    at_teacher = torch.tensor(teacher_logits, dtype=torch.float32)
+    assert distillation_loss([torch.from_numpy(t)], [t], [at_teacher], temperature).item() == \
+        pytest.approx(0.0, abs=1e-5)
+
+
 def test_outputs_without_logits_keep_the_relative_squared_error():
     t = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
     y = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
