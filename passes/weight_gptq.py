@@ -2,8 +2,8 @@
 rounding error of each input channel compensated on the channels not yet quantized, with the inverse
 Hessian of the layer's inputs. The algorithm and its equations: ``qcompiler.weight_only.gptq``; samples of
 the inputs: ``qcompiler.weight_only.activations`` (each group's taken as soon as it is complete and dropped
-after its Hessian: a model past memory holds one stage's samples at a time). ``clip``: each block's grid
-clipped to the range its Hessian block prefers. Layers without samples keep round to nearest.
+after its Hessian: a model past memory holds one stage's samples at a time). ``clip`` (default): each
+block's grid clipped to the range its Hessian block prefers. Layers without samples keep round to nearest.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class WeightGPTQ(Pass):
     act_order: bool = True
     damp: float = DAMP
     batch: int = BATCH
-    clip: bool = False
+    clip: bool = True
     needs = ("plan",)
 
     def requires(self, model: Model) -> None:

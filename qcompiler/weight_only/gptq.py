@@ -17,12 +17,12 @@ Blocks: without act-order a block's scale and zero point are the min/max ones of
 when GPTQ reaches the block's first row (the error moved onto them included); with act-order, whose order
 crosses blocks, they are fixed up front from the original weight ("static groups"), so the result keeps
 the plain blocked layout that MatMulNBits and DequantizeLinear read (no ``g_idx``). Per-channel scales
-are fixed up front. With ``clip``, parameters fixed up front or at a block's first row take the clipping
-ratio that minimizes the block's ``ΔWᵀ H_b ΔW`` (:func:`~.awq.clip_search` with the Hessian's diagonal
-block ``H_b``; per channel, where the block is all of K, with ``diag H``), as the GPTQ reference code's
-``mse`` option searches the range of a grid (there by a weight norm); at 2 bits, where min/max spends a
-quarter of the grid on one outlier, it is the difference between a grid fitted to the weights and one
-fitted to their extremes. Memory: ``H`` and its inverse, ``K x K`` float64, per layer, and the weight in float64
+are fixed up front. With ``clip`` (the default), parameters fixed up front or at a block's first row take
+the clipping ratio that minimizes the block's ``ΔWᵀ H_b ΔW`` (:func:`~.awq.clip_search` with the Hessian's
+diagonal block ``H_b``; per channel, where the block is all of K, with ``diag H``), as the GPTQ reference
+code's ``mse`` option searches the range of a grid (there by a weight norm); at 2 bits, where min/max
+spends a quarter of the grid on one outlier, it is the difference between a grid fitted to the weights and
+one fitted to their extremes. Memory: ``H`` and its inverse, ``K x K`` float64, per layer, and the weight in float64
 ``COLUMNS`` output channels at a time. The values written are those the rows were quantized to, each the
 dequantized grid point of the block's final scale and zero point: the weight is on its spec's grid.
 """
@@ -48,7 +48,7 @@ def hessian(x: np.ndarray) -> np.ndarray:
 
 
 def gptq(w: np.ndarray, h: np.ndarray, scheme: Scheme, *, act_order: bool = True, damp: float = DAMP,
-         batch: int = BATCH, columns: int = COLUMNS, clip: bool = False) -> tuple[np.ndarray, QuantSpec]:
+         batch: int = BATCH, columns: int = COLUMNS, clip: bool = True) -> tuple[np.ndarray, QuantSpec]:
     """(``w`` on the grid, its spec) for a ``[K, N]`` weight and the Hessian ``h`` of its inputs, ``columns``
     output channels at a time (each column's updates involve only itself and ``H``, so the result does not
     depend on ``columns``; an LLM's output projection, 151936 columns, is never copied whole in float64)."""
