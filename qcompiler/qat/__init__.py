@@ -75,14 +75,14 @@ def _data_files(data: str | os.PathLike) -> list[Path]:
 
 
 def _summaries(before: Path, after: Path, batches, threads: int) -> list[OutputSummary]:
-    from .teacher import session as teacher_session
+    from .teacher import session
     from .train import agreement
 
     runs = {}
     for label, path in (("before", before), ("after", after)):
-        session = teacher_session(path, threads)
-        names = [o.name for o in session.get_outputs()]
-        runs[label] = (names, [session.run(None, b.feeds) for b in batches])
+        runner = session(path, threads)
+        names = [o.name for o in runner.get_outputs()]
+        runs[label] = (names, [runner.run(None, b.feeds) for b in batches])
     result = []
     for index, name in enumerate(runs["after"][0]):
         stats = {}
