@@ -27,8 +27,11 @@ FLOAT_ZERO_POINTS = "_fzp"
 FLOAT_EMBEDDINGS = "_embf"
 """The last suffix of a qcompiler method that keeps the embedding table float (``--exclude Gather``), as
 onnxruntime's and NNCF's rows do: ``qc_gptq_fzp_embf``."""
+INT8_ACTIVATIONS = "_i8a"
+"""The suffix of a qcompiler method whose MatMulNBits quantize their activations to int8 at run time
+(``--int8-activations``, ``accuracy_level`` 4): ``qc_rtn_i8a``."""
 QC_METHODS = tuple(f"qc_{algorithm}{zero}{table}" for table in ("", FLOAT_EMBEDDINGS)
-                   for zero in ("", FLOAT_ZERO_POINTS) for algorithm in ("rtn", "hqq", "awq", "gptq"))
+                   for zero in ("", FLOAT_ZERO_POINTS) for algorithm in ("rtn", "hqq", "awq", "gptq")) + ("qc_rtn_i8a",)
 METHODS = (*ORT_METHODS, "nncf_awq", *QC_METHODS)
 EXTERNAL_DATA_BYTES = 1 << 30
 """A peer's output larger than this is saved with external data (protobuf cannot hold 2 GB)."""
@@ -108,16 +111,19 @@ def nncf_awq(src: str, dst: str, bits: int, block: int, symmetric: bool, calib: 
 def qcompiler_weight_only(method: str, src: str, dst: str, bits: int, block: int, symmetric: bool,
                           calib: str) -> dict:
     """qcompiler's ``weight-only`` pipeline (output as MatMulNBits), with float zero points for a method
-    named with :data:`FLOAT_ZERO_POINTS`, the embedding table float for one named with :data:`FLOAT_EMBEDDINGS`."""
+    named with :data:`FLOAT_ZERO_POINTS`, the embedding table float for one named with :data:`FLOAT_EMBEDDINGS`,
+    int8 activations for one named with :data:`INT8_ACTIVATIONS`."""
     import qcompiler
 
+    int8_activations = method.endswith(INT8_ACTIVATIONS)
+    method = method.removesuffix(INT8_ACTIVATIONS)
     float_embeddings = method.endswith(FLOAT_EMBEDDINGS)
     method = method.removesuffix(FLOAT_EMBEDDINGS)
     algorithm = method.removeprefix("qc_").removesuffix(FLOAT_ZERO_POINTS)
     qcompiler.compile(src, dst, pipeline="weight-only", calib=calib if algorithm in ("awq", "gptq") else None,
                       weight_bits=bits, block_size=block, symmetric=symmetric, weight_method=algorithm,
                       weight_format="matmulnbits", float_zero_points=method.endswith(FLOAT_ZERO_POINTS),
-                      exclude=["Gather"] if float_embeddings else [])
+                      exclude=["Gather"] if float_embeddings else [], int8_activations=int8_activations)
     return {}
 
 

@@ -22,7 +22,8 @@ Every row (``ROWS``: method, bits, block size, symmetric or not) is built in a f
 
 and with ``--latency``, prefill of 128 tokens (no-KV model) and one decode step after 128 cached tokens
 (KV model) for FP32, onnxruntime's int4 (DEFAULT, i.e. its RTN, MatMulNBits) and qcompiler's RTN at the
-same settings, the KV models quantized alike; the models run in alternation, median over the rounds.
+same settings, with float and with int8 activations (``qc_rtn_i8a``: ``--int8-activations``), the KV models
+quantized alike; the models run in alternation, median over the rounds.
 
 A finished row is kept in ``WORK/rows/NAME.json`` and not rebuilt unless ``--force``; the table is
 written from every kept row to ``benchmarks/results/llm_weight_only.{json,md}`` (SmolLM2) or
@@ -86,7 +87,7 @@ def _rows() -> list[Row]:
         rows += [Row(method, bits, block, False) for bits in (4, 2) for block in (128, 32)]
     for method in ("qc_hqq_fzp_embf", "qc_awq_fzp_embf", "qc_gptq_fzp_embf", "qc_gptq_embf"):
         rows += [Row(method, 2, block, False) for block in (128, 32)]
-    return rows
+    return rows + [Row("qc_rtn_i8a", 4, 32, False)]
 
 
 ROWS = _rows()
@@ -295,7 +296,7 @@ def main() -> int:
     parser.add_argument("--only", default="*", help="comma-separated globs over row names (e.g. 'ort_*-w4-*')")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency", action="store_true", help="also measure prefill and decode latency")
-    parser.add_argument("--latency-rows", default="ort_default-w4-b32-asym,qc_rtn-w4-b32-asym",
+    parser.add_argument("--latency-rows", default="ort_default-w4-b32-asym,qc_rtn-w4-b32-asym,qc_rtn_i8a-w4-b32-asym",
                         help="rows whose KV and no-KV models are timed against FP32")
     parser.add_argument("--build-only", action="store_true",
                         help="only build the selected rows' candidates (a scoring run picks them up)")
