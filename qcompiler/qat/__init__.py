@@ -74,28 +74,27 @@ def _data_files(data: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _summaries(before: Path, after: Path, batches, threads: int) -> list[OutputSummary]:
+def _summaries(before: Path, after: Path, data, teacher, threads: int) -> list[OutputSummary]:
+    """Per output: the error and arg-max agreement against ``teacher`` of the models ``before`` and ``after``
+    over the rows of ``data``, one data file at a time."""
     from .teacher import session
     from .train import agreement
 
-    runs = {}
-    for label, path in (("before", before), ("after", after)):
-        runner = session(path, threads)
-        names = [o.name for o in runner.get_outputs()]
-        runs[label] = (names, [runner.run(None, b.feeds) for b in batches])
-    result = []
-    for index, name in enumerate(runs["after"][0]):
-        stats = {}
-        for label, (_, outputs) in runs.items():
-            num = sum(float(((o[index].astype(np.float64) - b.teacher[index]) ** 2).sum())
-                      for o, b in zip(outputs, batches, strict=True))
-            den = sum(float((b.teacher[index].astype(np.float64) ** 2).sum()) for b in batches)
-            agree = [agreement([o[index]], [b.teacher[index]]) for o, b in zip(outputs, batches, strict=True)]
-            weights = [b.rows for b in batches]
-            stats[label] = (num / max(den, 1e-30), float(np.average(agree, weights=weights)))
-        result.append(OutputSummary(name, stats["before"][0], stats["after"][0], stats["before"][1],
-                                    stats["after"][1]))
-    return result
+    runners = {label: session(path, threads) for label, path in (("before", before), ("after", after))}
+    names = [o.name for o in runners["after"].get_outputs()]
+    sums = {label: np.zeros((len(names), 3)) for label in runners}  # per output: error, norm, agreeing rows
+    for rows in data:
+        targets = teacher.outputs(rows.feeds)
+        for label, runner in runners.items():
+            for index, (y, t) in enumerate(zip(runner.run(None, rows.feeds), targets, strict=True)):
+                t = t.astype(np.float64)
+                sums[label][index] += (float(((y - t) ** 2).sum()), float((t ** 2).sum()),
+                                       agreement([y], [t]) * rows.rows)
+    count = sum(rows.rows for rows in data)
+    stats = {label: [(error / max(norm, 1e-30), agree / count) for error, norm, agree in s]
+             for label, s in sums.items()}
+    return [OutputSummary(name, stats["before"][i][0], stats["after"][i][0], stats["before"][i][1],
+                          stats["after"][i][1]) for i, name in enumerate(names)]
 
 
 def _summed(first, second):
@@ -161,26 +160,25 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
         inputs = [v for v in module.model.graph.inputs if v.const is None]
         axes = parse_axes(list(crop), {v.name: None if v.shape is None else tuple(v.shape) for v in inputs})
         labeller = Teacher(Path(teacher), [v.name for v in inputs], threads)
-        batches = labeller.batches(_data_files(data))
+        rows = labeller.read(_data_files(data))
         ends: list[str] = []
         refused: list[str] = []
         if blocks:
             from .blocks import cut_into_blocks
 
-            ends, refused, block_loss = cut_into_blocks(module, labeller, batches, blocks)
+            ends, refused, block_loss = cut_into_blocks(module, labeller, rows, blocks)
             task_loss = _summed(block_loss, task_loss)
         torch.manual_seed(seed)
         config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
                                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
                                 checkpoint_every=checkpoint_every, blocks=blocks, crop=axes,
                                 temperature=temperature)
-        losses = train(module, batches, config, task_loss=task_loss, teacher=labeller, on_step=on_step,
-                       progress=progress)
+        losses = train(module, rows, labeller, config, task_loss=task_loss, on_step=on_step, progress=progress)
         ir.save(trained_model(module), output)
     finally:
         torch.set_num_threads(previous_threads)
     try:
-        summaries = _summaries(before, output, batches, threads)
+        summaries = _summaries(before, output, rows, labeller, threads)
     finally:
         if before != model:
             before.unlink(missing_ok=True)

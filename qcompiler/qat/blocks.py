@@ -34,7 +34,7 @@ import torch
 
 from ..errors import UserError
 from .graph import QuantizedModel
-from .teacher import TARGET, Batch, Teacher
+from .teacher import TARGET, Rows, Teacher
 from .train import TaskLoss
 
 LAYER_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -93,11 +93,11 @@ def _clipped(extras: dict[str, np.ndarray], name: str, low: torch.Tensor, high: 
     return np.clip(np.asarray(extras[TARGET + name], np.float32), float(low), float(high))
 
 
-def cut_into_blocks(module: QuantizedModel, teacher: Teacher, batches: list[Batch],
+def cut_into_blocks(module: QuantizedModel, teacher: Teacher, data: list[Rows],
                     layers_per_block: int) -> tuple[list[str], list[str], TaskLoss]:
     """Cut ``module`` into blocks, have ``teacher`` give the canonicalized teacher's tensors at their ends to
-    every minibatch (``batches`` relabelled in place) and return (the values that end blocks, the ends refused
-    as rescaled, the block loss as a task loss)."""
+    every minibatch it labels from now on, and return (the values that end blocks, the ends refused as
+    rescaled, found on the first rows of ``data``; the block loss as a task loss)."""
     import qcompiler
 
     from ..ir import onnxruntime_model
@@ -112,12 +112,12 @@ def cut_into_blocks(module: QuantizedModel, teacher: Teacher, batches: list[Batc
         return ends, [], lambda outputs, extras: torch.zeros(())
     with onnxruntime_model(canonical, extra_outputs=ends) as source:
         teacher.track(session(source, teacher.threads), ends)
-    batches[:] = [teacher.label(b.feeds, b.extras) for b in batches]
+    first = teacher.label(data[0].feeds, data[0].extras)
     module.cuts = frozenset(ends)
     with torch.no_grad():
-        module(batches[0].feeds)
+        module(first.feeds)
     refused = [name for name, (q, low, high) in module.taps.items()
-               if rescaled(q.numpy(), _clipped(batches[0].extras, name, low, high))]
+               if rescaled(q.numpy(), _clipped(first.extras, name, low, high))]
     ends = [name for name in ends if name not in refused]
     module.cuts = frozenset(ends)
     teacher.ends = ends

@@ -2,8 +2,9 @@
 
 A :class:`Teacher` gives a set of feeds its outputs, and, under block reconstruction (:mod:`.blocks`), its
 tensors at the block ends, stored among the minibatch's extras under :data:`TARGET` + the value's name. The
-data files are labelled once (:meth:`Teacher.batches`); an augmented minibatch (:mod:`.augment`) is labelled
-again on each step, so student and teacher always see the same input.
+data files are read as unlabelled :class:`Rows` (:meth:`Teacher.read`) and every minibatch is labelled when it
+is drawn, after any augmentation (:mod:`.augment`): student and teacher always see the same input, and the
+targets, which for block ends outweigh the data many times over, are never held for the whole data set.
 """
 
 from __future__ import annotations
@@ -21,20 +22,28 @@ TARGET = "teacher:"
 
 
 @dataclass
-class Batch:
-    """Rows of one data file: the model's feeds, the teacher's outputs (in the model's output order), extras."""
+class Rows:
+    """The rows of one data file: the model's feeds and the file's other arrays (extras: labels, say)."""
 
     feeds: dict[str, np.ndarray]
-    teacher: list[np.ndarray]
     extras: dict[str, np.ndarray]
 
     @property
     def rows(self) -> int:
         return len(next(iter(self.feeds.values())))
 
-    def take(self, rows: np.ndarray) -> Batch:
-        return Batch({k: v[rows] for k, v in self.feeds.items()}, [t[rows] for t in self.teacher],
-                     {k: v[rows] for k, v in self.extras.items() if len(v) == self.rows})
+    def take(self, rows: np.ndarray) -> Rows:
+        return Rows({k: v[rows] for k, v in self.feeds.items()},
+                    {k: v[rows] for k, v in self.extras.items() if len(v) == self.rows})
+
+
+@dataclass
+class Batch:
+    """A labelled minibatch: the feeds, the teacher's outputs (in the model's output order), the extras."""
+
+    feeds: dict[str, np.ndarray]
+    teacher: list[np.ndarray]
+    extras: dict[str, np.ndarray]
 
 
 def session(model: Path | bytes | str, threads: int):
@@ -71,7 +80,11 @@ class Teacher:
             fed = {i.name: feeds[i.name] for i in self._ends.get_inputs()}
             targets = self._run(self._ends, self.ends, fed)
             extras.update({TARGET + name: value for name, value in zip(self.ends, targets)})
-        return Batch(feeds, self._run(self._outputs, None, feeds), extras)
+        return Batch(feeds, self.outputs(feeds), extras)
+
+    def outputs(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The teacher's outputs for ``feeds``."""
+        return self._run(self._outputs, None, feeds)
 
     def _run(self, teacher, names, feeds):
         try:
@@ -81,11 +94,11 @@ class Teacher:
             raise UserError(f"--teacher {self.path}: onnxruntime refused the feeds ({shapes}): "
                             f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}") from exc
 
-    def batches(self, files: list[Path]) -> list[Batch]:
-        """The data files as labelled batches (arrays that are not model inputs become extras)."""
+    def read(self, files: list[Path]) -> list[Rows]:
+        """The data files, checked to hold the model's inputs (their other arrays become extras)."""
         from ..calibration.data import read_npz
 
-        batches = []
+        data = []
         for file in files:
             arrays = read_npz(file)
             missing = [n for n in self.inputs if n not in arrays]
@@ -95,8 +108,8 @@ class Teacher:
             rows = {len(a) for a in feeds.values()}
             if len(rows) != 1:
                 raise UserError(f"{file}: the inputs' first (batch) dimensions differ: {sorted(rows)}")
-            batches.append(self.label(feeds, {k: v for k, v in arrays.items() if k not in feeds}))
-        return batches
+            data.append(Rows(feeds, {k: v for k, v in arrays.items() if k not in feeds}))
+        return data
 
 
-__all__ = ["TARGET", "Batch", "Teacher", "session"]
+__all__ = ["TARGET", "Batch", "Rows", "Teacher", "session"]

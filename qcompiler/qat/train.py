@@ -12,8 +12,9 @@ arrays that are not model inputs (labels, for instance).
 
 The minibatches are drawn from the data files by a seeded numpy generator (a file, then rows of it, so
 inputs of different shapes never mix); with ``crop`` axes the same generator cuts each minibatch to a random
-window (:mod:`.augment`) and the teacher labels it anew. A checkpoint holds the step, the parameters, Adam's
-state and the generator's state, so a resumed run continues exactly where the interrupted one stopped.
+window (:mod:`.augment`). The teacher labels every minibatch as it is drawn (:mod:`.teacher`). A checkpoint
+holds the step, the parameters, Adam's state and the generator's state, so a resumed run continues exactly
+where the interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..errors import UserError
 from ..progress import bar
 from .augment import Axes, crop
 from .graph import QuantizedModel, parameter_groups
-from .teacher import Batch, Teacher
+from .teacher import Rows, Teacher
 
 TaskLoss = Callable[[dict[str, torch.Tensor], dict[str, np.ndarray]], torch.Tensor]
 
@@ -101,13 +102,11 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(partial, path)
 
 
-def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, *, task_loss: TaskLoss | None = None,
-          teacher: Teacher | None = None, on_step: Callable[[int, float], None] | None = None,
+def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: TrainingConfig, *,
+          task_loss: TaskLoss | None = None, on_step: Callable[[int, float], None] | None = None,
           progress: bool | None = None) -> list[float]:
-    """Train ``module`` for ``config.steps`` steps; returns the loss of each step run here. ``teacher`` labels
-    the cropped minibatches (needed with ``config.crop``)."""
-    if config.crop and teacher is None:
-        raise ValueError("train: cropped minibatches need the teacher that labels them")
+    """Train ``module`` for ``config.steps`` steps on minibatches of ``data`` labelled by ``teacher``; returns
+    the loss of each step run here."""
     weights, steps = parameter_groups(module)
     optimizer = torch.optim.Adam([{"params": weights}, {"params": steps}], lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -130,11 +129,10 @@ def train(module: QuantizedModel, batches: list[Batch], config: TrainingConfig, 
     with bar(config.steps, "finetune", unit="step", on=progress) as progress_bar:
         progress_bar.update(start)
         for step in range(start, config.steps):
-            source = batches[int(rng.integers(len(batches)))]
-            rows = rng.choice(source.rows, size=min(config.batch, source.rows), replace=False)
-            batch = source.take(np.sort(rows))
-            if config.crop:
-                batch = teacher.label(crop(batch.feeds, config.crop, rng), batch.extras)
+            source = data[int(rng.integers(len(data)))]
+            rows = source.take(np.sort(rng.choice(source.rows, size=min(config.batch, source.rows), replace=False)))
+            feeds = crop(rows.feeds, config.crop, rng) if config.crop else rows.feeds
+            batch = teacher.label(feeds, rows.extras)
             outputs = module(batch.feeds)
             student = [outputs[n] for n in names]
             loss = distillation_loss(student, batch.teacher, [module.logits.get(n) for n in names],
