@@ -74,12 +74,17 @@ def _data_files(data: str | os.PathLike) -> list[Path]:
     return files
 
 
+SUMMARY_FILES = 256
+"""The before/after summary reads at most this many data files, evenly spaced: three models run on each."""
+
+
 def _summaries(before: Path, after: Path, data, teacher, threads: int) -> list[OutputSummary]:
     """Per output: the error and arg-max agreement against ``teacher`` of the models ``before`` and ``after``
-    over the rows of ``data``, one data file at a time."""
+    over the rows of (at most :data:`SUMMARY_FILES` of) ``data``, one data file at a time."""
     from .teacher import session
     from .train import agreement
 
+    data = data[::-(-len(data) // SUMMARY_FILES)]
     runners = {label: session(path, threads) for label, path in (("before", before), ("after", after))}
     names = [o.name for o in runners["after"].get_outputs()]
     sums = {label: np.zeros((len(names), 3)) for label in runners}  # per output: error, norm, agreeing rows

@@ -131,3 +131,24 @@ def test_a_window_the_teacher_refuses_is_a_user_error(line_model, tmp_path):
     fp32, _, _ = line_model
     with pytest.raises(UserError, match=r"--teacher .*line.onnx: onnxruntime refused the feeds \(x \[1, 1, 3, 8\]\)"):
         Teacher(fp32, ["x"], 1).label({"x": np.zeros((1, 1, 3, 8), np.float32)}, {})
+
+
+def test_the_summary_reads_at_most_summary_files_evenly_spaced(line_model, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import qcompiler
+    import qcompiler.qat as qat
+    from qcompiler.qat import teacher as teacher_module
+
+    fp32, int8, data = line_model
+    widths = []
+    outputs = teacher_module.Teacher.outputs
+
+    def spy(self, feeds):
+        widths.append(feeds["x"].shape[3])
+        return outputs(self, feeds)
+
+    monkeypatch.setattr(teacher_module.Teacher, "outputs", spy)
+    monkeypatch.setattr(qat, "SUMMARY_FILES", 2)
+    result = qcompiler.finetune(int8, tmp_path / "out.onnx", teacher=fp32, data=data, steps=2, lr=1e-3, batch=2)
+    assert widths[-2:] == [16, 20] and len(widths) == 4  # two steps, then the first and the third of three files
+    assert result.outputs[0].error_after >= 0
