@@ -17,7 +17,12 @@ no labels; the teacher is the FP32 model), then measure on the kit's held-out te
   (same graph, rounded integers), so the ratio says whether fine-tuning cost speed; it does not say how
   a 4-bit activation model compares with the int8 one (it runs its clipped layers in float).
 
-    python benchmarks/finetune.py [--out benchmarks/results/finetune] [--steps 1000] [--only NAME]
+    python benchmarks/finetune.py [--out benchmarks/results/finetune] [--steps 1000] [--only NAME] [--labelled]
+
+``--labelled`` (issue 14 line 3's run with a labelled loss; results in ``results/finetune_labelled``) trains
+on the same 256 calibration images with their labels (the kit's ``calib/digits.npz``, the same images in the
+same order), adding the cross-entropy of the fine-tuned model's logits against the labels to the distillation
+through ``qcompiler.finetune(task_loss=...)``.
 
 Needs torch (``pip install 'onnx-qcompiler[finetune]'``) and the realmodels kit's /root/realmodels.
 """
@@ -50,6 +55,7 @@ CASES = {  # name: (fp32 model, start pipeline, weights lowered to, activation b
     "mobilenetv2_w4a8": (MOBILENET, "w4a8", None, None, 0.5, 1e-4),
 }
 CALIB = REALMODELS / "data" / "calib_npz" / "digits_cnn"
+LABELLED = REALMODELS / "data" / "calib" / "digits.npz"  # the same 256 images as CALIB, with labels y
 TEST = REALMODELS / "data" / "digits_test.npz"
 
 
@@ -110,7 +116,23 @@ def latency_ratio(start, tuned, x, repeats=15, runs=20) -> dict:
             "tuned_over_start": medians["tuned"] / medians["start"]}
 
 
-def run_case(name, steps, work: Path) -> dict:
+def labelled_data(fp32: Path, work: Path) -> Path:
+    """The calibration images under the model's input name, with their labels ``y``."""
+    arrays = np.load(LABELLED)
+    path = work / f"{fp32.stem}.labelled.npz"
+    np.savez(path, **{onnx.load(str(fp32)).graph.input[0].name: arrays["x"], "y": arrays["y"]})
+    return path
+
+
+def cross_entropy(outputs, extras):
+    """The labelled task loss: cross-entropy of the logits (the model's one output) against ``y``."""
+    import torch
+
+    (logits,) = outputs.values() if len(outputs) == 1 else (outputs["logits"],)
+    return torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(extras["y"]))
+
+
+def run_case(name, steps, work: Path, labelled: bool = False) -> dict:
     fp32, pipeline, weights, activation_bits, factor, lr = CASES[name]
     test = np.load(TEST)
     x, y = test["x"], test["y"]
@@ -130,11 +152,13 @@ def run_case(name, steps, work: Path) -> dict:
         ir.save(model, start)
     tuned = work / f"{name}.tuned.onnx"
     run_steps = max(1, int(steps * factor))
-    result = qcompiler.finetune(start, tuned, teacher=fp32, data=CALIB, steps=run_steps, lr=lr, batch=64, threads=1)
+    data, task_loss = (labelled_data(fp32, work), cross_entropy) if labelled else (CALIB, None)
+    result = qcompiler.finetune(start, tuned, teacher=fp32, data=data, steps=run_steps, lr=lr, batch=64, threads=1,
+                                task_loss=task_loss)
     onnx.checker.check_model(onnx.load(str(tuned)), full_check=True)
     lowered = (f" + {weights} weights" if weights else "") + (f" + {activation_bits}-bit activations"
                                                              if activation_bits else "")
-    row = {"case": name, "fp32_model": fp32.name, "start": pipeline + lowered,
+    row = {"case": name + (" + labels" if labelled else ""), "fp32_model": fp32.name, "start": pipeline + lowered,
            "steps": run_steps, "lr": lr, "batch": 64, "train_seconds": round(result.seconds, 1),
            "top1_fp32": top1(fp32, x, y), "top1_start": top1(start, x, y), "top1_tuned": top1(tuned, x, y),
            "teacher_agreement_start": result.outputs[0].agreement_before,
@@ -144,8 +168,12 @@ def run_case(name, steps, work: Path) -> dict:
     return row
 
 
-NOTES = """Label-free: every run trains on the 256 unlabelled calibration images of the realmodels kit
-(`data/calib_npz/digits_cnn`) against the FP32 model's outputs; top-1 is measured on the kit's 540 held-out
+DATA = {False: """Label-free: every run trains on the 256 unlabelled calibration images of the realmodels kit
+(`data/calib_npz/digits_cnn`) against the FP32 model's outputs.""",
+        True: """With labels: every run trains on the 256 calibration images of the realmodels kit with their labels
+(`data/calib/digits.npz`), the cross-entropy against the labels added to the distillation against the FP32
+model's outputs."""}
+NOTES = """Top-1 is measured on the kit's 540 held-out
 test images (`digits_test.npz`). "start" is the PTQ model fine-tuning began from (the qcompiler compile output,
 its weights lowered where the case says, rounded to nearest): the same graph as the fine-tuned model.
 Ternary / binary / int4 cases keep the first and last layer's 8-bit weights; the 4-bit-activation case keeps
@@ -153,13 +181,14 @@ the first layer's input and the last layer's output at 8 bits and runs its clipp
 onnxruntime (no 4-bit activation kernels on CPU), so its latency ratio is against its own start, not int8.
 "identical Q outputs": every QuantizeLinear output of the torch forward that was trained vs onnxruntime running
 the written model (Q outputs exposed), over the test set. Latency: onnxruntime, 2 threads, batch 64, the two
-models alternated, median of 15 x 20 runs, on a 2-core AMD EPYC shared with other jobs (load ~20): only the
+models alternated, median of 15 x 20 runs, on a 2-core AMD EPYC shared with another fine-tuning run: only the
 ratio means something. Every written model passes `onnx.checker` (full check) and runs in onnxruntime.
 """
 
 
-def markdown(rows) -> str:
-    lines = ["# qcompiler finetune on the digits models (`python benchmarks/finetune.py`)", "", NOTES,"| case | start | steps | train s | top-1 FP32 | top-1 start | top-1 fine-tuned | identical Q outputs "
+def markdown(rows, labelled: bool) -> str:
+    lines = ["# qcompiler finetune on the digits models (`python benchmarks/finetune.py`)", "", DATA[labelled], NOTES,
+             "| case | start | steps | train s | top-1 FP32 | top-1 start | top-1 fine-tuned | identical Q outputs "
              "(max diff) | latency tuned/start |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r["deployed_vs_trained"]
@@ -174,16 +203,21 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "finetune"))
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--only", action="append", choices=sorted(CASES))
+    parser.add_argument("--labelled", action="store_true", help="add the labelled cross-entropy (module docstring)")
     args = parser.parse_args(argv)
+    if args.labelled and args.out == parser.get_default("out"):
+        args.out += "_labelled"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or CASES:
-            rows.append(run_case(name, args.steps, Path(tmp)))
+            rows.append(run_case(name, args.steps, Path(tmp), args.labelled))
     meta = {"machine": f"{platform.processor() or platform.machine()}, shared with other jobs",
-            "label_free": "every run uses only the 256 unlabelled calibration images and the FP32 teacher",
+            "label_free": ("the 256 calibration images with their labels: cross-entropy added to the distillation"
+                           if args.labelled else
+                           "every run uses only the 256 unlabelled calibration images and the FP32 teacher"),
             "python": sys.version.split()[0], "onnxruntime": ort.__version__}
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    Path(args.out + ".md").write_text(markdown(rows))
+    Path(args.out + ".md").write_text(markdown(rows, args.labelled))
     return 0
 
 
