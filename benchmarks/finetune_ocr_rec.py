@@ -1,0 +1,174 @@
+"""Fine-tuning the PP-OCRv4 recognizer to W4A8 (issue 14, lines 1 and 6): AdaRound, then ``qcompiler
+finetune`` on unlabelled text lines, scored with the realmodels kit's line accuracy.
+
+Steps, all in ``--work``:
+
+1. **Unlabelled lines.** The kit's own line generator (``make_eval_data.ocr_lines``: random spans of the
+   Python docs rendered in DejaVu fonts, random sizes, colours, rotation, blur, noise) renders ``--lines``
+   lines with ``--seed`` (the kit uses seed 0 for its evaluation set and 1 for its 64 calibration lines).
+   Lines whose text also occurs in the evaluation set are dropped; the kit's ``ocr_rec_input`` preprocesses
+   each into one ``.npz`` (``x``: ``[1, 3, 48, W]``). The texts are never read again: training is label-free.
+2. **The start**: ``qcompiler compile --pipeline w4a8 --objective size`` on the kit's 64 calibration lines
+   (4-bit per-channel weights on every Conv/MatMul, AdaRound; int8 activations everywhere).
+3. **Fine-tuning**: ``qcompiler finetune START --teacher FP32 --data LINES --blocks B --temperature T
+   --steps N --threads THREADS``, timed (wall clock, peak resident memory of the process).
+4. **Scores**: the kit's ``evaluate.py`` on its 300 labelled evaluation lines, FP32 against each model.
+
+    python benchmarks/finetune_ocr_rec.py /root/realmodels [--lines 4096] [--steps 2200] [--threads 2]
+        [--labelled] [--work /tmp/qcompiler-finetune-ocr] [--json benchmarks/results/finetune_ocr_rec.json]
+
+``--labelled`` (issue 14 line 3's run with a labelled loss) adds the CTC loss of the recognizer's output
+against each line's text (the generator's, never the evaluation set's) to the distillation, through
+``qcompiler.finetune(task_loss=...)`` in a child process.
+
+Needs torch (``pip install 'onnx-qcompiler[finetune]'``) in this interpreter and the kit's venv for the
+generator and the evaluator (``--evaluator-python``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dynamic_minilm import add_evaluator_arguments, evaluate as score  # noqa: E402  (the kit's evaluator)
+
+MODEL = "ocr_rec_ppocrv4"
+OUTPUT = "softmax_11.tmp_0"  # [N, T, 6625]: per position, the probabilities of blank and the characters
+GENERATE = """
+import os, random, sys
+import numpy as np
+from PIL import Image
+kit, data, out, count, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+sys.path.insert(0, kit)
+import make_eval_data, preprocess
+rendered = os.path.join(out, 'rendered')
+make_eval_data.ocr_lines(rendered, random.Random(seed), count)
+held_out = {text for _, text in preprocess.read_tsv(os.path.join(data, 'ocr_lines', 'labels.tsv'))}
+lines = os.path.join(out, 'lines')
+os.makedirs(lines, exist_ok=True)
+labelled = os.path.join(out, 'labelled')
+os.makedirs(labelled, exist_ok=True)
+with open(sys.argv[6], encoding='utf-8') as f:
+    classes = {c: i + 1 for i, c in enumerate(f.read().splitlines() + [' '])}  # PaddleOCR: blank 0, space last
+kept = 0
+for name, text in preprocess.read_tsv(os.path.join(rendered, 'ocr_lines', 'labels.tsv')):
+    if text not in held_out:
+        image = Image.open(os.path.join(rendered, 'ocr_lines', name)).convert('RGB')
+        x = preprocess.ocr_rec_input(image)
+        np.savez(os.path.join(lines, name.replace('.png', '.npz')), x=x)
+        label = np.array([[classes[c] for c in text]], np.int64)
+        np.savez(os.path.join(labelled, name.replace('.png', '.npz')), x=x, label=label,
+                 label_length=np.array([label.shape[1]], np.int64))
+        kept += 1
+print(kept)
+"""
+
+
+def rendered_lines(args: argparse.Namespace) -> tuple[Path, int]:
+    """The directory of unlabelled ``.npz`` lines (made once per ``--lines`` and ``--seed``; the same lines
+    with their texts as CTC targets, ``label`` and ``label_length``, are in ``../labelled``) and how many."""
+    out = args.work / f"lines-{args.lines}-seed{args.seed}"
+    lines = out / "lines"
+    if not (out / "labelled").is_dir():
+        kit = str(Path(args.evaluator).resolve().parent)
+        done = subprocess.run([args.evaluator_python, "-c", GENERATE, kit, str(args.models_dir / "data"), str(out),
+                               str(args.lines), str(args.seed), str(args.models_dir / f"{MODEL}_dict.txt")],
+                              check=True, capture_output=True, text=True)
+        print(f"rendered lines: {done.stdout.strip()} of {args.lines} kept", flush=True)
+    return lines, len(list(lines.glob("*.npz")))
+
+
+def ctc_loss(outputs, extras):
+    """The labelled task loss: CTC (Graves et al. 2006) of the recognizer's per-position character
+    probabilities against the line's text, blank = class 0."""
+    import torch
+
+    log_probs = torch.log(outputs[OUTPUT].float().clamp_min(1e-30)).transpose(0, 1)  # [T, N, classes]
+    lengths = torch.from_numpy(extras["label_length"])
+    targets = torch.from_numpy(extras["label"])
+    positions = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.int64)
+    return torch.nn.functional.ctc_loss(log_probs, targets, positions, lengths, blank=0, zero_infinity=True)
+
+
+def train_labelled(argv: list[str]) -> int:
+    """Child process of a labelled run: ``START OUTPUT TEACHER DATA STEPS BLOCKS TEMPERATURE THREADS``."""
+    import qcompiler
+
+    start, output, teacher, data, steps, blocks, temperature, threads = argv
+    result = qcompiler.finetune(start, output, teacher=teacher, data=data, steps=int(steps), blocks=int(blocks),
+                                temperature=float(temperature), threads=int(threads), task_loss=ctc_loss,
+                                progress=False)
+    print(result.table(), flush=True)
+    return 0
+
+
+def timed(command: list[str]) -> dict:
+    """Run ``command``; its wall time and the peak resident memory of its process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(command)}")
+    return {"seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1e6, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models_dir", type=Path)
+    add_evaluator_arguments(parser)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/qcompiler-finetune-ocr"))
+    parser.add_argument("--lines", type=int, default=4096, help="unlabelled lines to render")
+    parser.add_argument("--seed", type=int, default=1001, help="of the line generator (the kit's sets use 0 and 1)")
+    parser.add_argument("--steps", type=int, default=2200)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--labelled", action="store_true",
+                        help="add the CTC loss against the lines' texts to the distillation (line 3's labelled run)")
+    parser.add_argument("--json", type=Path, help="write every number to this file")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--train-labelled"]:
+        return train_labelled(argv[1:])
+    args = parser.parse_args(argv)
+
+    fp32 = args.models_dir / f"{MODEL}.onnx"
+    lines, count = rendered_lines(args)
+    qc = [sys.executable, "-m", "qcompiler"]
+    kind = "labelled" if args.labelled else "finetuned"
+    start_dir, tuned_dir = args.work / "adaround", args.work / f"{kind}-{args.lines}-{args.steps}"
+    start = start_dir / f"{MODEL}.onnx"
+    for folder in (start_dir, tuned_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    result = {"lines": count, "seed": args.seed, "steps": args.steps, "blocks": args.blocks,
+              "temperature": args.temperature, "threads": args.threads, "labelled": args.labelled}
+    if not start.exists():
+        result["compile"] = timed(qc + ["compile", str(fp32), "-o", str(start), "--calib",
+                                        str(args.models_dir / "data" / "calib_npz" / MODEL), "--pipeline", "w4a8",
+                                        "--objective", "size", "-q"])
+    settings = [str(args.steps), str(args.blocks), str(args.temperature), str(args.threads)]
+    if args.labelled:
+        result["finetune"] = timed([sys.executable, __file__, "--train-labelled", str(start),
+                                    str(tuned_dir / f"{MODEL}.onnx"), str(fp32), str(lines.parent / "labelled")]
+                                   + settings)
+    else:
+        result["finetune"] = timed(qc + ["finetune", str(start), "-o", str(tuned_dir / f"{MODEL}.onnx"), "--teacher",
+                                         str(fp32), "--data", str(lines), "--steps", settings[0], "--blocks",
+                                         settings[1], "--temperature", settings[2], "--threads", settings[3]])
+    for label, folder in (("adaround", start_dir), (kind, tuned_dir)):
+        scores = score(args.evaluator_python, args.evaluator, args.models_dir, folder, MODEL)
+        result["fp32"], result[label] = scores["fp32"], scores["cand"]
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
