@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dynamic_minilm import add_evaluator_arguments, evaluate as score  # noqa: E402  (the kit's evaluator)
+from large_model_memory import run_measured  # noqa: E402  (a child's wall time and peak RSS)
 
 MODEL = "ocr_rec_ppocrv4"
 OUTPUT = "softmax_11.tmp_0"  # [N, T, 6625]: per position, the probabilities of blank and the characters
@@ -108,15 +107,12 @@ def train_labelled(argv: list[str]) -> int:
     return 0
 
 
-def timed(command: list[str]) -> dict:
-    """Run ``command``; its wall time and the peak resident memory of its process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(command)}")
-    return {"seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1e6, 2)}
+def timed(command: list[str], work: Path) -> dict:
+    """Run ``command`` in ``work`` (:func:`large_model_memory.run_measured`); its wall time and peak memory."""
+    result = run_measured(command, work)
+    if result["exit_status"] != 0:
+        raise SystemExit(f"failed ({result['exit_status']}: {result.get('error', '')}): {result['command']}")
+    return {"seconds": result["seconds"], "peak_gb": round(result["peak_rss_mb"] / 1024, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--train-labelled"]:
         return train_labelled(argv[1:])
     args = parser.parse_args(argv)
+    args.models_dir, args.work = args.models_dir.resolve(), args.work.resolve()  # the children run in --work
 
     fp32 = args.models_dir / f"{MODEL}.onnx"
     lines, count = rendered_lines(args)
@@ -151,17 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     if not start.exists():
         result["compile"] = timed(qc + ["compile", str(fp32), "-o", str(start), "--calib",
                                         str(args.models_dir / "data" / "calib_npz" / MODEL), "--pipeline", "w4a8",
-                                        "--objective", "size", "-q"])
+                                        "--objective", "size", "-q"], args.work)
     settings = [str(args.steps), str(args.blocks), str(args.temperature), str(args.threads)]
     if args.labelled:
-        result["finetune"] = timed([sys.executable, __file__, "--train-labelled", str(start),
+        result["finetune"] = timed([sys.executable, str(Path(__file__).resolve()), "--train-labelled", str(start),
                                     str(tuned_dir / f"{MODEL}.onnx"), str(fp32), str(lines.parent / "labelled")]
-                                   + settings)
+                                   + settings, args.work)
     else:
         result["finetune"] = timed(qc + ["finetune", str(start), "-o", str(tuned_dir / f"{MODEL}.onnx"), "--teacher",
                                          str(fp32), "--data", str(lines), "--steps", settings[0], "--blocks",
-                                         settings[1], "--temperature", settings[2], "--threads", settings[3]])
-    for label, folder in (("adaround", start_dir), (kind, tuned_dir)):
+                                         settings[1], "--temperature", settings[2], "--threads", settings[3]],
+                                        args.work)
+    for label, folder in (("adaround", start_dir), ("finetuned", tuned_dir)):
         scores = score(args.evaluator_python, args.evaluator, args.models_dir, folder, MODEL)
         result["fp32"], result[label] = scores["fp32"], scores["cand"]
     print(json.dumps(result, indent=1))
