@@ -30,8 +30,9 @@ onnxruntime's and NNCF's rows do: ``qc_gptq_fzp_embf``."""
 INT8_ACTIVATIONS = "_i8a"
 """The suffix of a qcompiler method whose MatMulNBits quantize their activations to int8 at run time
 (``--int8-activations``, ``accuracy_level`` 4): ``qc_rtn_i8a``."""
-QC_METHODS = tuple(f"qc_{algorithm}{zero}{table}" for table in ("", FLOAT_EMBEDDINGS)
-                   for zero in ("", FLOAT_ZERO_POINTS) for algorithm in ("rtn", "hqq", "awq", "gptq")) + ("qc_rtn_i8a",)
+QC_METHODS = (*(f"qc_{algorithm}{zero}{table}" for table in ("", FLOAT_EMBEDDINGS)
+                 for zero in ("", FLOAT_ZERO_POINTS) for algorithm in ("rtn", "hqq", "awq", "gptq")),
+              "qc_rtn" + INT8_ACTIVATIONS)
 METHODS = (*ORT_METHODS, "nncf_awq", *QC_METHODS)
 EXTERNAL_DATA_BYTES = 1 << 30
 """A peer's output larger than this is saved with external data (protobuf cannot hold 2 GB)."""
