@@ -32,9 +32,35 @@ from qcompiler.ir.quant import integer_range
 from ._common import register_all, tensor
 
 
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v):
+        return torch.round(v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 def round_ste(v: torch.Tensor) -> torch.Tensor:
-    """``round_half_even(v)`` forward, identity backward."""
-    return v + (torch.round(v) - v).detach()
+    """``round_half_even(v)`` forward, identity backward (an autograd function: one op forward, none back)."""
+    return _RoundSTE.apply(v)
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, surrogate, value):
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def straight_through(surrogate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` forward (exactly), ``surrogate``'s gradient backward: a computation whose forward is
+    replaced by another's (the same function up to rounding) without changing what it learns from."""
+    return _StraightThrough.apply(surrogate, value)
 
 
 def grad_scale(v: torch.Tensor, factor: float) -> torch.Tensor:
@@ -63,10 +89,16 @@ def broadcast(param, shape: tuple[int, ...], axis: int | None, block_size: int |
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, qmax: int, *, axis: int | None = None,
-                  block_size: int | None = None, grad_factor: float | None = None) -> torch.Tensor:
+                  block_size: int | None = None, grad_factor: float | None = None,
+                  rescale: torch.Tensor | None = None) -> torch.Tensor:
     """``DequantizeLinear(QuantizeLinear(x))`` with the STE for ``x`` and LSQ's gradient for ``scale``,
     scaled by ``grad_factor`` (:func:`lsq_gradient_factor`) when given. ``scale`` / ``zero_point`` per
-    tensor, per ``axis`` or per block, as ONNX lays them out."""
+    tensor, per ``axis`` or per block, as ONNX lays them out.
+
+    With ``rescale`` (broadcast against ``x``), ``x`` is an integer layer's accumulator and the quantizer's
+    input is ``x · rescale``: the levels are then ``x · (rescale / scale)``, one float32 product with
+    onnxruntime's requantization multiplier, as its integer kernels compute them (``x · rescale / scale``
+    would round twice)."""
     x = tensor(x)
     shape = tuple(x.shape)
     zero = broadcast(zero_point, shape, axis, block_size).to(x.dtype)
@@ -74,7 +106,8 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point, qmin: int, q
     if grad_factor is not None:
         scale = grad_scale(scale, grad_factor)
     step = broadcast(scale, shape, axis, block_size).to(x.dtype)
-    q = torch.clamp(round_ste(x / step) + zero, qmin, qmax)
+    levels = x / step if rescale is None else x * (rescale / step)
+    q = torch.clamp(round_ste(levels) + zero, qmin, qmax)
     return (q - zero) * step
 
 

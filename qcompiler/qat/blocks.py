@@ -50,11 +50,11 @@ def block_ends(module: QuantizedModel, teacher_values: set[str], layers_per_bloc
     """The values whose quantizers end a block: see the module docstring."""
     inputs = {v.name for v in module.model.graph.inputs}
     ends, layers = [], 0
-    for step in module.interpreter.steps:
-        if any(node.op_type in LAYER_OPS for node in step.nodes):
-            layers += 1
-        elif step.op == "FakeQuantize" and layers >= layers_per_block:
-            name = step.inputs[0].name
+    for step in module.interpreter.steps:  # a layer's step may end with its output quantizer (an integer layer)
+        layers += any(node.op_type in LAYER_OPS for node in step.nodes)
+        site = next((module.sites[node] for node in step.nodes if node in module.sites), None)
+        if site is not None and layers >= layers_per_block:
+            name = site.source.name
             if name in teacher_values and name not in inputs:
                 ends.append(name)
                 layers = 0

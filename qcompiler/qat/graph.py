@@ -24,6 +24,9 @@ compiled keeps no other record once written) and replaces them by trainable fake
   the learned step.
 * **int32 biases**: ``DequantizeLinear(int32)`` of a layer becomes ``round(b / (s_x · s_w)) · s_x · s_w``
   with a float bias ``b``, the scale following the layer's learned input and weight steps.
+* **Fused units**: where onnxruntime runs a Q/DQ node unit as one integer kernel (QLinearConv, QLinearAdd,
+  QLinearSoftmax, ...), the forward computes what that kernel computes (:mod:`.units`): what is trained is
+  what is deployed, rounding included.
 """
 
 from __future__ import annotations
@@ -35,10 +38,14 @@ import torch
 from .. import ir
 from ..errors import UserError
 from ..executor.interpreter import Interpreter, Step
+from ..executor.propagation import propagate_qdq
 from ..ir.quant import broadcast_param, dequantize_values, integer_range, spec_of_qdq
 from ..kernels import KernelNotFound, default_registry
 from ..kernels.torch_ops import BACKEND, registered_ops
-from ..kernels.torch_ops.quantize import binary_fake_quantize, fake_quantize, lsq_gradient_factor, round_ste
+from ..kernels.torch_ops._common import tensor
+from ..kernels.torch_ops.quantize import (binary_fake_quantize, fake_quantize, lsq_gradient_factor, round_ste,
+                                          straight_through)
+from .units import fused_units
 
 
 RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
@@ -99,6 +106,19 @@ class ActivationQuantizer:
     clips: list[tuple[str, str, int, int]] = field(default_factory=list)  # (min, max initializer, qmin, qmax)
 
 
+@dataclass(frozen=True)
+class QuantizerSite:
+    """One Q/DQ pair an activation quantizer replaces: the value it reads (before a narrowing Clip) and its
+    integer range."""
+
+    quantize: ir.Node
+    dequantize: ir.Node
+    key: str  # ActivationQuantizer.key
+    source: ir.Value
+    qmin: int
+    qmax: int
+
+
 @dataclass
 class BiasQuantizer:
     """An int32 bias ``DequantizeLinear``: its layer's activation and weight quantizers give its scale."""
@@ -153,16 +173,24 @@ class QuantizedModel(torch.nn.Module):
 
     ``forward(feeds)`` takes numpy feeds (graph input name -> array) and returns the graph outputs as
     tensors. Parameters: ``weight_<i>`` / ``weight_scale_<i>``, ``activation_scale_<i>``, ``bias_<i>``.
+
+    It runs ``runtime``: the model as onnxruntime runs it, with its QDQ propagation applied
+    (:func:`~qcompiler.executor.propagation.propagate_qdq`: ``Softmax -> Reshape -> Q`` gains a Q/DQ pair
+    after the Softmax, which onnxruntime then fuses into QLinearSoftmax). The pairs it inserts read the
+    scale and zero point initializers of the pairs they copy, so they share those quantizers' steps;
+    :mod:`.export` writes the trained values into ``model``, by initializer name.
     """
 
     def __init__(self, model: ir.Model):
         super().__init__()
         self.model = model
-        self.interpreter = TorchInterpreter(model)
+        self.runtime = propagate_qdq(model)
+        self.interpreter = TorchInterpreter(self.runtime)
         self.parameters_ = torch.nn.ParameterDict()
         self.weights: dict[str, WeightQuantizer] = {}
         self.activations: dict[str, ActivationQuantizer] = {}
         self.biases: dict[str, BiasQuantizer] = {}
+        self.sites: dict[ir.Node, QuantizerSite] = {}  # by QuantizeLinear node
         self.record: dict[str, torch.Tensor] | None = None  # when a dict: integer activations by Q output name
         self.cuts: frozenset[str] = frozenset()  # values whose quantizer ends a block (:mod:`.blocks`)
         self.taps: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # at each cut: (q, low, high)
@@ -177,11 +205,11 @@ class QuantizedModel(torch.nn.Module):
         by_output: dict[str, str] = {}  # DQ output name -> activation key (for biases)
         weight_of_output: dict[str, str] = {}
         ties: dict[tuple, ActivationQuantizer] = {}
-        for node in self.model.graph:
+        for node in self.runtime.graph:
             if node.op_type != "DequantizeLinear" or node not in index:
                 continue
             data, scale, zero = (list(node.inputs) + [None])[:3]
-            if data is None or data.const is None or scale.const is None or data in self.model.graph.inputs:
+            if data is None or data.const is None or scale.const is None or data in self.runtime.graph.inputs:
                 continue
             if np.asarray(data.const).dtype == np.int32:
                 continue  # biases, once their layers' quantizers are known
@@ -199,7 +227,7 @@ class QuantizedModel(torch.nn.Module):
             self.weights[key] = quantizer
             weight_of_output[quantizer.output] = key
             replacements[index[node]] = self._weight_step(node, quantizer)
-        for node in self.model.graph:
+        for node in self.runtime.graph:
             if node.op_type != "QuantizeLinear" or node not in index:
                 continue
             pair = self._pair(node)
@@ -227,9 +255,11 @@ class QuantizedModel(torch.nn.Module):
                 source = clip_node.inputs[0]
                 replacements[index[clip_node]] = None
             by_output[pair.outputs[0].name] = quantizer.key
-            replacements[index[node]] = self._activation_step(node, pair, quantizer, source, qmin, qmax)
+            self.sites[node] = QuantizerSite(node, pair, quantizer.key, source, qmin, qmax)
+            replacements[index[node]] = self._activation_step(self.sites[node])
             replacements[index[pair]] = None
-        for node in self.model.graph:
+        bias_of_output: dict[str, str] = {}
+        for node in self.runtime.graph:
             if node.op_type != "DequantizeLinear" or node not in index or node.inputs[0].const is None:
                 continue
             if np.asarray(node.inputs[0].const).dtype != np.int32:
@@ -237,6 +267,8 @@ class QuantizedModel(torch.nn.Module):
             bias = self._bias(node, by_output, weight_of_output)
             if bias is not None:
                 replacements[index[node]] = self._bias_step(node, bias)
+                bias_of_output[bias.output] = bias.key
+        replacements.update(fused_units(self, index, by_output, weight_of_output, bias_of_output))
         self.interpreter.replace_steps(replacements)
 
     def _tap_logits(self) -> None:
@@ -246,14 +278,14 @@ class QuantizedModel(torch.nn.Module):
         last axis is the output's: a reshape that keeps it keeps every row): distillation compares
         distributions through them."""
         steps = {step.nodes[0]: step for step in self.interpreter.steps if len(step.nodes) == 1}
-        for output in self.model.graph.outputs:
+        for output in self.runtime.graph.outputs:
             node = output.producer()
             while node is not None and node.op_type in RESHAPES:
                 node = node.inputs[0].producer()
             if node is None or node.op_type != "Softmax" or node not in steps:
                 continue
             rank = node.outputs[0].shape and len(node.outputs[0].shape)
-            if node.attrs.get("axis", -1 if self.model.opset >= 13 else 1) in (-1, (rank or 0) - 1):
+            if node.attrs.get("axis", -1 if self.runtime.opset >= 13 else 1) in (-1, (rank or 0) - 1):
                 steps[node].kernel = self._recording(steps[node].kernel, output.name)
 
     def _recording(self, kernel, name: str):
@@ -267,7 +299,7 @@ class QuantizedModel(torch.nn.Module):
         """The DequantizeLinear that alone reads ``quantize``'s output with the same scale and zero point."""
         output = quantize.outputs[0]
         readers = output.consumers()
-        if len(readers) != 1 or output in self.model.graph.outputs or readers[0].op_type != "DequantizeLinear":
+        if len(readers) != 1 or output in self.runtime.graph.outputs or readers[0].op_type != "DequantizeLinear":
             return None
         dq = readers[0]
         if dq.inputs[1].const is None or len(dq.inputs) < 3 or dq.inputs[2] is None or dq.inputs[2].const is None:
@@ -317,27 +349,33 @@ class QuantizedModel(torch.nn.Module):
         return Step("FakeQuantizeWeight", node.name, lambda: self.fake_weight(quantizer.key), (), node.outputs, {},
                     (node,), "kernel")
 
-    def _activation_step(self, quantize: ir.Node, dequantize: ir.Node, quantizer: ActivationQuantizer,
-                         source: ir.Value, qmin: int, qmax: int) -> Step:
-        zero = float(np.asarray(quantizer.zero_point).reshape(()))
-        name = quantize.outputs[0].name
+    def _activation_step(self, site: QuantizerSite) -> Step:
+        return Step("FakeQuantize", site.quantize.name, lambda x: self.fake_quantize_activation(site, tensor(x)),
+                    (site.source,), site.dequantize.outputs, {}, (site.quantize, site.dequantize), "kernel")
 
-        def run(x):
-            x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-            scale = self.activation_scale(quantizer.key)
-            features = x[0].numel() if x.ndim > 1 else x.numel()
-            factor = lsq_gradient_factor(features, int(qmax - zero))
-            y = fake_quantize(x, scale, np.float32(zero), qmin, qmax, grad_factor=factor)
-            if self.record is not None:
-                self.record[name] = torch.round(y.detach() / scale.detach()) + zero
-            if source.name in self.cuts:  # the block ends here: the next one reads q without a way back
-                bound = scale.detach()
-                self.taps[source.name] = (y, (qmin - zero) * bound, (qmax - zero) * bound)
-                y = fake_quantize(x.detach(), scale, np.float32(zero), qmin, qmax, grad_factor=factor)
-            return y
+    def fake_quantize_activation(self, site: QuantizerSite, x: torch.Tensor, *, rescale: torch.Tensor | None = None,
+                                 exact: torch.Tensor | None = None) -> torch.Tensor:
+        """The fake quantizer at ``site`` on ``x`` (an integer layer's accumulator when ``rescale`` is given:
+        :func:`~qcompiler.kernels.torch_ops.quantize.fake_quantize`), recording its integers when asked and
+        tapping it where a block ends. ``exact``: the integers an onnxruntime kernel computes here, which
+        replace the quantizer's forward value while its gradients stay (:mod:`.units`)."""
+        zero = float(np.asarray(self.activations[site.key].zero_point).reshape(()))
+        scale = self.activation_scale(site.key)
+        features = x[0].numel() if x.ndim > 1 else x.numel()
+        factor = lsq_gradient_factor(features, int(site.qmax - zero))
 
-        return Step("FakeQuantize", quantize.name, run, (source,), dequantize.outputs, {},
-                    (quantize, dequantize), "kernel")
+        def quantize(x):
+            y = fake_quantize(x, scale, np.float32(zero), site.qmin, site.qmax, grad_factor=factor, rescale=rescale)
+            return y if exact is None else straight_through(y, (exact - zero) * scale.detach())
+
+        y = quantize(x)
+        if self.record is not None:
+            self.record[site.quantize.outputs[0].name] = torch.round(y.detach() / scale.detach()) + zero
+        if site.source.name in self.cuts:  # the block ends here: the next one reads q without a way back
+            bound = scale.detach()
+            self.taps[site.source.name] = (y, (site.qmin - zero) * bound, (site.qmax - zero) * bound)
+            y = quantize(x.detach())
+        return y
 
     def bias_scale(self, key: str) -> torch.Tensor:
         """``s_x · s_w`` per output channel, in float64 as :func:`qcompiler.ir.quant.quantize_biases` computes it."""
@@ -345,11 +383,12 @@ class QuantizedModel(torch.nn.Module):
         product = self.activation_scale(bias.activation).double() * self.weight_scale(bias.weight).double().reshape(-1)
         return product
 
+    def bias_integers(self, key: str) -> torch.Tensor:
+        """The int32 bias (as float64, with the STE): ``round(b / (s_x · s_w))``."""
+        return round_ste(self.parameters_[f"bias_{key}"].double() / self.bias_scale(key))
+
     def fake_bias(self, key: str) -> torch.Tensor:
-        bias = self.parameters_[f"bias_{key}"]
-        scale = self.bias_scale(key)
-        integers = round_ste(bias.double() / scale)
-        return integers.float() * scale.float()
+        return self.bias_integers(key).float() * self.bias_scale(key).float()
 
     def _bias_step(self, node: ir.Node, quantizer: BiasQuantizer) -> Step:
         return Step("FakeQuantizeBias", node.name, lambda: self.fake_bias(quantizer.key), (), node.outputs, {},
@@ -365,12 +404,14 @@ class QuantizedModel(torch.nn.Module):
         return outputs
 
     def recorded(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The integer activations (by QuantizeLinear output name) of one forward pass without gradients."""
+        """The integer activations (by QuantizeLinear output name, those of :attr:`model`: not the pairs
+        :attr:`runtime` adds) of one forward pass without gradients."""
+        written = {node.outputs[0].name for node in self.model.graph if node.op_type == "QuantizeLinear"}
         self.record = {}
         try:
             with torch.no_grad():
                 self.forward(feeds)
-            return {name: q.numpy() for name, q in self.record.items()}
+            return {name: q.numpy() for name, q in self.record.items() if name in written}
         finally:
             self.record = None
 

@@ -18,6 +18,8 @@ from qcompiler import ir  # noqa: E402
 from qcompiler.cli import main  # noqa: E402
 from qcompiler.errors import UserError  # noqa: E402
 
+from .conftest import float_model  # noqa: E402
+
 
 def _initializers(path) -> dict[str, np.ndarray]:
     return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
@@ -99,6 +101,65 @@ def test_deployed_equals_trained(tiny_cnn, tmp_path, lowering):
             same += int((diff == 0).sum())
             total += diff.size
     assert same / total >= 0.999
+
+
+def _tied_qdq_conv(path):
+    """A QDQ Conv whose output step is twice ``s_x · s_w``: every odd accumulator lands exactly halfway between
+    two output integers, where only the exact sum rounds (half to even) as onnxruntime's QLinearConv does."""
+    rng = np.random.default_rng(3)
+    s_x, s_w = np.float32(0.1), np.float32(0.03)
+    init = onnx.numpy_helper.from_array
+    inits = [init(rng.integers(-7, 8, (4, 8, 3, 3)).astype(np.int8), "w"), init(np.array(s_w), "w.s"),
+             init(np.array(0, np.int8), "w.z"), init(np.array(s_x), "x.s"), init(np.array(128, np.uint8), "x.z"),
+             init(np.array(np.float32(s_x * s_w) * 2), "y.s"), init(np.array(128, np.uint8), "y.z")]
+    nodes = [onnx.helper.make_node("QuantizeLinear", ["x", "x.s", "x.z"], ["xq"]),
+             onnx.helper.make_node("DequantizeLinear", ["xq", "x.s", "x.z"], ["xd"]),
+             onnx.helper.make_node("DequantizeLinear", ["w", "w.s", "w.z"], ["wd"]),
+             onnx.helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             onnx.helper.make_node("QuantizeLinear", ["c", "y.s", "y.z"], ["cq"]),
+             onnx.helper.make_node("DequantizeLinear", ["cq", "y.s", "y.z"], ["y"])]
+    model = float_model(nodes, "tied", ["n", 8, 6, 6], ["n", 4, 6, 6], inits)
+    onnx.save(model, path)
+    return {"x": (rng.integers(0, 256, (4, 8, 6, 6)).astype(np.float32) - 128) * s_x}
+
+
+def test_layers_onnxruntime_runs_on_integers_are_computed_on_integers(tmp_path):
+    """A Conv onnxruntime fuses into QLinearConv is one integer layer in torch (integer sums, one requantizing
+    multiplier): its quantized outputs are onnxruntime's, ties included."""
+    from qcompiler.qat.graph import QuantizedModel
+
+    path = tmp_path / "tied.onnx"
+    feeds = _tied_qdq_conv(path)
+    module = QuantizedModel(ir.load(path))
+    assert [step.op for step in module.interpreter.steps] == ["FakeQuantize", "FakeQuantizeWeight", "IntegerLayer"]
+    ours, theirs = module.recorded(feeds)["cq"], _onnxruntime_integers(path, feeds)["cq"]
+    assert np.array_equal(ours, theirs.astype(np.float32))
+
+
+def test_a_softmax_onnxruntime_fuses_after_propagation_gives_its_integers(tmp_path):
+    """``Softmax -> Reshape -> Q``: onnxruntime moves a Q/DQ pair before the Reshape and runs the Softmax as
+    QLinearSoftmax (an exponential table, the output scale truncated to ``floor(1 / s_y)``, far from the float
+    softmax requantized at this ``s_y``); the torch forward gives its integers."""
+    from qcompiler.qat.graph import QuantizedModel
+
+    init = onnx.numpy_helper.from_array
+    inits = [init(np.array(0.05, np.float32), "x.s"), init(np.array(128, np.uint8), "x.z"),
+             init(np.array(1 / 200.7, np.float32), "y.s"), init(np.array(0, np.uint8), "y.z"),
+             init(np.array([0, 48], np.int64), "shape")]
+    nodes = [onnx.helper.make_node("QuantizeLinear", ["x", "x.s", "x.z"], ["xq"]),
+             onnx.helper.make_node("DequantizeLinear", ["xq", "x.s", "x.z"], ["xd"]),
+             onnx.helper.make_node("Softmax", ["xd"], ["p"], axis=-1, name="softmax"),
+             onnx.helper.make_node("Reshape", ["p", "shape"], ["r"]),
+             onnx.helper.make_node("QuantizeLinear", ["r", "y.s", "y.z"], ["rq"]),
+             onnx.helper.make_node("DequantizeLinear", ["rq", "y.s", "y.z"], ["y"])]
+    path = tmp_path / "softmax.onnx"
+    onnx.save(float_model(nodes, "softmax", ["n", 4, 12], ["n", 48], inits), path)
+    feeds = {"x": np.random.default_rng(4).normal(0, 2, (16, 4, 12)).astype(np.float32)}
+    module = QuantizedModel(ir.load(path))
+    assert "ExactUnit" in [step.op for step in module.interpreter.steps]
+    ours, theirs = module.recorded(feeds), _onnxruntime_integers(path, feeds)
+    assert set(ours) == {"xq", "rq"}  # the pair onnxruntime inserts is not in the written model
+    assert np.array_equal(ours["rq"], theirs["rq"].astype(np.float32))
 
 
 def test_an_op_without_a_torch_kernel_is_named(tmp_path):
