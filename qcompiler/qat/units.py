@@ -6,15 +6,15 @@ what the float op followed by the fake quantizer computes. A value near a roundi
 step apart, and later layers carry the difference on. So that what is trained is what is deployed, each
 such unit becomes one step of :class:`~.graph.QuantizedModel` that computes the kernel's integers:
 
-* **Integer layers** (Conv, Gemm, MatMul; onnxruntime's QLinearConv, QGemm, QLinearMatMul,
-  MatMulIntegerToFloat): run in torch as the kernel runs them, the layer of the integers ``x / s_x`` and
-  ``w / s_w`` plus the int32 bias, then one rescale: by ``s_x · s_w``, or into the output quantizer by the
-  float32 multiplier ``s_x · s_w / s_y``. In float32 the integer sums are exact while they stay under
-  2^24, as onnxruntime's int32 accumulation is. Gradients are the float layer's: the integers round with
-  the STE, and the scales that divide and rescale are constants here (their gradients reach them through
-  the fake quantizers of ``x`` and ``w``, as in the float layer; differentiating both the division and the
-  rescale would leave two large terms that cancel up to rounding). The bias adds ``fake_bias -
-  fake_bias.detach()`` (zero) divided by ``s_x · s_w`` to the integers, which gives it, and the scales
+* **Integer layers** (Conv, Gemm, MatMul, an attention MatMul of two activations included; onnxruntime's
+  QLinearConv, QGemm, QLinearMatMul, MatMulIntegerToFloat): run in torch as the kernel runs them, the layer of
+  the integers ``x / s_x`` and ``w / s_w`` plus the int32 bias, then one rescale: by ``s_x · s_w``, or into
+  the output quantizer by the float32 multiplier ``s_x · s_w / s_y``. In float32 the integer sums are exact
+  while they stay under 2^24, as onnxruntime's int32 accumulation is. Gradients are the float layer's: the
+  integers round with the STE, and the scales that divide and rescale are constants here (their gradients
+  reach them through the fake quantizers of ``x`` and ``w``, as in the float layer; differentiating both the
+  division and the rescale would leave two large terms that cancel up to rounding). The bias adds
+  ``fake_bias - fake_bias.detach()`` (zero) divided by ``s_x · s_w`` to the integers, which gives it, and the scales
   through it, the float layer's gradients.
 * **Other units** (QLinearAdd, QLinearSoftmax, QLinearGlobalAveragePool): the op runs in float and its
   output quantizer learns from that as before; the forward value is then replaced
@@ -26,6 +26,7 @@ such unit becomes one step of :class:`~.graph.QuantizedModel` that computes the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,12 +63,17 @@ def fused_units(module: QuantizedModel, index: dict[ir.Node, int], by_output: di
         if target.op_type in INTEGER_LAYERS:
             activation = by_output.get(target.inputs[0].name)
             weight = weight_of_output.get(target.inputs[1].name)
+            other = by_output.get(target.inputs[1].name) if target.op_type == "MatMul" else None  # attention
             given = target.inputs[2] if len(target.inputs) > 2 else None
             bias = bias_of_output.get(given.name) if given is not None else None
-            if (activation is None or weight is None or (given is not None and bias is None)
-                    or not _per_output_channel(target, module.weights[weight], module)):
+            if (activation is None or (weight is None and other is None) or (given is not None and bias is None)
+                    or (weight is not None and not _per_output_channel(target, module.weights[weight], module))):
                 continue
-            unit = _integer_layer(module, step, fusion.tail, activation, weight, bias, site)
+            if weight is not None:
+                second = (lambda weight=weight: module.weight_scale(weight)), module.weights[weight].axis
+            else:
+                second = (lambda other=other: module.activation_scale(other)), None
+            unit = _integer_layer(module, step, fusion.tail, activation, second, bias, site)
             dropped = fusion.tail + ((given.producer(),) if given is not None else ())
         else:
             inputs = [sites.get(v.name) for v in target.inputs if v is not None]
@@ -92,17 +98,20 @@ def _per_output_channel(layer: ir.Node, weight: WeightQuantizer, module: Quantiz
     return weight.axis is not None and weight.axis % rank == expected
 
 
-def _integer_layer(module: QuantizedModel, step: Step, tail: tuple[ir.Node, ...], activation: str, weight: str,
-                   bias: str | None, site: QuantizerSite | None) -> Step:
+def _integer_layer(module: QuantizedModel, step: Step, tail: tuple[ir.Node, ...], activation: str,
+                   second: tuple[Callable[[], torch.Tensor], int | None], bias: str | None,
+                   site: QuantizerSite | None) -> Step:
     """``step``'s layer with the ``tail`` onnxruntime absorbs (a redundant Relu / Clip and the output
-    QuantizeLinear at ``site``, if any) as one integer layer (module docstring)."""
-    kernel, quantizer, layer = step.kernel, module.weights[weight], step.nodes[0]
-    channel = 1 if layer.op_type == "Conv" else -1
+    QuantizeLinear at ``site``, if any) as one integer layer (module docstring). ``activation``: the key of the
+    first input's quantizer; ``second``: the second input's step (a weight's, per output channel, or for an
+    attention MatMul another activation's) and its axis."""
+    kernel, layer = step.kernel, step.nodes[0]
+    (second_scale, axis), channel = second, 1 if layer.op_type == "Conv" else -1
 
     def run(x, w, **attrs):
         x, w = tensor(x), tensor(w)
-        s_x, s_w = module.activation_scale(activation).detach(), module.weight_scale(weight).detach()
-        integers = round_ste(x / s_x), round_ste(w / broadcast(s_w, tuple(w.shape), quantizer.axis, None))
+        s_x, s_w = module.activation_scale(activation).detach(), second_scale().detach()
+        integers = round_ste(x / s_x), round_ste(w / broadcast(s_w, tuple(w.shape), axis, None))
         rescale = s_x * s_w
         if layer.op_type == "MatMul":
             acc = kernel(*integers, **attrs)

@@ -136,6 +136,33 @@ def test_layers_onnxruntime_runs_on_integers_are_computed_on_integers(tmp_path):
     assert np.array_equal(ours, theirs.astype(np.float32))
 
 
+def test_an_attention_matmul_of_two_activations_is_an_integer_layer(tmp_path):
+    """``DQ(a) @ DQ(b) -> Q`` (attention's scores) runs as QLinearMatMul in onnxruntime: in torch too, ties
+    included (the output step is twice ``s_a · s_b``)."""
+    from qcompiler.qat.graph import QuantizedModel
+
+    s_a, s_b = np.float32(0.07), np.float32(0.045)
+    init = onnx.numpy_helper.from_array
+    inits = [init(np.array(s_a), "a.s"), init(np.array(128, np.uint8), "a.z"), init(np.array(s_b), "b.s"),
+             init(np.array(128, np.uint8), "b.z"), init(np.array(np.float32(s_a * s_b) * 2), "y.s"),
+             init(np.array(128, np.uint8), "y.z")]
+    nodes = [onnx.helper.make_node("QuantizeLinear", ["x", "a.s", "a.z"], ["aq"]),
+             onnx.helper.make_node("DequantizeLinear", ["aq", "a.s", "a.z"], ["ad"]),
+             onnx.helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             onnx.helper.make_node("QuantizeLinear", ["xt", "b.s", "b.z"], ["bq"]),
+             onnx.helper.make_node("DequantizeLinear", ["bq", "b.s", "b.z"], ["bd"]),
+             onnx.helper.make_node("MatMul", ["ad", "bd"], ["m"], name="scores"),
+             onnx.helper.make_node("QuantizeLinear", ["m", "y.s", "y.z"], ["mq"]),
+             onnx.helper.make_node("DequantizeLinear", ["mq", "y.s", "y.z"], ["y"])]
+    path = tmp_path / "scores.onnx"
+    onnx.save(float_model(nodes, "scores", ["n", 6, 5], ["n", 6, 6], inits), path)
+    feeds = {"x": np.random.default_rng(5).normal(0, 1, (8, 6, 5)).astype(np.float32)}
+    module = QuantizedModel(ir.load(path))
+    assert [step.nodes[0].name for step in module.interpreter.steps if step.op == "IntegerLayer"] == ["scores"]
+    ours, theirs = module.recorded(feeds)["mq"], _onnxruntime_integers(path, feeds)["mq"]
+    assert np.array_equal(ours, theirs.astype(np.float32))
+
+
 def test_a_softmax_onnxruntime_fuses_after_propagation_gives_its_integers(tmp_path):
     """``Softmax -> Reshape -> Q``: onnxruntime moves a Q/DQ pair before the Reshape and runs the Softmax as
     QLinearSoftmax (an exponential table, the output scale truncated to ``floor(1 / s_y)``, far from the float
