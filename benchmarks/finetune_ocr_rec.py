@@ -13,6 +13,8 @@ Steps, all in ``--work``:
 3. **Fine-tuning**: ``qcompiler finetune START --teacher FP32 --data LINES --blocks B --temperature T
    --steps N --threads THREADS``, timed (wall clock, peak resident memory of the process).
 4. **Scores**: the kit's ``evaluate.py`` on its 300 labelled evaluation lines, FP32 against each model.
+5. **Deployed = trained** (line 4): every quantized activation of the torch forward of the fine-tuned model
+   against onnxruntime running the written model, on the first ``--check-lines`` rendered lines.
 
     python benchmarks/finetune_ocr_rec.py /root/realmodels [--lines 4096] [--steps 2200] [--threads 2]
         [--labelled] [--work /tmp/qcompiler-finetune-ocr] [--json benchmarks/results/finetune_ocr_rec.json]
@@ -33,8 +35,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dynamic_minilm import add_evaluator_arguments, evaluate as score  # noqa: E402  (the kit's evaluator)
+from finetune import deployed_vs_trained  # noqa: E402  (torch forward vs onnxruntime, activation by activation)
 from large_model_memory import run_measured  # noqa: E402  (a child's wall time and peak RSS)
 
 MODEL = "ocr_rec_ppocrv4"
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--labelled", action="store_true",
                         help="add the CTC loss against the lines' texts to the distillation (line 3's labelled run)")
+    parser.add_argument("--check-lines", type=int, default=32, help="lines to compare torch and onnxruntime on")
     parser.add_argument("--json", type=Path, help="write every number to this file")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--train-labelled"]:
@@ -162,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, folder in (("adaround", start_dir), ("finetuned", tuned_dir)):
         scores = score(args.evaluator_python, args.evaluator, args.models_dir, folder, MODEL)
         result["fp32"], result[label] = scores["fp32"], scores["cand"]
+    checked = sorted(lines.glob("*.npz"))[:args.check_lines]
+    result["deployed_vs_trained"] = deployed_vs_trained(tuned_dir / f"{MODEL}.onnx",
+                                                        (dict(np.load(path)) for path in checked))
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
