@@ -116,7 +116,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
     and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
-    optional labelled loss added to the distillation (``extras``: the data files' non-input arrays).
+    optional loss added to the distillation (``extras``: the data files' non-input arrays, and the
+    teacher's outputs under ``"teacher:" + name``).
     ``weights`` (int4, ternary, binary) and ``activation_bits`` (4) first lower the weights and activations
     of all but the first and last layer (:mod:`.lowbit`). ``blocks``: reconstruct blocks of about that many layers
     against the teacher's tensors at their ends (:mod:`.blocks`; 0: the outputs alone). ``crop``:

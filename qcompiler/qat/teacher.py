@@ -1,7 +1,9 @@
 """The FP32 teacher of fine-tuning, run by onnxruntime: the targets of every minibatch.
 
 A :class:`Teacher` gives a set of feeds its outputs, and, under block reconstruction (:mod:`.blocks`), its
-tensors at the block ends, stored among the minibatch's extras under :data:`TARGET` + the value's name. The
+tensors at the block ends. Both are also stored among the minibatch's extras under :data:`TARGET` + the
+value's name, where a task loss finds them (sequence-level distillation against the teacher's decoded
+outputs, for example: Kim and Rush 2016). The
 data files are read as unlabelled :class:`Rows` (:meth:`Teacher.read`) and every minibatch is labelled when it
 is drawn, after any augmentation (:mod:`.augment`): student and teacher always see the same input, and the
 targets, which for block ends outweigh the data many times over, are never held for the whole data set.
@@ -18,7 +20,7 @@ import numpy as np
 from ..errors import UserError
 
 TARGET = "teacher:"
-"""Prefix of a block target's key among a batch's extras."""
+"""Prefix of a teacher output's or block target's key among a batch's extras."""
 
 
 @dataclass
@@ -74,13 +76,18 @@ class Teacher:
         self._ends, self.ends = ends_session, list(ends)
 
     def label(self, feeds: dict[str, np.ndarray], extras: dict[str, np.ndarray]) -> Batch:
-        """``feeds`` with the teacher's outputs, and its block targets in place of any in ``extras``."""
+        """``feeds`` with the teacher's outputs, which with its block targets replace any in ``extras``."""
         extras = {k: v for k, v in extras.items() if not k.startswith(TARGET)}
-        if self.ends:
+        names = [o.name for o in self._outputs.get_outputs()]
+        if self.ends:  # one run: the canonicalized teacher computes the outputs too (up to float rounding)
             fed = {i.name: feeds[i.name] for i in self._ends.get_inputs()}
-            targets = self._run(self._ends, self.ends, fed)
-            extras.update({TARGET + name: value for name, value in zip(self.ends, targets)})
-        return Batch(feeds, self.outputs(feeds), extras)
+            values = self._run(self._ends, names + self.ends, fed)
+            outputs = values[:len(names)]
+            extras.update({TARGET + name: value for name, value in zip(self.ends, values[len(names):])})
+        else:
+            outputs = self.outputs(feeds)
+        extras.update({TARGET + name: value for name, value in zip(names, outputs)})
+        return Batch(feeds, outputs, extras)
 
     def outputs(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The teacher's outputs for ``feeds``."""
