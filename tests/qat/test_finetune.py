@@ -42,6 +42,26 @@ def test_writes_the_same_qdq_model_with_trained_integers_and_scales(tiny_cnn, tm
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+@pytest.mark.parametrize("blocks", [0, 1])
+def test_a_task_loss_sees_the_teachers_outputs(tiny_cnn, tmp_path, blocks):
+    """``extras['teacher:y']`` is the FP32 teacher's output for the step's rows (what sequence-level
+    distillation decodes), with or without block reconstruction (then from the canonicalized teacher)."""
+    fp32, int8, data = tiny_cnn
+    teacher = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    seen = []
+
+    def task_loss(outputs, extras):
+        seen.append((extras["teacher:y"], outputs["y"].shape))
+        return torch.zeros(())
+
+    qcompiler.finetune(int8, tmp_path / "t.onnx", teacher=fp32, data=data, steps=2, batch=16, blocks=blocks,
+                       task_loss=task_loss)
+    assert len(seen) == 2 and all(t.shape == shape for t, shape in seen)
+    every = np.concatenate([teacher.run(None, dict(np.load(f)))[0] for f in sorted(data.glob("*.npz"))])
+    for t, _ in seen:  # each file holds 16 rows, a step takes all of one file: its rows are some file's
+        assert any(np.allclose(t, every[i:i + 16], atol=1e-5) for i in range(0, len(every), 16))
+
+
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path):
     fp32, int8, data = tiny_cnn
     whole = tmp_path / "whole.onnx"
