@@ -17,12 +17,13 @@ Steps, all in ``--work``:
    against onnxruntime running the written model, on the first ``--check-lines`` rendered lines.
 
     python benchmarks/finetune_ocr_rec.py /root/realmodels [--lines 4096] [--steps 2200] [--threads 2]
-        [--labelled | --teacher-ctc] [--work /tmp/qcompiler-finetune-ocr] [--json benchmarks/results/finetune_ocr_rec.json]
+        [--labelled | --ctc] [--work /tmp/qcompiler-finetune-ocr] [--json benchmarks/results/finetune_ocr_rec.json]
 
 ``--labelled`` (issue 14 line 3's run with a labelled loss) adds the CTC loss of the recognizer's output
 against each line's text (the generator's, never the evaluation set's) to the distillation, through
-``qcompiler.finetune(task_loss=...)`` in a child process. ``--teacher-ctc`` adds the CTC loss against the text
-the FP32 teacher reads instead (sequence-level distillation, Kim and Rush 2016): label-free.
+``qcompiler.finetune(task_loss=...)`` in a child process. ``--ctc`` runs ``qcompiler finetune --ctc OUTPUT``
+instead, which adds the CTC loss against the text the FP32 teacher reads (sequence-level distillation, Kim and
+Rush 2016): label-free.
 
 Needs torch (``pip install 'onnx-qcompiler[finetune]'``) in this interpreter and the kit's venv for the
 generator and the evaluator (``--evaluator-python``).
@@ -89,44 +90,24 @@ def rendered_lines(args: argparse.Namespace) -> tuple[Path, int]:
     return lines, len(list(lines.glob("*.npz")))
 
 
-def _ctc(outputs, targets, lengths):
-    """CTC (Graves et al. 2006) of the recognizer's per-position character probabilities against ``targets``
-    (concatenated class indices, ``lengths`` per line), blank = class 0."""
+def ctc_loss(outputs, extras):
+    """The labelled task loss: CTC (Graves et al. 2006) of the recognizer's per-position character
+    probabilities against the line's text (``label``, ``label_length``), blank = class 0."""
     import torch
 
     log_probs = torch.log(outputs[OUTPUT].float().clamp_min(1e-30)).transpose(0, 1)  # [T, N, classes]
     positions = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.int64)
-    return torch.nn.functional.ctc_loss(log_probs, torch.from_numpy(targets), positions,
-                                        torch.from_numpy(lengths), blank=0, zero_infinity=True)
+    return torch.nn.functional.ctc_loss(log_probs, torch.from_numpy(extras["label"].reshape(-1)), positions,
+                                        torch.from_numpy(extras["label_length"]), blank=0, zero_infinity=True)
 
 
-def ctc_loss(outputs, extras):
-    """The labelled task loss: CTC against each line's text (``label``, ``label_length``)."""
-    return _ctc(outputs, extras["label"].reshape(-1), extras["label_length"])
-
-
-def teacher_ctc_loss(outputs, extras):
-    """The label-free task loss: CTC against the text the FP32 teacher reads (its best class per position,
-    repeats merged, blanks dropped): sequence-level distillation (Kim and Rush 2016). No text is read."""
-    texts = []
-    for best in np.asarray(extras["teacher:" + OUTPUT]).argmax(-1):
-        merged = best[np.concatenate([[True], best[1:] != best[:-1]])]
-        texts.append(merged[merged != 0])
-    lengths = np.array([len(t) for t in texts], np.int64)
-    return _ctc(outputs, np.concatenate(texts).astype(np.int64), lengths)
-
-
-TASK_LOSSES = {"labelled": ctc_loss, "teacher-ctc": teacher_ctc_loss}
-
-
-def train_child(argv: list[str]) -> int:
-    """Child process of a run with a task loss: ``LOSS START OUTPUT TEACHER DATA STEPS BLOCKS TEMPERATURE
-    THREADS`` (LOSS a key of :data:`TASK_LOSSES`)."""
+def train_labelled(argv: list[str]) -> int:
+    """Child process of a labelled run: ``START OUTPUT TEACHER DATA STEPS BLOCKS TEMPERATURE THREADS``."""
     import qcompiler
 
-    loss, start, output, teacher, data, steps, blocks, temperature, threads = argv
+    start, output, teacher, data, steps, blocks, temperature, threads = argv
     result = qcompiler.finetune(start, output, teacher=teacher, data=data, steps=int(steps), blocks=int(blocks),
-                                temperature=float(temperature), threads=int(threads), task_loss=TASK_LOSSES[loss],
+                                temperature=float(temperature), threads=int(threads), task_loss=ctc_loss,
                                 progress=False)
     print(result.table(), flush=True)
     return 0
@@ -153,42 +134,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--labelled", action="store_true",
                         help="add the CTC loss against the lines' texts to the distillation (line 3's labelled run)")
-    parser.add_argument("--teacher-ctc", action="store_true",
-                        help="add the CTC loss against the text the teacher reads (label-free)")
+    parser.add_argument("--ctc", action="store_true",
+                        help="finetune --ctc: add the CTC loss against the text the teacher reads (label-free)")
     parser.add_argument("--check-lines", type=int, default=32, help="lines to compare torch and onnxruntime on")
     parser.add_argument("--json", type=Path, help="write every number to this file")
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--train"]:
-        return train_child(argv[1:])
+    if argv[:1] == ["--train-labelled"]:
+        return train_labelled(argv[1:])
     args = parser.parse_args(argv)
     args.models_dir, args.work = args.models_dir.resolve(), args.work.resolve()  # the children run in --work
 
     fp32 = args.models_dir / f"{MODEL}.onnx"
     lines, count = rendered_lines(args)
     qc = [sys.executable, "-m", "qcompiler"]
-    loss = "labelled" if args.labelled else "teacher-ctc" if args.teacher_ctc else None
-    kind = loss or "finetuned"
+    kind = "labelled" if args.labelled else "ctc" if args.ctc else "finetuned"
     start_dir, tuned_dir = args.work / "adaround", args.work / f"{kind}-{args.lines}-{args.steps}"
     start = start_dir / f"{MODEL}.onnx"
     for folder in (start_dir, tuned_dir):
         folder.mkdir(parents=True, exist_ok=True)
     result = {"lines": count, "seed": args.seed, "steps": args.steps, "blocks": args.blocks,
-              "temperature": args.temperature, "threads": args.threads, "labelled": args.labelled,
-              "task_loss": loss}
+              "temperature": args.temperature, "threads": args.threads, "labelled": args.labelled, "ctc": args.ctc}
     if not start.exists():
         result["compile"] = timed(qc + ["compile", str(fp32), "-o", str(start), "--calib",
                                         str(args.models_dir / "data" / "calib_npz" / MODEL), "--pipeline", "w4a8",
                                         "--objective", "size", "-q"], args.work)
     settings = [str(args.steps), str(args.blocks), str(args.temperature), str(args.threads)]
-    if loss is not None:  # the labelled files hold the same lines; the teacher's CTC reads no text
-        result["finetune"] = timed([sys.executable, str(Path(__file__).resolve()), "--train", loss, str(start),
-                                    str(tuned_dir / f"{MODEL}.onnx"), str(fp32),
-                                    str(lines.parent / "labelled" if args.labelled else lines)] + settings, args.work)
+    if args.labelled:
+        result["finetune"] = timed([sys.executable, str(Path(__file__).resolve()), "--train-labelled", str(start),
+                                    str(tuned_dir / f"{MODEL}.onnx"), str(fp32), str(lines.parent / "labelled")]
+                                   + settings, args.work)
     else:
         result["finetune"] = timed(qc + ["finetune", str(start), "-o", str(tuned_dir / f"{MODEL}.onnx"), "--teacher",
                                          str(fp32), "--data", str(lines), "--steps", settings[0], "--blocks",
-                                         settings[1], "--temperature", settings[2], "--threads", settings[3]],
-                                        args.work)
+                                         settings[1], "--temperature", settings[2], "--threads", settings[3]]
+                                   + (["--ctc", OUTPUT] if args.ctc else []), args.work)
     for label, folder in (("adaround", start_dir), ("finetuned", tuned_dir)):
         scores = score(args.evaluator_python, args.evaluator, args.models_dir, folder, MODEL)
         result["fp32"], result[label] = scores["fp32"], scores["cand"]

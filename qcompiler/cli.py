@@ -290,7 +290,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
                       weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks, crop=args.crop,
-                      temperature=args.temperature,
+                      temperature=args.temperature, ctc=args.ctc,
                       progress=not args.quiet and terminal,
                       on_step=None if args.quiet or terminal else _log_steps(args.steps))
     if args.blocks:
@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "the teacher labelling each window; repeat it for axes cut together")
     tune.add_argument("--temperature", type=float, default=1.0, metavar="T", help="softens the teacher's and the "
                       "student's probabilities of a Softmax output in its KL term (Hinton et al. 2015; default 1)")
+    tune.add_argument("--ctc", metavar="OUTPUT[:BLANK]", help="this output holds per-position class probabilities "
+                      "read by CTC (blank class 0 unless given): also learn to read the text the teacher reads "
+                      "there (sequence-level distillation, label-free)")
     tune.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(run=cmd_finetune)

@@ -112,7 +112,7 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, task_loss=None,
              threads: int = 1, progress: bool | None = None, on_step=None,
              weights: str | None = None, activation_bits: int | None = None, blocks: int = 0,
-             crop: list[str] = (), temperature: float = 1.0) -> FinetuneResult:
+             crop: list[str] = (), temperature: float = 1.0, ctc: str | None = None) -> FinetuneResult:
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
     and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
@@ -122,7 +122,9 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     of all but the first and last layer (:mod:`.lowbit`). ``blocks``: reconstruct blocks of about that many layers
     against the teacher's tensors at their ends (:mod:`.blocks`; 0: the outputs alone). ``crop``:
     ``INPUT:AXIS`` axes cut to a random window on every step, the teacher labelling each window
-    (:mod:`.augment`). ``temperature``: of the KL divergence of Softmax outputs (:mod:`.train`). Returns
+    (:mod:`.augment`). ``temperature``: of the KL divergence of Softmax outputs (:mod:`.train`). ``ctc``:
+    ``OUTPUT[:BLANK]``, an output of per-position class probabilities read by CTC; adds the CTC loss against
+    the text the teacher reads there (:mod:`.sequence`). Returns
     the losses and, per output, the error and agreement against the teacher before and after (as onnxruntime
     runs the two models)."""
     import time
@@ -174,6 +176,11 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
 
             ends, refused, block_loss = cut_into_blocks(module, labeller, rows, blocks)
             task_loss = _summed(block_loss, task_loss)
+        if ctc is not None:
+            from .sequence import ctc_distillation, parse_ctc
+
+            task_loss = _summed(ctc_distillation(*parse_ctc(ctc, [v.name for v in module.model.graph.outputs])),
+                                task_loss)
         torch.manual_seed(seed)
         config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
                                 checkpoint=Path(checkpoint) if checkpoint is not None else None,

@@ -1,5 +1,6 @@
-"""A small real CNN (Conv, Relu, 1x1 Conv, Relu, MaxPool, Flatten, Gemm) in FP32, its calibration data, and the int8 QDQ
-model qcompiler compiles from it: what fine-tuning starts from."""
+"""Small real models in FP32, their calibration data, and the int8 QDQ models qcompiler compiles from them: what
+fine-tuning starts from. A CNN classifier (Conv, Relu, 1x1 Conv, Relu, MaxPool, Flatten, Gemm) and a text-line
+recognizer of any width (per column, a Softmax over 4 classes)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,29 @@ def tiny_cnn(tmp_path_factory):
     rng = np.random.default_rng(1)
     return compiled(tmp_path_factory.mktemp("qat"), "tiny", _float_model(),
                     [rng.uniform(0, 1, (16, 1, 6, 6)).astype(np.float32) for _ in range(3)])
+
+
+def _line_model() -> onnx.ModelProto:
+    """A 'text line' CNN of any width: Conv 3x3, Relu, a 4x1 Conv per column, Softmax over 4 classes."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "c.w"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 4, 1)).astype(np.float32), "k.w"),
+             numpy_helper.from_array(np.array([2], np.int64), "sq")]
+    nodes = [helper.make_node("Conv", ["x", "c.w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "k.w"], ["k"]),  # height 4 -> 1: a column's classes
+             helper.make_node("Squeeze", ["k", "sq"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Softmax", ["t"], ["y"], axis=-1)]
+    return float_model(nodes, "line", ["n", 1, 4, "w"], ["n", "w", 4], inits)
+
+
+@pytest.fixture(scope="session")
+def line_model(tmp_path_factory):
+    """``(fp32 path, int8 QDQ path, calibration dir)`` of :func:`_line_model`, lines 16 to 24 wide."""
+    rng = np.random.default_rng(0)
+    return compiled(tmp_path_factory.mktemp("line"), "line", _line_model(),
+                    [rng.normal(0, 1, (2, 1, 4, width)).astype(np.float32) for width in (16, 24, 20)])
 
 
 @pytest.fixture(autouse=True)

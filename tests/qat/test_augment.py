@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
-from onnx import helper, numpy_helper
 
 from qcompiler.errors import UserError
 from qcompiler.qat.augment import MIN_FRACTION, crop, parse_axes
 
-from .conftest import compiled, float_model
 
 
 def test_axes_are_checked_against_the_inputs_and_their_shapes():
@@ -45,29 +44,6 @@ def test_one_window_cuts_every_named_axis_and_keeps_the_rest():
 def test_axes_of_different_lengths_are_refused():
     with pytest.raises(UserError, match="one length in each data file, not a:1 = 4, b:1 = 5"):
         crop({"a": np.zeros((1, 4)), "b": np.zeros((1, 5))}, (("a", 1), ("b", 1)), np.random.default_rng(0))
-
-
-def _line_model() -> onnx.ModelProto:
-    """A 'text line' CNN of any width: Conv 3x3, Relu, a 4x1 Conv per column, Softmax over 4 classes."""
-    rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "c.w"),
-             numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 4, 1)).astype(np.float32), "k.w"),
-             numpy_helper.from_array(np.array([2], np.int64), "sq")]
-    nodes = [helper.make_node("Conv", ["x", "c.w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Conv", ["r", "k.w"], ["k"]),  # height 4 -> 1: a column's classes
-             helper.make_node("Squeeze", ["k", "sq"], ["s"]),
-             helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]),
-             helper.make_node("Softmax", ["t"], ["y"], axis=-1)]
-    return float_model(nodes, "line", ["n", 1, 4, "w"], ["n", "w", 4], inits)
-
-
-@pytest.fixture(scope="module")
-def line_model(tmp_path_factory):
-    """``(fp32 path, int8 QDQ path, calibration dir)`` of :func:`_line_model`, lines 16 to 24 wide."""
-    rng = np.random.default_rng(0)
-    return compiled(tmp_path_factory.mktemp("line"), "line", _line_model(),
-                    [rng.normal(0, 1, (2, 1, 4, width)).astype(np.float32) for width in (16, 24, 20)])
 
 
 def test_finetune_labels_each_window_with_the_teacher_and_resumes_exactly(line_model, tmp_path, monkeypatch):
