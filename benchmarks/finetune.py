@@ -97,7 +97,9 @@ def deployed_vs_trained(path, inputs) -> dict:
             differing += int((diff != 0).sum())
             total += diff.size
             worst = max(worst, int(diff.max()))
-        same, exact, count = same + sum(q.size for q in ours.values()) - differing, exact + (differing == 0), count + 1
+        same += sum(q.size for q in ours.values()) - differing
+        exact += differing == 0
+        count += 1
     return {"activations": total, "identical": same / total, "max_diff_steps": worst, "inputs": count,
             "inputs_identical": exact / count}
 

@@ -90,15 +90,13 @@ def rendered_lines(args: argparse.Namespace) -> tuple[Path, int]:
     return lines, len(list(lines.glob("*.npz")))
 
 
-def ctc_loss(outputs, extras):
-    """The labelled task loss: CTC (Graves et al. 2006) of the recognizer's per-position character
+def labelled_ctc(outputs, extras):
+    """The labelled task loss: :func:`qcompiler.qat.sequence.ctc_loss` of the recognizer's per-position character
     probabilities against the line's text (``label``, ``label_length``), blank = class 0."""
-    import torch
+    from qcompiler.qat.sequence import ctc_loss
 
-    log_probs = torch.log(outputs[OUTPUT].float().clamp_min(1e-30)).transpose(0, 1)  # [T, N, classes]
-    positions = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.int64)
-    return torch.nn.functional.ctc_loss(log_probs, torch.from_numpy(extras["label"].reshape(-1)), positions,
-                                        torch.from_numpy(extras["label_length"]), blank=0, zero_infinity=True)
+    ends = np.cumsum(extras["label_length"])
+    return ctc_loss(outputs[OUTPUT], np.split(extras["label"].reshape(-1), ends[:-1]))
 
 
 def train_labelled(argv: list[str]) -> int:
@@ -107,7 +105,7 @@ def train_labelled(argv: list[str]) -> int:
 
     start, output, teacher, data, steps, blocks, temperature, threads = argv
     result = qcompiler.finetune(start, output, teacher=teacher, data=data, steps=int(steps), blocks=int(blocks),
-                                temperature=float(temperature), threads=int(threads), task_loss=ctc_loss,
+                                temperature=float(temperature), threads=int(threads), task_loss=labelled_ctc,
                                 progress=False)
     print(result.table(), flush=True)
     return 0

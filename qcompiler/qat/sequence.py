@@ -29,22 +29,26 @@ def greedy_texts(probabilities: np.ndarray, blank: int) -> list[np.ndarray]:
     return texts
 
 
+def ctc_loss(probabilities: torch.Tensor, texts: list[np.ndarray], blank: int = 0) -> torch.Tensor:
+    """CTC (mean over the rows of the loss divided by the text length, as torch's) of ``[N, T, classes]``
+    probabilities against one text (class indices) per row; alignments longer than ``T`` count as zero
+    (``zero_infinity``)."""
+    log_probs = torch.log(probabilities.float().clamp_min(1e-30)).transpose(0, 1)  # [T, N, classes]
+    positions = torch.full((probabilities.shape[0],), probabilities.shape[1], dtype=torch.int64)
+    lengths = torch.tensor([len(t) for t in texts], dtype=torch.int64)
+    return torch.nn.functional.ctc_loss(log_probs, torch.from_numpy(np.concatenate(texts).astype(np.int64)),
+                                        positions, lengths, blank=blank, zero_infinity=True)
+
+
 def ctc_distillation(output: str, blank: int = 0) -> TaskLoss:
-    """The task loss: CTC (mean over the rows of the loss divided by the text length, as torch's) of the
-    student's ``output`` against the teacher's greedy reading of it; alignments longer than the output count
-    as zero (``zero_infinity``)."""
+    """The task loss: :func:`ctc_loss` of the student's ``output`` against the teacher's greedy reading of it."""
 
     def loss(outputs: dict[str, torch.Tensor], extras: dict[str, np.ndarray]) -> torch.Tensor:
-        student = outputs[output].float()
+        student = outputs[output]
         if student.ndim != 3:
             raise UserError(f"--ctc {output}: the output has shape {list(student.shape)}; CTC reads [batch, "
                             f"positions, classes] probabilities")
-        texts = greedy_texts(extras[TARGET + output], blank)
-        log_probs = torch.log(student.clamp_min(1e-30)).transpose(0, 1)  # [T, N, classes]
-        positions = torch.full((student.shape[0],), student.shape[1], dtype=torch.int64)
-        lengths = torch.tensor([len(t) for t in texts], dtype=torch.int64)
-        return torch.nn.functional.ctc_loss(log_probs, torch.from_numpy(np.concatenate(texts)), positions, lengths,
-                                            blank=blank, zero_infinity=True)
+        return ctc_loss(student, greedy_texts(extras[TARGET + output], blank), blank)
 
     return loss
 
@@ -57,4 +61,4 @@ def parse_ctc(spec: str, outputs: list[str]) -> tuple[str, int]:
     return name, int(blank)
 
 
-__all__ = ["ctc_distillation", "greedy_texts", "parse_ctc"]
+__all__ = ["ctc_distillation", "ctc_loss", "greedy_texts", "parse_ctc"]

@@ -65,6 +65,7 @@ class Teacher:
     def __init__(self, path: Path, inputs: list[str], threads: int):
         self.path, self.inputs, self.threads = path, inputs, threads
         self._outputs = session(path, threads)
+        self.output_names = [o.name for o in self._outputs.get_outputs()]
         names = [i.name for i in self._outputs.get_inputs()]
         if sorted(names) != sorted(inputs):
             raise UserError(f"--teacher {path}: inputs {names} differ from the quantized model's {inputs}")
@@ -78,7 +79,7 @@ class Teacher:
     def label(self, feeds: dict[str, np.ndarray], extras: dict[str, np.ndarray]) -> Batch:
         """``feeds`` with the teacher's outputs, which with its block targets replace any in ``extras``."""
         extras = {k: v for k, v in extras.items() if not k.startswith(TARGET)}
-        names = [o.name for o in self._outputs.get_outputs()]
+        names = self.output_names
         if self.ends:  # one run: the canonicalized teacher computes the outputs too (up to float rounding)
             fed = {i.name: feeds[i.name] for i in self._ends.get_inputs()}
             values = self._run(self._ends, names + self.ends, fed)
