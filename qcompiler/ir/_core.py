@@ -682,10 +682,13 @@ class Model:
         return self.opset_imports.get("", self.opset_imports.get("ai.onnx", 1))
 
     def clone(self) -> Model:
-        """A deep copy (through the serialized form, so nothing is shared), with its specs and plan."""
-        from .serde import from_proto, to_proto
+        """A copy with its specs and plan: the graph, its attributes and small initializers are copied (through
+        the serialized form); the weights (initializers past :data:`~.serde.SHAPE_DATA_ELEMENTS` elements)
+        are shared as read-only views, so a clone costs no second copy of them. Change a clone's weight by
+        giving its value a new array, never by writing into the array."""
+        from .serde import from_weightless, weightless_proto
 
-        copy = from_proto(to_proto(self))
+        copy = from_weightless(weightless_proto(self), self, read_only=True)
         specs = {v.name: v.quant for v in self.graph.values() if v.quant is not None}
         for value in copy.graph.values():
             value.quant = specs.get(value.name)

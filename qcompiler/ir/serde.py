@@ -348,19 +348,24 @@ def weightless_proto(model: Model, keep: Callable[[Value], bool] | None = None) 
 class _Kept:
     """The arrays :func:`weightless_proto` left out, handed back by name (``from_proto``'s ``data``)."""
 
-    def __init__(self, model: Model):
-        self.model = model
+    def __init__(self, model: Model, read_only: bool):
+        self.model, self.read_only = model, read_only
 
     def array(self, tensor: onnx.TensorProto) -> np.ndarray:
         if external_location(tensor)[0] != _KEPT or tensor.name not in self.model.graph.initializers:
             raise ModelLoadError(f"initializer {tensor.name!r} has external data of its own")
-        return self.model.graph.initializers[tensor.name].const
+        array = self.model.graph.initializers[tensor.name].const
+        if self.read_only:
+            array = array.view()
+            array.flags.writeable = False
+        return array
 
 
-def from_weightless(proto: onnx.ModelProto, model: Model, where: str = "<model>") -> Model:
+def from_weightless(proto: onnx.ModelProto, model: Model, where: str = "<model>", read_only: bool = False) -> Model:
     """The IR of ``proto``, a :func:`weightless_proto` of ``model`` that a tool rewrote: each weight left out
-    is ``model``'s array of the same name (shared, not copied)."""
-    return from_proto(proto, where, data=_Kept(model))
+    is ``model``'s array of the same name (shared, not copied; with ``read_only``, as a view that refuses
+    writes)."""
+    return from_proto(proto, where, data=_Kept(model, read_only))
 
 
 # ---------------------------------------------------------------------------------------------
