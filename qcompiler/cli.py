@@ -288,8 +288,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, False)
     terminal = is_terminal(sys.stderr)
     result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
-                      batch=args.batch, accumulate=args.accumulate, seed=args.seed, checkpoint=args.checkpoint,
-                      threads=args.threads, weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks, crop=args.crop,
+                      batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
+                      weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks, crop=args.crop,
                       temperature=args.temperature, ctc=args.ctc,
                       progress=not args.quiet and terminal,
                       on_step=None if args.quiet or terminal else _log_steps(args.steps))
@@ -388,9 +388,6 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     tune.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate, cosine-decayed (default 1e-4)")
     tune.add_argument("--batch", type=int, default=32, help="rows per minibatch (default 32)")
-    tune.add_argument("--accumulate", type=int, default=1, metavar="K", help="average the gradients of K "
-                      "minibatches per step, which may differ in shape (text lines of different widths); their passes "
-                      "run concurrently, sharing --threads (default 1)")
     tune.add_argument("--seed", type=int, default=0, help="minibatch order (default 0)")
     tune.add_argument("--checkpoint", metavar="FILE", help="write a checkpoint there every 50 steps; an existing one "
                       "is resumed")

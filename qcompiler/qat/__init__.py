@@ -108,15 +108,13 @@ def _summed(first, second):
 
 
 def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: str | os.PathLike,
-             data: str | os.PathLike, steps: int = 500, lr: float = 1e-4, batch: int = 32, accumulate: int = 1,
-             seed: int = 0,
+             data: str | os.PathLike, steps: int = 500, lr: float = 1e-4, batch: int = 32, seed: int = 0,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, task_loss=None,
              threads: int = 1, progress: bool | None = None, on_step=None,
              weights: str | None = None, activation_bits: int | None = None, blocks: int = 0,
              crop: list[str] = (), temperature: float = 1.0, ctc: str | None = None) -> FinetuneResult:
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
-    and write the result to ``output`` (atomically; never the input). ``accumulate``: minibatches per step,
-    their passes run concurrently on ``threads`` (:mod:`.train`). ``checkpoint``: a file written every
+    and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
     optional loss added to the distillation (``extras``: the data files' non-input arrays, and the
     teacher's outputs under ``"teacher:" + name``).
@@ -146,13 +144,12 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     if not Path(teacher).is_file():
         raise UserError(f"--teacher {teacher}: no such file")
     check_output_path(model, output)
-    if steps < 1 or batch < 1 or accumulate < 1 or lr <= 0 or temperature <= 0:
-        raise UserError("finetune: --steps, --batch and --accumulate must be positive, --lr and --temperature "
-                        "greater than 0")
+    if steps < 1 or batch < 1 or lr <= 0 or temperature <= 0:
+        raise UserError("finetune: --steps and --batch must be positive, --lr and --temperature greater than 0")
     started = time.perf_counter()
     before = model
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // accumulate))  # per pass: ``accumulate`` passes run at once
+    torch.set_num_threads(max(1, threads))
     try:
         start_model = ir.load(model)
         if weights is not None or activation_bits is not None:
@@ -185,7 +182,7 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
             task_loss = _summed(ctc_distillation(*parse_ctc(ctc, [v.name for v in module.model.graph.outputs])),
                                 task_loss)
         torch.manual_seed(seed)
-        config = TrainingConfig(steps=steps, lr=lr, batch=batch, accumulate=accumulate, seed=seed,
+        config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
                                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
                                 checkpoint_every=checkpoint_every, blocks=blocks, crop=axes,
                                 temperature=temperature)

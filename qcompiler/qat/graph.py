@@ -31,7 +31,6 @@ compiled keeps no other record once written) and replaces them by trainable fake
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,26 +191,12 @@ class QuantizedModel(torch.nn.Module):
         self.activations: dict[str, ActivationQuantizer] = {}
         self.biases: dict[str, BiasQuantizer] = {}
         self.sites: dict[ir.Node, QuantizerSite] = {}  # by QuantizeLinear node
+        self.record: dict[str, torch.Tensor] | None = None  # when a dict: integer activations by Q output name
         self.cuts: frozenset[str] = frozenset()  # values whose quantizer ends a block (:mod:`.blocks`)
-        self._pass = _PassState()
+        self.taps: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # at each cut: (q, low, high)
+        self.logits: dict[str, torch.Tensor] = {}  # by graph output: the input of the Softmax that computes it
         self._build()
         self._tap_logits()
-
-    # What the current thread's last forward pass recorded (passes may run concurrently, one per thread).
-    @property
-    def taps(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """At each cut (:mod:`.blocks`): the quantizer's output, and its lower and upper bound."""
-        return self._pass.taps
-
-    @property
-    def logits(self) -> dict[str, torch.Tensor]:
-        """By graph output: the input of the Softmax that computes it."""
-        return self._pass.logits
-
-    @property
-    def record(self) -> dict[str, torch.Tensor] | None:
-        """When a dict (:meth:`recorded`): integer activations by QuantizeLinear output name."""
-        return self._pass.record
 
     # -- reading the quantizers -----------------------------------------------------------------
     def _build(self) -> None:
@@ -411,35 +396,24 @@ class QuantizedModel(torch.nn.Module):
 
     # -- running --------------------------------------------------------------------------------
     def forward(self, feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        state = self._pass
-        state.taps, state.logits = {}, {}
+        self.taps, self.logits = {}, {}
         outputs = {name: value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
                    for name, value in self.interpreter.run(feeds).items()}
-        state.logits = {name: z.reshape(outputs[name].shape) for name, z in state.logits.items()  # rows stay rows
-                        if z.shape[-1:] == outputs[name].shape[-1:] and z.numel() == outputs[name].numel()}
+        self.logits = {name: z.reshape(outputs[name].shape) for name, z in self.logits.items()  # rows stay rows
+                       if z.shape[-1:] == outputs[name].shape[-1:] and z.numel() == outputs[name].numel()}
         return outputs
 
     def recorded(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The integer activations (by QuantizeLinear output name, those of :attr:`model`: not the pairs
         :attr:`runtime` adds) of one forward pass without gradients."""
         written = {node.outputs[0].name for node in self.model.graph if node.op_type == "QuantizeLinear"}
-        self._pass.record = {}
+        self.record = {}
         try:
             with torch.no_grad():
                 self.forward(feeds)
             return {name: q.numpy() for name, q in self.record.items() if name in written}
         finally:
-            self._pass.record = None
-
-
-class _PassState(threading.local):
-    """What a forward pass records, kept per thread: the fine-tuning loop may run the passes of several
-    minibatches concurrently on threads (:mod:`.train`)."""
-
-    def __init__(self):
-        self.taps: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.logits: dict[str, torch.Tensor] = {}
-        self.record: dict[str, torch.Tensor] | None = None
+            self.record = None
 
 
 def _broadcast_np(param, shape, spec) -> np.ndarray:

@@ -12,10 +12,7 @@ arrays that are not model inputs (labels, for instance).
 
 The minibatches are drawn from the data files by a seeded numpy generator (a file, then rows of it, so
 inputs of different shapes never mix); with ``crop`` axes the same generator cuts each minibatch to a random
-window (:mod:`.augment`). The teacher labels every minibatch as it is drawn (:mod:`.teacher`). A step may
-average the gradients of several minibatches (``accumulate``), which may differ in shape (lines of text of
-different widths, say: a batch of them would need padding); their passes run concurrently, one thread each,
-and their gradients are summed in a fixed order, so a run is as reproducible as with one. A checkpoint
+window (:mod:`.augment`). The teacher labels every minibatch as it is drawn (:mod:`.teacher`). A checkpoint
 holds the step, the parameters, Adam's state and the generator's state, so a resumed run continues exactly
 where the interrupted one stopped.
 """
@@ -26,8 +23,6 @@ import hashlib
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +82,6 @@ class TrainingConfig:
     blocks: int = 0  # layers per reconstructed block (0: none); a checkpoint holds to it
     crop: Axes = ()  # (input, axis) cut to one random window per step (:mod:`.augment`); needs a teacher
     temperature: float = 1.0  # of the KL term of Softmax outputs
-    accumulate: int = 1  # minibatches per step, their gradients averaged (run concurrently on threads)
 
 
 def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
@@ -95,8 +89,7 @@ def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
     digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed)
                                  + ((config.blocks,) if config.blocks else ())
                                  + ((config.crop,) if config.crop else ())
-                                 + ((config.temperature,) if config.temperature != 1.0 else ())
-                                 + (("accumulate", config.accumulate) if config.accumulate != 1 else ())).encode())
+                                 + ((config.temperature,) if config.temperature != 1.0 else ())).encode())
     for name, p in module.parameters_.items():
         digest.update(name.encode())
         digest.update(p.detach().numpy().tobytes())
@@ -109,47 +102,12 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(partial, path)
 
 
-@dataclass
-class _Gradients:
-    """One minibatch's loss, teacher agreement and gradients (None where a parameter took no part)."""
-
-    loss: float
-    agreement: float
-    gradients: tuple[torch.Tensor | None, ...]
-
-
-def _minibatch_gradients(module: QuantizedModel, feeds: dict[str, np.ndarray], extras: dict[str, np.ndarray],
-                         teacher: Teacher, config: TrainingConfig, task_loss: TaskLoss | None,
-                         parameters: list[torch.nn.Parameter]) -> _Gradients:
-    """Label one minibatch, run the student on it and differentiate its loss (divided by the minibatches per
-    step); safe to run on several threads at once (the module keeps each thread's pass apart)."""
-    batch = teacher.label(feeds, extras)
-    outputs = module(batch.feeds)
-    names = [v.name for v in module.model.graph.outputs]
-    student = [outputs[n] for n in names]
-    loss = distillation_loss(student, batch.teacher, [module.logits.get(n) for n in names], config.temperature)
-    if task_loss is not None:
-        loss = loss + task_loss(outputs, batch.extras)
-    gradients = torch.autograd.grad(loss / config.accumulate, parameters, allow_unused=True)
-    return _Gradients(loss.item(), agreement(student, batch.teacher), gradients)
-
-
-def _sum_into_grad(parameters: list[torch.nn.Parameter], results: list[_Gradients]) -> None:
-    """Set each parameter's ``grad`` to the sum of its minibatch gradients, in the minibatches' order."""
-    for i, p in enumerate(parameters):
-        parts = [r.gradients[i] for r in results if r.gradients[i] is not None]
-        p.grad = None if not parts else parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
-
-
 def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: TrainingConfig, *,
           task_loss: TaskLoss | None = None, on_step: Callable[[int, float], None] | None = None,
           progress: bool | None = None) -> list[float]:
     """Train ``module`` for ``config.steps`` steps on minibatches of ``data`` labelled by ``teacher``; returns
-    the loss of each step run here (the mean over its minibatches)."""
-    if config.accumulate < 1:
-        raise UserError(f"finetune: --accumulate {config.accumulate}: a step needs at least one minibatch")
+    the loss of each step run here."""
     weights, steps = parameter_groups(module)
-    parameters = weights + steps
     optimizer = torch.optim.Adam([{"params": weights}, {"params": steps}], lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)))
@@ -159,33 +117,35 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
     if config.checkpoint is not None and config.checkpoint.exists():
         state = torch.load(config.checkpoint, weights_only=False)
         if state.get("fingerprint") != key:
-            raise UserError(f"checkpoint {config.checkpoint} belongs to another model or other settings (steps, lr, "
-                            f"batch, accumulate, seed, blocks, crop); delete it or choose another --checkpoint")
+            raise UserError(f"checkpoint {config.checkpoint} belongs to another model or other settings "
+                            f"(steps, lr, batch, seed, blocks, crop); delete it or choose another --checkpoint")
         module.parameters_.load_state_dict(state["parameters"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["rng"]
         start = state["step"]
+    names = [v.name for v in module.model.graph.outputs]
     losses = []
-    pool = ThreadPoolExecutor(config.accumulate, "finetune") if config.accumulate > 1 else None
-    with bar(config.steps, "finetune", unit="step", on=progress) as progress_bar, pool or nullcontext():
+    with bar(config.steps, "finetune", unit="step", on=progress) as progress_bar:
         progress_bar.update(start)
         for step in range(start, config.steps):
-            jobs = []
-            for _ in range(config.accumulate):  # drawn here, in order: the generator's sequence stays fixed
-                source = data[int(rng.integers(len(data)))]
-                rows = source.take(np.sort(rng.choice(source.rows, size=min(config.batch, source.rows),
-                                                      replace=False)))
-                feeds = crop(rows.feeds, config.crop, rng) if config.crop else rows.feeds
-                jobs.append((module, feeds, rows.extras, teacher, config, task_loss, parameters))
-            results = (list(pool.map(_minibatch_gradients, *zip(*jobs))) if pool is not None
-                       else [_minibatch_gradients(*jobs[0])])
-            _sum_into_grad(parameters, results)
+            source = data[int(rng.integers(len(data)))]
+            rows = source.take(np.sort(rng.choice(source.rows, size=min(config.batch, source.rows), replace=False)))
+            feeds = crop(rows.feeds, config.crop, rng) if config.crop else rows.feeds
+            batch = teacher.label(feeds, rows.extras)
+            outputs = module(batch.feeds)
+            student = [outputs[n] for n in names]
+            loss = distillation_loss(student, batch.teacher, [module.logits.get(n) for n in names],
+                                     config.temperature)
+            if task_loss is not None:
+                loss = loss + task_loss(outputs, batch.extras)
+            optimizer.zero_grad()
+            loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(float(np.mean([r.loss for r in results])))
-            progress_bar.set_postfix(loss=f"{losses[-1]:.4g}",
-                                     agree=f"{np.mean([r.agreement for r in results]):.3f}", refresh=False)
+            losses.append(loss.item())
+            progress_bar.set_postfix(loss=f"{losses[-1]:.4g}", agree=f"{agreement(student, batch.teacher):.3f}",
+                                     refresh=False)
             progress_bar.update(1)
             done = step + 1
             if config.checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.steps):

@@ -90,43 +90,6 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path):
                            checkpoint=checkpoint)
 
 
-def test_a_step_averages_minibatches_of_different_widths_run_on_threads(line_model, monkeypatch):
-    """``accumulate``: a step's gradient is the mean of its minibatches' gradients, each from its own pass (the
-    passes run on threads at once, each keeping its logits apart), here lines of different widths."""
-    from qcompiler.qat import train as training
-    from qcompiler.qat.graph import QuantizedModel
-    from qcompiler.qat.teacher import Teacher
-
-    fp32, int8, data = line_model
-    module = QuantizedModel(ir.load(int8))
-    teacher = Teacher(fp32, ["x"], 1)
-    rows = teacher.read(sorted(data.glob("*.npz")))
-    drawn = []
-    original = training._minibatch_gradients
-
-    def recording(module, feeds, *args):
-        drawn.append(feeds["x"])
-        return original(module, feeds, *args)
-
-    monkeypatch.setattr(training, "_minibatch_gradients", recording)
-    config = training.TrainingConfig(steps=1, batch=1, accumulate=3, seed=2)
-    losses = training.train(module, rows, teacher, config, progress=False)
-    assert len(drawn) == 3 and len({x.shape[-1] for x in drawn}) > 1
-    fresh = QuantizedModel(ir.load(int8))  # the start again: the expected gradient, one pass after another
-    expected = []
-    for x in drawn:
-        batch = teacher.label({"x": x}, {})
-        loss = training.distillation_loss([fresh({"x": x})["y"]], batch.teacher, [fresh.logits["y"]])
-        expected.append(loss.item())
-        (loss / 3).backward()
-    assert losses[0] == pytest.approx(np.mean(expected), rel=1e-6)
-    for name, p in fresh.parameters_.items():
-        got = module.parameters_[name].grad
-        assert (got is None) == (p.grad is None), name
-        if got is not None:
-            torch.testing.assert_close(got, p.grad, rtol=1e-5, atol=1e-9)
-
-
 def _onnxruntime_integers(path, feeds) -> dict[str, np.ndarray]:
     """Every QuantizeLinear output of the model as onnxruntime computes it (the outputs exposed)."""
     model = onnx.load(str(path))
@@ -270,9 +233,6 @@ def test_cli_finetune_and_its_user_errors(tiny_cnn, tmp_path, capsys):
     assert main(["finetune", str(fp32), "--teacher", str(fp32), "--data", str(data), "-o", str(tmp_path / "y.onnx"),
                  "-q"]) != 0
     assert "finetune starts from a model qcompiler compiled" in capsys.readouterr().err
-    assert main(["finetune", str(int8), "--teacher", str(fp32), "--data", str(data), "-o", str(tmp_path / "z.onnx"),
-                 "--accumulate", "0", "-q"]) != 0
-    assert "--accumulate must be positive" in capsys.readouterr().err
 
 
 def test_importing_qcompiler_does_not_import_torch():
