@@ -684,8 +684,8 @@ class Model:
     def clone(self) -> Model:
         """A copy with its specs and plan: the graph, its attributes and small initializers are copied (through
         the serialized form); the weights (initializers past :data:`~.serde.SHAPE_DATA_ELEMENTS` elements)
-        are shared as read-only views, so a clone costs no second copy of them. Change a clone's weight by
-        giving its value a new array, never by writing into the array."""
+        are shared as read-only views, so a clone costs no second copy of them. Change a weight of either
+        model by giving its value a new array, never by writing into the array (the other would see it)."""
         from .serde import from_weightless, weightless_proto
 
         copy = from_weightless(weightless_proto(self), self, read_only=True)

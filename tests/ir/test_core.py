@@ -502,22 +502,6 @@ def test_verify_strict_runs_the_onnx_checker():
         ir.verify(model, strict=True)
 
 
-def test_a_clone_shares_the_weights_read_only_and_copies_the_rest():
-    """A clone holds no second copy of the weights (views of the original's arrays that refuse writes), copies
-    small initializers, and is independent once its values are given new arrays."""
-    model = parse(CONV_TEXT)
-    weight = np.arange(3 * 2 * 40 * 40, dtype=np.float32).reshape(3, 2, 40, 40)  # past SHAPE_DATA_ELEMENTS
-    model.graph.initializers["w"].const = weight
-    copy = model.clone()
-    shared, small = copy.graph.initializers["w"].const, copy.graph.initializers["b"].const
-    assert np.shares_memory(shared, weight) and not shared.flags.writeable
-    assert not np.shares_memory(small, model.graph.initializers["b"].const)
-    with pytest.raises(ValueError, match="read-only"):
-        shared[0, 0, 0, 0] = 1.0
-    copy.graph.initializers["w"].const = np.zeros_like(weight)
-    assert np.array_equal(model.graph.initializers["w"].const, weight) and weight.flags.writeable
-
-
 # -- printer ---------------------------------------------------------------------------------
 
 CONV_TEXT = """
@@ -536,6 +520,22 @@ def test_printer_is_deterministic_and_equal_for_equal_graphs():
     assert "%x: float[N,2,4,4]" in text
     # one line per node (plus header, inputs, initializers, return)
     assert sum(line.startswith("  %") and " = " in line for line in text.splitlines()) == 2
+
+
+def test_a_clone_shares_the_weights_read_only_and_copies_the_rest():
+    """A clone holds no second copy of the weights (views of the original's arrays that refuse writes), copies
+    small initializers, and is independent once its values are given new arrays."""
+    model = parse(CONV_TEXT)
+    weight = np.arange(3 * 2 * 40 * 40, dtype=np.float32).reshape(3, 2, 40, 40)  # past SHAPE_DATA_ELEMENTS
+    model.graph.initializers["w"].const = weight
+    copy = model.clone()
+    shared, small = copy.graph.initializers["w"].const, copy.graph.initializers["b"].const
+    assert np.shares_memory(shared, weight) and not shared.flags.writeable
+    assert not np.shares_memory(small, model.graph.initializers["b"].const)
+    with pytest.raises(ValueError, match="read-only"):
+        shared[0, 0, 0, 0] = 1.0
+    copy.graph.initializers["w"].const = np.zeros_like(weight)
+    assert np.array_equal(model.graph.initializers["w"].const, weight) and weight.flags.writeable
 
 
 def test_printer_shows_every_difference():
