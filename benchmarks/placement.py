@@ -33,9 +33,9 @@ never feed integers pay off: onnxruntime's output against onnxruntime's with the
     python benchmarks/placement.py [--models-dir /root/realmodels] [--only PATTERNS] [--threads 2]
         [--compiles 5] [--no-evaluate] [--gap PATTERNS] [--gap-only] [--work DIR] [--results DIR] [--force]
 
-Resumable: each model's entry is written to ``RESULTS/placement.json`` when it is done and skipped on the
-next run (``--force`` measures again). ``RESULTS`` defaults to ``benchmarks/results``;
-``placement.md`` holds the tables.
+Resumable: each model's entry is written to ``RESULTS/placement_<ISA>.json`` (``avx2``, ``avx512vnni``, ...:
+:func:`isa`) when it is done and skipped on the next run (``--force`` measures again). ``RESULTS`` defaults to
+``benchmarks/results``; ``placement_<ISA>.md`` holds the tables.
 """
 
 from __future__ import annotations
@@ -217,12 +217,18 @@ def measure(name: str, args: argparse.Namespace) -> dict:
              for kind in ("fp32", "ort", "default", "placement")}
     ready = {k: v["path"] for k, v in entry.items() if "error" not in v}
     print(f"{name}: latency of {', '.join(ready)}", file=sys.stderr, flush=True)
-    entry["latency_ms"] = side_by_side(ready, first_feed(args, name), args)
+    feed = first_feed(args, name)
+    entry["latency_ms"] = side_by_side(ready, feed, args)
     placed = entry["placement"].get("placement")
     if placed:
+        from qcompiler.placement import whole_model_ms
+
+        alone = whole_model_ms(ready["placement"], feed, threads=args.threads)
         measured = entry["latency_ms"]["placement"]
         scaled = entry["latency_ms"]["fp32"] * placed["predicted_ms"] / placed["float_ms"]
-        entry["prediction"] = {"predicted_ms": round(placed["predicted_ms"], 4), "measured_ms": measured,
+        entry["prediction"] = {"predicted_ms": round(placed["predicted_ms"], 4), "alone_ms": round(alone, 4),
+                               "alone_error": round(abs(placed["predicted_ms"] - alone) / alone, 4),
+                               "measured_ms": measured,
                                "error": round(abs(placed["predicted_ms"] - measured) / measured, 4),
                                "predicted_ratio_ms": round(scaled, 4),
                                "ratio_error": round(abs(scaled - measured) / measured, 4)}
@@ -266,6 +272,16 @@ def gap_of(name: str, args: argparse.Namespace, size: str, ort: str) -> dict:
 def _ms(entry: dict, key: str) -> str:
     value = entry.get("latency_ms", {}).get(key)
     return f"{value:.3f}" if value is not None else "-"
+
+
+def isa(info: dict) -> str:
+    """The widest int8-relevant ISA of ``qcompiler.bench.machine``'s features, for the results' file names
+    (placement decisions are the machine's: an AVX2 CPU and a VNNI one keep different regions)."""
+    return (info["cpu_features"] or [info["system"].split()[-1]])[-1].replace("_", "")
+
+
+def _opt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec).replace("%", " %")
 
 
 def _score(accuracy: dict, kind: str) -> str:
@@ -315,12 +331,16 @@ def markdown(results: dict) -> str:
                       f"{whole['t']:+.1f}, {whole['rounds']} rounds): "
                       + ("kept" if whole["int8"] else "not faster, every region float"), ""]
     lines += ["## Line 3: predicted against measured latency of the placed model", "",
-              "predicted: the compile's float model latency minus the chosen regions' gains; scaled: the same "
-              "prediction as a ratio of float, times this run's fp32 (cancels a change of load between the "
-              "compile and this run)", "",
-              "| model | predicted ms | scaled ms | measured ms | error | error (scaled) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {p['predicted_ms']:.3f} | {p.get('predicted_ratio_ms', 0):.3f} | {p['measured_ms']:.3f} | "
-              f"{100 * p['error']:.1f} % | {100 * p.get('ratio_error', 0):.1f} % |"
+              "predicted: the compile's float model latency (alone in its process) minus the chosen regions' "
+              "gains; alone: the placed model measured the same way after the compile "
+              "(`qcompiler.placement.whole_model_ms`); side by side: line 1's alternation of four models; "
+              "scaled: the prediction as a ratio of float, times line 1's fp32 (cancels a change of load "
+              "between the compile and this run)", "",
+              "| model | predicted ms | alone ms | error | side by side ms | error | scaled ms | error (scaled) |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {p['predicted_ms']:.3f} | {_opt(p.get('alone_ms'), '.3f')} | "
+              f"{_opt(p.get('alone_error'), '.1%')} | {p['measured_ms']:.3f} | {100 * p['error']:.1f} % | "
+              f"{p.get('predicted_ratio_ms', 0):.3f} | {100 * p.get('ratio_error', 0):.1f} % |"
               for n, e in models.items() if (p := e.get("prediction"))]
     lines += ["", "## Line 4: compiles with the cache while one core is kept busy", "",
               "| model | compiles | byte-identical | same decision (cache) | fresh cache under load: same decision |",
@@ -368,15 +388,18 @@ def main() -> int:
     if not names:
         parser.error(f"no model with calibration feeds in {args.models_dir} matches {args.only!r}")
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / "placement.json"
+    info = machine()
+    path = args.results / f"placement_{isa(info)}.json"
+    report = path.with_suffix(".md")
     results = json.loads(path.read_text()) if path.exists() else {}
-    if results.get("threads") != args.threads or results.get("machine", {}).get("cpu") != machine()["cpu"]:
-        results = {"machine": machine(), "threads": args.threads, "models": {}}  # another machine: start over
+    if results.get("threads") != args.threads or {k: results.get("machine", {}).get(k) for k in ("cpu", "cpu_features")} \
+            != {k: info[k] for k in ("cpu", "cpu_features")}:
+        results = {"machine": info, "threads": args.threads, "models": {}}  # another machine: start over
     if args.gap_only:
         for name in [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.gap.split(","))]:
             results.setdefault("gap_only", {})[name] = gap(name, args, {"ort": run_compile("ort", name, args)})
             path.write_text(json.dumps(results, indent=1) + "\n")
-            (args.results / "placement.md").write_text(markdown(results))
+            report.write_text(markdown(results))
         names = []
     for name in names:
         if name in results["models"] and not args.force:
@@ -385,9 +408,9 @@ def main() -> int:
         start = time.perf_counter()
         results["models"][name] = {**measure(name, args), "wall_s": round(time.perf_counter() - start, 1)}
         path.write_text(json.dumps(results, indent=1) + "\n")
-        (args.results / "placement.md").write_text(markdown(results))
+        report.write_text(markdown(results))
     print(markdown(results))
-    print(f"wrote {path} and placement.md")
+    print(f"wrote {path} and {report}")
     return 0
 
 

@@ -301,12 +301,15 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
                       len(per_round[0]), separated and mean > 0)
 
 
-def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 3,
-                   round_seconds: float = 0.05) -> float:
-    """Median of per-round medians of one model (for the predicted total, not for decisions)."""
+def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 5,
+                   round_seconds: float = 0.1) -> float:
+    """Median of per-round medians of one model, after the warm-up :func:`compare` gives (for the predicted
+    total, not for decisions)."""
     session = open_session(model, threads)
-    session.run(None, feed)
-    single = _timed(session, feed, 2)
+    feed = {i.name: feed[i.name] for i in session.get_inputs()}
+    for _ in range(3):
+        session.run(None, feed)
+    single = _timed(session, feed, 3)
     runs = max(1, int(round_seconds * 1000.0 / max(single, 1e-3)))
     return float(np.median([_timed(session, feed, runs) for _ in range(rounds)]))
 
