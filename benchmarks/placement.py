@@ -17,7 +17,8 @@ Then, per model:
    (``qcompiler.latency.measure_latencies``, 10 rounds); placement / min(fp32, ort) must be <= 1.02;
    and (``--evaluate``) the kit's task metric of default and placement (its ``evaluate.py``);
 2. the per-region table of placement (regions, float and int8 ms, the choice) from the compile report;
-3. predicted (the compile report's additive prediction) against measured latency of placement;
+3. the compile's predicted latency of placement (and the regions' gains summed) against the measured one,
+   alone and side by side;
 4. ``--compiles`` compiles with the cache of the first, while a child process keeps one core busy: the
    SHA-256 of every output and the decision against the idle compile's; and one compile with a fresh
    cache under the same load (its decision against the idle one: what the statistical test alone gives);
@@ -225,13 +226,12 @@ def measure(name: str, args: argparse.Namespace) -> dict:
 
         alone = whole_model_ms(ready["placement"], feed, threads=args.threads)
         measured = entry["latency_ms"]["placement"]
-        scaled = entry["latency_ms"]["fp32"] * placed["predicted_ms"] / placed["float_ms"]
+        error = lambda ms, truth: round(abs(ms - truth) / truth, 4)  # noqa: E731
         entry["prediction"] = {"predicted_ms": round(placed["predicted_ms"], 4), "alone_ms": round(alone, 4),
-                               "alone_error": round(abs(placed["predicted_ms"] - alone) / alone, 4),
-                               "measured_ms": measured,
-                               "error": round(abs(placed["predicted_ms"] - measured) / measured, 4),
-                               "predicted_ratio_ms": round(scaled, 4),
-                               "ratio_error": round(abs(scaled - measured) / measured, 4)}
+                               "alone_error": error(placed["predicted_ms"], alone), "measured_ms": measured,
+                               "error": error(placed["predicted_ms"], measured),
+                               "additive_ms": round(placed["additive_ms"], 4),
+                               "additive_error": error(placed["additive_ms"], measured)}
         if args.compiles:
             entry["reproducibility"] = reproducibility(name, args, cache, entry["placement"])
     if "error" not in entry["default"] and "error" not in entry["placement"]:
@@ -278,10 +278,6 @@ def isa(info: dict) -> str:
     """The widest int8-relevant ISA of ``qcompiler.bench.machine``'s features, for the results' file names
     (placement decisions are the machine's: an AVX2 CPU and a VNNI one keep different regions)."""
     return (info["cpu_features"] or [info["system"].split()[-1]])[-1].replace("_", "")
-
-
-def _opt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec).replace("%", " %")
 
 
 def _score(accuracy: dict, kind: str) -> str:
@@ -331,17 +327,16 @@ def markdown(results: dict) -> str:
                       f"{whole['t']:+.1f}, {whole['rounds']} rounds): "
                       + ("kept" if whole["int8"] else "not faster, every region float"), ""]
     lines += ["## Line 3: predicted against measured latency of the placed model", "",
-              "predicted: the compile's float model latency (alone in its process) minus the chosen regions' "
-              "gains; alone: the placed model measured the same way after the compile "
-              "(`qcompiler.placement.whole_model_ms`); side by side: line 1's alternation of four models; "
-              "scaled: the prediction as a ratio of float, times line 1's fp32 (cancels a change of load "
-              "between the compile and this run)", "",
-              "| model | predicted ms | alone ms | error | side by side ms | error | scaled ms | error (scaled) |",
+              "predicted: the compile's latency of the chosen configuration (the placed model measured whole in "
+              "the compile's check, or the float model's where every region stays float); alone: the placed model "
+              "measured by itself after the compile (`qcompiler.placement.whole_model_ms`); side by side: line 1's "
+              "alternation of four models; additive: the float latency minus the chosen regions' gains as the "
+              "regions measured alone, against side by side", "",
+              "| model | predicted ms | alone ms | error | side by side ms | error | additive ms | error |",
               "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {p['predicted_ms']:.3f} | {_opt(p.get('alone_ms'), '.3f')} | "
-              f"{_opt(p.get('alone_error'), '.1%')} | {p['measured_ms']:.3f} | {100 * p['error']:.1f} % | "
-              f"{p.get('predicted_ratio_ms', 0):.3f} | {100 * p.get('ratio_error', 0):.1f} % |"
-              for n, e in models.items() if (p := e.get("prediction"))]
+    lines += [f"| {n} | {p['predicted_ms']:.3f} | {p['alone_ms']:.3f} | {p['alone_error']:.1%} | "
+              f"{p['measured_ms']:.3f} | {p['error']:.1%} | {p['additive_ms']:.3f} | {p['additive_error']:.1%} |"
+              .replace("%", " %") for n, e in models.items() if (p := e.get("prediction"))]
     lines += ["", "## Line 4: compiles with the cache while one core is kept busy", "",
               "| model | compiles | byte-identical | same decision (cache) | fresh cache under load: same decision |",
               "|---|---|---|---|---|"]

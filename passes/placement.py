@@ -5,13 +5,15 @@ Runs after calibration (and mixed precision), before ``insert-qdq``: cuts every 
 all-int8 model, compares them on the real intermediate tensors of the first calibration feed, and
 rebuilds the plan with the slower regions' layers in float (the assignment the sensitivity search
 uses, so every result is one the compiler could emit). The chosen set is then checked as a whole: the
-placed model against the float one, in the same paired test; unless it is faster (``WHOLE_MODEL``), every region
-stays float (regions measured alone can each gain and together not: a large model's isolated subgraphs
-take more than their share of the whole); when no region is kept and a float reference was
-kept before the quantization passes (``keep-float-reference`` before SmoothQuant, whose unfoldable scales
-are Muls a float model does not need), that reference is the result. The measurements go to the latency cache
-(``cache``; a comparison found there is reused), the decisions and the predicted latency to
-``model.plan.reports["latency_placement"]``; the compile command prints the per-region table.
+placed model against the float one, in the same paired test; unless it is faster (``WHOLE_MODEL``), every
+region stays float (regions measured alone can each gain and together not: a large model's isolated
+subgraphs take more than their share of the whole; so the latency the report predicts is this check's of
+the placed model, and the float latency minus the checked regions' gains is reported beside it as
+``additive_ms``); when no region is kept and a float reference was kept before the quantization passes
+(``keep-float-reference`` before SmoothQuant, whose unfoldable scales are Muls a float model does not
+need), that reference is the result. The measurements go to the latency cache (``cache``; a comparison
+found there is reused), the decisions and the predicted latency to ``model.plan.reports["latency_placement"]``;
+the compile command prints the per-region table.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class LatencyPlacement(Pass):
         measured_units = [u for u in candidates if u.index in comparisons]
         chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))
         rejected = _rejected(regions, chosen)
-        built, whole_model = None, None
+        checked, built, whole_model = chosen, None, None
         if chosen:  # the regions measured alone must pay off together: the placed model against float, whole
             built = evaluator.build(rejected) if rejected else None
             placed = to_proto(lower(built.clone())) if built is not None else int8_proto
@@ -168,9 +170,11 @@ class LatencyPlacement(Pass):
         kept = {r.index for r in chosen}
         for row in rows:
             row["choice"] = "int8" if row["region"] in kept else "float"
+        float_ms = whole_model.float_ms if whole_model is not None else whole["float_ms"]
         plan.reports["latency_placement"] = {
-            "machine": cache.machine, "cache": str(cache.path), "float_ms": whole["float_ms"],
-            "predicted_ms": predicted_ms(whole["float_ms"], chosen, comparisons), "regions": rows,
+            "machine": cache.machine, "cache": str(cache.path), "float_ms": float_ms,
+            "predicted_ms": whole_model.int8_ms if whole_model is not None and whole_model.int8 else float_ms,
+            "additive_ms": predicted_ms(float_ms, checked, comparisons), "regions": rows,
             "int8_regions": sum(r.parent is None for r in chosen), "int8_units": sum(r.parent is not None for r in chosen),
             "all_int8": all(r.index in kept for r in regions), "regions_total": len(regions),
             "measured": sum(r["source"] == "measured" for r in rows),

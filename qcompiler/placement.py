@@ -460,10 +460,11 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) if i < 7 else c for i, (c, w) in
                        enumerate(zip(row, widths))).rstrip() for row in rows]
     float_ms, predicted = report["float_ms"], report["predicted_ms"]
+    additive = f" (the regions' gains summed: {report['additive_ms']:.3g} ms)" if "additive_ms" in report else ""
     lines.append(f"latency placement ({report['machine']}): {report['int8_regions']}/{report['regions_total']} "
-                 f"regions int8, {report['int8_units']} layer(s) int8 alone; predicted {predicted:.3g} ms vs float {float_ms:.3g} ms "
-                 f"({float_ms / predicted:.2f}x); {report['measured']} measured, the rest repeats of those (same "
-                 f"structure) or from {report['cache']}")
+                 f"regions int8, {report['int8_units']} layer(s) int8 alone; predicted {predicted:.3g} ms{additive} vs "
+                 f"float {float_ms:.3g} ms ({float_ms / predicted:.2f}x); {report['measured']} measured, the rest "
+                 f"repeats of those (same structure) or from {report['cache']}")
     whole = report.get("whole_model")
     if whole:
         lines.append(f"the regions chosen, as a whole model: float {whole['float_ms']:.3g} ms, placed "

@@ -226,7 +226,13 @@ def test_the_same_cache_gives_the_same_file_and_the_decisions_follow_it(cnn, tmp
     assert third.plan.reports["latency_placement"]["whole_model"] is not None
     mark_cached_decisions(cache, int8=True)
     placed = qcompiler.compile(path, outputs[2], calib=calib, threads=1, latency_cache=str(cache))
-    assert placed.plan.reports["latency_placement"]["all_int8"]
+    report = placed.plan.reports["latency_placement"]
+    assert report["all_int8"]
+    # the predicted latency is the placed model's, measured whole beside float; the regions' sum is reported too
+    assert (report["float_ms"], report["predicted_ms"]) == (report["whole_model"]["float_ms"],
+                                                            report["whole_model"]["int8_ms"])
+    gains = sum(r["float_ms"] - r["int8_ms"] for r in report["regions"] if r["choice"] == "int8")
+    assert report["additive_ms"] == pytest.approx(report["float_ms"] - gains)
     everything = tmp_path / "size.onnx"
     qcompiler.compile(path, everything, calib=calib, objective="size")
     assert _structure(outputs[2]) == _structure(everything)  # (node names differ: placement names every node)
@@ -251,5 +257,6 @@ def test_regions_faster_alone_stay_float_when_the_placed_model_is_not_faster_who
     model = qcompiler.compile(path, output, calib=calib, threads=1, latency_cache=str(cache))
     report = model.plan.reports["latency_placement"]
     assert report["whole_model"]["int8"] is False and report["int8_regions"] == 0
+    assert report["predicted_ms"] == report["float_ms"] == report["whole_model"]["float_ms"]
     assert all(row["choice"] == "float" for row in report["regions"])
     assert not any(n.op_type == "QuantizeLinear" for n in model.graph)
