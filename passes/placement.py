@@ -117,7 +117,7 @@ class LatencyPlacement(Pass):
             "target": plan.target, "per_channel": self.per_channel and plan.target.per_channel,
             "float_linear_outputs": self.float_linear_outputs, "region": self.region})
         int8_model = lower(model.clone())
-        float_proto, int8_proto = to_proto(evaluator.base), to_proto(int8_model)
+        float_proto, int8_proto = (to_proto(m, interface_symbols_only=True) for m in (evaluator.base, int8_model))
         types = {v.name: v.dtype for m in (evaluator.base, int8_model) for v in m.graph.values() if v.dtype}
         feed = next(iter(open_calibration(self.data, model_inputs(model))))
         candidates = units(model, regions, len(regions))
@@ -161,7 +161,8 @@ class LatencyPlacement(Pass):
         checked, built, whole_model = chosen, None, None
         if chosen:  # the regions measured alone must pay off together: the placed model against float, whole
             built = evaluator.build(rejected) if rejected else None
-            placed = to_proto(lower(built.clone())) if built is not None else int8_proto
+            placed = (to_proto(lower(built.clone()), interface_symbols_only=True) if built is not None
+                      else int8_proto)
             whole_model, _ = self._compared(cache, (float_proto, placed), feed, **WHOLE_MODEL)
             if not whole_model.int8:
                 chosen, built = [], None

@@ -10,7 +10,11 @@ What round-trips: node and value names, doc strings, attributes with their types
 IR version, producer, ``metadata_props`` of model and graph, ``value_info``, subgraphs of
 If/Loop/Scan (kept as opaque GraphProtos), model-local functions (kept as FunctionProtos), and
 external data. Sparse initializers and training info are refused with a clear message rather than
-dropped.
+dropped. A model that leaves the compiler (saved, or handed to onnxruntime) carries in ``value_info``
+only the symbolic dimensions its inputs and outputs name: the symbols ONNX shape inference invents
+(``unk__0``) assert equalities the source never stated, and onnxruntime fuses on them
+(``SkipLayerNormalization`` takes an ``Add`` whose inputs' shapes are known and equal), so a model
+annotated with them would run other kernels than its source does.
 
 Models past protobuf's 2 GB limit: the main graph's external initializers are memory-mapped when
 loaded (read-only NumPy views of the data file, :mod:`qcompiler.ir.external_data`), never copied into
@@ -200,7 +204,8 @@ def from_proto(proto: onnx.ModelProto, where: str = "<model>", data: DataFiles |
 # IR -> proto
 
 
-def _value_info(value: Value) -> onnx.ValueInfoProto:
+def _value_info(value: Value, symbols: set[str] | None = None) -> onnx.ValueInfoProto:
+    """``value``'s ValueInfoProto; with ``symbols``, a symbolic dimension not among them is written unknown."""
     info = onnx.ValueInfoProto(name=value.name, doc_string=value.doc_string)
     if value.type_proto is not None:
         info.type.CopyFrom(value.type_proto)
@@ -213,7 +218,7 @@ def _value_info(value: Value) -> onnx.ValueInfoProto:
                 entry = tensor.shape.dim.add()
                 if isinstance(dim, (int, np.integer)):
                     entry.dim_value = int(dim)
-                elif isinstance(dim, str):
+                elif isinstance(dim, str) and (symbols is None or dim in symbols):
                     entry.dim_param = dim
     return info
 
@@ -270,7 +275,7 @@ def _tensor_proto(value: Value, with_data: bool = True, writer: TensorWriter | N
 
 
 def _graph_to_proto(graph: Graph, include_data: Callable[[Value], bool] | None = None,
-                    writer: TensorWriter | None = None) -> onnx.GraphProto:
+                    writer: TensorWriter | None = None, interface_symbols_only: bool = False) -> onnx.GraphProto:
     proto = onnx.GraphProto(name=graph.name, doc_string=graph.doc_string)
     for key, val in graph.metadata.items():
         proto.metadata_props.add(key=key, value=val)
@@ -280,21 +285,26 @@ def _graph_to_proto(graph: Graph, include_data: Callable[[Value], bool] | None =
                              for v in graph.initializers.values())
     proto.node.extend(_node_to_proto(n) for n in graph)
     boundary = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+    named = ({d for v in graph.inputs + graph.outputs for d in v.shape or () if isinstance(d, str)}
+             if interface_symbols_only else None)
     for value in graph.values():
         if id(value) in boundary or value.const is not None:
             continue
         if value.dtype is not None or value.type_proto is not None:
-            proto.value_info.append(_value_info(value))
+            proto.value_info.append(_value_info(value, named))
     return proto
 
 
 def to_proto(model: Model, include_data: Callable[[Value], bool] | None = None,
-             writer: TensorWriter | None = None) -> onnx.ModelProto:
+             writer: TensorWriter | None = None, *, interface_symbols_only: bool = False) -> onnx.ModelProto:
     """Serialize the IR into a ModelProto (all tensor data inline, or with ``writer`` the main graph's
     initializers of 1 KiB and more streamed into its data file as external data).
 
     ``include_data(value)`` False leaves an initializer's data out (type and dims stay): for
     analyses such as shape inference that never read weights. Such a proto is not a valid model.
+    ``interface_symbols_only``: the main graph's ``value_info`` keeps only the symbolic dimensions that
+    its inputs and outputs name, as every model that leaves the compiler (saved, or run by onnxruntime)
+    does (see the module docstring).
     """
     proto = onnx.ModelProto(
         ir_version=model.ir_version,
@@ -308,7 +318,7 @@ def to_proto(model: Model, include_data: Callable[[Value], bool] | None = None,
         proto.opset_import.add(domain=domain, version=version)
     for key, val in model.metadata.items():
         proto.metadata_props.add(key=key, value=val)
-    proto.graph.CopyFrom(_graph_to_proto(model.graph, include_data, writer))
+    proto.graph.CopyFrom(_graph_to_proto(model.graph, include_data, writer, interface_symbols_only))
     proto.functions.extend(model.functions)
     return proto
 
@@ -511,7 +521,7 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
         if writer is None:
             write_inline(model, stream)
         else:
-            stream.write(to_proto(model, writer=writer).SerializeToString())
+            stream.write(to_proto(model, writer=writer, interface_symbols_only=True).SerializeToString())
 
     replace_pair(path, write, external=external_data)
 
@@ -537,7 +547,7 @@ def write_inline(model: Model, stream) -> None:
     the file is the model without initializers followed by, per initializer, a ``graph { initializer
     { ... } }`` fragment; the raw data of a large tensor is written straight from its array (or copied
     file to file when mapped). Parsers read the same ModelProto as ``to_proto(model)``."""
-    header = to_proto(model, include_data=lambda v: False)
+    header = to_proto(model, include_data=lambda v: False, interface_symbols_only=True)
     del header.graph.initializer[:]
     stream.write(header.SerializeToString())
     del header
@@ -563,7 +573,7 @@ def write_model(model: Model, path: Path, extra_outputs: list[str] = ()) -> None
     """Write ``model`` to a fresh ``path`` (a scratch directory nobody else reads) with external data in
     ``path.name + ".data"``, ``extra_outputs`` added to the graph's outputs: what onnxruntime loads by path."""
     with open(path.with_name(path.name + ".data"), "xb", buffering=0) as stream:
-        proto = to_proto(model, writer=TensorWriter(stream, path.name + ".data"))
+        proto = to_proto(model, writer=TensorWriter(stream, path.name + ".data"), interface_symbols_only=True)
     _add_outputs(proto, extra_outputs)
     path.write_bytes(proto.SerializeToString())
 
@@ -579,7 +589,7 @@ def onnxruntime_model(model: Model, extra_outputs: list[str] = ()) -> Iterator[b
     serialized proto, or past :data:`IN_MEMORY_BYTES` of tensors the path of a copy with external data
     in a scratch directory, removed when the block ends (a session made inside the block keeps working)."""
     if tensor_bytes(model) <= IN_MEMORY_BYTES:
-        proto = to_proto(model)
+        proto = to_proto(model, interface_symbols_only=True)
         _add_outputs(proto, list(extra_outputs))
         yield proto.SerializeToString()
         return
@@ -599,7 +609,7 @@ class SavedModel:
         self.nbytes = tensor_bytes(model)
         """Bytes it takes as a file (what the model's size is compared on)."""
         if self.nbytes <= IN_MEMORY_BYTES:
-            self.source: bytes | str = to_proto(model).SerializeToString()
+            self.source: bytes | str = to_proto(model, interface_symbols_only=True).SerializeToString()
             self.nbytes = len(self.source)
             return
         scratch = tempfile.mkdtemp(prefix="qcompiler-saved-")

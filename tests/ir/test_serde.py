@@ -100,6 +100,45 @@ def test_round_trip_through_a_file_runs_the_same(tmp_path):
     ir.verify(loaded, strict=True)
 
 
+def test_a_saved_model_keeps_only_the_symbols_its_inputs_and_outputs_name(tmp_path):
+    """ONNX shape inference names the length a Reshape computes ``unk__0`` in both inputs of the Add; written
+    out, that would tell onnxruntime the two shapes are equal and let it fuse Add + LayerNormalization into
+    SkipLayerNormalization, which the source (no such annotation) does not run."""
+    import onnxruntime as ort
+
+    from qcompiler.passes import InferShapes
+
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[B,S,8] x) => (float[B,S2,8] y) <int64[3] shape = {0, -1, 8}, float[8] gamma = {1, 1, 1, 1, 1, 1, 1, 1},
+                                             float[8] beta = {0, 0, 0, 0, 0, 0, 0, 0}> {
+      r = Reshape(x, shape)
+      t = Relu(r)
+      a = Add(r, t)
+      y = LayerNormalization <axis = -1> (a, gamma, beta)
+    }""")
+    InferShapes().call(model)
+    assert model.find_value("a").shape == ("B", "unk__0", 8)
+    ir.save(model, tmp_path / "saved.onnx")
+    saved = onnx.load(str(tmp_path / "saved.onnx"))
+    dims = {v.name: [d.dim_param or d.dim_value or None for d in v.type.tensor_type.shape.dim]
+            for v in saved.graph.value_info}
+    assert dims["a"] == dims["r"] == ["B", None, 8]
+    assert ir.to_proto(model).graph.value_info  # (in the compiler, the IR keeps every symbol)
+
+    def fused(source) -> int:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+        return sum(n.op_type == "SkipLayerNormalization" for n in optimized.graph.node)
+
+    assert fused(ir.to_proto(model).SerializeToString()) == 1
+    assert fused(str(tmp_path / "saved.onnx")) == 0
+    with ir.onnxruntime_model(model) as runtime:
+        assert fused(runtime) == 0
+
+
 def test_attributes_of_every_type_round_trip():
     tensor = numpy_helper.from_array(np.array([[1.5, -2.0]], np.float16), "t")
     node = helper.make_node(
