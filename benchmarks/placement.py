@@ -322,10 +322,12 @@ def markdown(results: dict) -> str:
                   f"{lat.get('fp32')} ms, placement {lat.get('placement')} ms "
                   f"({lat['fp32'] / lat['placement']:.2f}x)" if "placement" in lat else "", ""]
         if whole:
-            lines += [f"The chosen set, checked as a whole model in the compile: float {whole['float_ms']:.3f} ms, "
-                      f"placed {whole['int8_ms']:.3f} ms (mean log ratio {whole['log_ratio']:+.3f}, t "
-                      f"{whole['t']:+.1f}, {whole['rounds']} rounds): "
-                      + ("kept" if whole["int8"] else "not faster, every region float"), ""]
+            from qcompiler.placement import WHOLE_RESULTS
+
+            lines += [f"As whole models in the compile: {WHOLE_RESULTS[placed['result']]} (float "
+                      f"{whole['float_ms']:.3f} ms, {'placed' if placed['result'] == 'placed' else 'all-int8'} "
+                      f"{whole['int8_ms']:.3f} ms, mean log ratio {whole['log_ratio']:+.3f}, t {whole['t']:+.1f}, "
+                      f"{whole['rounds']} rounds)", ""]
     lines += ["## Line 3: predicted against measured latency of the placed model", "",
               "predicted: the compile's latency of the chosen configuration (the placed model measured whole in "
               "the compile's check, or the float model's where every region stays float); alone: the placed model "

@@ -4,16 +4,17 @@ Runs after calibration (and mixed precision), before ``insert-qdq``: cuts every 
 (``qcompiler.placement``: partition, subgraphs, the paired test, the cache) out of the float and the
 all-int8 model, compares them on the real intermediate tensors of the first calibration feed, and
 rebuilds the plan with the slower regions' layers in float (the assignment the sensitivity search
-uses, so every result is one the compiler could emit). The chosen set is then checked as a whole: the
-placed model against the float one, in the same paired test; unless it is faster (``WHOLE_MODEL``), every
-region stays float (regions measured alone can each gain and together not: a large model's isolated
-subgraphs take more than their share of the whole; so the latency the report predicts is this check's of
-the placed model, and the float latency minus the checked regions' gains is reported beside it as
-``additive_ms``); when no region is kept and a float reference was kept before the quantization passes
-(``keep-float-reference`` before SmoothQuant, whose unfoldable scales are Muls a float model does not
-need), that reference is the result. The measurements go to the latency cache (``cache``; a comparison
-found there is reused), the decisions and the predicted latency to ``model.plan.reports["latency_placement"]``;
-the compile command prints the per-region table.
+uses, so every result is one the compiler could emit). Regions measured alone can each gain and together
+not (a large model's isolated subgraphs take more than their share of the whole), and every region kept
+float adds Q/DQ transitions they do not see, so what they propose is decided whole, in the same paired
+test (``WHOLE_MODEL``): the all-int8 model against float, the placed model against float and against the
+all-int8 model; the result is the fastest of the three that separates (``result``: float, int8 or placed),
+and the latency the report predicts is its whole-model measurement (the float latency minus the chosen
+regions' gains is reported beside it as ``additive_ms``). When the result is float and a float reference
+was kept before the quantization passes (``keep-float-reference`` before SmoothQuant, whose unfoldable
+scales are Muls a float model does not need), that reference is the model. The measurements go to the
+latency cache (``cache``; a comparison found there is reused), the decisions and the predicted latency to
+``model.plan.reports["latency_placement"]``; the compile command prints the per-region table.
 """
 
 from __future__ import annotations
@@ -158,28 +159,34 @@ class LatencyPlacement(Pass):
         measured_units = [u for u in candidates if u.index in comparisons]
         chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))
         rejected = _rejected(regions, chosen)
-        checked, built, whole_model = chosen, None, None
-        if chosen:  # the regions measured alone must pay off together: the placed model against float, whole
-            built = evaluator.build(rejected) if rejected else None
-            placed = (to_proto(lower(built.clone()), interface_symbols_only=True) if built is not None
-                      else int8_proto)
-            whole_model, _ = self._compared(cache, (float_proto, placed), feed, **WHOLE_MODEL)
-            if not whole_model.int8:
-                chosen, built = [], None
-                rejected = _rejected(regions, chosen)
+        checked, built = chosen, None
+        # what the regions measured alone propose must pay off as a whole model: the all-int8 model and the
+        # placed one, each against float, and the placed one against the all-int8 one
+        whole_model, _ = self._compared(cache, (float_proto, int8_proto), feed, **WHOLE_MODEL)
+        result = "int8" if whole_model.int8 else "float"
+        if chosen and rejected:
+            built = evaluator.build(rejected)
+            placed = to_proto(lower(built.clone()), interface_symbols_only=True)
+            placed_whole, _ = self._compared(cache, (float_proto, placed), feed, **WHOLE_MODEL)
+            if placed_whole.int8 and (result == "float" or self._compared(
+                    cache, (int8_proto, placed), feed, **WHOLE_MODEL)[0].int8):
+                result, whole_model = "placed", placed_whole
+        if result != "placed":
+            chosen, built = (regions if result == "int8" else []), None
+            rejected = _rejected(regions, chosen)
         cache.save()
         kept = {r.index for r in chosen}
         for row in rows:
-            row["choice"] = "int8" if row["region"] in kept else "float"
-        float_ms = whole_model.float_ms if whole_model is not None else whole["float_ms"]
+            row["choice"] = "int8" if row["region"] in kept or row["parent"] in kept else "float"
+        float_ms = whole_model.float_ms
         plan.reports["latency_placement"] = {
-            "machine": cache.machine, "cache": str(cache.path), "float_ms": float_ms,
-            "predicted_ms": whole_model.int8_ms if whole_model is not None and whole_model.int8 else float_ms,
+            "machine": cache.machine, "cache": str(cache.path), "float_ms": float_ms, "result": result,
+            "predicted_ms": whole_model.int8_ms if result != "float" else float_ms,
             "additive_ms": predicted_ms(float_ms, checked, comparisons), "regions": rows,
             "int8_regions": sum(r.parent is None for r in chosen), "int8_units": sum(r.parent is not None for r in chosen),
             "all_int8": all(r.index in kept for r in regions), "regions_total": len(regions),
             "measured": sum(r["source"] == "measured" for r in rows),
-            "whole_model": asdict(whole_model) if whole_model is not None else None,
+            "whole_model": asdict(whole_model),
             "seconds": time.perf_counter() - start}
         if not rejected:
             return PassResult(model, renamed)

@@ -467,7 +467,13 @@ def format_report(report: Mapping[str, Any]) -> str:
                  f"repeats of those (same structure) or from {report['cache']}")
     whole = report.get("whole_model")
     if whole:
-        lines.append(f"the regions chosen, as a whole model: float {whole['float_ms']:.3g} ms, placed "
-                     f"{whole['int8_ms']:.3g} ms (t {whole['t']:+.1f}): "
-                     + ("kept" if whole["int8"] else "not faster, every region stays float"))
+        lines.append(f"as whole models: {WHOLE_RESULTS[report['result']]}: float {whole['float_ms']:.3g} ms, "
+                     f"{'placed' if report['result'] == 'placed' else 'all-int8'} {whole['int8_ms']:.3g} ms "
+                     f"(t {whole['t']:+.1f})")
     return "\n".join(lines)
+
+
+WHOLE_RESULTS = {"float": "neither the all-int8 nor the placed model is faster than float, every region stays float",
+                 "int8": "the all-int8 model is the fastest, every region int8",
+                 "placed": "the placed model is faster than float and than the all-int8 model"}
+"""What ``latency-placement`` decided as whole models (its report's ``result``), in words."""

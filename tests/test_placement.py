@@ -244,6 +244,25 @@ def _structure(path):
     return [n.op_type for n in proto.graph.node], sorted(t.raw_data for t in proto.graph.initializer)
 
 
+def test_the_all_int8_model_is_the_result_when_it_is_faster_whole_though_no_region_is_alone(cnn, tmp_path):
+    """A model of small layers gains in int8 only as a whole (a region cut out alone pays its own Q/DQ
+    transitions): the all-int8 model is measured against float whole, whatever the regions say."""
+    path, calib = cnn
+    cache, output = tmp_path / "latency.json", tmp_path / "out.onnx"
+    qcompiler.compile(path, output, calib=calib, threads=1, latency_cache=str(cache))
+    mark_cached_decisions(cache, int8=True)
+    every_region = qcompiler.compile(path, output, calib=calib, threads=1, latency_cache=str(cache))
+    assert every_region.plan.reports["latency_placement"]["result"] == "int8"
+    whole = whole_model_key(cache, every_region.plan.reports["latency_placement"])  # all-int8 against float
+    mark_cached_decisions(cache, int8=False, but={whole: True})
+    model = qcompiler.compile(path, output, calib=calib, threads=1, latency_cache=str(cache))
+    report = model.plan.reports["latency_placement"]
+    assert report["result"] == "int8" and report["all_int8"]
+    assert all(not row["int8"] and row["choice"] == "int8" for row in report["regions"] if row["parent"] is None)
+    assert report["predicted_ms"] == report["whole_model"]["int8_ms"]
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph)
+
+
 def test_regions_faster_alone_stay_float_when_the_placed_model_is_not_faster_whole(cnn, tmp_path):
     """Regions measured alone can each gain and together not: the chosen set is measured as a whole model
     against float, and kept only when that is faster too (the cache decides here, as in the test above)."""
