@@ -14,7 +14,8 @@ child process that reports its wall time (``qcompiler.bench.run_child``):
 Then, per model:
 
 1. latency of fp32, ort, default and placement on the first calibration feed, in alternation
-   (``qcompiler.latency.measure_latencies``, 10 rounds); placement / min(fp32, ort) must be <= 1.02;
+   (``qcompiler.latency.measure_latencies``, 10 rounds); placement / min(fp32, ort), paired round by round
+   (``qcompiler.latency.paired_ratio``), must be <= 1.02;
    and (``--evaluate``) the kit's task metric of default and placement (its ``evaluate.py``);
 2. the per-region table of placement (regions, float and int8 ms, the choice) from the compile report;
 3. the compile's predicted latency of placement (and the regions' gains summed) against the measured one,
@@ -138,12 +139,17 @@ def first_feed(args: argparse.Namespace, name: str) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def side_by_side(paths: dict[str, str], feed: dict, args: argparse.Namespace) -> dict[str, float]:
+def side_by_side(paths: dict[str, str], feed: dict, args: argparse.Namespace) -> dict:
+    """The models' latencies measured in alternation (``qcompiler.latency.Latency`` by key)."""
     from qcompiler.latency import measure_latencies
 
     timings = measure_latencies(list(paths.values()), feed, threads=args.threads, runs=max(1, args.runs // ROUNDS),
                                 min_seconds=args.seconds, rounds=ROUNDS)
-    return {key: round(t.median_ms, 4) for key, t in zip(paths, timings)}
+    return dict(zip(paths, timings))
+
+
+def medians(latencies: dict) -> dict[str, float]:
+    return {key: round(t.median_ms, 4) for key, t in latencies.items()}
 
 
 def int8_op_types(path: str, outputs: bool = True) -> dict[str, int]:
@@ -218,8 +224,13 @@ def measure(name: str, args: argparse.Namespace) -> dict:
              for kind in ("fp32", "ort", "default", "placement")}
     ready = {k: v["path"] for k, v in entry.items() if "error" not in v}
     print(f"{name}: latency of {', '.join(ready)}", file=sys.stderr, flush=True)
+    from qcompiler.latency import paired_ratio
+
     feed = first_feed(args, name)
-    entry["latency_ms"] = side_by_side(ready, feed, args)
+    latencies = side_by_side(ready, feed, args)
+    entry["latency_ms"] = medians(latencies)
+    if {"placement", "fp32", "ort"} <= set(latencies):
+        entry["paired_ratio"] = round(paired_ratio(latencies["placement"], [latencies["fp32"], latencies["ort"]]), 4)
     placed = entry["placement"].get("placement")
     if placed:
         from qcompiler.placement import whole_model_ms
@@ -264,7 +275,7 @@ def gap_of(name: str, args: argparse.Namespace, size: str, ort: str) -> dict:
         without = run_compile("ort_without", name, args, tag="ort_without", exclude_ops=never)
         if "error" not in without:
             paths = {"ort": ort, "ort_without": without["path"], "size": size}
-            result["latency_ms"] = side_by_side(paths, first_feed(args, name), args)
+            result["latency_ms"] = medians(side_by_side(paths, first_feed(args, name), args))
     return result
 
 
@@ -291,12 +302,12 @@ def markdown(results: dict) -> str:
     lines = [f"# Latency-aware placement ({results['machine']['cpu']}, {results['threads']} threads, onnxruntime "
              f"{results['machine']['onnxruntime']})", "", *([results["note"], ""] if results.get("note") else []),
              "## Line 1: latency against the faster of FP32 and onnxruntime U8S8 (ms, side by side)", "",
+             "medians of all runs; placement / best: the median over rounds of placement's latency over the "
+             "faster of fp32 and ort in the same round (`qcompiler.latency.paired_ratio`)", "",
              "| model | fp32 | ort u8s8 | default (guard) | placement | placement / best | <= 1.02 | default acc "
              "(same / cos / sqnr) | placement acc |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in models.items():
-        lat = e.get("latency_ms", {})
-        best = min(v for k, v in lat.items() if k in ("fp32", "ort")) if lat else None
-        ratio = lat.get("placement", 0) / best if best and "placement" in lat else None
+        ratio = e.get("paired_ratio")
         lines.append(f"| {name} | {_ms(e, 'fp32')} | {_ms(e, 'ort')} | {_ms(e, 'default')} | {_ms(e, 'placement')} | "
                      f"{ratio:.3f} | {'yes' if ratio <= 1.02 else 'NO'} | {_score(e.get('accuracy', {}), 'default')} | "
                      f"{_score(e.get('accuracy', {}), 'placement')} |" if ratio else f"| {name} | failed |||||||")
@@ -389,8 +400,8 @@ def main() -> int:
     path = args.results / f"placement_{isa(info)}.json"
     report = path.with_suffix(".md")
     results = json.loads(path.read_text()) if path.exists() else {}
-    if results.get("threads") != args.threads or {k: results.get("machine", {}).get(k) for k in ("cpu", "cpu_features")} \
-            != {k: info[k] for k in ("cpu", "cpu_features")}:
+    same_machine = all(results.get("machine", {}).get(k) == info[k] for k in ("cpu", "cpu_features"))
+    if results.get("threads") != args.threads or not same_machine:
         results = {"machine": info, "threads": args.threads, "models": {}}  # another machine: start over
     if args.gap_only:
         for name in [n for n in names if any(fnmatch.fnmatch(n, p) for p in args.gap.split(","))]:

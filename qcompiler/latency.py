@@ -10,13 +10,24 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Latency:
-    """Milliseconds per run over ``runs`` runs after warm-up."""
+    """Milliseconds per run over ``runs`` runs after warm-up; ``round_ms``: the median of each round, when
+    measured in rounds (:func:`measure_latencies`), for ratios paired round by round (:func:`paired_ratio`)."""
 
     median_ms: float
     p90_ms: float
     min_ms: float
     runs: int
     threads: int
+    round_ms: tuple[float, ...] = ()
+
+
+def paired_ratio(latency: Latency, others: list[Latency]) -> float:
+    """The median over rounds of ``latency``'s round median over the fastest of ``others`` in the same round,
+    of latencies measured together (:func:`measure_latencies`): a machine whose speed changes for seconds at
+    a time (a virtual CPU taken away now and then) shifts whole rounds, and with them each model's median
+    of all runs, unevenly among the models; within a round they ran seconds apart, so the ratio holds."""
+    rounds = zip(latency.round_ms, *(x.round_ms for x in others), strict=True)
+    return float(np.median([r[0] / min(r[1:]) for r in rounds]))
 
 
 def latency_feed(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int = 2,
@@ -80,8 +91,9 @@ def measure_latencies(models: list[bytes | str], feeds: dict[str, np.ndarray], *
             session.run(None, fed)
         sessions.append((session, fed))
     times: list[list[float]] = [[] for _ in models]
+    round_ms: list[list[float]] = [[] for _ in models]
     for _ in range(rounds):
-        for (session, fed), record in zip(sessions, times):
+        for (session, fed), record, medians in zip(sessions, times, round_ms):
             start_round = time.perf_counter()
             count = 0
             while count < runs or time.perf_counter() - start_round < min_seconds / rounds:
@@ -89,5 +101,6 @@ def measure_latencies(models: list[bytes | str], feeds: dict[str, np.ndarray], *
                 session.run(None, fed)
                 record.append((time.perf_counter() - start) * 1000.0)
                 count += 1
-    return [Latency(float(np.median(t)), float(np.percentile(t, 90)), float(np.min(t)), len(t), threads)
-            for t in times]
+            medians.append(float(np.median(record[-count:])))
+    return [Latency(float(np.median(t)), float(np.percentile(t, 90)), float(np.min(t)), len(t), threads, tuple(r))
+            for t, r in zip(times, round_ms)]
