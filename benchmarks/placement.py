@@ -229,6 +229,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     feed = first_feed(args, name)
     latencies = side_by_side(ready, feed, args)
     entry["latency_ms"] = medians(latencies)
+    entry["latency_rounds_ms"] = {key: [round(x, 4) for x in t.round_ms] for key, t in latencies.items()}
     if {"placement", "fp32", "ort"} <= set(latencies):
         entry["paired_ratio"] = round(paired_ratio(latencies["placement"], [latencies["fp32"], latencies["ort"]]), 4)
     placed = entry["placement"].get("placement")
@@ -243,6 +244,10 @@ def measure(name: str, args: argparse.Namespace) -> dict:
                                "error": error(placed["predicted_ms"], measured),
                                "additive_ms": round(placed["additive_ms"], 4),
                                "additive_error": error(placed["additive_ms"], measured)}
+        ratio = paired_ratio(latencies["placement"], [latencies["fp32"]])
+        predicted = placed["predicted_ms"] / placed["float_ms"]
+        entry["prediction"].update(predicted_ratio=round(predicted, 4), measured_ratio=round(ratio, 4),
+                                   ratio_error=error(predicted, ratio))
         if args.compiles:
             entry["reproducibility"] = reproducibility(name, args, cache, entry["placement"])
     if "error" not in entry["default"] and "error" not in entry["placement"]:
@@ -344,11 +349,14 @@ def markdown(results: dict) -> str:
               "the compile's check, or the float model's where every region stays float); alone: the placed model "
               "measured by itself after the compile (`qcompiler.placement.whole_model_ms`); side by side: line 1's "
               "alternation of four models; additive: the float latency minus the chosen regions' gains as the "
-              "regions measured alone, against side by side", "",
-              "| model | predicted ms | alone ms | error | side by side ms | error | additive ms | error |",
-              "|---|---|---|---|---|---|---|---|"]
+              "regions measured alone, against side by side; ratio: the compile's predicted latency over its float "
+              "latency against placement over fp32 side by side, paired round by round (what a VM whose speed "
+              "changes for seconds at a time does not move)", "",
+              "| model | predicted ms | alone ms | error | side by side ms | error | additive ms | error | "
+              "predicted ratio | measured ratio | error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {n} | {p['predicted_ms']:.3f} | {p['alone_ms']:.3f} | {p['alone_error']:.1%} | "
-              f"{p['measured_ms']:.3f} | {p['error']:.1%} | {p['additive_ms']:.3f} | {p['additive_error']:.1%} |"
+              f"{p['measured_ms']:.3f} | {p['error']:.1%} | {p['additive_ms']:.3f} | {p['additive_error']:.1%} | "
+              f"{p['predicted_ratio']:.3f} | {p['measured_ratio']:.3f} | {p['ratio_error']:.1%} |"
               .replace("%", " %") for n, e in models.items() if (p := e.get("prediction"))]
     lines += ["", "## Line 4: compiles with the cache while one core is kept busy", "",
               "| model | compiles | byte-identical | same decision (cache) | fresh cache under load: same decision |",
