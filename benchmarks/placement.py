@@ -344,6 +344,11 @@ def markdown(results: dict) -> str:
                       f"{whole['float_ms']:.3f} ms, {'placed' if placed['result'] == 'placed' else 'all-int8'} "
                       f"{whole['int8_ms']:.3f} ms, mean log ratio {whole['log_ratio']:+.3f}, t {whole['t']:+.1f}, "
                       f"{whole['rounds']} rounds)", ""]
+        mixed = placed.get("placed_model")
+        if mixed and placed["result"] != "placed":
+            lines += [f"The regions faster alone, placed together in the model: float {mixed['float_ms']:.3f} ms, "
+                      f"placed {mixed['int8_ms']:.3f} ms (t {mixed['t']:+.1f}): "
+                      + ("faster than float, not than all-int8" if mixed["int8"] else "not faster than float"), ""]
     lines += ["## Line 3: predicted against measured latency of the placed model", "",
               "predicted: the compile's latency of the chosen configuration (the placed model measured whole in "
               "the compile's check, or the float model's where every region stays float); alone: the placed model "

@@ -159,7 +159,7 @@ class LatencyPlacement(Pass):
         measured_units = [u for u in candidates if u.index in comparisons]
         chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))
         rejected = _rejected(regions, chosen)
-        checked, built = chosen, None
+        checked, built, placed_whole = chosen, None, None
         # what the regions measured alone propose must pay off as a whole model: the all-int8 model and the
         # placed one, each against float, and the placed one against the all-int8 one
         whole_model, _ = self._compared(cache, (float_proto, int8_proto), feed, **WHOLE_MODEL)
@@ -187,6 +187,7 @@ class LatencyPlacement(Pass):
             "all_int8": all(r.index in kept for r in regions), "regions_total": len(regions),
             "measured": sum(r["source"] == "measured" for r in rows),
             "whole_model": asdict(whole_model),
+            "placed_model": asdict(placed_whole) if placed_whole is not None else None,
             "seconds": time.perf_counter() - start}
         if not rejected:
             return PassResult(model, renamed)
