@@ -34,7 +34,7 @@ from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.scaleout import session_options
 from qcompiler.placement import (Comparison, LatencyCache, Region, choose, compare, cut_errors, default_cache_path,
                                  machine_key, partition, predicted_ms, region_subgraphs, subgraph_key, touching,
-                                 units, whole_model_ms)
+                                 units)
 from qcompiler.sensitivity import Evaluator, name_nodes
 
 from .latency_guard import restore
@@ -146,23 +146,18 @@ class LatencyPlacement(Pass):
 
         for region in regions:
             measure(region)
-        whole_key = subgraph_key((float_proto,), feed)
-        whole = cache.get(whole_key)
-        if whole is None:
-            whole = {"float_ms": whole_model_ms(float_proto.SerializeToString(), feed, threads=self.threads)}
-            cache.put(whole_key, whole)
+        # what the regions measured alone propose must pay off as a whole model: the all-int8 model and the
+        # placed one, each against float, and the placed one against the all-int8 one
+        whole_model, _ = self._compared(cache, (float_proto, int8_proto), feed, **WHOLE_MODEL)
         # layers alone only where their region is slower in int8 and takes a share of the time worth a search
         slower = {r.index for r in regions if (c := comparisons[r.index]) is not None and not c.int8
-                  and c.float_ms >= self.min_share * whole["float_ms"]}
+                  and c.float_ms >= self.min_share * whole_model.float_ms}
         for unit in [u for u in candidates if u.parent in slower][:self.max_units]:
             measure(unit)
         measured_units = [u for u in candidates if u.index in comparisons]
         chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))
         rejected = _rejected(regions, chosen)
         checked, built, placed_whole = chosen, None, None
-        # what the regions measured alone propose must pay off as a whole model: the all-int8 model and the
-        # placed one, each against float, and the placed one against the all-int8 one
-        whole_model, _ = self._compared(cache, (float_proto, int8_proto), feed, **WHOLE_MODEL)
         result = "int8" if whole_model.int8 else "float"
         if chosen and rejected:
             built = evaluator.build(rejected)

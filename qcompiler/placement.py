@@ -303,8 +303,8 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
 
 def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 5,
                    round_seconds: float = 0.1) -> float:
-    """Median of per-round medians of one model, after the warm-up :func:`compare` gives (for the predicted
-    total, not for decisions)."""
+    """Median of per-round medians of one model, after the warm-up :func:`compare` gives: one model's
+    latency alone (the placement benchmark's check of a compile's prediction), not for decisions."""
     session = open_session(model, threads)
     feed = {i.name: feed[i.name] for i in session.get_inputs()}
     for _ in range(3):
