@@ -10,7 +10,8 @@ descriptor's (:mod:`qcompiler.ops`). So, in topological order:
 * a MatMul of two activations (attention) is quantized, both inputs per tensor;
 * any other int8 op of the target (Add, Concat, pooling), and a pass-through op (Reshape, MaxPool,
   ...), is quantized only when every activation input already comes from the quantized region, so it
-  extends the region and never starts a float island;
+  extends the region and never starts a float island; a Concat's output range is the union of its
+  inputs' (:attr:`qcompiler.ops.OpQuant.output_spans_inputs`), so its widest input passes unchanged;
 * an absorbed activation (Relu; Clip with min <= 0 <= max) right after a quantized layer, as its only
   reader, is marked absorbed: the QuantizeLinear of its output saturates exactly as it clips, so
   ``insert-qdq`` removes it.
@@ -136,6 +137,8 @@ def assign(model: Model, target: Target, exclude: list[str], per_channel: bool,
                 continue
             if op in target.pass_through_ops:
                 plan.share(node.outputs[0], node.inputs[0])
+            elif facts.output_spans_inputs:
+                plan.span(node.outputs[0], activations)
         else:
             continue
         plan.quantize_node(node)

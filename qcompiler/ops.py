@@ -56,6 +56,9 @@ class OpQuant:
         float_output_fusion: the kernel for a unit without the output QuantizeLinear (an int8 op with a
             float output), if onnxruntime has one.
         ort_propagates: onnxruntime's QDQ propagation copies Q/DQ pairs across it.
+        output_spans_inputs: the output's range is the union of the activation inputs' ranges
+            (:meth:`~qcompiler.ir.plan.QuantPlan.span`): onnxruntime's QLinearConcat copies an input whose
+            spec equals the output's and requantizes only the others, so one input, the widest, is copied.
         gemm_with_add: onnxruntime's MatMulAddFusion first merges it with an Add that reads it into a
             float Gemm when its input is 2-D or fully static, before the QDQ fusions.
         macs: multiply-accumulates of a node on concrete shapes (by value name).
@@ -72,6 +75,7 @@ class OpQuant:
     ort_fusion: tuple[str, str] | None = None
     float_output_fusion: tuple[str, str] | None = None
     ort_propagates: bool = False
+    output_spans_inputs: bool = False
     gemm_with_add: bool = False
     macs: Callable[[Node, Shapes], int] | None = None
 
@@ -110,7 +114,7 @@ OPS: dict[str, OpQuant] = {
         OpQuant("ConvTranspose", weight_input=1, macs=_conv_transpose_macs),
         OpQuant("MatMulInteger", weight_input=1, macs=_linear_macs),  # dynamic int8's linear layers
         OpQuant("Add", "int8_op", ort_fusion=(MS, "QLinearAdd")),
-        OpQuant("Concat", "int8_op", ort_fusion=(MS, "QLinearConcat")),
+        OpQuant("Concat", "int8_op", ort_fusion=(MS, "QLinearConcat"), output_spans_inputs=True),
         OpQuant("GlobalAveragePool", "int8_op", ort_fusion=(MS, "QLinearGlobalAveragePool")),
         OpQuant("AveragePool", "int8_op", ort_fusion=(MS, "QLinearAveragePool")),
         OpQuant("Softmax", ort_fusion=(MS, "QLinearSoftmax")),

@@ -56,6 +56,8 @@ class QuantPlan:
         dynamic: activations quantized at run time (a dynamic scheme: the scale comes from the tensor
             itself, ``DynamicQuantizeLinear``), which need no range.
         shares: pass-through outputs -> the value whose spec they reuse.
+        spans: activations whose range is the union of other values' ranges (a Concat's output: its
+            inputs'), in the order they were decided; :meth:`set_ranges` widens them.
         lowered: Q/DQ nodes have been inserted for every spec.
         float_reference: the float model before quantization, kept aside (``keep-float-reference``).
         original_model: the input model before canonicalization, kept aside (``keep-original-model``).
@@ -74,6 +76,7 @@ class QuantPlan:
     pending: dict[Value, Scheme] = field(default_factory=dict)
     dynamic: dict[Value, None] = field(default_factory=dict)
     shares: dict[Value, Value] = field(default_factory=dict)
+    spans: dict[Value, list[Value]] = field(default_factory=dict)
     lowered: bool = False
     float_reference: SavedModel | None = None
     original_model: SavedModel | None = None
@@ -92,6 +95,7 @@ class QuantPlan:
         self.pending.clear()
         self.dynamic.clear()
         self.shares.clear()
+        self.spans.clear()
         self.lowered = False
 
     def in_region(self, node: Node | None, treatment: str) -> bool:
@@ -133,21 +137,38 @@ class QuantPlan:
         self.shares[value] = source
         self.pending.pop(value, None)
 
+    def span(self, value: Value, sources: list[Value]) -> None:
+        """``value``'s range becomes the union of ``sources``' ranges once they are known (a Concat's output:
+        the input with the widest range then has the output's spec, and the kernel copies it unchanged)."""
+        self.spans[value] = list(sources)
+
     def set_ranges(self, ranges: Mapping[Value, tuple[Any, Any]],
                    observed: Mapping[Value, tuple[float, float]] | None = None) -> None:
-        """Give every pending activation its spec from its range (the one calibration chose), then every
-        sharing value its source's spec; ``observed``: the extremes each took, kept in :attr:`observed`.
-        A pending activation without a range is an error of the caller."""
+        """Give every pending activation its spec from its range (the one calibration chose, or the union
+        of its :attr:`spans` sources' ranges), then every sharing value its source's spec; ``observed``:
+        the extremes each took, kept in :attr:`observed`. A pending activation without a range is an
+        error of the caller."""
         self.observed.update({value.name: extremes for value, extremes in (observed or {}).items()})
         missing = [v.name for v in self.pending if v not in ranges]
         if missing:
             raise KeyError(f"no range for pending activation(s) {missing[:5]}")
+        ranges = dict(ranges)
+        for value, sources in self.spans.items():  # in decision order: a span's source may be an earlier span
+            parts = [ranges.get(self._source(v)) for v in sources]
+            if value in ranges and all(part is not None for part in parts):
+                ranges[value] = (min(lo for lo, _ in parts), max(hi for _, hi in parts))
         for value, scheme in self.pending.items():
             lo, hi = ranges[value]
             value.quant = scheme.spec_from_range(lo, hi)
         self.pending.clear()
         for value, source in self.shares.items():
             value.quant = source.quant
+
+    def _source(self, value: Value) -> Value:
+        """The value whose spec ``value`` reuses through pass-through ops (``value`` itself if none)."""
+        while value in self.shares:
+            value = self.shares[value]
+        return value
 
     # -- carrying the plan to another graph ------------------------------------------------------
     def remapped(self, model: Model) -> QuantPlan:
@@ -170,6 +191,8 @@ class QuantPlan:
         copy.dynamic = {values[v.name]: None for v in self.dynamic if v.name in values}
         copy.shares = {values[v.name]: values[s.name] for v, s in self.shares.items()
                        if v.name in values and s.name in values}
+        copy.spans = {values[v.name]: [values[s.name] for s in sources] for v, sources in self.spans.items()
+                      if v.name in values and all(s.name in values for s in sources)}
         return copy
 
 

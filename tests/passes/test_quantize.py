@@ -153,6 +153,34 @@ def test_pass_through_op_shares_its_input_quantization():
     assert [o.name for o in model.graph.outputs] == ["y"]
 
 
+def test_a_concat_output_spans_its_inputs_ranges_so_the_widest_input_is_copied():
+    text = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1,4,8,8] x) => (float[1,24,4,4] y) {
+      a = Conv <pads = [1,1,1,1]> (x, w)
+      b = Conv <pads = [1,1,1,1]> (x, w)
+      c = Conv <pads = [1,1,1,1]> (x, w)
+      ab = Concat <axis = 1> (a, b)
+      p = MaxPool <kernel_shape = [2,2], strides = [2,2]> (ab)
+      q = MaxPool <kernel_shape = [2,2], strides = [2,2]> (c)
+      y = Concat <axis = 1> (p, q)
+    }"""
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(RNG.standard_normal((8, 4, 3, 3)).astype(np.float32), "w"))
+    model = ir.from_proto(proto)
+    PassManager([InferShapes(), AssignPrecision(target="x86-vnni")])(model)
+    model = model.clone()  # the spans are carried to a copy of the graph
+    values = {v.name: v for v in model.graph.values()}
+    calibrated = {"x": (-1.0, 1.0), "a": (-2.0, 1.0), "b": (-1.0, 3.0), "c": (-5.0, 0.5), "ab": (-1.0, 2.0), "y": (-1.0, 1.0)}
+    model.plan.set_ranges({values[name]: calibrated[name] for name in calibrated})
+    scheme = TARGETS["x86-vnni"].activation_scheme
+    assert values["ab"].quant == scheme.spec_from_range(-2.0, 3.0)  # not its own (-1, 2): a and b's union
+    assert values["p"].quant == values["ab"].quant
+    assert values["y"].quant == scheme.spec_from_range(-5.0, 3.0)  # the earlier span's union and c's
+    PassManager([InsertQDQ(), FoldQuantizedWeights()])(model)
+    assert fused_ops(model).count("QLinearConcat") == 2
+
+
 def test_excluded_nodes_stay_float():
     model = conv_model(with_relu=False)
     quantize(model, random_feeds(model), exclude=["Conv"])
