@@ -72,7 +72,7 @@ def test_conv_relu_becomes_one_fused_qlinearconv(run_deployed):
     assert "Relu" not in ops  # absorbed into the output quantization (zero point 0)
     weight = next(v for v in model.graph.initializers.values() if v.const.dtype == np.int8 and v.const.ndim == 4)
     bias = next(v for v in model.graph.initializers.values() if v.const.dtype == np.int32)
-    assert bias.const.shape == (8,)
+    assert weight.const.shape == (8, 4, 3, 3) and bias.const.shape == (8,)
     fused = fused_ops(model)
     assert "QLinearConv" in fused and "Conv" not in fused
     actual = run_deployed(model, feeds, "x86-vnni")["y"]  # as quantized for: 8-bit weights, exact sums
