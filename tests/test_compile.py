@@ -184,3 +184,35 @@ def test_latency_feed_cuts_a_slow_batched_feed_to_its_first_sample_where_the_mod
         assert cut["x"].shape == (1, 8) and seconds > 0
     else:  # a fixed batch dimension refuses one sample: the whole feed is kept
         assert cut is feed and seconds is None
+
+
+def test_a_scalar_affine_after_a_conv_folds_when_quantizing_but_not_in_canonicalize(calib_dir, tmp_path):
+    """PP-OCR's learnable affine blocks (Conv -> Mul(scalar) -> Add(scalar)) would be a float island between
+    two int8 convolutions: the static int8 pipelines fold them; ``canonicalize`` alone keeps the float model."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N,3,16,16] image) => (float[N,8,16,16] y) {
+      c1 = Conv <pads = [1,1,1,1]> (image, w1, b1)
+      m = Mul (c1, k)
+      a = Add (m, j)
+      r = Relu (a)
+      y = Conv <pads = [1,1,1,1]> (r, w2, b2)
+    }"""
+    rng = np.random.default_rng(2)
+    proto = onnx.parser.parse_model(text)
+    shapes = {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (8, 8, 3, 3), "b2": (8,), "k": (1,), "j": (1,)}
+    proto.graph.initializer.extend(
+        onnx.numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n) for n, s in shapes.items())
+    source = tmp_path / "affine.onnx"
+    onnx.save(proto, str(source))
+    canonical = ir.load(str(source))
+    qcompiler.PassManager(qcompiler.pipelines.canonicalize())(canonical)
+    assert [n.op_type for n in canonical.graph] == ["Conv", "Mul", "Add", "Relu", "Conv"]
+    output = tmp_path / "affine.int8.onnx"
+    qcompiler.compile(str(source), str(output), calib=str(calib_dir), objective="size")
+    ops = [n.op_type for n in onnx.load(str(output)).graph.node]
+    assert "Mul" not in ops and "Add" not in ops and ops.count("Conv") == 2
+    feeds = {"image": np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)}
+    expected, actual = run(source, feeds), run(output, feeds)
+    cosine = float(np.sum(expected * actual) / np.linalg.norm(expected) / np.linalg.norm(actual))
+    assert cosine > 0.99, cosine
