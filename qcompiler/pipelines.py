@@ -167,16 +167,22 @@ def _mixed_precision(options: CompileOptions, float_linear_outputs: bool = False
         region=region, int16=options.int16)]
 
 
-def _fold_scalar_affines() -> list[Pass]:
-    """After ``canonicalize`` in the static int8 pipelines: ``fold-batchnorm`` again with ``scalars``, so a
-    Mul/Add/Sub/Div by a single constant after a Conv (PP-OCR's learnable affine blocks) folds into it.
-    ``canonicalize`` keeps them: folding moves a float32 rounding into the weights, beyond its budget for
-    an unchanged float model. In a model quantized to int8 that rounding is far below the quantization
-    error, while an unfolded affine is a float island between two int8 layers, with a
-    dequantize/quantize round trip around it (``benchmarks/placement.py`` measures the models)."""
+def _int8_canonical() -> list[Pass]:
+    """After ``canonicalize`` in the static int8 pipelines, two rewrites it leaves out because they change
+    the float model in ways only worth it around int8 layers:
+
+    * ``fuse-hardswish`` with ``upgrade``: a hardswish becomes one ``HardSwish`` (opset 14), so
+      onnxruntime dequantizes its quantized input once rather than once for each of its two readers;
+    * ``fold-batchnorm`` with ``scalars``: a Mul/Add/Sub/Div by a single constant after a Conv (PP-OCR's
+      learnable affine blocks) folds into it. ``canonicalize`` keeps them: folding moves a float32
+      rounding into the weights, beyond its budget for an unchanged float model. In a model quantized to
+      int8 that rounding is far below the quantization error, while an unfolded affine is a float island
+      between two int8 layers, with a dequantize/quantize round trip around it.
+
+    ``benchmarks/placement.py`` measures the models."""
     from qcompiler import passes as lib
 
-    return [lib.FoldBatchNorm(scalars=True)]
+    return [lib.FuseHardSwish(upgrade=True), lib.FoldBatchNorm(scalars=True)]
 
 
 def _calibrate(options: CompileOptions) -> Pass:
@@ -196,7 +202,7 @@ def int8(options: CompileOptions) -> list[Pass]:
     from qcompiler import passes as lib
 
     first, mixed = _mixed_precision(options)
-    return _source() + first + canonicalize() + _fold_scalar_affines() + [
+    return _source() + first + canonicalize() + _int8_canonical() + [
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude),
                             per_channel=not options.per_tensor),
         _calibrate(options),
@@ -222,7 +228,7 @@ def int8_transformer(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True)
-    return _source() + first + canonicalize() + _fold_scalar_affines() + [
+    return _source() + first + canonicalize() + _int8_canonical() + [
         *_smoothquant(options, target=name),
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
                             float_linear_outputs=True),
@@ -286,7 +292,7 @@ def auto(options: CompileOptions) -> list[Pass]:
 
     name = get_target(options.target).name
     first, mixed = _mixed_precision(options, float_linear_outputs=True, region=TRANSFORMER)
-    return _source() + first + canonicalize() + _fold_scalar_affines() + [
+    return _source() + first + canonicalize() + _int8_canonical() + [
         lib.RecognizeStructure(),
         *_smoothquant(options, target=name, region=TRANSFORMER),
         lib.AssignPrecision(target=name, exclude=list(options.exclude), per_channel=not options.per_tensor,
@@ -376,7 +382,7 @@ def w4a8(options: CompileOptions) -> list[Pass]:
     """4-bit per-channel weights (stored in int8, MSE-clipped), 8-bit activations, rounding learned by AdaRound."""
     from qcompiler import passes as lib
 
-    return _source() + canonicalize() + _fold_scalar_affines() + [
+    return _source() + canonicalize() + _int8_canonical() + [
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude)),
         lib.WeightBits(bits=4),
         _calibrate(options),

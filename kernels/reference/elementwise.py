@@ -1,10 +1,11 @@
-"""Add, Sub, Mul and HardSigmoid (numpy): the float ops between quantized ones, without the
+"""Add, Sub, Mul, HardSigmoid and HardSwish (numpy): the float ops between quantized ones, without the
 ``onnx.reference`` call overhead they would otherwise pay on every node.
 
 ONNX's multidirectional broadcasting is numpy's, both inputs have one type (integer results wrap, as
 in onnxruntime), and the arithmetic is one IEEE operation per element: the results equal
 ``onnx.reference``'s and onnxruntime's bit for bit. HardSigmoid is ``max(0, min(1, alpha * x + beta))``
-with the product and the sum rounded separately, as onnxruntime's Eigen expression computes it.
+with the product and the sum rounded separately, as onnxruntime's Eigen expression computes it;
+onnxruntime computes HardSwish as that HardSigmoid (alpha 1/6, beta 1/2) times ``x``.
 """
 
 from __future__ import annotations
@@ -39,3 +40,9 @@ def HardSigmoid(X, *, alpha=0.2, beta=0.5):
     np.add(y, X.dtype.type(beta), out=y)
     np.minimum(y, X.dtype.type(1), out=y)
     return np.maximum(y, X.dtype.type(0), out=y)
+
+
+@register("HardSwish", since=14)
+def HardSwish(X):
+    """``X * HardSigmoid(X; alpha=1/6, beta=0.5)``."""
+    return np.multiply(X, HardSigmoid(X, alpha=1.0 / 6.0, beta=0.5))

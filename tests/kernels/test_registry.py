@@ -74,8 +74,8 @@ def test_register_returns_the_function_unchanged():
 
 
 BUILTIN = [("", op) for op in ["Add", "AveragePool", "Conv", "ConvInteger", "ConvTranspose", "DequantizeLinear",
-                                "DynamicQuantizeLinear", "Erf",
-                                "HardSigmoid", "LayerNormalization", "MatMulInteger", "MaxPool", "Mul", "QLinearConv",
+                                "DynamicQuantizeLinear", "Erf", "HardSigmoid", "HardSwish",
+                                "LayerNormalization", "MatMulInteger", "MaxPool", "Mul", "QLinearConv",
                                 "QLinearMatMul", "QuantizeLinear", "Softmax", "Sub"]] + [
     ("com.microsoft", op) for op in ["DequantizeLinear", "GatherBlockQuantized", "MatMulIntegerToFloat", "MatMulNBits",
                                      "QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearSoftmax",
