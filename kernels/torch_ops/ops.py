@@ -141,7 +141,7 @@ def _unary(op):
 
 for _name, _op in {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
                    "Log": torch.log, "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf,
-                   "Reciprocal": torch.reciprocal, "HardSwish": F.hardswish}.items():
+                   "Reciprocal": torch.reciprocal}.items():
     register_all(_name)(_unary(_op))
 
 
@@ -153,6 +153,13 @@ def LeakyRelu(X, *, alpha=0.01):
 @register_all("HardSigmoid")
 def HardSigmoid(X, *, alpha=0.2, beta=0.5):
     return torch.clamp(tensor(X) * alpha + beta, 0.0, 1.0)
+
+
+@register_all("HardSwish")
+def HardSwish(X):
+    """``X * HardSigmoid(X; 1/6, 1/2)``, as onnxruntime computes it (``F.hardswish`` rounds differently)."""
+    X = tensor(X)
+    return X * HardSigmoid(X, alpha=1.0 / 6.0, beta=0.5)
 
 
 @register_all("Clip")

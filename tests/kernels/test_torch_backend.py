@@ -72,3 +72,11 @@ def test_cases_cover_every_torch_op_with_node_tests():
     covered = {c.model.graph.node[0].op_type for c in CASES}
     assert {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "QuantizeLinear", "DequantizeLinear",
             "Softmax", "Reshape", "Concat"} <= covered
+
+
+def test_hardswish_is_onnxruntimes_hardsigmoid_times_x_bit_for_bit():
+    """onnxruntime computes HardSwish as ``x * HardSigmoid(x; 1/6, 1/2)``; ``F.hardswish`` rounds otherwise."""
+    x = (np.random.default_rng(0).standard_normal(100_000) * 4).astype(np.float32)
+    torch_kernel = default_registry.lookup("", "HardSwish", 14, backends=(BACKEND,))
+    reference = default_registry.lookup("", "HardSwish", 14, backends=("reference",))
+    np.testing.assert_array_equal(torch_kernel(x).numpy(), reference(x))
