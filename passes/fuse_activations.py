@@ -26,6 +26,12 @@ import numpy as np
 from qcompiler.ir import Graph, Model, Node, Value
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
+HARD_SIGMOID = {"alpha": 1.0 / 6.0, "beta": 0.5}
+"""The HardSigmoid of hardswish: ``max(0, min(1, x/6 + 0.5))``."""
+
+HARD_SWISH_OPSET = 14
+"""The first opset with ``HardSwish``."""
+
 
 def _const_equal(value: Value | None, expected: float) -> bool:
     return value is not None and value.const is not None and value.const.size == 1 \
@@ -62,7 +68,8 @@ def match_hardswish(graph: Graph, add: Node) -> tuple[Value, list[Node]] | None:
     if mul is None or mul.op_type != "Mul" or _other_input(mul, clip.outputs[0]) is not x:
         return None
     div = _only_reader(mul.outputs[0], graph)
-    if div is None or not ((div.op_type == "Div" and div.inputs[0] is mul.outputs[0] and _const_equal(div.inputs[1], 6.0))):
+    if div is None or div.op_type != "Div" or div.inputs[0] is not mul.outputs[0] \
+            or not _const_equal(div.inputs[1], 6.0):
         return None
     return x, [add, clip, mul, div]
 
@@ -76,16 +83,10 @@ def match_gated(graph: Graph, mul: Node) -> tuple[Value, list[Node]] | None:
         gate = gate_value.producer() if gate_value is not None else None
         if gate is not None and gate.op_type == "HardSigmoid" and gate.domain in ("", "ai.onnx") \
                 and x is not None and gate.inputs[0] is x and _only_reader(gate_value, graph) is mul \
-                and all(np.float32(gate.attrs.get(k, np.nan)) == np.float32(v) for k, v in HARD_SIGMOID.items()):
+                and all(np.float32(gate.attrs.get(key, np.nan)) == np.float32(value)
+                        for key, value in HARD_SIGMOID.items()):
             return x, [gate, mul]
     return None
-
-
-HARD_SIGMOID = {"alpha": 1.0 / 6.0, "beta": 0.5}
-"""The HardSigmoid of hardswish: ``max(0, min(1, x/6 + 0.5))``."""
-
-HARD_SWISH_OPSET = 14
-"""The first opset with ``HardSwish``."""
 
 
 def write_hardswish(graph: Graph, x: Value, chain: list[Node], opset: int) -> None:

@@ -19,8 +19,9 @@ from qcompiler.ir import to_proto
 from qcompiler.ir.testing import parse, tensor_text
 from qcompiler.lowering import lower
 from qcompiler.passes import InferShapes
-from qcompiler.placement import (Comparison, LatencyCache, Region, choose, decide, machine_key, partition,
-                                 predicted_ms, region_subgraphs, subgraph_key, touching, units)
+from qcompiler.placement import (EARLY_ROUNDS, T_EARLY, Comparison, LatencyCache, Region, choose, compare, decide,
+                                 machine_key, partition, predicted_ms, region_subgraphs, subgraph_key, touching,
+                                 units)
 from qcompiler.sensitivity import name_nodes
 from qcompiler.targets import get_target
 
@@ -111,6 +112,18 @@ def test_decide_separates_a_clear_difference_and_not_noise():
     assert not separated and abs(t) < 4
     mean, t, separated = decide([2.0 + 0.05 * e for e in noise], noise)
     assert separated and t > 4 and mean == pytest.approx(np.log(2), abs=0.05)
+
+
+def test_a_clear_cut_comparison_stops_after_four_rounds():
+    """One Sigmoid against forty in a chain: separated far past ``T_EARLY`` long before six rounds."""
+    def chain(count: int) -> bytes:
+        body = "\n".join(f"s{i + 1} = Sigmoid(s{i})" for i in range(count))
+        return onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 13]>
+        g (float[1,16,32,32] s0) => (float[1,16,32,32] s{count}) {{ {body} }}""").SerializeToString()
+
+    feed = {"s0": np.random.default_rng(0).standard_normal((1, 16, 32, 32)).astype(np.float32)}
+    comparison = compare((chain(1), chain(40)), feed, threads=1)
+    assert comparison.rounds == EARLY_ROUNDS and comparison.t <= -T_EARLY and not comparison.int8
 
 
 def test_choose_keeps_exactly_the_regions_measured_faster_in_int8():
