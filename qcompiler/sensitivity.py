@@ -322,15 +322,10 @@ def widen(model: Model, layers: Iterable[str], observed: dict[str, tuple[float, 
     for node in nodes:
         for value in node.inputs:
             if value is not None and value.const is None and value.quant is not None:
-                while value in plan.shares:
-                    value = plan.shares[value]
-                roots[value] = None
+                roots[plan.source_of(value)] = None
     sharing: dict[Value, list[Value]] = {}
     for value in plan.shares:
-        root = value
-        while root in plan.shares:
-            root = plan.shares[root]
-        sharing.setdefault(root, []).append(value)
+        sharing.setdefault(plan.source_of(value), []).append(value)
     scheme = plan.target.wide_activation_scheme
     widened = []
     for root in roots:

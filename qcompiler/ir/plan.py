@@ -154,7 +154,7 @@ class QuantPlan:
             raise KeyError(f"no range for pending activation(s) {missing[:5]}")
         ranges = dict(ranges)
         for value, sources in self.spans.items():  # in decision order: a span's source may be an earlier span
-            parts = [ranges.get(self._source(v)) for v in sources]
+            parts = [ranges.get(self.source_of(v)) for v in sources]
             if value in ranges and all(part is not None for part in parts):
                 ranges[value] = (min(lo for lo, _ in parts), max(hi for _, hi in parts))
         for value, scheme in self.pending.items():
@@ -164,7 +164,7 @@ class QuantPlan:
         for value, source in self.shares.items():
             value.quant = source.quant
 
-    def _source(self, value: Value) -> Value:
+    def source_of(self, value: Value) -> Value:
         """The value whose spec ``value`` reuses through pass-through ops (``value`` itself if none)."""
         while value in self.shares:
             value = self.shares[value]
