@@ -7,14 +7,15 @@ rebuilds the plan with the slower regions' layers in float (the assignment the s
 uses, so every result is one the compiler could emit). Regions measured alone can each gain and together
 not (a large model's isolated subgraphs take more than their share of the whole), and every region kept
 float adds Q/DQ transitions they do not see, so what they propose is decided whole, in the same paired
-test (``WHOLE_MODEL``): the all-int8 model against float, the placed model against float and against the
-all-int8 model; the result is the fastest of the three that separates (``result``: float, int8 or placed),
-and the latency the report predicts is its whole-model measurement (the float latency minus the chosen
-regions' gains is reported beside it as ``additive_ms``). When the result is float and a float reference
-was kept before the quantization passes (``keep-float-reference`` before SmoothQuant, whose unfoldable
-scales are Muls a float model does not need), that reference is the model. The measurements go to the
-latency cache (``cache``; a comparison found there is reused), the decisions and the predicted latency to
-``model.plan.reports["latency_placement"]``; the compile command prints the per-region table.
+test (``WHOLE_MODEL``), the three models measured in one rotation: the all-int8 model against float, the
+placed model against float and against the all-int8 model. The result is the fastest of the three that
+separates (``result``: float, int8 or placed), and the latency the report predicts is its whole-model
+measurement (the float latency minus the chosen regions' gains is reported beside it as ``additive_ms``).
+When the result is float and a float reference was kept before the quantization passes
+(``keep-float-reference`` before SmoothQuant, whose unfoldable scales are Muls a float model does not
+need), that reference is the model. The measurements go to the latency cache (``cache``; a comparison found
+there is reused), the decisions and the predicted latency to ``model.plan.reports["latency_placement"]``;
+the compile command prints the per-region table.
 """
 
 from __future__ import annotations
@@ -32,16 +33,16 @@ from qcompiler.ir import Model, onnxruntime_model, to_proto
 from qcompiler.lowering import lower
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 from qcompiler.scaleout import session_options
-from qcompiler.placement import (Comparison, LatencyCache, Region, choose, compare, cut_errors, default_cache_path,
-                                 machine_key, partition, predicted_ms, region_subgraphs, subgraph_key, touching,
-                                 units)
+from qcompiler.placement import (Comparison, Indexed, LatencyCache, Region, choose, compare_all, cut_errors,
+                                 default_cache_path, machine_key, partition, predicted_ms, region_subgraphs,
+                                 subgraph_key, touching, units)
 from qcompiler.sensitivity import Evaluator, name_nodes
 
 from .latency_guard import restore
 from .structure import require_regions
 
 
-WHOLE_MODEL = {"round_seconds": 0.05, "max_rounds": 16}
+WHOLE_MODEL = {"round_seconds": 0.02, "max_rounds": 16}
 """How the placed model is compared with float (:func:`qcompiler.placement.compare`): rounds of several runs
 each steady their medians, and more rounds than a region's give a gain of a few percent the chance to separate."""
 
@@ -83,8 +84,8 @@ class LatencyPlacement(Pass):
     per_channel: bool = True
     float_linear_outputs: bool = False
     region: str = ""  # as assign-precision's
-    max_units: int = 16  # layers measured alone, in regions slower in int8 (largest weights first)
-    min_share: float = 0.05  # ... in regions that take at least this share of the float model's time
+    max_units: int = 8  # layers measured alone, in regions slower in int8 (largest weights first)
+    min_share: float = 0.05  # ... in regions that take at least this share of all regions' float time
     idempotent = False
     needs = ("plan", "ranges")
 
@@ -94,17 +95,21 @@ class LatencyPlacement(Pass):
                             "resource); the regions are measured on its first feed")
         require_regions(self, model, self.region)
 
-    def _compared(self, cache: LatencyCache, pair: tuple, feed: dict, **how: Any) -> tuple[Comparison, str]:
-        """(float against int8 of the two ONNX models ``pair`` on ``feed``, where it came from): from the
-        cache ("cache", or "repeat" when this compile measured the same structure already), or "measured"
-        now (:func:`compare`, with ``how``) and entered in the cache."""
-        key = subgraph_key(pair, feed)
-        comparison = cache.comparison(key)
-        if comparison is not None:
-            return comparison, "repeat" if key in cache.new else "cache"
-        comparison = compare(tuple(p.SerializeToString() for p in pair), feed, threads=self.threads, **how)
-        cache.put_comparison(key, comparison)
-        return comparison, "measured"
+    def _compared(self, cache: LatencyCache, models: tuple, feed: dict, pairs: tuple = ((0, 1),),
+                  **how: Any) -> tuple[dict[tuple[int, int], Comparison], str]:
+        """(each of ``pairs`` of the ONNX ``models`` compared on ``feed``, where they came from): from the
+        cache ("cache", or "repeat" when this compile measured the same structures already) when every
+        pair is there, else "measured" now in one rotation (:func:`compare_all`, with ``how``) and each
+        pair entered in the cache under the key of its two models."""
+        keys = {(a, b): subgraph_key((models[a], models[b]), feed) for a, b in pairs}
+        found = {pair: cache.comparison(key) for pair, key in keys.items()}
+        if all(c is not None for c in found.values()):
+            return found, "repeat" if all(key in cache.new for key in keys.values()) else "cache"
+        measured = compare_all(tuple(m.SerializeToString() for m in models), feed, threads=self.threads,
+                               pairs=pairs, **how)
+        for pair, key in keys.items():
+            cache.put_comparison(key, measured[pair])
+        return measured, "measured"
 
     def call(self, model: Model) -> PassResult:
         start = time.perf_counter()
@@ -119,10 +124,11 @@ class LatencyPlacement(Pass):
             "float_linear_outputs": self.float_linear_outputs, "region": self.region})
         int8_model = lower(model.clone())
         float_proto, int8_proto = (to_proto(m, interface_symbols_only=True) for m in (evaluator.base, int8_model))
+        float_index, int8_index = Indexed(float_proto), Indexed(int8_proto)
         types = {v.name: v.dtype for m in (evaluator.base, int8_model) for v in m.graph.values() if v.dtype}
         feed = next(iter(open_calibration(self.data, model_inputs(model))))
         candidates = units(model, regions, len(regions))
-        cuts = {r.index: region_subgraphs(r, float_proto, int8_proto, types, {}) for r in regions + candidates}
+        cuts = {r.index: region_subgraphs(r, float_index, int8_index, types, {}) for r in regions + candidates}
         wanted = list(dict.fromkeys(x for pair in cuts.values() for sub in pair for x in sub.inputs))
         tensors = _capture(evaluator.base, wanted, feed)
         shapes = {k: v.shape for k, v in tensors.items()}
@@ -135,9 +141,10 @@ class LatencyPlacement(Pass):
             row = {"region": region.index, "parent": region.parent, "layers": len(region.layers),
                    "ops": _describe(region, ops), "first": region.layers[0]}
             try:
-                pair = region_subgraphs(region, float_proto, int8_proto, types, shapes)
+                pair = region_subgraphs(region, float_index, int8_index, types, shapes)
                 fed = {x: tensors[x] for x in dict.fromkeys(pair[0].inputs + pair[1].inputs)}
-                comparison, row["source"] = self._compared(cache, tuple(p.proto for p in pair), fed)
+                found, row["source"] = self._compared(cache, tuple(p.proto for p in pair), fed)
+                comparison = found[0, 1]
             except cut_errors() as exc:
                 comparison = None
                 row["source"] = f"not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -146,26 +153,29 @@ class LatencyPlacement(Pass):
 
         for region in regions:
             measure(region)
-        # what the regions measured alone propose must pay off as a whole model: the all-int8 model and the
-        # placed one, each against float, and the placed one against the all-int8 one
-        whole_model, _ = self._compared(cache, (float_proto, int8_proto), feed, **WHOLE_MODEL)
         # layers alone only where their region is slower in int8 and takes a share of the time worth a search
+        measured = [c.float_ms for r in regions if (c := comparisons[r.index]) is not None]
         slower = {r.index for r in regions if (c := comparisons[r.index]) is not None and not c.int8
-                  and c.float_ms >= self.min_share * whole_model.float_ms}
+                  and c.float_ms >= self.min_share * sum(measured)}
         for unit in [u for u in candidates if u.parent in slower][:self.max_units]:
             measure(unit)
         measured_units = [u for u in candidates if u.index in comparisons]
         chosen = choose(regions, comparisons, measured_units, touching(model, measured_units))
         rejected = _rejected(regions, chosen)
         checked, built, placed_whole = chosen, None, None
-        result = "int8" if whole_model.int8 else "float"
+        # what the regions measured alone propose must pay off as a whole model: the all-int8 model and the
+        # placed one, each against float, and the placed one against the all-int8 one, in one rotation
         if chosen and rejected:
             built = evaluator.build(rejected)
             placed = to_proto(lower(built.clone()), interface_symbols_only=True)
-            placed_whole, _ = self._compared(cache, (float_proto, placed), feed, **WHOLE_MODEL)
-            if placed_whole.int8 and (result == "float" or self._compared(
-                    cache, (int8_proto, placed), feed, **WHOLE_MODEL)[0].int8):
-                result, whole_model = "placed", placed_whole
+            whole, _ = self._compared(cache, (float_proto, int8_proto, placed), feed, ((0, 1), (0, 2), (1, 2)),
+                                      **WHOLE_MODEL)
+            whole_model, placed_whole = whole[0, 1], whole[0, 2]
+        else:
+            whole_model = self._compared(cache, (float_proto, int8_proto), feed, **WHOLE_MODEL)[0][0, 1]
+        result = "int8" if whole_model.int8 else "float"
+        if placed_whole is not None and placed_whole.int8 and (result == "float" or whole[1, 2].int8):
+            result, whole_model = "placed", placed_whole
         if result != "placed":
             chosen, built = (regions if result == "int8" else []), None
             rejected = _rejected(regions, chosen)

@@ -13,14 +13,15 @@ the machine and thread count the model is compiled for:
    producer and all its readers, so the nodes on both sides of it are int8 together or not at all.
    The connected components are the regions; the Q/DQ pairs at a region's edges are its transitions.
    Regions are separated by float nodes, so keeping one float leaves the others' graphs unchanged.
-2. **Cost** (:func:`region_subgraphs`, :func:`compare`). Each region is cut out of the float model and
+2. **Cost** (:func:`region_subgraphs`, :func:`compare_all`). Each region is cut out of the float model and
    out of the all-int8 QDQ model (its nodes, their weight and bias DequantizeLinear, the QuantizeLinear
    of its inputs and the Q/DQ of its outputs: the transitions are part of the int8 cost) and both
    subgraphs run in onnxruntime, fed the real intermediate tensors of a calibration feed, in
    alternation (ABBA order, round after round). The test is paired: the per-round log ratio of the
    medians, a t statistic over rounds; measurement stops once it separates the two
-   (``|t| >= T_SEPARATED``; after four rounds already when ``|t| >= T_EARLY``) or after ``max_rounds``
-   (in doubt: the region stays float, no gain was shown). Subgraphs are measured rather than
+   (``|t| >= T_SEPARATED``; after four rounds already when ``|t| >= T_EARLY``), once it cannot in the
+   rounds left (``T_FUTILE``) or after ``max_rounds`` (in doubt: the region stays float, no gain was
+   shown). Subgraphs are measured rather than
    modelled: onnxruntime's fusions (QLinearConv, QDQ-aware transposes, Conv+activation) decide the
    cost and no analytic model of them would hold from one version to the next;
    ``benchmarks/placement.py`` measures the prediction error of the additive sum against whole-model
@@ -46,6 +47,7 @@ the machine and thread count the model is compiled for:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -71,6 +73,12 @@ EARLY_ROUNDS, T_EARLY = 4, 12.92
 |t| reaches ``T_EARLY``: Student's t at two-sided p = 0.001 with 3 degrees of freedom, a bound strict
 enough that the earlier look adds almost no false separations, met by the clear-cut regions (most of
 them), whose measurement it shortens by a third."""
+
+T_FUTILE = T_SEPARATED / 2
+"""A comparison whose |t| after its ``min_rounds``, projected to ``max_rounds`` (t grows as the square root
+of the rounds for a fixed difference), stays under this is futile: it would not separate in the rounds
+left, so it stops in doubt (float) rather than spend them; a conditional-power futility rule as group
+sequential designs use (Jennison and Turnbull 2000, ch. 10)."""
 
 # -- partition ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -176,17 +184,29 @@ class Subgraph:
     inputs: tuple[str, ...]
 
 
-def _with_transitions(graph: onnx.GraphProto, names: set[str]) -> list[onnx.NodeProto]:
+class Indexed:
+    """An ONNX model with what cutting regions out of it looks up, indexed once: each value's producer
+    and readers, the initializers by name, the values the model returns."""
+
+    def __init__(self, proto: onnx.ModelProto):
+        graph = self.graph = proto.graph
+        self.proto = proto
+        self.producer = {o: n for n in graph.node for o in n.output if o}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.returned = {o.name for o in graph.output}
+
+
+def _with_transitions(model: Indexed, names: set[str]) -> list[onnx.NodeProto]:
     """The nodes named ``names`` with the Q/DQ around them: DequantizeLinear of their inputs (weights,
     biases, activations) with the QuantizeLinear before those, and QuantizeLinear of their outputs with
     the DequantizeLinear after those."""
-    producer = {o: n for n in graph.node for o in n.output if o}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    chosen = {id(n) for n in graph.node if n.name in names}
-    core = [n for n in graph.node if id(n) in chosen]
+    producer, readers = model.producer, model.readers
+    core = [n for n in model.graph.node if n.name in names]
+    chosen = {id(n) for n in core}
     for node in core:
         for name in node.input:
             dq = producer.get(name)
@@ -200,39 +220,39 @@ def _with_transitions(graph: onnx.GraphProto, names: set[str]) -> list[onnx.Node
                 if q.op_type == "QuantizeLinear":
                     chosen.add(id(q))
                     chosen.update(id(dq) for dq in readers.get(q.output[0], []) if dq.op_type == "DequantizeLinear")
-    return [n for n in graph.node if id(n) in chosen]
+    return [n for n in model.graph.node if id(n) in chosen]
 
 
-def extract(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], types: Mapping[str, int],
+def extract(model: Indexed, nodes: list[onnx.NodeProto], types: Mapping[str, int],
             shapes: Mapping[str, tuple[int, ...]]) -> Subgraph:
-    """The model of ``nodes`` (in ``proto``'s order): graph inputs are the non-constant tensors they read
+    """The model of ``nodes`` (in ``model``'s order): graph inputs are the non-constant tensors they read
     and do not produce (``shapes`` gives their shapes), outputs those they produce that anything else
     reads (or the model returns); element types from ``types``."""
-    graph = proto.graph
-    initializers = {t.name: t for t in graph.initializer}
+    initializers = model.initializers
     produced = {o for n in nodes for o in n.output if o}
     read = [name for n in nodes for name in n.input if name]
     inputs = tuple(dict.fromkeys(x for x in read if x not in produced and x not in initializers))
     inside = {id(n) for n in nodes}
-    outside = {name for n in graph.node if id(n) not in inside for name in n.input} | {o.name for o in graph.output}
-    outputs = [o for n in nodes for o in n.output if o and o in outside]
+    outputs = [o for n in nodes for o in n.output if o and (
+        o in model.returned or any(id(r) not in inside for r in model.readers.get(o, ())))]
     sub = onnx.helper.make_graph(
         list(nodes), "region",
         [onnx.helper.make_tensor_value_info(x, types[x], shapes.get(x)) for x in inputs],
         [onnx.helper.make_tensor_value_info(o, types.get(o, onnx.TensorProto.FLOAT), None) for o in outputs],
         [initializers[x] for x in dict.fromkeys(read) if x in initializers])
-    model = onnx.helper.make_model(sub, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
-    return Subgraph(model, inputs)
+    proto = model.proto
+    return Subgraph(onnx.helper.make_model(sub, opset_imports=list(proto.opset_import), ir_version=proto.ir_version),
+                    inputs)
 
 
-def region_subgraphs(region: Region, float_proto: onnx.ModelProto, int8_proto: onnx.ModelProto,
-                     types: Mapping[str, int], shapes: Mapping[str, tuple[int, ...]]) -> tuple[Subgraph, Subgraph]:
+def region_subgraphs(region: Region, float_model: Indexed, int8_model: Indexed, types: Mapping[str, int],
+                     shapes: Mapping[str, tuple[int, ...]]) -> tuple[Subgraph, Subgraph]:
     """(float, int8) subgraphs of ``region``: its nodes in the float model; in the all-int8 QDQ model its
     nodes with their transitions (absorbed activations are gone there)."""
     names = set(region.nodes)
-    float_nodes = [n for n in float_proto.graph.node if n.name in names]
-    return (extract(float_proto, float_nodes, types, shapes),
-            extract(int8_proto, _with_transitions(int8_proto.graph, names), types, shapes))
+    float_nodes = [n for n in float_model.graph.node if n.name in names]
+    return (extract(float_model, float_nodes, types, shapes),
+            extract(int8_model, _with_transitions(int8_model, names), types, shapes))
 
 
 def cut_errors() -> tuple[type[BaseException], ...]:
@@ -283,12 +303,29 @@ def _timed(session, feed: dict[str, np.ndarray], runs: int) -> float:
     return float(np.median(times)) * 1000.0
 
 
-def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray], *, threads: int,
-            min_rounds: int = 6, max_rounds: int = 10, round_seconds: float = 0.01) -> Comparison:
-    """Float against int8 (``models``), in alternation: each round runs both for about ``round_seconds``
-    each (ABBA order over rounds), its medians pair up; stop once :func:`decide` separates them after at
-    least ``min_rounds`` rounds (or after ``EARLY_ROUNDS`` with ``|t| >= T_EARLY``), or after ``max_rounds``.
-    int8 is chosen only when separated and faster."""
+def settled(t: float, rounds: int, min_rounds: int, max_rounds: int) -> bool:
+    """Whether a comparison with statistic ``t`` after ``rounds`` rounds stops: separated after at least
+    ``min_rounds`` (after ``EARLY_ROUNDS`` already with ``|t| >= T_EARLY``), futile (:data:`T_FUTILE`),
+    or ``max_rounds`` reached."""
+    if rounds >= max_rounds or (rounds >= min_rounds and abs(t) >= T_SEPARATED):
+        return True
+    if rounds == EARLY_ROUNDS < min_rounds and abs(t) >= T_EARLY:
+        return True
+    return rounds >= min_rounds and abs(t) * math.sqrt(max_rounds / rounds) < T_FUTILE
+
+
+def compare_all(models: tuple[bytes | str, ...], feed: dict[str, np.ndarray], *, threads: int,
+                pairs: Iterable[tuple[int, int]] = ((0, 1),), min_rounds: int = 6, max_rounds: int = 10,
+                round_seconds: float = 0.005) -> dict[tuple[int, int], Comparison]:
+    """Each of ``pairs`` (a, b) of ``models`` compared, a as float and b as int8, all measured in one
+    rotation: each round runs every model of an unresolved pair for about ``round_seconds`` (the runs
+    that take, by its first timing), in an order that cycles through all permutations (for two models
+    ABBA over rounds), so each pair's medians pair up round by round and a model measured for several
+    pairs runs once per round, not once per pair. A pair is resolved once :func:`decide` separates it
+    after at least ``min_rounds`` rounds, once it is futile or after ``max_rounds`` (:func:`settled`); a
+    model in no unresolved pair is not run again. The int8 side wins a pair only when separated and
+    faster."""
+    pairs = tuple(pairs)
     sessions = [open_session(m, threads) for m in models]
     feeds = [{i.name: feed[i.name] for i in session.get_inputs()} for session in sessions]
     single = []
@@ -296,18 +333,34 @@ def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray]
         for _ in range(3):
             session.run(None, fed)
         single.append(_timed(session, fed, 3))
-    runs = max(1, int(round_seconds * 1000.0 / max(min(single), 1e-3)))
-    per_round: list[list[float]] = [[], []]
-    separated, t = False, 0.0
-    while len(per_round[0]) < max_rounds and not (separated and len(per_round[0]) >= min_rounds) \
-            and not (len(per_round[0]) == EARLY_ROUNDS < min_rounds and abs(t) >= T_EARLY):
-        order = (0, 1) if len(per_round[0]) % 2 == 0 else (1, 0)
-        for which in order:
-            per_round[which].append(_timed(sessions[which], feeds[which], runs))
-        if len(per_round[0]) >= 2:
-            mean, t, separated = decide(*per_round)
-    return Comparison(float(np.median(per_round[0])), float(np.median(per_round[1])), mean, t,
-                      len(per_round[0]), separated and mean > 0)
+    runs = [max(1, int(round_seconds * 1000.0 / max(ms, 1e-3))) for ms in single]
+    orders = list(itertools.permutations(range(len(models))))
+    per_round: list[list[float]] = [[] for _ in models]
+    stats = {pair: (0.0, 0.0, False) for pair in pairs}
+    rounds = dict.fromkeys(pairs, 0)
+
+    for count in itertools.count():
+        unresolved = [pair for pair in pairs if not settled(stats[pair][1], rounds[pair], min_rounds, max_rounds)]
+        if not unresolved:
+            break
+        active = {model for pair in unresolved for model in pair}
+        for which in orders[count % len(orders)]:
+            if which in active:
+                per_round[which].append(_timed(sessions[which], feeds[which], runs[which]))
+        for a, b in unresolved:  # both ran in every round so far: their lists are aligned
+            rounds[a, b] += 1
+            if rounds[a, b] >= 2:
+                stats[a, b] = decide(per_round[a], per_round[b])
+    return {(a, b): Comparison(float(np.median(per_round[a][:rounds[a, b]])),
+                               float(np.median(per_round[b][:rounds[a, b]])), mean, t, rounds[a, b],
+                               separated and mean > 0)
+            for (a, b), (mean, t, separated) in stats.items()}
+
+
+def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray], *, threads: int,
+            **how: Any) -> Comparison:
+    """Float against int8 (``models``), in alternation (:func:`compare_all` of the one pair)."""
+    return compare_all(models, feed, threads=threads, **how)[0, 1]
 
 
 def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 5,

@@ -19,9 +19,10 @@ from qcompiler.ir import to_proto
 from qcompiler.ir.testing import parse, tensor_text
 from qcompiler.lowering import lower
 from qcompiler.passes import InferShapes
-from qcompiler.placement import (EARLY_ROUNDS, T_EARLY, Comparison, LatencyCache, Region, choose, compare, decide,
-                                 machine_key, partition, predicted_ms, region_subgraphs, subgraph_key, touching,
-                                 units)
+from qcompiler import placement
+from qcompiler.placement import (EARLY_ROUNDS, T_EARLY, T_SEPARATED, Comparison, Indexed, LatencyCache, Region, choose,
+                                 compare, compare_all, decide, machine_key, partition, predicted_ms, region_subgraphs,
+                                 settled, subgraph_key, touching, units)
 from qcompiler.sensitivity import name_nodes
 from qcompiler.targets import get_target
 
@@ -92,8 +93,8 @@ def test_region_subgraphs_carry_the_transitions_and_compute_the_region():
     int8_model = lower(model.clone())
     types = {v.name: v.dtype for m in (float_model, int8_model) for v in m.graph.values() if v.dtype}
     x = np.random.default_rng(1).normal(size=(2, 3, 16, 16)).astype(np.float32)
-    floating, quantized = region_subgraphs(regions[0], to_proto(float_model), to_proto(int8_model), types,
-                                           {"x": x.shape})
+    floating, quantized = region_subgraphs(regions[0], Indexed(to_proto(float_model)), Indexed(to_proto(int8_model)),
+                                           types, {"x": x.shape})
     assert floating.inputs == quantized.inputs == ("x",)
     assert [n.op_type for n in floating.proto.graph.node] == ["Conv", "Relu", "MaxPool", "Conv"]
     int8_ops = [n.op_type for n in quantized.proto.graph.node]
@@ -114,16 +115,49 @@ def test_decide_separates_a_clear_difference_and_not_noise():
     assert separated and t > 4 and mean == pytest.approx(np.log(2), abs=0.05)
 
 
+def _chain(count: int) -> bytes:
+    """``count`` Sigmoids in a chain: a model whose latency grows with ``count``."""
+    body = "\n".join(f"s{i + 1} = Sigmoid(s{i})" for i in range(count))
+    return onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 13]>
+    g (float[1,16,32,32] s0) => (float[1,16,32,32] s{count}) {{ {body} }}""").SerializeToString()
+
+
+CHAIN_FEED = {"s0": np.random.default_rng(0).standard_normal((1, 16, 32, 32)).astype(np.float32)}
+
+
 def test_a_clear_cut_comparison_stops_after_four_rounds():
     """One Sigmoid against forty in a chain: separated far past ``T_EARLY`` long before six rounds."""
-    def chain(count: int) -> bytes:
-        body = "\n".join(f"s{i + 1} = Sigmoid(s{i})" for i in range(count))
-        return onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 13]>
-        g (float[1,16,32,32] s0) => (float[1,16,32,32] s{count}) {{ {body} }}""").SerializeToString()
-
-    feed = {"s0": np.random.default_rng(0).standard_normal((1, 16, 32, 32)).astype(np.float32)}
-    comparison = compare((chain(1), chain(40)), feed, threads=1)
+    comparison = compare((_chain(1), _chain(40)), CHAIN_FEED, threads=1)
     assert comparison.rounds == EARLY_ROUNDS and comparison.t <= -T_EARLY and not comparison.int8
+
+
+def test_three_models_in_one_rotation_and_a_model_in_no_open_pair_is_not_run(monkeypatch):
+    """Chains of 1, 20 and 60 Sigmoids, each pair with the longer chain as "float": every pair separates
+    within ``min_rounds``, the shorter chain wins each; with one pair, the third model runs only its first
+    timing."""
+    models = (_chain(1), _chain(20), _chain(60))
+    found = compare_all(models, CHAIN_FEED, threads=1, pairs=((1, 0), (2, 0), (2, 1)))
+    assert set(found) == {(1, 0), (2, 0), (2, 1)}
+    assert all(c.rounds <= 6 and c.int8 and c.float_ms > c.int8_ms for c in found.values())
+    if found[1, 0].rounds == found[2, 0].rounds:
+        assert found[1, 0].int8_ms == found[2, 0].int8_ms  # one series of rounds of the shared model
+
+    calls: list[int] = []
+    timed = placement._timed
+    monkeypatch.setattr(placement, "_timed", lambda session, feed, runs: calls.append(id(session)) or timed(
+        session, feed, runs))
+    compare_all(models, CHAIN_FEED, threads=1, pairs=((2, 0),))
+    sessions = list(dict.fromkeys(calls))  # in order of the warm-up timings: models 0, 1, 2
+    assert calls.count(sessions[1]) == 1 and calls.count(sessions[0]) == calls.count(sessions[2]) == 1 + EARLY_ROUNDS
+
+
+def test_a_comparison_stops_when_separated_or_futile_and_runs_on_when_in_between():
+    assert settled(T_EARLY, EARLY_ROUNDS, 6, 10) and not settled(T_EARLY - 1, EARLY_ROUNDS, 6, 10)
+    assert settled(T_SEPARATED, 6, 6, 10) and settled(-T_SEPARATED, 6, 6, 10)
+    assert settled(0.5, 6, 6, 10)  # futile: 0.5 * sqrt(10 / 6) cannot reach T_SEPARATED in four rounds
+    assert not settled(2.5, 6, 6, 10) and not settled(0.5, 5, 6, 10)  # in between; before min_rounds
+    assert settled(2.5, 10, 6, 10)  # max_rounds
+    assert not settled(1.5, 6, 6, 16) and settled(1.5, 6, 6, 10)  # more rounds left: not futile yet
 
 
 def test_choose_keeps_exactly_the_regions_measured_faster_in_int8():
