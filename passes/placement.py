@@ -43,8 +43,8 @@ from .structure import require_regions
 
 
 WHOLE_MODEL = {"round_seconds": 0.02, "max_rounds": 16}
-"""How the placed model is compared with float (:func:`qcompiler.placement.compare`): rounds of several runs
-each steady their medians, and more rounds than a region's give a gain of a few percent the chance to separate."""
+"""How the whole models are compared (:func:`qcompiler.placement.compare_all`): rounds of several runs each
+steady their medians, and more rounds than a region's give a gain of a few percent the chance to separate."""
 
 
 def _capture(model: Model, names: list[str], feed: dict) -> dict:

@@ -357,15 +357,9 @@ def compare_all(models: tuple[bytes | str, ...], feed: dict[str, np.ndarray], *,
             for (a, b), (mean, t, separated) in stats.items()}
 
 
-def compare(models: tuple[bytes | str, bytes | str], feed: dict[str, np.ndarray], *, threads: int,
-            **how: Any) -> Comparison:
-    """Float against int8 (``models``), in alternation (:func:`compare_all` of the one pair)."""
-    return compare_all(models, feed, threads=threads, **how)[0, 1]
-
-
 def whole_model_ms(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int, rounds: int = 5,
                    round_seconds: float = 0.1) -> float:
-    """Median of per-round medians of one model, after the warm-up :func:`compare` gives: one model's
+    """Median of per-round medians of one model, after the warm-up :func:`compare_all` gives: one model's
     latency alone (the placement benchmark's check of a compile's prediction), not for decisions."""
     session = open_session(model, threads)
     feed = {i.name: feed[i.name] for i in session.get_inputs()}

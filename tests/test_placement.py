@@ -21,7 +21,7 @@ from qcompiler.lowering import lower
 from qcompiler.passes import InferShapes
 from qcompiler import placement
 from qcompiler.placement import (EARLY_ROUNDS, T_EARLY, T_SEPARATED, Comparison, Indexed, LatencyCache, Region, choose,
-                                 compare, compare_all, decide, machine_key, partition, predicted_ms, region_subgraphs,
+                                 compare_all, decide, machine_key, partition, predicted_ms, region_subgraphs,
                                  settled, subgraph_key, touching, units)
 from qcompiler.sensitivity import name_nodes
 from qcompiler.targets import get_target
@@ -127,7 +127,7 @@ CHAIN_FEED = {"s0": np.random.default_rng(0).standard_normal((1, 16, 32, 32)).as
 
 def test_a_clear_cut_comparison_stops_after_four_rounds():
     """One Sigmoid against forty in a chain: separated far past ``T_EARLY`` long before six rounds."""
-    comparison = compare((_chain(1), _chain(40)), CHAIN_FEED, threads=1)
+    comparison = compare_all((_chain(1), _chain(40)), CHAIN_FEED, threads=1)[0, 1]
     assert comparison.rounds == EARLY_ROUNDS and comparison.t <= -T_EARLY and not comparison.int8
 
 
