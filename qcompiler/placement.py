@@ -21,11 +21,10 @@ the machine and thread count the model is compiled for:
    medians, a t statistic over rounds; measurement stops once it separates the two
    (``|t| >= T_SEPARATED``; after four rounds already when ``|t| >= T_EARLY``), once it cannot in the
    rounds left (``T_FUTILE``) or after ``max_rounds`` (in doubt: the region stays float, no gain was
-   shown). Subgraphs are measured rather than
-   modelled: onnxruntime's fusions (QLinearConv, QDQ-aware transposes, Conv+activation) decide the
-   cost and no analytic model of them would hold from one version to the next;
-   ``benchmarks/placement.py`` measures the prediction error of the additive sum against whole-model
-   latency.
+   shown). Subgraphs are measured rather than modelled: onnxruntime's fusions (QLinearConv, QDQ-aware
+   transposes, Conv+activation) decide the cost and no analytic model of them would hold from one
+   version to the next; ``benchmarks/placement.py`` measures the prediction error of the additive sum
+   against whole-model latency.
 3. **Layers alone** (:func:`units`). A region slower in int8 as a whole may hold layers that gain
    alone (a large pointwise convolution among depthwise ones): in the regions that are slower and take
    a noticeable share of the time, each weighted layer (with the activation absorbed after it) is cut
