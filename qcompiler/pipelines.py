@@ -379,10 +379,14 @@ def int8_dfq(options: CompileOptions) -> list[Pass]:
 @named_pipeline("w4a8", honours=("calib", "target", "calibration", "percentile", "exclude", "objective", "threads",
                                   "latency_cache"))
 def w4a8(options: CompileOptions) -> list[Pass]:
-    """4-bit per-channel weights (stored in int8, MSE-clipped), 8-bit activations, rounding learned by AdaRound."""
+    """4-bit per-channel weights (stored in int8, MSE-clipped), 8-bit activations, rounding learned by AdaRound.
+
+    The start ``qcompiler finetune`` trains from, so the graph stays ``canonicalize``'s, without the static
+    int8 pipelines' scalar-affine folding and HardSwish (:func:`_int8_canonical`): fine-tuning from a start
+    with them scored lower (``benchmarks/results/finetune_ocr_rec_w4a8.md``)."""
     from qcompiler import passes as lib
 
-    return _source() + canonicalize() + _int8_canonical() + [
+    return _source() + canonicalize() + [
         lib.AssignPrecision(target=get_target(options.target).name, exclude=list(options.exclude)),
         lib.WeightBits(bits=4),
         _calibrate(options),
