@@ -154,9 +154,9 @@ class LatencyPlacement(Pass):
         for region in regions:
             measure(region)
         # layers alone only where their region is slower in int8 and takes a share of the time worth a search
-        measured = [c.float_ms for r in regions if (c := comparisons[r.index]) is not None]
+        regions_ms = sum(c.float_ms for r in regions if (c := comparisons[r.index]) is not None)
         slower = {r.index for r in regions if (c := comparisons[r.index]) is not None and not c.int8
-                  and c.float_ms >= self.min_share * sum(measured)}
+                  and c.float_ms >= self.min_share * regions_ms}
         for unit in [u for u in candidates if u.parent in slower][:self.max_units]:
             measure(unit)
         measured_units = [u for u in candidates if u.index in comparisons]
