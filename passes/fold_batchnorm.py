@@ -1,5 +1,5 @@
 """Fold per-channel affine maps (BatchNormalization, Mul/Add/Sub/Div by a constant) into the Conv,
-ConvTranspose or Gemm that feeds them.
+ConvTranspose, Gemm or BatchNormalization that feeds them.
 
 BatchNormalization computes ``y = gamma * (x - mean) / sqrt(var + eps) + beta``. With
 ``s = gamma / sqrt(var + eps)`` per output channel, a preceding linear layer ``x = W * a + b``
@@ -21,6 +21,12 @@ kept the quantized Inception v2 at FP32 speed. The pass also folds ``Mul``/``Div
 only (axis 1 of a Conv, ConvTranspose or Gemm output). It repeats until nothing folds, so chains fold
 whole: Mul -> Add, and Paddle's Conv -> Add(bias) -> BatchNormalization.
 
+A BatchNormalization that stays (pre-activation networks: DenseNet's BN after a Concat) is itself a
+per-channel affine map, so the affine after it (Caffe's Scale layer, exported as Mul and Add by
+per-channel constants) folds into its parameters: ``gamma' = s · gamma``, ``beta' = s · beta + t``. Its
+channel axis is checked against the BN output's rank, so this needs the shapes (inferred, or given in
+the model); without them the affine stays.
+
 A scalar constant folds only with ``scalars=True``. Folding moves a float32 rounding from the
 activation into the weights; PP-OCRv4's recognizer has 28 Conv -> Mul(scalar) -> Add(scalar)
 "learnable affine blocks" whose folding changes its output by up to 1.2e-4 relative (7.5e-5 with
@@ -40,7 +46,7 @@ import numpy as np
 from qcompiler.ir import Graph, Model, Node, Value
 from qcompiler.pass_manager import Pass, PassResult, register_pass
 
-FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "BatchNormalization")
 
 
 def find_foldable_batchnorms(graph: Graph) -> list[tuple[Node, Node]]:
@@ -48,11 +54,7 @@ def find_foldable_batchnorms(graph: Graph) -> list[tuple[Node, Node]]:
     outputs = set(map(id, graph.outputs))
     pairs = []
     for bn in graph:
-        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
-            continue
-        if bn.attrs.get("training_mode", 0) or any(v is not None for v in bn.outputs[1:]):
-            continue
-        if any(v is None or v.const is None for v in bn.inputs[1:5]):
+        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or not _constant_batchnorm(bn):
             continue
         producer = _foldable_producer(bn.inputs[0], outputs)
         if producer is None:
@@ -61,6 +63,12 @@ def find_foldable_batchnorms(graph: Graph) -> list[tuple[Node, Node]]:
             continue
         pairs.append((producer, bn))
     return pairs
+
+
+def _constant_batchnorm(bn: Node) -> bool:
+    """Whether ``bn`` is an inference BatchNormalization with constant parameters: a per-channel affine map."""
+    return (not bn.attrs.get("training_mode", 0) and all(v is None for v in bn.outputs[1:])
+            and all(v is not None and v.const is not None for v in bn.inputs[1:5]))
 
 
 def _gemm_foldable(gemm: Node, bn: Node) -> bool:
@@ -102,12 +110,15 @@ def _current_bias(producer: Node, channels: int) -> np.ndarray:
 
 
 def _foldable_producer(x: Value, graph_outputs: set[int]) -> Node | None:
-    """The Conv/ConvTranspose/Gemm producing ``x`` when an affine map of ``x`` can fold into it."""
+    """The Conv/ConvTranspose/Gemm/BatchNormalization producing ``x`` when an affine map of ``x`` can fold
+    into it (a BatchNormalization only when ``x``'s rank is known)."""
     producer = x.producer()
     if producer is None or producer.op_type not in FOLDABLE_PRODUCERS or producer.domain not in ("", "ai.onnx"):
         return None
     if len(x.uses()) != 1 or id(x) in graph_outputs:
         return None
+    if producer.op_type == "BatchNormalization":
+        return producer if _constant_batchnorm(producer) and x.shape is not None else None
     weight = producer.inputs[1]
     bias = producer.inputs[2] if len(producer.inputs) > 2 else None
     if weight is None or weight.const is None or (bias is not None and bias.const is None):
@@ -133,6 +144,8 @@ def _channel_vector(constant: np.ndarray, rank: int, channels: int, scalars: boo
 
 def _output_channels(producer: Node) -> int:
     weight = producer.inputs[1].const
+    if producer.op_type == "BatchNormalization":  # weight is gamma
+        return weight.shape[0]
     if producer.op_type == "Conv":
         return weight.shape[0]
     if producer.op_type == "ConvTranspose":
@@ -142,8 +155,9 @@ def _output_channels(producer: Node) -> int:
 
 def find_foldable_affines(graph: Graph, scalars: bool = False) -> list[tuple[Node, Node, np.ndarray, np.ndarray]]:
     """(producer, node, scale, shift) for BatchNormalization and for Mul/Div/Add/Sub nodes by a
-    per-channel constant (or a scalar, when ``scalars``) that fold into a Conv, ConvTranspose or
-    Gemm; at most one per producer."""
+    per-channel constant (or a scalar, when ``scalars``) that fold into a Conv, ConvTranspose, Gemm or
+    BatchNormalization; at most one per producer, and no node both folds and is folded into (a chain folds
+    over several rounds)."""
     found = [(producer, bn, *_bn_scale_shift(bn)) for producer, bn in find_foldable_batchnorms(graph)]
     outputs = set(map(id, graph.outputs))
     producers = {id(producer) for producer, *_ in found}
@@ -157,7 +171,8 @@ def find_foldable_affines(graph: Graph, scalars: bool = False) -> list[tuple[Nod
             producer = _foldable_producer(x, outputs)
             if producer is None or id(producer) in producers:
                 continue
-            rank = 2 if producer.op_type == "Gemm" else producer.inputs[1].const.ndim
+            rank = {"Gemm": 2, "BatchNormalization": len(x.shape or ())}.get(producer.op_type,
+                                                                               producer.inputs[1].const.ndim)
             vector = _channel_vector(other.const, rank, _output_channels(producer), scalars)
             if vector is None or (node.op_type == "Div" and not np.all(vector)):
                 continue
@@ -167,16 +182,26 @@ def find_foldable_affines(graph: Graph, scalars: bool = False) -> list[tuple[Nod
             found.append((producer, node, scale, shift))
             producers.add(id(producer))
             break
-    return found
+    taken: set[int] = set()
+    apart = []
+    for fold in found:
+        if not {id(fold[0]), id(fold[1])} & taken:
+            apart.append(fold)
+            taken |= {id(fold[0]), id(fold[1])}
+    return apart
 
 
 def fold_affine(graph: Graph, producer: Node, node: Node, scale: np.ndarray, shift: np.ndarray) -> None:
     """Replace ``node`` (computing ``scale·x + shift`` per channel of the producer's output) by new
-    producer weights and bias."""
+    producer weights and bias (a BatchNormalization's gamma and beta)."""
     weight_value = producer.inputs[1]
     dtype = weight_value.const.dtype
-    weight = _scaled_weight(producer, scale)
-    bias = _current_bias(producer, scale.shape[0]) * scale + shift
+    if producer.op_type == "BatchNormalization":
+        weight = weight_value.const.astype(np.float64) * scale
+        bias = producer.inputs[2].const.astype(np.float64) * scale + shift
+    else:
+        weight = _scaled_weight(producer, scale)
+        bias = _current_bias(producer, scale.shape[0]) * scale + shift
     orphans = [v for v in list(producer.inputs[1:3]) + list(node.inputs) if v is not None]
     new_weight = graph.add_initializer(Value(graph.unique_name(weight_value.name + "_bnfold"),
                                              const=weight.astype(dtype)))
@@ -202,7 +227,7 @@ def fold_affine(graph: Graph, producer: Node, node: Node, scale: np.ndarray, shi
 @register_pass("fold-batchnorm")
 class FoldBatchNorm(Pass):
     """Fold BatchNormalization and per-channel Mul/Div/Add/Sub by constants into a preceding Conv,
-    ConvTranspose or Gemm."""
+    ConvTranspose, Gemm or BatchNormalization."""
 
     scalars: bool = False
     preserves_semantics = True

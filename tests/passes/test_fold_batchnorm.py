@@ -350,3 +350,42 @@ def test_scalar_multiplier_folds_only_when_asked(run_checked):
     assert not run_checked(model, FoldBatchNorm()).modified
     run_checked(model, FoldBatchNorm(scalars=True))
     assert _ops(model) == ["Conv"]
+
+
+def _preactivation(*value_infos: str):
+    """DenseNet's pre-activation unit from Caffe: Concat -> BN -> Scale (Mul, Add per channel) -> Relu."""
+    rng = _rng(6)
+    return _model("(float[N,3,5,5] x, float[N,3,5,5] z) => (float[N,6,5,5] y)",
+                  """k = Concat <axis = 1> (x, z)
+                     b = BatchNormalization (k, bn_g, bn_b, bn_m, bn_v)
+                     m = Mul (b, s)
+                     a = Add (m, t)
+                     y = Relu (a)""",
+                  _bn_params("bn", 6, rng) + [_const("s", (6, 1, 1), low=-2.0),
+                                               _const("t", (6, 1, 1), seed=2, low=-1.0)] + list(value_infos))
+
+
+def test_an_affine_after_a_batchnorm_that_stays_folds_into_its_parameters(run_checked):
+    model = _preactivation("float[N,6,5,5] b")
+    assert run_checked(model, FoldBatchNorm()).modified
+    assert _ops(model) == ["Concat", "BatchNormalization", "Relu"]
+    assert not model.graph.initializers.keys() & {"s", "t", "bn_g", "bn_b"}
+
+
+def test_an_affine_after_a_batchnorm_of_unknown_rank_stays(run_checked):
+    """A [6, 1, 1] constant is per channel only on a rank-4 tensor: without the BN output's rank it stays."""
+    from qcompiler.passes import InferShapes
+
+    model = _preactivation()
+    assert not run_checked(model, FoldBatchNorm()).modified
+    run_checked(model, InferShapes())
+    assert run_checked(model, FoldBatchNorm()).modified and _ops(model) == ["Concat", "BatchNormalization", "Relu"]
+
+
+def test_conv_batchnorm_mul_folds_whole_over_two_rounds(run_checked):
+    """Round one folds the BN into the Conv and leaves the Mul (no node both folds and is folded into)."""
+    rng = _rng(7)
+    model = conv_then("n = BatchNormalization (c, bn_g, bn_b, bn_m, bn_v)\n y = Mul (n, s)",
+                      _bn_params("bn", 6, rng) + [_const("s", (6, 1, 1), low=-2.0), "float[N,6,5,5] n"])
+    run_checked(model, FoldBatchNorm())
+    assert _ops(model) == ["Conv"]
