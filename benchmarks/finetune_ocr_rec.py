@@ -17,7 +17,8 @@ Steps, all in ``--work``:
    against onnxruntime running the written model, on the first ``--check-lines`` rendered lines.
 
     python benchmarks/finetune_ocr_rec.py /root/realmodels [--lines 4096] [--steps 2200] [--threads 2]
-        [--labelled | --ctc] [--work /tmp/qcompiler-finetune-ocr] [--json benchmarks/results/finetune_ocr_rec.json]
+        [--labelled | --ctc] [--freeze-oscillations F] [--work /tmp/qcompiler-finetune-ocr]
+        [--json benchmarks/results/finetune_ocr_rec.json]
 
 ``--labelled`` (issue 14 line 3's run with a labelled loss) adds the CTC loss of the recognizer's output
 against each line's text (the generator's, never the evaluation set's) to the distillation, through
@@ -112,11 +113,13 @@ def train_labelled(argv: list[str]) -> int:
 
 
 def timed(command: list[str], work: Path) -> dict:
-    """Run ``command`` in ``work`` (:func:`large_model_memory.run_measured`); its wall time and peak memory."""
-    result = run_measured(command, work)
+    """Run ``command`` in ``work`` (:func:`large_model_memory.run_measured`); its wall time, peak memory and
+    summary lines (finetune's table and what it froze)."""
+    result = run_measured(command, work, lines=6)
     if result["exit_status"] != 0:
         raise SystemExit(f"failed ({result['exit_status']}: {result.get('error', '')}): {result['command']}")
-    return {"seconds": result["seconds"], "peak_gb": round(result["peak_rss_mb"] / 1024, 2)}
+    return {"seconds": result["seconds"], "peak_gb": round(result["peak_rss_mb"] / 1024, 2),
+            "summary": [line for line in result["output"] if not line.startswith("finetune: step")]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="add the CTC loss against the lines' texts to the distillation (line 3's labelled run)")
     parser.add_argument("--ctc", action="store_true",
                         help="finetune --ctc: add the CTC loss against the text the teacher reads (label-free)")
+    parser.add_argument("--freeze-oscillations", type=float, default=0.0, metavar="F",
+                        help="finetune --freeze-oscillations F (0: off)")
     parser.add_argument("--check-lines", type=int, default=32, help="lines to compare torch and onnxruntime on")
     parser.add_argument("--json", type=Path, help="write every number to this file")
     argv = sys.argv[1:] if argv is None else argv
@@ -146,12 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     lines, count = rendered_lines(args)
     qc = [sys.executable, "-m", "qcompiler"]
     kind = "labelled" if args.labelled else "ctc" if args.ctc else "finetuned"
+    kind += f"-freeze{args.freeze_oscillations:g}" if args.freeze_oscillations else ""
     start_dir, tuned_dir = args.work / "adaround", args.work / f"{kind}-{args.lines}-{args.steps}"
     start = start_dir / f"{MODEL}.onnx"
     for folder in (start_dir, tuned_dir):
         folder.mkdir(parents=True, exist_ok=True)
     result = {"lines": count, "seed": args.seed, "steps": args.steps, "blocks": args.blocks,
-              "temperature": args.temperature, "threads": args.threads, "labelled": args.labelled, "ctc": args.ctc}
+              "temperature": args.temperature, "threads": args.threads, "labelled": args.labelled, "ctc": args.ctc,
+              "freeze_oscillations": args.freeze_oscillations}
     if not start.exists():
         result["compile"] = timed(qc + ["compile", str(fp32), "-o", str(start), "--calib",
                                         str(args.models_dir / "data" / "calib_npz" / MODEL), "--pipeline", "w4a8",
@@ -165,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         result["finetune"] = timed(qc + ["finetune", str(start), "-o", str(tuned_dir / f"{MODEL}.onnx"), "--teacher",
                                          str(fp32), "--data", str(lines), "--steps", settings[0], "--blocks",
                                          settings[1], "--temperature", settings[2], "--threads", settings[3]]
-                                   + (["--ctc", OUTPUT] if args.ctc else []), args.work)
+                                   + (["--ctc", OUTPUT] if args.ctc else [])
+                                   + ["--freeze-oscillations", str(args.freeze_oscillations)], args.work)
     for label, folder in (("adaround", start_dir), ("finetuned", tuned_dir)):
         scores = score(args.evaluator_python, args.evaluator, args.models_dir, folder, MODEL)
         result["fp32"], result[label] = scores["fp32"], scores["cand"]

@@ -78,9 +78,10 @@ def build_model(directory: Path, layers: int, width: int, batch: int = 4) -> tup
     return model_path, calib, offset
 
 
-def run_measured(command: list[str], directory: Path) -> dict:
+def run_measured(command: list[str], directory: Path, lines: int = 0) -> dict:
     """Run ``command`` in ``directory`` (not the checkout, whose ``qcompiler`` folder ``python -m`` would
-    import instead of the installed package); its peak RSS (MB), wall seconds and exit status."""
+    import instead of the installed package); its peak RSS (MB), wall seconds and exit status, and with
+    ``lines`` the last lines of its output."""
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=directory)
     output = child.stdout.read()
@@ -90,6 +91,8 @@ def run_measured(command: list[str], directory: Path) -> dict:
               "seconds": round(time.perf_counter() - start, 1), "exit_status": child.returncode}
     if child.returncode != 0:
         result["error"] = output.strip().splitlines()[-1] if output.strip() else ""
+    if lines:
+        result["output"] = output.strip().splitlines()[-lines:]
     return result
 
 

@@ -290,7 +290,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
                       weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks, crop=args.crop,
-                      temperature=args.temperature, ctc=args.ctc,
+                      temperature=args.temperature, ctc=args.ctc, freeze=args.freeze_oscillations,
                       progress=not args.quiet and terminal,
                       on_step=None if args.quiet or terminal else _log_steps(args.steps))
     if args.blocks:
@@ -300,6 +300,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             print(f"not cut at {', '.join(result.rescaled_ends)}: there the quantized model's tensors are the "
                   "teacher's rescaled per channel (cross-layer equalization or SmoothQuant in its compile)")
     print(result.table())
+    if result.frozen is not None:
+        print(f"oscillating weights frozen: {result.frozen:.2%} of the weights of 4 bits or fewer")
     print(f"wrote {args.output}: {result.steps_run} steps in this run, final loss "
           f"{result.losses[-1] if result.losses else float('nan'):.5g}, {result.seconds:.1f}s")
     return 0
@@ -405,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--ctc", metavar="OUTPUT[:BLANK]", help="this output holds per-position class probabilities "
                       "read by CTC (blank class 0 unless given): also learn to read the text the teacher reads "
                       "there (sequence-level distillation, label-free)")
+    tune.add_argument("--freeze-oscillations", type=float, default=0.0, metavar="F", help="freeze a weight of 4 "
+                      "bits or fewer that keeps flipping between two integers, at its average integer, once its flips "
+                      "per step exceed a threshold falling from 0.1 to F over the run (Nagel et al. 2022; the paper "
+                      "used 0.01 for 4 bits; default 0: off)")
     tune.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(run=cmd_finetune)

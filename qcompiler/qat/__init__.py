@@ -44,6 +44,7 @@ class FinetuneResult:
     seconds: float = 0.0
     block_ends: list[str] = field(default_factory=list)  # with blocks: the values that end each block but the last
     rescaled_ends: list[str] = field(default_factory=list)  # ends refused: the teacher's tensor rescaled per channel
+    frozen: float | None = None  # with freeze: share of the tracked low-bit weights frozen at the end
 
     def table(self) -> str:
         lines = [f"{'output':24} {'error before':>13} {'error after':>12} {'agree before':>13} {'agree after':>12}"]
@@ -112,7 +113,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, task_loss=None,
              threads: int = 1, progress: bool | None = None, on_step=None,
              weights: str | None = None, activation_bits: int | None = None, blocks: int = 0,
-             crop: list[str] = (), temperature: float = 1.0, ctc: str | None = None) -> FinetuneResult:
+             crop: list[str] = (), temperature: float = 1.0, ctc: str | None = None,
+             freeze: float = 0.0) -> FinetuneResult:
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
     and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
@@ -124,7 +126,9 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     ``INPUT:AXIS`` axes cut to a random window on every step, the teacher labelling each window
     (:mod:`.augment`). ``temperature``: of the KL divergence of Softmax outputs (:mod:`.train`). ``ctc``:
     ``OUTPUT[:BLANK]``, an output of per-position class probabilities read by CTC; adds the CTC loss against
-    the text the teacher reads there (:mod:`.sequence`). Returns
+    the text the teacher reads there (:mod:`.sequence`). ``freeze``: freeze the low-bit weights that
+    oscillate between two integers, at a threshold falling to this frequency (:mod:`.oscillation`; 0: none).
+    Returns
     the losses and, per output, the error and agreement against the teacher before and after (as onnxruntime
     runs the two models)."""
     import time
@@ -146,6 +150,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     check_output_path(model, output)
     if steps < 1 or batch < 1 or lr <= 0 or temperature <= 0:
         raise UserError("finetune: --steps and --batch must be positive, --lr and --temperature greater than 0")
+    if not 0 <= freeze < 1:
+        raise UserError(f"finetune: --freeze-oscillations {freeze}: a frequency in [0, 1) (0: no freezing)")
     started = time.perf_counter()
     before = model
     previous_threads = torch.get_num_threads()
@@ -185,8 +191,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
         config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
                                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
                                 checkpoint_every=checkpoint_every, blocks=blocks, crop=axes,
-                                temperature=temperature)
-        losses = train(module, rows, labeller, config, task_loss=task_loss, on_step=on_step, progress=progress)
+                                temperature=temperature, freeze=freeze)
+        run = train(module, rows, labeller, config, task_loss=task_loss, on_step=on_step, progress=progress)
         ir.save(trained_model(module), output)
     finally:
         torch.set_num_threads(previous_threads)
@@ -195,7 +201,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     finally:
         if before != model:
             before.unlink(missing_ok=True)
-    result = FinetuneResult(output, len(losses), losses, summaries, block_ends=ends, rescaled_ends=refused)
+    result = FinetuneResult(output, len(run.losses), run.losses, summaries, block_ends=ends, rescaled_ends=refused,
+                            frozen=run.frozen)
     result.seconds = time.perf_counter() - started
     return result
 

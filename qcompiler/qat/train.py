@@ -10,6 +10,9 @@ compiler's sensitivity measure: the regression form of Ba & Caruana 2014). A ``t
 extras)`` callback may add a labelled loss; ``extras`` holds the minibatch's rows of the data files'
 arrays that are not model inputs (labels, for instance).
 
+With ``freeze``, low-bit weights that oscillate between two integers are frozen as they go
+(:mod:`.oscillation`).
+
 The minibatches are drawn from the data files by a seeded numpy generator (a file, then rows of it, so
 inputs of different shapes never mix); with ``crop`` axes the same generator cuts each minibatch to a random
 window (:mod:`.augment`). The teacher labels every minibatch as it is drawn (:mod:`.teacher`). A checkpoint
@@ -33,6 +36,7 @@ from ..errors import UserError
 from ..progress import bar
 from .augment import Axes, crop
 from .graph import QuantizedModel, parameter_groups
+from .oscillation import OscillationFreezer
 from .teacher import Rows, Teacher
 
 TaskLoss = Callable[[dict[str, torch.Tensor], dict[str, np.ndarray]], torch.Tensor]
@@ -82,6 +86,7 @@ class TrainingConfig:
     blocks: int = 0  # layers per reconstructed block (0: none); a checkpoint holds to it
     crop: Axes = ()  # (input, axis) cut to one random window per step (:mod:`.augment`); needs a teacher
     temperature: float = 1.0  # of the KL term of Softmax outputs
+    freeze: float = 0.0  # final threshold of oscillating-weight freezing (:mod:`.oscillation`; 0: none)
 
 
 def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
@@ -89,7 +94,8 @@ def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
     digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed)
                                  + ((config.blocks,) if config.blocks else ())
                                  + ((config.crop,) if config.crop else ())
-                                 + ((config.temperature,) if config.temperature != 1.0 else ())).encode())
+                                 + ((config.temperature,) if config.temperature != 1.0 else ())
+                                 + (("freeze", config.freeze) if config.freeze else ())).encode())
     for name, p in module.parameters_.items():
         digest.update(name.encode())
         digest.update(p.detach().numpy().tobytes())
@@ -102,11 +108,16 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(partial, path)
 
 
+@dataclass
+class TrainingRun:
+    losses: list[float]  # of each step run here
+    frozen: float | None = None  # share of the tracked weights frozen at the end (None: no freezing)
+
+
 def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: TrainingConfig, *,
           task_loss: TaskLoss | None = None, on_step: Callable[[int, float], None] | None = None,
-          progress: bool | None = None) -> list[float]:
-    """Train ``module`` for ``config.steps`` steps on minibatches of ``data`` labelled by ``teacher``; returns
-    the loss of each step run here."""
+          progress: bool | None = None) -> TrainingRun:
+    """Train ``module`` for ``config.steps`` steps on minibatches of ``data`` labelled by ``teacher``."""
     weights, steps = parameter_groups(module)
     optimizer = torch.optim.Adam([{"params": weights}, {"params": steps}], lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -114,15 +125,18 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
     rng = np.random.default_rng(config.seed)
     start = 0
     key = fingerprint(module, config)
+    freezer = OscillationFreezer(module, config.freeze, config.steps) if config.freeze else None
     if config.checkpoint is not None and config.checkpoint.exists():
         state = torch.load(config.checkpoint, weights_only=False)
         if state.get("fingerprint") != key:
             raise UserError(f"checkpoint {config.checkpoint} belongs to another model or other settings "
-                            f"(steps, lr, batch, seed, blocks, crop); delete it or choose another --checkpoint")
+                            f"(steps, lr, batch, seed, blocks, crop, freeze); delete it or choose another --checkpoint")
         module.parameters_.load_state_dict(state["parameters"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["rng"]
+        if freezer is not None:
+            freezer.load_state_dict(state["freezer"])
         start = state["step"]
     names = [v.name for v in module.model.graph.outputs]
     losses = []
@@ -143,16 +157,20 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
             loss.backward()
             optimizer.step()
             schedule.step()
+            if freezer is not None:
+                freezer.update(step + 1)
             losses.append(loss.item())
-            progress_bar.set_postfix(loss=f"{losses[-1]:.4g}", agree=f"{agreement(student, batch.teacher):.3f}",
-                                     refresh=False)
+            shown = {"loss": f"{losses[-1]:.4g}", "agree": f"{agreement(student, batch.teacher):.3f}"}
+            if freezer is not None:
+                shown["frozen"] = f"{freezer.frozen_share():.2%}"
+            progress_bar.set_postfix(shown, refresh=False)
             progress_bar.update(1)
             done = step + 1
             if config.checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.steps):
                 _save_checkpoint(config.checkpoint, {
                     "fingerprint": key, "step": done, "parameters": module.parameters_.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "rng": rng.bit_generator.state})
+                    "rng": rng.bit_generator.state, "freezer": freezer.state_dict() if freezer is not None else None})
             if on_step is not None:
                 on_step(done, losses[-1])
-    return losses
+    return TrainingRun(losses, freezer.frozen_share() if freezer is not None else None)

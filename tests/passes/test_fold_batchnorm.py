@@ -279,7 +279,7 @@ def conv_then(body: str, inits: list[str], *, channels: int = 6, seed: int = 0):
     inits = [tensor_text("w", rng.standard_normal((channels, 4, 3, 3)).astype(np.float32)),
              tensor_text("b", rng.standard_normal(channels).astype(np.float32))] + inits
     return _model(f"(float[N,4,5,5] x) => (float[N,{channels},5,5] y)",
-                  f"c = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w, b)\n" + body, inits)
+                  "c = Conv <kernel_shape = [3,3], pads = [1,1,1,1]> (x, w, b)\n" + body, inits)
 
 
 def _const(name: str, shape: tuple[int, ...], seed: int = 1, low: float = 0.5, high: float = 2.0) -> str:

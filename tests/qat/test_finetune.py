@@ -62,10 +62,11 @@ def test_a_task_loss_sees_the_teachers_outputs(tiny_cnn, tmp_path, blocks):
         assert any(np.allclose(t, every[i:i + 16], atol=1e-5) for i in range(0, len(every), 16))
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path):
+@pytest.mark.parametrize("settings", [{}, {"weights": "int4", "freeze": 0.05}], ids=["int8", "int4-freezing"])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path, settings):
     fp32, int8, data = tiny_cnn
     whole = tmp_path / "whole.onnx"
-    qcompiler.finetune(int8, whole, teacher=fp32, data=data, steps=6, lr=1e-3, batch=8)
+    qcompiler.finetune(int8, whole, teacher=fp32, data=data, steps=6, lr=1e-3, batch=8, **settings)
 
     class Interrupted(Exception):
         pass
@@ -78,16 +79,16 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path):
     resumed = tmp_path / "resumed.onnx"
     with pytest.raises(Interrupted):
         qcompiler.finetune(int8, resumed, teacher=fp32, data=data, steps=6, lr=1e-3, batch=8, checkpoint=checkpoint,
-                           checkpoint_every=1, on_step=interrupt)
+                           checkpoint_every=1, on_step=interrupt, **settings)
     assert checkpoint.exists() and not resumed.exists()
     result = qcompiler.finetune(int8, resumed, teacher=fp32, data=data, steps=6, lr=1e-3, batch=8,
-                                checkpoint=checkpoint, checkpoint_every=1)
+                                checkpoint=checkpoint, checkpoint_every=1, **settings)
     assert result.steps_run == 3  # steps 4..6
     a, b = _initializers(whole), _initializers(resumed)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match="belongs to another model or other settings"):
         qcompiler.finetune(int8, tmp_path / "other.onnx", teacher=fp32, data=data, steps=7, lr=1e-3, batch=8,
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, **settings)
 
 
 def _onnxruntime_integers(path, feeds) -> dict[str, np.ndarray]:
