@@ -15,7 +15,7 @@ most. Per weight integer ``q_t`` (as the fake quantizer computes it after each o
 The threshold falls from ``start`` to ``final`` along a cosine over the run (early on almost nothing
 freezes; at the end a weight that flips once in ``1 / final`` steps does). Only weights of
 :data:`MAX_LEVELS` levels or fewer (4 bits, ternary) are tracked, as in the paper: 8-bit grids are fine
-enough. Binary weights are not: their sign quantizer has no rounding boundary to oscillate across.
+enough. Binary weights are not: the paper studies rounding to a uniform grid, and a sign is not one.
 """
 
 from __future__ import annotations
