@@ -143,10 +143,8 @@ def _channel_vector(constant: np.ndarray, rank: int, channels: int, scalars: boo
 
 
 def _output_channels(producer: Node) -> int:
-    weight = producer.inputs[1].const
-    if producer.op_type == "BatchNormalization":  # weight is gamma
-        return weight.shape[0]
-    if producer.op_type == "Conv":
+    weight = producer.inputs[1].const  # a BatchNormalization's gamma
+    if producer.op_type in ("Conv", "BatchNormalization"):
         return weight.shape[0]
     if producer.op_type == "ConvTranspose":
         return weight.shape[1] * producer.attrs.get("group", 1)
