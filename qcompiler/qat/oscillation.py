@@ -76,8 +76,10 @@ class OscillationFreezer:
     @torch.no_grad()
     def integers(self, key: str) -> torch.Tensor:
         """The integers the fake quantizer gives weight ``key`` now."""
+        return self._levels(key, *self._grid(key))
+
+    def _levels(self, key: str, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         quantizer = self.module.weights[key]
-        weight, scale, zero = self._grid(key)
         return torch.clamp(torch.round(weight / scale) + zero, quantizer.qmin, quantizer.qmax)
 
     @torch.no_grad()
@@ -86,7 +88,8 @@ class OscillationFreezer:
         oscillate too often, and hold every frozen weight at its integer."""
         m, threshold = self.momentum, self.threshold(step)
         for key, track in self.tracks.items():
-            q = self.integers(key)
+            weight, scale, zero = self._grid(key)
+            q = self._levels(key, weight, scale, zero)
             any_frozen = bool(track.frozen.any())
             if any_frozen:
                 q = torch.where(track.frozen, track.value, q)
@@ -103,7 +106,6 @@ class OscillationFreezer:
                 track.frozen |= newly
                 any_frozen = True
             if any_frozen:
-                weight, scale, zero = self._grid(key)
                 weight.copy_(torch.where(track.frozen, (track.value - zero) * scale, weight))
 
     def frozen_share(self) -> float:
