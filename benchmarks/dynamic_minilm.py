@@ -92,10 +92,13 @@ def add_evaluator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluator-python", default=os.path.join(venv, "bin", "python"))
 
 
-def evaluate(python: str, evaluator: str, models_dir: Path, candidate_dir: Path, model: str) -> dict:
+def evaluate(python: str, evaluator: str, models_dir: Path, candidate_dir: Path, model: str,
+             data: Path | None = None) -> dict:
+    """The kit's scores of FP32 and of ``candidate_dir``'s ``model``, on ``data`` (default: the kit's own set)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([python, evaluator, str(models_dir), "--cand", str(candidate_dir), "--only", model,
-                        "--json", out.name], check=True, capture_output=True, text=True)
+                        "--json", out.name] + (["--data", str(data)] if data is not None else []),
+                       check=True, capture_output=True, text=True)
         return json.loads(Path(out.name).read_text())["models"][model]
 
 

@@ -12,12 +12,16 @@ Steps, all in ``--work``:
    (4-bit per-channel weights on every Conv/MatMul, AdaRound; int8 activations everywhere).
 3. **Fine-tuning**: ``qcompiler finetune START --teacher FP32 --data LINES --blocks B --temperature T
    --steps N --threads THREADS``, timed (wall clock, peak resident memory of the process).
-4. **Scores**: the kit's ``evaluate.py`` on its 300 labelled evaluation lines, FP32 against each model.
+4. **Scores**: the kit's ``evaluate.py`` on its 300 labelled evaluation lines, FP32 against each model; and
+   the same evaluator on ``--heldout`` more lines the generator renders with ``--heldout-seed``
+   (``evaluate.py --data``): on 300 lines one line is a third of a point, and runs that the 300 lines
+   rank alike differ on more.
 5. **Deployed = trained** (line 4): every quantized activation of the torch forward of the fine-tuned model
    against onnxruntime running the written model, on the first ``--check-lines`` rendered lines.
 
     python benchmarks/finetune_ocr_rec.py /root/realmodels [--lines 4096] [--steps 2200] [--threads 2]
-        [--labelled | --ctc] [--freeze-oscillations F] [--work /tmp/qcompiler-finetune-ocr]
+        [--labelled | --ctc] [--freeze-oscillations F] [--train-seed S] [--heldout 1024] [--heldout-seed 1002]
+        [--work /tmp/qcompiler-finetune-ocr]
         [--json benchmarks/results/finetune_ocr_rec.json]
 
 ``--labelled`` (issue 14 line 3's run with a labelled loss) adds the CTC loss of the recognizer's output
@@ -77,18 +81,19 @@ print(kept)
 """
 
 
-def rendered_lines(args: argparse.Namespace) -> tuple[Path, int]:
-    """The directory of unlabelled ``.npz`` lines (made once per ``--lines`` and ``--seed``; the same lines
-    with their texts as CTC targets, ``label`` and ``label_length``, are in ``../labelled``) and how many."""
-    out = args.work / f"lines-{args.lines}-seed{args.seed}"
-    lines = out / "lines"
+def render(args: argparse.Namespace, count: int, seed: int) -> Path:
+    """The directory the kit's generator rendered ``count`` lines into with ``seed`` (made once): the images
+    and texts in ``rendered/ocr_lines`` (the layout of the kit's evaluation data), the lines whose text does not
+    occur in the evaluation set as unlabelled ``.npz`` in ``lines`` and, with their texts as CTC targets
+    (``label``, ``label_length``), in ``labelled``."""
+    out = args.work / f"lines-{count}-seed{seed}"
     if not (out / "labelled").is_dir():
         kit = str(Path(args.evaluator).resolve().parent)
         done = subprocess.run([args.evaluator_python, "-c", GENERATE, kit, str(args.models_dir / "data"), str(out),
-                               str(args.lines), str(args.seed), str(args.models_dir / f"{MODEL}_dict.txt")],
+                               str(count), str(seed), str(args.models_dir / f"{MODEL}_dict.txt")],
                               check=True, capture_output=True, text=True)
-        print(f"rendered lines: {done.stdout.strip()} of {args.lines} kept", flush=True)
-    return lines, len(list(lines.glob("*.npz")))
+        print(f"rendered lines (seed {seed}): {done.stdout.strip()} of {count} kept", flush=True)
+    return out
 
 
 def labelled_ctc(outputs, extras):
@@ -139,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="finetune --ctc: add the CTC loss against the text the teacher reads (label-free)")
     parser.add_argument("--freeze-oscillations", type=float, default=0.0, metavar="F",
                         help="finetune --freeze-oscillations F (0: off)")
+    parser.add_argument("--train-seed", type=int, default=0, help="finetune --seed (the order of the lines)")
+    parser.add_argument("--heldout", type=int, default=1024, help="more labelled lines to score on (0: none)")
+    parser.add_argument("--heldout-seed", type=int, default=1002, help="of the generator, for --heldout")
     parser.add_argument("--check-lines", type=int, default=32, help="lines to compare torch and onnxruntime on")
     parser.add_argument("--json", type=Path, help="write every number to this file")
     argv = sys.argv[1:] if argv is None else argv
@@ -148,17 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     args.models_dir, args.work = args.models_dir.resolve(), args.work.resolve()  # the children run in --work
 
     fp32 = args.models_dir / f"{MODEL}.onnx"
-    lines, count = rendered_lines(args)
+    lines = render(args, args.lines, args.seed) / "lines"
+    count = len(list(lines.glob("*.npz")))
     qc = [sys.executable, "-m", "qcompiler"]
     kind = "labelled" if args.labelled else "ctc" if args.ctc else "finetuned"
     kind += f"-freeze{args.freeze_oscillations:g}" if args.freeze_oscillations else ""
+    kind += f"-seed{args.train_seed}" if args.train_seed else ""
     start_dir, tuned_dir = args.work / "adaround", args.work / f"{kind}-{args.lines}-{args.steps}"
     start = start_dir / f"{MODEL}.onnx"
     for folder in (start_dir, tuned_dir):
         folder.mkdir(parents=True, exist_ok=True)
     result = {"lines": count, "seed": args.seed, "steps": args.steps, "blocks": args.blocks,
               "temperature": args.temperature, "threads": args.threads, "labelled": args.labelled, "ctc": args.ctc,
-              "freeze_oscillations": args.freeze_oscillations}
+              "freeze_oscillations": args.freeze_oscillations, "train_seed": args.train_seed}
     if not start.exists():
         result["compile"] = timed(qc + ["compile", str(fp32), "-o", str(start), "--calib",
                                         str(args.models_dir / "data" / "calib_npz" / MODEL), "--pipeline", "w4a8",
@@ -173,10 +183,17 @@ def main(argv: list[str] | None = None) -> int:
                                          str(fp32), "--data", str(lines), "--steps", settings[0], "--blocks",
                                          settings[1], "--temperature", settings[2], "--threads", settings[3]]
                                    + (["--ctc", OUTPUT] if args.ctc else [])
-                                   + ["--freeze-oscillations", str(args.freeze_oscillations)], args.work)
+                                   + ["--freeze-oscillations", str(args.freeze_oscillations),
+                                      "--seed", str(args.train_seed)], args.work)
     for label, folder in (("adaround", start_dir), ("finetuned", tuned_dir)):
         scores = score(args.evaluator_python, args.evaluator, args.models_dir, folder, MODEL)
         result["fp32"], result[label] = scores["fp32"], scores["cand"]
+    if args.heldout:
+        data = render(args, args.heldout, args.heldout_seed) / "rendered"
+        result["heldout"] = {"lines": args.heldout, "seed": args.heldout_seed}
+        for label, folder in (("adaround", start_dir), ("finetuned", tuned_dir)):
+            scores = score(args.evaluator_python, args.evaluator, args.models_dir, folder, MODEL, data)
+            result["heldout"]["fp32"], result["heldout"][label] = scores["fp32"], scores["cand"]
     checked = sorted(lines.glob("*.npz"))[:args.check_lines]
     result["deployed_vs_trained"] = deployed_vs_trained(tuned_dir / f"{MODEL}.onnx",
                                                         (dict(np.load(path)) for path in checked))
