@@ -291,10 +291,10 @@ def decide(float_round_ms: list[float], int8_round_ms: list[float]) -> tuple[flo
     (Tukey and McLaughlin 1963) of ``log(f/q)``. With ``g = floor(TRIM · n)`` of the ``n`` ratios cut from
     each end, ``t`` is the mean of the ``h = n - 2g`` left over its standard error from the winsorized
     variance ``s_w²`` (the cut ratios set to the nearest kept one), ``sqrt((n - 1) s_w² / (h (h - 1)))``.
-    A round in which the machine stalled for one of the two models (a virtual CPU taken away for a tenth
-    of a second) gives a ratio far off the others; the plain mean and variance would follow it, and a
-    steady gain of 20 % with two such rounds among sixteen would not separate. Up to four rounds nothing
-    is cut. A zero spread with a nonzero mean counts as separated."""
+    A round in which the machine stalled for one of the two models (a virtual CPU taken away for a while)
+    gives a ratio far off the others; the plain mean and variance follow it, and a steady gain with two
+    such rounds among sixteen may not separate. Up to four rounds nothing is cut. A zero spread with a
+    nonzero mean counts as separated."""
     ratios = np.sort(np.log(np.asarray(float_round_ms) / np.asarray(int8_round_ms)))
     n = len(ratios)
     cut = int(TRIM * n) if n > 4 else 0

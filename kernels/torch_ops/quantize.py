@@ -16,9 +16,9 @@ Backward:
   it from the forward above. LSQ scales it by ``g = 1 / sqrt(N · Q_P)`` (``N`` elements per step size,
   ``Q_P = qmax - z``) so that step sizes and weights learn at comparable rates (:func:`lsq_gradient_factor`).
 
-:func:`fake_quantize` is one autograd function with these gradients written out (:class:`_FakeQuantize`):
-autograd would otherwise keep and walk every elementwise step of the forward, which in a fine-tuned
-model's step costs more than its convolutions.
+:func:`fake_quantize` is one autograd function with these gradients written out (:class:`_FakeQuantize`),
+so that autograd keeps two tensors per quantizer and walks one node back, not one per elementwise step of
+the forward.
 
 Binary weights (XNOR-Net; Rastegari et al. 2016) are no rounding grid: :func:`binary_fake_quantize`
 is ``s · sign(w)`` with the STE of the sign clipped to ``|w| <= s`` ("hard tanh", Courbariaux et al. 2016).
