@@ -9,17 +9,21 @@ child process that reports its wall time (``qcompiler.bench.run_child``):
   guard (``keep-float-reference`` ... ``latency-guard``), for compile time and accuracy;
 * ``placement``: ``qcompiler compile`` (``auto``, objective latency: placement), with a fresh latency
   cache (``WORK/cache/<name>.json``), so its compile time includes measuring every region;
-* ``ort``: onnxruntime ``quantize_static`` U8S8, per-channel weights, reduce_range (``quantizers.py``).
+* ``ort``: onnxruntime ``quantize_static`` U8S8, per-channel weights, reduce_range (``quantizers.py``);
+* ``reference``: the float graph the placement compile measures against, the ``auto`` pipeline's passes before
+  ``assign-precision`` (``canonicalize`` and the float rewrites of the int8 pipelines: one HardSwish, scalar
+  affines folded into convolutions), for line 3.
 
 Then, per model:
 
 1. latency of fp32, ort, default and placement on the first calibration feed, in alternation
    (``qcompiler.latency.measure_latencies``, 10 rounds); placement / min(fp32, ort), paired round by round
-   (``qcompiler.latency.paired_ratio``), must be <= 1.02;
+   (``qcompiler.latency.paired_ratio``), must be <= 1.02 (``reference`` runs in the same alternation);
    and (``--evaluate``) the kit's task metric of default and placement (its ``evaluate.py``);
 2. the per-region table of placement (regions, float and int8 ms, the choice) from the compile report;
 3. the compile's predicted latency of placement (and the regions' gains summed) against the measured one,
-   alone and side by side;
+   alone and side by side, and the predicted ratio to the compile's float graph against placement over
+   ``reference`` side by side, paired round by round;
 4. ``--compiles`` compiles with the cache of the first, while a child process keeps one core busy: the
    SHA-256 of every output and the decision against the idle compile's; and one compile with a fresh
    cache under the same load (its decision against the idle one: what the statistical test alone gives);
@@ -85,6 +89,15 @@ def compile_job(kind: str, model: str, calib: str, output: str, threads: int, ca
         return ort_without(model, calib, output, exclude_ops or [])
     if kind == "size":
         qcompiler.compile(model, output, calib=calib, objective="size")
+        return {}
+    if kind == "reference":
+        from qcompiler import passes as lib
+        from qcompiler.options import CompileOptions
+        from qcompiler.pipelines import Pipeline, resolve
+
+        resolved = resolve("auto", CompileOptions(calib=calib, threads=threads))
+        first = next(i for i, p in enumerate(resolved.passes) if isinstance(p, lib.AssignPrecision))
+        qcompiler.compile(model, output, pipeline=Pipeline(resolved.passes[:first], honours=resolved.honours))
         return {}
     if kind == "default":
         from qcompiler import passes as lib
@@ -242,7 +255,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.unlink(missing_ok=True)
     entry = {kind: run_compile(kind, name, args, cache if kind == "placement" else None)
-             for kind in ("fp32", "ort", "default", "placement")}
+             for kind in ("fp32", "ort", "default", "placement", "reference")}
     ready = {k: v["path"] for k, v in entry.items() if "error" not in v}
     print(f"{name}: latency of {', '.join(ready)}", file=sys.stderr, flush=True)
     from qcompiler.latency import paired_ratio
@@ -265,7 +278,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
                                "error": error(placed["predicted_ms"], measured),
                                "additive_ms": round(placed["additive_ms"], 4),
                                "additive_error": error(placed["additive_ms"], measured)}
-        ratio = paired_ratio(latencies["placement"], [latencies["fp32"]])
+        ratio = paired_ratio(latencies["placement"], [latencies["reference" if "reference" in latencies else "fp32"]])
         predicted = placed["predicted_ms"] / placed["float_ms"]
         entry["prediction"].update(predicted_ratio=round(predicted, 4), measured_ratio=round(ratio, 4),
                                    ratio_error=error(predicted, ratio))
@@ -391,10 +404,11 @@ def markdown(results: dict) -> str:
               "predicted: the compile's latency of the chosen configuration (the placed model measured whole in "
               "the compile's check, or the float model's where every region stays float); alone: the placed model "
               "measured by itself after the compile (`qcompiler.placement.whole_model_ms`); side by side: line 1's "
-              "alternation of four models; additive: the float latency minus the chosen regions' gains as the "
+              "alternation of the models; additive: the float latency minus the chosen regions' gains as the "
               "regions measured alone, against side by side; ratio: the compile's predicted latency over its float "
-              "latency against placement over fp32 side by side, paired round by round (what a VM whose speed "
-              "changes for seconds at a time does not move)", "",
+              "latency against placement over the same float graph (`reference`: the auto pipeline before "
+              "assign-precision) side by side, paired round by round (what a VM whose speed changes for seconds "
+              "at a time does not move)", "",
               "| model | predicted ms | alone ms | error | side by side ms | error | additive ms | error | "
               "predicted ratio | measured ratio | error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {n} | {p['predicted_ms']:.3f} | {p['alone_ms']:.3f} | {p['alone_error']:.1%} | "
