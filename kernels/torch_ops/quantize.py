@@ -108,16 +108,16 @@ class _FakeQuantize(torch.autograd.Function):
     """:func:`fake_quantize`'s arithmetic, ``levels = x / step`` (or ``x · (rescale / step)``), ``q =
     clamp(round(levels) + z, qmin, qmax)``, ``y = (q - z) · step``, with the gradients the STE and LSQ give it
     (module docstring): ``dy/dx = inside`` (``inside · rescale``), ``dy/dstep = (q - z) - inside · levels``
-    times ``grad_factor``, ``dy/drescale = inside · x``; ``inside``: ``round(levels) + z`` within the range.
+    times ``grad_factor``, ``dy/drescale = inside · x``; ``inside``: ``qmin < round(levels) + z < qmax``, where
+    ``torch.clamp`` passes gradients, so the gradients are those autograd derives from the composed forward.
     ``step``, ``zero`` and ``rescale`` broadcast against ``x``."""
 
     @staticmethod
     def forward(ctx, x, step, zero, qmin, qmax, grad_factor, rescale):
         levels = x / step if rescale is None else x * (rescale / step)
         unclamped = torch.round(levels).add_(zero)
-        q = unclamped.clamp(qmin, qmax)
-        inside = q == unclamped
-        shifted = q.sub_(zero)
+        inside = (unclamped > qmin) & (unclamped < qmax)  # where clamp passes gradients: strictly inside
+        shifted = unclamped.clamp(qmin, qmax).sub_(zero)
         y = shifted * step
         step_slope = torch.where(inside, shifted - levels, shifted) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(inside, step_slope, x if rescale is not None and ctx.needs_input_grad[6] else None,

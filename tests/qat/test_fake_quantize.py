@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from qcompiler.ir.quant import QuantSpec, fake_quantize as numpy_fake_quantize  # noqa: E402
 from qcompiler.kernels.torch_ops.quantize import (binary_fake_quantize, broadcast, fake_quantize,  # noqa: E402
-                                                  lsq_gradient_factor)
+                                                  lsq_gradient_factor, round_ste)
 
 
 def _surrogate(x, scale, zero, qmin, qmax, axis, block, x0, s0):
@@ -110,3 +110,27 @@ def test_binary_is_scale_times_sign_with_a_clipped_ste():
     y.sum().backward()
     assert w.grad.tolist() == [[1.0, 1.0, 1.0, 0.0]]  # |w| <= s passes, the rest is clipped
     assert s.grad.tolist() == [2.0]  # d/ds sum(s * sign(w)) = sum(sign(w))
+
+
+def test_gradients_with_a_rescaled_accumulator_equal_autograd_of_the_composed_forward():
+    """An integer layer's accumulator ``x`` quantized as ``x · (rescale / s)``: the written-out gradients for ``x``,
+    the step and ``rescale`` against autograd through the forward composed of torch ops, rounding by the STE."""
+    rng = np.random.default_rng(2)
+    x0 = torch.tensor(rng.normal(0, 150, (2, 3, 4)), dtype=torch.float64)
+    r0 = torch.tensor(rng.uniform(0.01, 0.03, (1, 3, 1)), dtype=torch.float64)
+    s0 = torch.tensor(0.3, dtype=torch.float64)
+    weights = torch.tensor(rng.normal(size=(2, 3, 4)), dtype=torch.float64)
+    grads = []
+    for composed in (False, True):
+        x, r, s = (t.clone().requires_grad_(True) for t in (x0, r0, s0))
+        if composed:
+            y = (torch.clamp(round_ste(x * (r / s)) + 3.0, -8, 7) - 3.0) * s
+        else:
+            y = fake_quantize(x, s, np.float64(3.0), -8, 7, rescale=r)
+        (y * weights).sum().backward()
+        grads.append([x.grad, s.grad, r.grad])
+    stored = (x0 * r0 / s0).round() + 3
+    assert stored.gt(7).any() and stored.lt(-8).any()  # both clamps hit
+    assert stored.eq(7).any() or stored.eq(-8).any()  # and a value lands on a bound, where clamp passes no gradient
+    for ours, theirs in zip(*grads, strict=True):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-12, atol=1e-12)
