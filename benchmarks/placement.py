@@ -17,8 +17,8 @@ child process that reports its wall time (``qcompiler.bench.run_child``):
 Then, per model:
 
 1. latency of fp32, ort, default and placement on the first calibration feed, in alternation
-   (``qcompiler.latency.measure_latencies``, 10 rounds); placement / min(fp32, ort), paired round by round
-   (``qcompiler.latency.paired_ratio``), must be <= 1.02 (``reference`` runs in the same alternation);
+   (``qcompiler.latency.measure_latencies``, 10 rounds); placement over the faster of fp32 and ort, paired round
+   by round (``qcompiler.latency.paired_ratio``), must be <= 1.02 (``reference`` runs in the same alternation);
    and (``--evaluate``) the kit's task metric of default and placement (its ``evaluate.py``);
 2. the per-region table of placement (regions, float and int8 ms, the choice) from the compile report;
 3. the compile's predicted latency of placement (and the regions' gains summed) against the measured one,
@@ -359,7 +359,7 @@ def markdown(results: dict) -> str:
              f"{results['machine']['onnxruntime']})", "", *([results["note"], ""] if results.get("note") else []),
              "## Line 1: latency against the faster of FP32 and onnxruntime U8S8 (ms, side by side)", "",
              "medians of all runs; placement / best: the median over rounds of placement's latency over the "
-             "faster of fp32 and ort in the same round (`qcompiler.latency.paired_ratio`)", "",
+             "faster of fp32 and ort (paired the same way) in the same round (`qcompiler.latency.paired_ratio`)", "",
              "| model | fp32 | ort u8s8 | default (guard) | placement | placement / best | <= 1.02 | default acc "
              "(same / cos / sqnr) | placement acc |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in models.items():

@@ -22,12 +22,19 @@ class Latency:
 
 
 def paired_ratio(latency: Latency, others: list[Latency]) -> float:
-    """The median over rounds of ``latency``'s round median over the fastest of ``others`` in the same round,
+    """The median over rounds of ``latency``'s round median over the faster of ``others`` in the same round,
     of latencies measured together (:func:`measure_latencies`): a machine whose speed changes for seconds at
     a time (a virtual CPU taken away now and then) shifts whole rounds, and with them each model's median
-    of all runs, unevenly among the models; within a round they ran seconds apart, so the ratio holds."""
-    rounds = zip(latency.round_ms, *(x.round_ms for x in others), strict=True)
-    return float(np.median([r[0] / min(r[1:]) for r in rounds]))
+    of all runs, unevenly among the models; within a round they ran seconds apart, so the ratio holds.
+
+    The faster of ``others`` is one model for all rounds: the one whose own paired ratio to the first is the
+    lowest. Taking the faster in each round instead would compare against the minimum of noisy values,
+    which is biased low: against two models that run exactly as fast as ``latency``, it would read slower."""
+    if len(others) > 1:
+        others = [min(others, key=lambda other: paired_ratio(other, others[:1]))]
+    (other,) = others
+    rounds = zip(latency.round_ms, other.round_ms, strict=True)
+    return float(np.median([mine / theirs for mine, theirs in rounds]))
 
 
 def latency_feed(model: bytes | str, feed: dict[str, np.ndarray], *, threads: int = 2,

@@ -35,6 +35,17 @@ def test_a_slow_phase_that_starts_mid_round_does_not_move_the_paired_ratio():
     c = _rounds(2.0, 2.0, 6.0, 6.0, 6.0)
     assert b.median_ms / a.median_ms == pytest.approx(3.3)
     assert paired_ratio(b, [a]) == pytest.approx(1.1)
-    assert paired_ratio(b, [c, a]) == pytest.approx(1.1)  # the faster of the others, round by round
+    assert paired_ratio(b, [c, a]) == pytest.approx(1.1)  # the faster of the others
     with pytest.raises(ValueError):
         paired_ratio(b, [_rounds(1.0, 1.0)])  # not measured together
+
+
+def test_a_model_that_ties_with_the_faster_of_two_others_reads_as_fast_as_it():
+    """C runs as fast as A, B is slower but faster than A in two rounds: against the faster of A and B in
+    each round (a minimum of noisy values), C would read 5 % slower; against A, the faster model, it ties."""
+    a = _rounds(1.0, 1.0, 1.3, 1.0, 1.3)
+    b = _rounds(1.2, 1.2, 0.95, 1.2, 0.95)
+    c = _rounds(1.0, 1.3, 1.0, 1.3, 1.0)
+    assert np.median([x / min(y, z) for x, y, z in zip(c.round_ms, a.round_ms, b.round_ms)]) == pytest.approx(1 / 0.95)
+    assert paired_ratio(c, [a, b]) == pytest.approx(1.0)
+    assert paired_ratio(c, [b, a]) == pytest.approx(1.0)
