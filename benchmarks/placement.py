@@ -359,7 +359,8 @@ def markdown(results: dict) -> str:
              f"{results['machine']['onnxruntime']})", "", *([results["note"], ""] if results.get("note") else []),
              "## Line 1: latency against the faster of FP32 and onnxruntime U8S8 (ms, side by side)", "",
              "medians of all runs; placement / best: the median over rounds of placement's latency over the "
-             "faster of fp32 and ort (paired the same way) in the same round (`qcompiler.latency.paired_ratio`)", "",
+             "faster model's of fp32 and ort (by their own paired ratio) in the same round "
+             "(`qcompiler.latency.paired_ratio`)", "",
              "| model | fp32 | ort u8s8 | default (guard) | placement | placement / best | <= 1.02 | default acc "
              "(same / cos / sqnr) | placement acc |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in models.items():

@@ -22,8 +22,8 @@ class Latency:
 
 
 def paired_ratio(latency: Latency, others: list[Latency]) -> float:
-    """The median over rounds of ``latency``'s round median over the faster of ``others`` in the same round,
-    of latencies measured together (:func:`measure_latencies`): a machine whose speed changes for seconds at
+    """The median over rounds of ``latency``'s round median over the faster model's of ``others`` in the same
+    round, of latencies measured together (:func:`measure_latencies`): a machine whose speed changes for seconds at
     a time (a virtual CPU taken away now and then) shifts whole rounds, and with them each model's median
     of all runs, unevenly among the models; within a round they ran seconds apart, so the ratio holds.
 
