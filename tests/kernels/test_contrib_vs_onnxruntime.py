@@ -130,6 +130,21 @@ def test_qlinear_softmax(dtype, shape, axis, opset):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("dtype, x_scale, row", [
+    (np.uint8, 0.088, [244, 252, 251, 228, 252, 254, 249, 223, 244, 233, 232, 250, 252, 248, 238, 247, 255, 254, 255,
+                       234, 250, 246, 242, 239, 242, 237, 199, 246, 241, 255, 254, 248, 236, 253]),
+    (np.int8, 0.049, [109, 104, 118, 117, 85, 121, 117, 127, 82, 124, 124, 122, 112, 91, 126, 118, 118, 121, 99, 117,
+                      126, 119, 120, 113])])
+def test_qlinear_softmax_near_ties_follow_the_float_logarithm(dtype, x_scale, row):
+    """Rows with an element a hair from a half step (found by a search against onnxruntime): a table whose
+    shift starts from the double logarithm instead of the kernel's float32 ``logf`` rounds it the other way
+    (the uint8 row's 252s read 11, not 12)."""
+    inputs = {"X": np.asarray([row], dtype), "X_scale": np.float32(x_scale), "x_zero_point": np.asarray(0, dtype),
+              "y_scale": np.float32(1 / 256), "y_zero_point": np.asarray(0 if dtype == np.uint8 else -128, dtype)}
+    expected = run_contrib("QLinearSoftmax", inputs, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), axis=-1, opset=13)
+    np.testing.assert_array_equal(ours("QLinearSoftmax", "reference", inputs, axis=-1, opset=13), expected)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("y_scale", [1 / 255, 1 / 100, 1 / 1000])
 def test_qlinear_softmax_over_one_element(dtype, y_scale):
