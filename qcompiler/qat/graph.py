@@ -27,6 +27,8 @@ compiled keeps no other record once written) and replaces them by trainable fake
 * **Fused units**: where onnxruntime runs a Q/DQ node unit as one integer kernel (QLinearConv, QLinearAdd,
   QLinearSoftmax, ...), the forward computes what that kernel computes (:mod:`.units`): what is trained is
   what is deployed, rounding included.
+* **Float kernels**: a decomposed layer normalization (which onnxruntime fuses into one kernel) and Sigmoid
+  compute onnxruntime's values, which round otherwise than torch's (:mod:`.float_kernels`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ..kernels.torch_ops import BACKEND, registered_ops
 from ..kernels.torch_ops._common import tensor
 from ..kernels.torch_ops.quantize import (binary_fake_quantize, fake_quantize, lsq_gradient_factor, round_ste,
                                           straight_through)
+from .float_kernels import float_kernel_units
 from .units import fused_units
 
 
@@ -269,6 +272,7 @@ class QuantizedModel(torch.nn.Module):
                 replacements[index[node]] = self._bias_step(node, bias)
                 bias_of_output[bias.output] = bias.key
         replacements.update(fused_units(self, index, by_output, weight_of_output, bias_of_output))
+        replacements.update(float_kernel_units(self.model, self.runtime, self.interpreter.steps, index))
         self.interpreter.replace_steps(replacements)
 
     def _tap_logits(self) -> None:
