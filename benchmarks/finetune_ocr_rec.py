@@ -20,7 +20,8 @@ Steps, all in ``--work``:
    against onnxruntime running the written model, on the first ``--check-lines`` rendered lines.
 
     python benchmarks/finetune_ocr_rec.py /root/realmodels [--lines 4096] [--steps 2200] [--threads 2]
-        [--labelled | --ctc] [--freeze-oscillations F] [--train-seed S] [--heldout 1024] [--heldout-seed 1002]
+        [--labelled | --ctc] [--freeze-oscillations F] [--ema DECAY] [--train-seed S] [--heldout 1024]
+        [--heldout-seed 1002]
         [--work /tmp/qcompiler-finetune-ocr]
         [--json benchmarks/results/finetune_ocr_rec.json]
 
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="finetune --ctc: add the CTC loss against the text the teacher reads (label-free)")
     parser.add_argument("--freeze-oscillations", type=float, default=0.0, metavar="F",
                         help="finetune --freeze-oscillations F (0: off)")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="finetune --ema DECAY (0: off)")
     parser.add_argument("--train-seed", type=int, default=0, help="finetune --seed (the order of the lines)")
     parser.add_argument("--heldout", type=int, default=1024, help="more labelled lines to score on (0: none)")
     parser.add_argument("--heldout-seed", type=int, default=1002, help="of the generator, for --heldout")
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     qc = [sys.executable, "-m", "qcompiler"]
     kind = "labelled" if args.labelled else "ctc" if args.ctc else "finetuned"
     kind += f"-freeze{args.freeze_oscillations:g}" if args.freeze_oscillations else ""
+    kind += f"-ema{args.ema:g}" if args.ema else ""
     kind += f"-seed{args.train_seed}" if args.train_seed else ""
     start_dir, tuned_dir = args.work / "adaround", args.work / f"{kind}-{args.lines}-{args.steps}"
     start = start_dir / f"{MODEL}.onnx"
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     result = {"lines": count, "seed": args.seed, "steps": args.steps, "blocks": args.blocks,
               "temperature": args.temperature, "threads": args.threads, "labelled": args.labelled, "ctc": args.ctc,
-              "freeze_oscillations": args.freeze_oscillations, "train_seed": args.train_seed}
+              "freeze_oscillations": args.freeze_oscillations, "ema": args.ema, "train_seed": args.train_seed}
     if not start.exists():
         result["compile"] = timed(qc + ["compile", str(fp32), "-o", str(start), "--calib",
                                         str(args.models_dir / "data" / "calib_npz" / MODEL), "--pipeline", "w4a8",
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                          str(fp32), "--data", str(lines), "--steps", settings[0], "--blocks",
                                          settings[1], "--temperature", settings[2], "--threads", settings[3]]
                                    + (["--ctc", OUTPUT] if args.ctc else [])
-                                   + ["--freeze-oscillations", str(args.freeze_oscillations),
+                                   + ["--freeze-oscillations", str(args.freeze_oscillations), "--ema", str(args.ema),
                                       "--seed", str(args.train_seed)], args.work)
     for label, folder in (("adaround", start_dir), ("finetuned", tuned_dir)):
         scores = score(args.evaluator_python, args.evaluator, args.models_dir, folder, MODEL)

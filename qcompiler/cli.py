@@ -290,7 +290,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(args.model, args.output, teacher=args.teacher, data=args.data, steps=args.steps, lr=args.lr,
                       batch=args.batch, seed=args.seed, checkpoint=args.checkpoint, threads=args.threads,
                       weights=args.weights, activation_bits=args.activation_bits, blocks=args.blocks, crop=args.crop,
-                      temperature=args.temperature, ctc=args.ctc, freeze=args.freeze_oscillations,
+                      temperature=args.temperature, ctc=args.ctc, freeze=args.freeze_oscillations, ema=args.ema,
                       progress=not args.quiet and terminal,
                       on_step=None if args.quiet or terminal else _log_steps(args.steps))
     if args.blocks:
@@ -411,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "bits or fewer that keeps flipping between two integers, at its average integer, once its flips "
                       "per step exceed a threshold falling from 0.1 to F over the run (Nagel et al. 2022; the paper "
                       "used 0.01 for 4 bits; default 0: off)")
+    tune.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="write the moving average of the "
+                      "weights and step sizes over the second half of the run, a <- DECAY a + (1 - DECAY) p after "
+                      "each step (0.998 averages over about the last 500 steps; default 0: the last step's)")
     tune.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(run=cmd_finetune)

@@ -114,7 +114,7 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
              threads: int = 1, progress: bool | None = None, on_step=None,
              weights: str | None = None, activation_bits: int | None = None, blocks: int = 0,
              crop: list[str] = (), temperature: float = 1.0, ctc: str | None = None,
-             freeze: float = 0.0) -> FinetuneResult:
+             freeze: float = 0.0, ema: float = 0.0) -> FinetuneResult:
     """Fine-tune the compiled QDQ ``model`` against the FP32 ``teacher`` on the ``.npz`` files of ``data``
     and write the result to ``output`` (atomically; never the input). ``checkpoint``: a file written every
     ``checkpoint_every`` steps; when it exists, the run resumes from it. ``task_loss(outputs, extras)``: an
@@ -128,6 +128,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
     ``OUTPUT[:BLANK]``, an output of per-position class probabilities read by CTC; adds the CTC loss against
     the text the teacher reads there (:mod:`.sequence`). ``freeze``: freeze the low-bit weights that
     oscillate between two integers, at a threshold falling to this frequency (:mod:`.oscillation`; 0: none).
+    ``ema``: write the moving average of the parameters over the second half of the run, with this decay per
+    step (:mod:`.train`; 0: the last step's parameters).
     Returns
     the losses and, per output, the error and agreement against the teacher before and after (as onnxruntime
     runs the two models)."""
@@ -152,6 +154,8 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
         raise UserError("finetune: --steps and --batch must be positive, --lr and --temperature greater than 0")
     if not 0 <= freeze < 1:
         raise UserError(f"finetune: --freeze-oscillations {freeze}: a frequency in [0, 1) (0: no freezing)")
+    if not 0 <= ema < 1:
+        raise UserError(f"finetune: --ema {ema}: a decay in [0, 1) (0: no averaging)")
     started = time.perf_counter()
     before = model
     previous_threads = torch.get_num_threads()
@@ -191,7 +195,7 @@ def finetune(model: str | os.PathLike, output: str | os.PathLike, *, teacher: st
         config = TrainingConfig(steps=steps, lr=lr, batch=batch, seed=seed,
                                 checkpoint=Path(checkpoint) if checkpoint is not None else None,
                                 checkpoint_every=checkpoint_every, blocks=blocks, crop=axes,
-                                temperature=temperature, freeze=freeze)
+                                temperature=temperature, freeze=freeze, ema=ema)
         run = train(module, rows, labeller, config, task_loss=task_loss, on_step=on_step, progress=progress)
         ir.save(trained_model(module), output)
     finally:

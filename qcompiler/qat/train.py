@@ -13,6 +13,12 @@ arrays that are not model inputs (labels, for instance).
 With ``freeze``, low-bit weights that oscillate between two integers are frozen as they go
 (:mod:`.oscillation`).
 
+With ``ema``, what is written is an exponential moving average of the parameters (latent weights, step sizes,
+biases) over the second half of the run, ``a <- ema · a + (1 - ema) · p`` after each step from the middle on,
+rather than the last step's: averaging the iterates (Polyak and Juditsky 1992) cancels the noise of
+single-line minibatches that the last steps' updates leave in the weights, and the integers are those of
+the averaged latent weights (as in the weight averaging of QAT recipes, e.g. Nagel et al. 2022).
+
 The minibatches are drawn from the data files by a seeded numpy generator (a file, then rows of it, so
 inputs of different shapes never mix); with ``crop`` axes the same generator cuts each minibatch to a random
 window (:mod:`.augment`). The teacher labels every minibatch as it is drawn (:mod:`.teacher`). A checkpoint
@@ -87,6 +93,7 @@ class TrainingConfig:
     crop: Axes = ()  # (input, axis) cut to one random window per step (:mod:`.augment`); needs a teacher
     temperature: float = 1.0  # of the KL term of Softmax outputs
     freeze: float = 0.0  # final threshold of oscillating-weight freezing (:mod:`.oscillation`; 0: none)
+    ema: float = 0.0  # decay of the parameters' moving average over the second half (0: the last step's)
 
 
 def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
@@ -95,7 +102,8 @@ def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
                                  + ((config.blocks,) if config.blocks else ())
                                  + ((config.crop,) if config.crop else ())
                                  + ((config.temperature,) if config.temperature != 1.0 else ())
-                                 + (("freeze", config.freeze) if config.freeze else ())).encode())
+                                 + (("freeze", config.freeze) if config.freeze else ())
+                                 + (("ema", config.ema) if config.ema else ())).encode())
     for name, p in module.parameters_.items():
         digest.update(name.encode())
         digest.update(p.detach().numpy().tobytes())
@@ -106,6 +114,33 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
     os.replace(partial, path)
+
+
+class ParameterAverage:
+    """The exponential moving average of ``module``'s parameters from step ``start`` on (module docstring)."""
+
+    def __init__(self, module: QuantizedModel, decay: float, start: int):
+        self.module, self.decay, self.start = module, decay, start
+        self.average: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, done: int) -> None:
+        """After step ``done`` (counted from 1)."""
+        if done < self.start:
+            return
+        parameters = self.module.parameters_
+        if self.average is None:
+            self.average = {name: p.detach().clone() for name, p in parameters.items()}
+            return
+        for name, p in parameters.items():
+            self.average[name].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Put the average into the module's parameters (nothing before ``start``)."""
+        for name, p in self.module.parameters_.items():
+            if self.average is not None:
+                p.copy_(self.average[name])
 
 
 @dataclass
@@ -126,6 +161,7 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
     start = 0
     key = fingerprint(module, config)
     freezer = OscillationFreezer(module, config.freeze, config.steps) if config.freeze else None
+    average = ParameterAverage(module, config.ema, config.steps // 2) if config.ema else None
     if config.checkpoint is not None and config.checkpoint.exists():
         state = torch.load(config.checkpoint, weights_only=False)
         if state.get("fingerprint") != key:
@@ -137,6 +173,8 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
         rng.bit_generator.state = state["rng"]
         if freezer is not None:
             freezer.load_state_dict(state["freezer"])
+        if average is not None:
+            average.average = state.get("average")
         start = state["step"]
     names = [v.name for v in module.model.graph.outputs]
     losses = []
@@ -159,6 +197,8 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
             schedule.step()
             if freezer is not None:
                 freezer.update(step + 1)
+            if average is not None:
+                average.update(step + 1)
             losses.append(loss.item())
             shown = {"loss": f"{losses[-1]:.4g}", "agree": f"{agreement(student, batch.teacher):.3f}"}
             if freezer is not None:
@@ -170,7 +210,10 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
                 _save_checkpoint(config.checkpoint, {
                     "fingerprint": key, "step": done, "parameters": module.parameters_.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "rng": rng.bit_generator.state, "freezer": freezer.state_dict() if freezer is not None else None})
+                    "rng": rng.bit_generator.state, "freezer": freezer.state_dict() if freezer is not None else None,
+                    "average": average.average if average is not None else None})
             if on_step is not None:
                 on_step(done, losses[-1])
+    if average is not None:
+        average.apply()
     return TrainingRun(losses, freezer.frozen_share() if freezer is not None else None)

@@ -62,7 +62,8 @@ def test_a_task_loss_sees_the_teachers_outputs(tiny_cnn, tmp_path, blocks):
         assert any(np.allclose(t, every[i:i + 16], atol=1e-5) for i in range(0, len(every), 16))
 
 
-@pytest.mark.parametrize("settings", [{}, {"weights": "int4", "freeze": 0.05}], ids=["int8", "int4-freezing"])
+@pytest.mark.parametrize("settings", [{}, {"weights": "int4", "freeze": 0.05}, {"ema": 0.5}],
+                         ids=["int8", "int4-freezing", "int8-averaged"])
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path, settings):
     fp32, int8, data = tiny_cnn
     whole = tmp_path / "whole.onnx"
@@ -89,6 +90,22 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path, 
     with pytest.raises(UserError, match="belongs to another model or other settings"):
         qcompiler.finetune(int8, tmp_path / "other.onnx", teacher=fp32, data=data, steps=7, lr=1e-3, batch=8,
                            checkpoint=checkpoint, **settings)
+
+
+def test_the_parameter_average_starts_at_its_step_and_decays():
+    """``ParameterAverage``: nothing before ``start``, the parameters at ``start``, then ``a <- d a + (1 - d) p``;
+    ``apply`` writes the average into the parameters."""
+    from types import SimpleNamespace
+
+    from qcompiler.qat.train import ParameterAverage
+
+    module = SimpleNamespace(parameters_=torch.nn.ParameterDict({"w": torch.nn.Parameter(torch.zeros(2))}))
+    average = ParameterAverage(module, 0.5, start=2)
+    for done, value in enumerate([9.0, 4.0, 8.0, 0.0], start=1):
+        module.parameters_["w"].data.fill_(value)
+        average.update(done)
+    average.apply()  # 4, then 0.5 * 4 + 0.5 * 8 = 6, then 0.5 * 6 + 0.5 * 0 = 3
+    assert torch.equal(module.parameters_["w"].data, torch.full((2,), 3.0))
 
 
 def _onnxruntime_integers(path, feeds) -> dict[str, np.ndarray]:
