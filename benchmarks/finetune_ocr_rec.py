@@ -18,6 +18,8 @@ Steps, all in ``--work``:
    rank alike differ on more.
 5. **Deployed = trained** (line 4): every quantized activation of the torch forward of the fine-tuned model
    against onnxruntime running the written model, on the first ``--check-lines`` rendered lines.
+6. **The written model** (line 5): ``onnx.checker`` (full check), and its latency against the start's, side
+   by side on the first rendered line, 2 threads.
 
     python benchmarks/finetune_ocr_rec.py /root/realmodels [--lines 4096] [--steps 2200] [--threads 2]
         [--labelled | --ctc] [--freeze-oscillations F] [--ema DECAY] [--train-seed S] [--heldout 1024]
@@ -47,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dynamic_minilm import add_evaluator_arguments, evaluate as score  # noqa: E402  (the kit's evaluator)
-from finetune import deployed_vs_trained  # noqa: E402  (torch forward vs onnxruntime, activation by activation)
+from finetune import deployed_vs_trained, latency_ratio  # noqa: E402  (torch vs onnxruntime; tuned vs start)
 from large_model_memory import run_measured  # noqa: E402  (a child's wall time and peak RSS)
 
 MODEL = "ocr_rec_ppocrv4"
@@ -128,6 +130,17 @@ def timed(command: list[str], work: Path) -> dict:
             "summary": [line for line in result["output"] if not line.startswith("finetune: step")]}
 
 
+def written_model(start: Path, tuned: Path, line: Path) -> dict:
+    """Line 5: the fine-tuned model passes ``onnx.checker`` (full check), and its latency against the start's
+    (the PTQ model of the same plan), side by side on one rendered line, 2 threads."""
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(tuned)), full_check=True)
+    with np.load(line) as data:
+        x = data["x"]
+    return {"checker": "passed", "latency": latency_ratio(start, tuned, x)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models_dir", type=Path)
@@ -200,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     checked = sorted(lines.glob("*.npz"))[:args.check_lines]
     result["deployed_vs_trained"] = deployed_vs_trained(tuned_dir / f"{MODEL}.onnx",
                                                         (dict(np.load(path)) for path in checked))
+    result.update(written_model(start, tuned_dir / f"{MODEL}.onnx", checked[0]))
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
