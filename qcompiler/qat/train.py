@@ -15,9 +15,9 @@ With ``freeze``, low-bit weights that oscillate between two integers are frozen 
 
 With ``ema``, what is written is an exponential moving average of the parameters (latent weights, step sizes,
 biases) over the second half of the run, ``a <- ema · a + (1 - ema) · p`` after each step from the middle on,
-rather than the last step's: averaging the iterates (Polyak and Juditsky 1992) cancels the noise of
-single-line minibatches that the last steps' updates leave in the weights, and the integers are those of
-the averaged latent weights (as in the weight averaging of QAT recipes, e.g. Nagel et al. 2022).
+rather than the last step's: averaging the iterates (Polyak and Juditsky 1992) cancels the noise that
+small minibatches leave in the last steps' weights; the integers written are those of the averaged latent
+weights.
 
 The minibatches are drawn from the data files by a seeded numpy generator (a file, then rows of it, so
 inputs of different shapes never mix); with ``crop`` axes the same generator cuts each minibatch to a random
@@ -138,9 +138,10 @@ class ParameterAverage:
     @torch.no_grad()
     def apply(self) -> None:
         """Put the average into the module's parameters (nothing before ``start``)."""
+        if self.average is None:
+            return
         for name, p in self.module.parameters_.items():
-            if self.average is not None:
-                p.copy_(self.average[name])
+            p.copy_(self.average[name])
 
 
 @dataclass
