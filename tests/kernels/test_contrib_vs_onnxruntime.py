@@ -145,6 +145,18 @@ def test_qlinear_softmax_near_ties_follow_the_float_logarithm(dtype, x_scale, ro
     np.testing.assert_array_equal(ours("QLinearSoftmax", "reference", inputs, axis=-1, opset=13), expected)
 
 
+def test_qlinear_softmax_quotient_is_not_rounded_to_float32():
+    """A row (found by a search against onnxruntime) whose 203 gives ``e * floor(1 / y_scale) / sum`` = 46.5
+    exactly in float32, which rounds to 46; onnxruntime's quotient is a hair above (47)."""
+    row = [139, 148, 44, 179, 206, 72, 203, 186, 163, 186, 50, 169, 67, 128, 65, 228, 112, 175, 126, 139, 102, 128,
+           195, 103, 55]
+    inputs = {"X": np.asarray([row], np.uint8), "X_scale": np.float32(0.036), "x_zero_point": np.uint8(0),
+              "y_scale": np.float32(0.00256), "y_zero_point": np.uint8(0)}
+    expected = run_contrib("QLinearSoftmax", inputs, TensorProto.UINT8, axis=-1, opset=13)
+    assert expected[0, 6] == 47
+    np.testing.assert_array_equal(ours("QLinearSoftmax", "reference", inputs, axis=-1, opset=13), expected)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("y_scale", [1 / 255, 1 / 100, 1 / 1000])
 def test_qlinear_softmax_over_one_element(dtype, y_scale):
