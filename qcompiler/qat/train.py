@@ -19,11 +19,14 @@ rather than the last step's: averaging the iterates (Polyak and Juditsky 1992) c
 small minibatches leave in the last steps' weights; the integers written are those of the averaged latent
 weights.
 
-The minibatches are drawn from the data files by a seeded numpy generator (a file, then rows of it, so
-inputs of different shapes never mix); with ``crop`` axes the same generator cuts each minibatch to a random
-window (:mod:`.augment`). The teacher labels every minibatch as it is drawn (:mod:`.teacher`). A checkpoint
-holds the step, the parameters, Adam's state and the generator's state, so a resumed run continues exactly
-where the interrupted one stopped.
+The minibatches are drawn from the data files by a seeded numpy generator: the files in epochs, each a fresh
+random permutation, so a run shorter than an epoch sees every file at most once (a short run learns more from
+fresh samples than from repeated ones; drawn with replacement, a quarter of the draws of a run two thirds of
+an epoch long would repeat a file), then rows of the file, so inputs of different shapes never mix. With
+``crop`` axes the same generator cuts each minibatch to a random window (:mod:`.augment`). The teacher labels
+every minibatch as it is drawn (:mod:`.teacher`). A checkpoint holds the step, the parameters, Adam's state,
+the generator's state and the epoch's order, so a resumed run continues exactly where the interrupted one
+stopped.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ class TrainingConfig:
 
 def fingerprint(module: QuantizedModel, config: TrainingConfig) -> str:
     """What a checkpoint must match to be resumed: the parameters' initial values and the settings."""
-    digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed)
+    digest = hashlib.sha256(repr((config.steps, config.lr, config.batch, config.seed, "epochs")
                                  + ((config.blocks,) if config.blocks else ())
                                  + ((config.crop,) if config.crop else ())
                                  + ((config.temperature,) if config.temperature != 1.0 else ())
@@ -114,6 +117,27 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
     os.replace(partial, path)
+
+
+class FileOrder:
+    """The data files in epochs: each epoch a permutation drawn from ``rng`` when the last one is used up."""
+
+    def __init__(self, files: int, rng: np.random.Generator):
+        self.files, self.rng = files, rng
+        self.order: list[int] = []
+        self.next = 0
+
+    def draw(self) -> int:
+        if self.next == len(self.order):
+            self.order, self.next = self.rng.permutation(self.files).tolist(), 0
+        self.next += 1
+        return self.order[self.next - 1]
+
+    def state_dict(self) -> dict:
+        return {"order": self.order, "next": self.next}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.next = list(state["order"]), state["next"]
 
 
 class ParameterAverage:
@@ -159,6 +183,7 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)))
     rng = np.random.default_rng(config.seed)
+    files = FileOrder(len(data), rng)
     start = 0
     key = fingerprint(module, config)
     freezer = OscillationFreezer(module, config.freeze, config.steps) if config.freeze else None
@@ -167,11 +192,12 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
         state = torch.load(config.checkpoint, weights_only=False)
         if state.get("fingerprint") != key:
             raise UserError(f"checkpoint {config.checkpoint} belongs to another model or other settings "
-                            f"(steps, lr, batch, seed, blocks, crop, freeze); delete it or choose another --checkpoint")
+                            f"(steps, lr, batch, seed, blocks, crop, freeze, ema) or an older version; delete it or choose another --checkpoint")
         module.parameters_.load_state_dict(state["parameters"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["rng"]
+        files.load_state_dict(state["files"])
         if freezer is not None:
             freezer.load_state_dict(state["freezer"])
         if average is not None:
@@ -182,7 +208,7 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
     with bar(config.steps, "finetune", unit="step", on=progress) as progress_bar:
         progress_bar.update(start)
         for step in range(start, config.steps):
-            source = data[int(rng.integers(len(data)))]
+            source = data[files.draw()]
             rows = source.take(np.sort(rng.choice(source.rows, size=min(config.batch, source.rows), replace=False)))
             feeds = crop(rows.feeds, config.crop, rng) if config.crop else rows.feeds
             batch = teacher.label(feeds, rows.extras)
@@ -211,7 +237,7 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
                 _save_checkpoint(config.checkpoint, {
                     "fingerprint": key, "step": done, "parameters": module.parameters_.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "rng": rng.bit_generator.state, "freezer": freezer.state_dict() if freezer is not None else None,
+                    "rng": rng.bit_generator.state, "files": files.state_dict(), "freezer": freezer.state_dict() if freezer is not None else None,
                     "average": average.average if average is not None else None})
             if on_step is not None:
                 on_step(done, losses[-1])

@@ -73,7 +73,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path, 
         pass
 
     def interrupt(step, loss):
-        if step == 3:
+        if step == 2:  # within the first epoch of the 3 files: the resumed run needs that epoch's order
             raise Interrupted
 
     checkpoint = tmp_path / "run.ckpt"
@@ -84,12 +84,21 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cnn, tmp_path, 
     assert checkpoint.exists() and not resumed.exists()
     result = qcompiler.finetune(int8, resumed, teacher=fp32, data=data, steps=6, lr=1e-3, batch=8,
                                 checkpoint=checkpoint, checkpoint_every=1, **settings)
-    assert result.steps_run == 3  # steps 4..6
+    assert result.steps_run == 4  # steps 3..6
     a, b = _initializers(whole), _initializers(resumed)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match="belongs to another model or other settings"):
         qcompiler.finetune(int8, tmp_path / "other.onnx", teacher=fp32, data=data, steps=7, lr=1e-3, batch=8,
                            checkpoint=checkpoint, **settings)
+
+
+def test_each_epoch_draws_every_file_once_in_a_new_order():
+    from qcompiler.qat.train import FileOrder
+
+    files = FileOrder(5, np.random.default_rng(0))
+    epochs = [[files.draw() for _ in range(5)] for _ in range(4)]
+    assert all(sorted(epoch) == [0, 1, 2, 3, 4] for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) > 1
 
 
 def test_the_parameter_average_starts_at_its_step_and_decays():
