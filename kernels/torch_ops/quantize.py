@@ -18,7 +18,8 @@ Backward:
 
 :func:`fake_quantize` is one autograd function with these gradients written out (:class:`_FakeQuantize`),
 so that autograd keeps two tensors per quantizer and walks one node back, not one per elementwise step of
-the forward.
+the forward; numba loops compute each direction in one pass over the tensor
+(:mod:`qcompiler.kernels.jit.fake_quantize`).
 
 Binary weights (XNOR-Net; Rastegari et al. 2016) are no rounding grid: :func:`binary_fake_quantize`
 is ``s · sign(w)`` with the STE of the sign clipped to ``|w| <= s`` ("hard tanh", Courbariaux et al. 2016).
@@ -32,6 +33,8 @@ import numpy as np
 import torch
 
 from qcompiler.ir.quant import integer_range
+
+from ..jit import fake_quantize as fake_quantize_loops
 
 from ._common import register_all, tensor
 
@@ -110,35 +113,68 @@ class _FakeQuantize(torch.autograd.Function):
     (module docstring): ``dy/dx = inside`` (``inside · rescale``), ``dy/dstep = (q - z) - inside · levels``
     times ``grad_factor``, ``dy/drescale = inside · x``; ``inside``: ``qmin < round(levels) + z < qmax``, where
     ``torch.clamp`` passes gradients, so the gradients are those autograd derives from the composed forward.
-    ``step``, ``zero`` and ``rescale`` broadcast against ``x``."""
+    ``step``, ``zero`` and ``rescale`` broadcast against ``x``. Each direction is one pass of numba loops
+    (:mod:`qcompiler.kernels.jit.fake_quantize`)."""
 
     @staticmethod
     def forward(ctx, x, step, zero, qmin, qmax, grad_factor, rescale):
-        levels = x / step if rescale is None else x * (rescale / step)
-        unclamped = torch.round(levels).add_(zero)
-        inside = (unclamped > qmin) & (unclamped < qmax)  # where clamp passes gradients: strictly inside
-        shifted = unclamped.clamp(qmin, qmax).sub_(zero)
-        y = shifted * step
-        step_slope = torch.where(inside, shifted - levels, shifted) if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(inside, step_slope, x if rescale is not None and ctx.needs_input_grad[6] else None,
-                              rescale)
-        ctx.grad_factor, ctx.shapes = grad_factor, (step.shape, None if rescale is None else rescale.shape)
-        return y
+        multiplier = step if rescale is None else rescale / step
+        params = (multiplier, zero, step) if rescale is None else (multiplier, zero, step, rescale)
+        flat = _FlatLayout(tuple(x.shape), params)
+        values = flat.view(x)
+        y, inside, slope = np.empty_like(values), np.empty(values.shape, np.bool_), np.empty_like(values)
+        fake_quantize_loops.forward(values, flat.channels(multiplier), rescale is None, flat.channels(zero),
+                                    flat.channels(step), values.dtype.type(qmin), values.dtype.type(qmax), y,
+                                    inside, slope)
+        keep_x = rescale is not None and ctx.needs_input_grad[6]
+        ctx.flat, ctx.grad_factor = flat, grad_factor
+        ctx.shapes = (step.shape, None if rescale is None else rescale.shape)
+        ctx.save_for_backward(torch.from_numpy(inside), torch.from_numpy(slope), x if keep_x else None, rescale)
+        return torch.from_numpy(y).view(x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        inside, step_slope, x, rescale = ctx.saved_tensors
-        step_shape, rescale_shape = ctx.shapes
-        grad_x = grad_step = grad_rescale = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.where(inside, grad, 0.0)
-            if rescale is not None:
-                grad_x = grad_x * rescale
-        if ctx.needs_input_grad[1]:
-            grad_step = _sum_to(grad * step_slope, step_shape) * ctx.grad_factor
-        if ctx.needs_input_grad[6]:
-            grad_rescale = _sum_to(torch.where(inside, grad, 0.0) * x, rescale_shape)
-        return grad_x, grad_step, None, None, None, None, grad_rescale
+        inside, slope, x, rescale = ctx.saved_tensors
+        flat, (step_shape, rescale_shape) = ctx.flat, ctx.shapes
+        values = flat.view(grad)
+        grad_x = np.empty_like(values)
+        grad_step, grad_rescale = np.zeros(values.shape[1]), np.zeros(values.shape[1])
+        fake_quantize_loops.backward(values, inside.numpy(), slope.numpy(),
+                                     np.zeros((0, 0, 0), values.dtype) if x is None else flat.view(x),
+                                     np.ones(1, values.dtype) if rescale is None else flat.channels(rescale),
+                                     grad_x, grad_step, grad_rescale)
+        grad_x = torch.from_numpy(grad_x).view(grad.shape) if ctx.needs_input_grad[0] else None
+        steps = flat.gathered(grad_step, step_shape, grad.dtype) * ctx.grad_factor if ctx.needs_input_grad[1] else None
+        rescales = flat.gathered(grad_rescale, rescale_shape, grad.dtype) if ctx.needs_input_grad[6] else None
+        return grad_x, steps, None, None, None, None, rescales
+
+
+class _FlatLayout:
+    """A tensor of ``shape`` as the ``[outer, channels, inner]`` array the loops take
+    (:func:`~qcompiler.kernels.jit.fake_quantize.channel_layout`) and its broadcast parameters as one value per
+    channel, or one for all; parameters that vary along several axes are expanded to one value per element
+    (``[1, size, 1]``)."""
+
+    def __init__(self, shape: tuple[int, ...], params: tuple[torch.Tensor, ...]):
+        layout = fake_quantize_loops.channel_layout(shape, *(tuple(p.shape) for p in params))
+        self.shape, self.elementwise = shape, layout is None
+        self.layout = (1, math.prod(shape), 1) if layout is None else layout
+
+    def view(self, t: torch.Tensor) -> np.ndarray:
+        return t.detach().contiguous().numpy().reshape(self.layout)
+
+    def channels(self, param: torch.Tensor) -> np.ndarray:
+        param = param.detach()
+        if self.elementwise and param.numel() > 1:
+            param = param.expand(self.shape)
+        return param.contiguous().numpy().reshape(-1)
+
+    def gathered(self, sums: np.ndarray, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """Per-channel float64 sums as the gradient of a parameter of broadcast ``shape``."""
+        sums = torch.from_numpy(sums)
+        if self.elementwise:
+            return _sum_to(sums.view(self.shape), shape).to(dtype)
+        return (sums.sum() if shape.numel() == 1 else sums).view(shape).to(dtype)
 
 
 def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:

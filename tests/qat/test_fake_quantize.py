@@ -134,3 +134,49 @@ def test_gradients_with_a_rescaled_accumulator_equal_autograd_of_the_composed_fo
     assert stored.eq(7).any() or stored.eq(-8).any()  # and a value lands on a bound, where clamp passes no gradient
     for ours, theirs in zip(*grads, strict=True):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-12, atol=1e-12)
+
+
+LAYOUTS = [  # (x shape, scale shape, axis, block, rescale shape): each layout the numba loops view differently
+    ((1, 16, 6, 40), (), None, None, None),  # an activation, per tensor
+    ((16, 8, 3, 3), (16,), 0, None, None),  # a Conv weight, per output channel: contiguous rows per channel
+    ((24, 40), (40,), 1, None, None),  # a MatMul weight, per column: the channel is the contiguous axis
+    ((24, 40), (24, 5), 1, 8, None),  # blocked: expanded to one scale per element
+    ((1, 16, 6, 40), (), None, None, (1, 16, 1, 1)),  # a Conv accumulator, rescaled per output channel
+    ((1, 30, 40), (), None, None, (1, 1, 40)),  # a MatMul accumulator, rescaled per column
+]
+
+
+@pytest.mark.parametrize("shape, scale_shape, axis, block, rescale_shape", LAYOUTS)
+def test_float32_values_and_gradients_equal_the_forward_composed_of_torch_ops(shape, scale_shape, axis, block,
+                                                                              rescale_shape):
+    """The one-pass loops against the arithmetic written as torch ops, in float32 at model sizes: the output
+    bit for bit (exact halves and both saturations included), the gradients to float32 rounding (autograd
+    divides by the step and multiplies by it again; the step's and the rescale's are sums, float64 in the loops
+    against torch's float32)."""
+    rng = np.random.default_rng(3)
+    s0 = torch.tensor(rng.uniform(0.02, 0.05, scale_shape), dtype=torch.float32)
+    r0 = None if rescale_shape is None else torch.tensor(rng.uniform(1e-4, 3e-4, rescale_shape), dtype=torch.float32)
+    levels = rng.normal(0, 60, shape)
+    levels.reshape(-1)[:50] = np.arange(-25, 25) + 0.5  # exact halves: round to even
+    step0 = broadcast(s0, shape, axis, block)
+    x0 = (torch.tensor(levels, dtype=torch.float32) * step0 if r0 is None else
+          torch.tensor(levels, dtype=torch.float32) * step0 / r0).contiguous()
+    weights = torch.tensor(rng.normal(size=shape), dtype=torch.float32)
+    results = []
+    for composed in (False, True):
+        x, s = x0.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+        r = None if r0 is None else r0.clone().requires_grad_(True)
+        if composed:
+            step = broadcast(s, shape, axis, block)
+            v = x / step if r is None else x * (r / step)
+            y = (torch.clamp(round_ste(v) + 3.0, -128, 127) - 3.0) * step
+        else:
+            y = fake_quantize(x, s, np.float32(3.0), -128, 127, axis=axis, block_size=block, rescale=r)
+        (y * weights).sum().backward()
+        results.append([y.detach(), x.grad, s.grad] + ([] if r is None else [r.grad]))
+    ours, theirs = results
+    assert torch.equal(ours[0], theirs[0])
+    integers = ours[0] / broadcast(s0, shape, axis, block) + 3
+    assert integers.max() > 126 and integers.min() < -127  # saturated on both sides
+    for a, b in zip(ours[1:], theirs[1:], strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=1e-4 * float(b.abs().max()))
