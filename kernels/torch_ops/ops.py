@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from onnx.helper import tensor_dtype_to_np_dtype
 
+from ..jit import depthwise_float
 from ..reference.conv import conv_pads
 from ..reference.pool import _geometry
 from ._common import ints, register_all, tensor
@@ -33,8 +34,45 @@ def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     strides = list(strides) if strides is not None else [1] * nd
     dilations = list(dilations) if dilations is not None else [1] * nd
     pads = conv_pads(tuple(X.shape[2:]), list(W.shape[2:]), strides, dilations, pads, auto_pad)
-    x = _pad(X, pads[:nd], pads[nd:])
-    return _CONV[nd](x, W.to(X.dtype), None if B is None else tensor(B).to(X.dtype), strides, 0, dilations, group)
+    x, W = _pad(X, pads[:nd], pads[nd:]), W.to(X.dtype)
+    bias = None if B is None else tensor(B).to(X.dtype)
+    if nd == 2 and group == X.shape[1] == W.shape[0] and W.shape[1] == 1:
+        y = _DepthwiseConv2d.apply(x, W, tuple(strides), tuple(dilations))
+        return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+    return _CONV[nd](x, W, bias, strides, 0, dilations, group)
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """A depthwise 2-D convolution of an input already padded, forward and backward in numba loops
+    (:mod:`qcompiler.kernels.jit.depthwise_float`: torch's own CPU kernels for it are slow)."""
+
+    @staticmethod
+    def forward(ctx, x, w, strides, dilations):
+        import numba
+
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        (sh, sw), (dh, dw), (kh, kw) = strides, dilations, w.shape[2:]
+        out_h, out_w = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        ctx.save_for_backward(x, w)
+        ctx.geometry = strides, dilations
+        return torch.from_numpy(depthwise_float.forward(_array(x), _array(w[:, 0]), sh, sw, dh, dw, out_h, out_w))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        (sh, sw), (dh, dw) = ctx.geometry
+        dy = _array(dy)
+        dx = dw_ = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.from_numpy(depthwise_float.grad_input(dy, _array(w[:, 0]), sh, sw, dh, dw, *x.shape[2:]))
+        if ctx.needs_input_grad[1]:
+            sums = depthwise_float.grad_weight(dy, _array(x), sh, sw, dh, dw, *w.shape[2:])
+            dw_ = torch.from_numpy(sums).to(w.dtype).reshape(w.shape)
+        return dx, dw_, None, None
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
 
 
 def _pool_input(X, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, fill):

@@ -80,3 +80,33 @@ def test_hardswish_is_onnxruntimes_hardsigmoid_times_x_bit_for_bit():
     torch_kernel = default_registry.lookup("", "HardSwish", 14, backends=(BACKEND,))
     reference = default_registry.lookup("", "HardSwish", 14, backends=("reference",))
     np.testing.assert_array_equal(torch_kernel(x).numpy(), reference(x))
+
+
+@pytest.mark.parametrize("kernel, strides, dilations, pads", [(3, (1, 1), (1, 1), (1, 1, 1, 1)),
+                                                               (5, (2, 1), (1, 1), (2, 2, 2, 2)),
+                                                               (3, (2, 2), (2, 1), (0, 1, 2, 0))])
+def test_depthwise_conv_and_its_gradients_equal_torchs(kernel, strides, dilations, pads):
+    """The depthwise Conv (group = channels, numba loops) against ``torch.nn.functional.conv2d``: outputs to
+    float32 rounding, exactly on integer-valued operands (the integer layers fine-tuning runs); the input's,
+    the weight's and the bias's gradients to float32 rounding."""
+    import torch.nn.functional as F
+
+    conv = default_registry.lookup("", "Conv", 21, backends=(BACKEND,))
+    rng = np.random.default_rng(0)
+    x0 = torch.tensor(rng.integers(-128, 128, (2, 6, 11, 17)), dtype=torch.float32)
+    w0 = torch.tensor(rng.integers(-8, 8, (6, 1, kernel, kernel)), dtype=torch.float32)
+    b0 = torch.tensor(rng.integers(-500, 500, 6), dtype=torch.float32)
+    results = []
+    for ours in (True, False):
+        x, w, b = (t.clone().requires_grad_(True) for t in (x0, w0, b0))
+        if ours:
+            y = conv(x, w, b, group=6, kernel_shape=[kernel, kernel], strides=list(strides), dilations=list(dilations),
+                     pads=list(pads))
+        else:
+            y = F.conv2d(F.pad(x, (pads[1], pads[3], pads[0], pads[2])), w, b, strides, 0, dilations, 6)
+        y.backward(torch.tensor(np.random.default_rng(1).normal(size=tuple(y.shape)), dtype=torch.float32))
+        results.append((y.detach(), x.grad, w.grad, b.grad))
+    (y, *gradients), (expected, *expected_gradients) = results
+    assert torch.equal(y, expected)
+    for ours, theirs in zip(gradients, expected_gradients, strict=True):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5 * float(theirs.abs().max()))

@@ -1,0 +1,88 @@
+"""Depthwise 2-D convolution in float, forward and both gradients, as numba loops for the torch backend.
+
+A depthwise convolution (one filter per channel, ``group`` = channels) does little arithmetic per element,
+and torch's CPU kernels for it, above all its backward, run far below the machine's speed; MobileNet-style
+models quantization-aware training runs have dozens of them. These loops compute, on an input already
+padded (``x``: ``[N, C, H, W]``, ``w``: ``[C, KH, KW]``, strides and dilations), with ``oh, ow`` over the
+output and ``i = oh·sh + kh·dh``, ``j = ow·sw + kw·dw``:
+
+* ``y[n, c, oh, ow] = Σ_{kh, kw} x[n, c, i, j] · w[c, kh, kw]``
+* ``dx[n, c, i, j] += dy[n, c, oh, ow] · w[c, kh, kw]``
+* ``dw[c, kh, kw] = Σ_{n, oh, ow} dy[n, c, oh, ow] · x[n, c, i, j]`` (float64 sums)
+
+The innermost loop runs along an output row, so that it vectorizes with stride 1; channels run in parallel.
+The sums are float32 in another order than torch's: on integer-valued operands under 2^24 (the integer
+layers of :mod:`qcompiler.qat.units`) they are exact either way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def forward(x, w, sh, sw, dh, dw, out_h, out_w):
+    batch, channels = x.shape[0], x.shape[1]
+    y = np.zeros((batch, channels, out_h, out_w), x.dtype)
+    for nc in prange(batch * channels):
+        n, c = nc // channels, nc % channels
+        for kh in range(w.shape[1]):
+            for kw in range(w.shape[2]):
+                tap = w[c, kh, kw]
+                for oh in range(out_h):
+                    row, out = x[n, c, oh * sh + kh * dh], y[n, c, oh]
+                    if sw == 1:
+                        window = row[kw * dw:kw * dw + out_w]
+                        for ow in range(out_w):
+                            out[ow] += tap * window[ow]
+                    else:
+                        for ow in range(out_w):
+                            out[ow] += tap * row[ow * sw + kw * dw]
+    return y
+
+
+@njit(cache=True, parallel=True)
+def grad_input(dy, w, sh, sw, dh, dw, in_h, in_w):
+    batch, channels, out_h, out_w = dy.shape
+    dx = np.zeros((batch, channels, in_h, in_w), dy.dtype)
+    for nc in prange(batch * channels):
+        n, c = nc // channels, nc % channels
+        for kh in range(w.shape[1]):
+            for kw in range(w.shape[2]):
+                tap = w[c, kh, kw]
+                for oh in range(out_h):
+                    row, out = dy[n, c, oh], dx[n, c, oh * sh + kh * dh]
+                    if sw == 1:
+                        window = out[kw * dw:kw * dw + out_w]
+                        for ow in range(out_w):
+                            window[ow] += tap * row[ow]
+                    else:
+                        for ow in range(out_w):
+                            out[ow * sw + kw * dw] += tap * row[ow]
+    return dx
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def grad_weight(dy, x, sh, sw, dh, dw, kernel_h, kernel_w):
+    batch, channels, out_h, out_w = dy.shape
+    dw_ = np.zeros((channels, kernel_h, kernel_w))
+    for c in prange(channels):
+        for kh in range(kernel_h):
+            for kw in range(kernel_w):
+                total = 0.0
+                for n in range(batch):
+                    for oh in range(out_h):
+                        row, grad = x[n, c, oh * sh + kh * dh], dy[n, c, oh]
+                        if sw == 1:
+                            window = row[kw * dw:kw * dw + out_w]
+                            for ow in range(out_w):
+                                total += grad[ow] * window[ow]
+                        else:
+                            for ow in range(out_w):
+                                total += grad[ow] * row[ow * sw + kw * dw]
+                dw_[c, kh, kw] = total
+    return dw_
+
+
+__all__ = ["forward", "grad_input", "grad_weight"]
