@@ -35,7 +35,6 @@ import torch
 from qcompiler.ir.quant import integer_range
 
 from ..jit import fake_quantize as fake_quantize_loops
-
 from ._common import register_all, tensor
 
 
