@@ -1,8 +1,8 @@
 """Depthwise 2-D convolution in float, forward and both gradients, as numba loops for the torch backend.
 
 A depthwise convolution (one filter per channel, ``group`` = channels) does little arithmetic per element,
-and torch's CPU kernels for it, above all its backward, run far below the machine's speed; MobileNet-style
-models quantization-aware training runs have dozens of them. These loops compute, on an input already
+and torch's CPU kernels for it, above all its backward, run far below the machine's speed; the
+MobileNet-style models that quantization-aware training runs on have dozens of them. These loops compute, on an input already
 padded (``x``: ``[N, C, H, W]``, ``w``: ``[C, KH, KW]``, strides and dilations), with ``oh, ow`` over the
 output and ``i = oh·sh + kh·dh``, ``j = ow·sw + kw·dw``:
 
@@ -10,7 +10,8 @@ output and ``i = oh·sh + kh·dh``, ``j = ow·sw + kw·dw``:
 * ``dx[n, c, i, j] += dy[n, c, oh, ow] · w[c, kh, kw]``
 * ``dw[c, kh, kw] = Σ_{n, oh, ow} dy[n, c, oh, ow] · x[n, c, i, j]`` (float64 sums)
 
-The innermost loop runs along an output row, so that it vectorizes with stride 1; channels run in parallel.
+The innermost loop runs along an output row, so that it vectorizes with stride 1. The loops run on one
+thread: numba's OpenMP threads would spin beside torch's own and starve other processes on the same cores.
 The sums are float32 in another order than torch's: on integer-valued operands under 2^24 (the integer
 layers of :mod:`qcompiler.qat.units`) they are exact either way.
 """
@@ -18,14 +19,14 @@ layers of :mod:`qcompiler.qat.units`) they are exact either way.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def forward(x, w, sh, sw, dh, dw, out_h, out_w):
     batch, channels = x.shape[0], x.shape[1]
     y = np.zeros((batch, channels, out_h, out_w), x.dtype)
-    for nc in prange(batch * channels):
+    for nc in range(batch * channels):
         n, c = nc // channels, nc % channels
         for kh in range(w.shape[1]):
             for kw in range(w.shape[2]):
@@ -42,11 +43,11 @@ def forward(x, w, sh, sw, dh, dw, out_h, out_w):
     return y
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def grad_input(dy, w, sh, sw, dh, dw, in_h, in_w):
     batch, channels, out_h, out_w = dy.shape
     dx = np.zeros((batch, channels, in_h, in_w), dy.dtype)
-    for nc in prange(batch * channels):
+    for nc in range(batch * channels):
         n, c = nc // channels, nc % channels
         for kh in range(w.shape[1]):
             for kw in range(w.shape[2]):
@@ -63,11 +64,11 @@ def grad_input(dy, w, sh, sw, dh, dw, in_h, in_w):
     return dx
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"})
 def grad_weight(dy, x, sh, sw, dh, dw, kernel_h, kernel_w):
     batch, channels, out_h, out_w = dy.shape
     dw_ = np.zeros((channels, kernel_h, kernel_w))
-    for c in prange(channels):
+    for c in range(channels):
         for kh in range(kernel_h):
             for kw in range(kernel_w):
                 total = 0.0

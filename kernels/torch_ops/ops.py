@@ -48,9 +48,6 @@ class _DepthwiseConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, strides, dilations):
-        import numba
-
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         (sh, sw), (dh, dw), (kh, kw) = strides, dilations, w.shape[2:]
         out_h, out_w = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
         ctx.save_for_backward(x, w)
