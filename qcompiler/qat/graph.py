@@ -392,7 +392,14 @@ class QuantizedModel(torch.nn.Module):
         return round_ste(self.parameters_[f"bias_{key}"].double() / self.bias_scale(key))
 
     def fake_bias(self, key: str) -> torch.Tensor:
-        return self.bias_integers(key).float() * self.bias_scale(key).float()
+        """``round(b / s) · s`` for ``s = s_x · s_w``: forward, the value onnxruntime dequantizes (float32
+        integers times the float32 scale); backward, the float64 product's gradient. Its two terms for ``s``
+        (through the product, and through the integers by the STE) nearly cancel, so they meet at the one
+        float64 ``s`` and leave it as their small difference: added up in float32 at the step sizes, their
+        rounding error is as large as the difference itself."""
+        scale = self.bias_scale(key)
+        integers = round_ste(self.parameters_[f"bias_{key}"].double() / scale)
+        return straight_through((integers * scale).float(), integers.detach().float() * scale.detach().float())
 
     def _bias_step(self, node: ir.Node, quantizer: BiasQuantizer) -> Step:
         return Step("FakeQuantizeBias", node.name, lambda: self.fake_bias(quantizer.key), (), node.outputs, {},

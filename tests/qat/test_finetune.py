@@ -266,3 +266,23 @@ def test_importing_qcompiler_does_not_import_torch():
     code = "import sys, qcompiler, qcompiler.kernels, qcompiler.cli, qcompiler.qat; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == \
         "False"
+
+
+def test_a_bias_gives_the_step_sizes_its_gradient_without_float32_cancellation(tiny_cnn):
+    """``d(round(b / s) · s) / ds = round(b / s) - b / s`` (STE) for ``s = s_x · s_w``: two terms as large as the
+    bias in integers that nearly cancel. The activation step size's gradient through a bias of some
+    thousand integers equals the float64 formula, where float32 sums of the two terms miss it."""
+    from qcompiler.qat.graph import QuantizedModel
+
+    module = QuantizedModel(ir.load(tiny_cnn[1]))
+    key, bias = next(iter(module.biases.items()))
+    with torch.no_grad():  # a bias of a few thousand steps: the terms are thousands of times their difference
+        module.parameters_[f"bias_{key}"].mul_(0).add_(module.bias_scale(key).float() * 3000.3)
+    weights = torch.linspace(-1, 2, module.bias_scale(key).numel())
+    (module.fake_bias(key) * weights).sum().backward()
+    s_x = module.activation_scale(bias.activation).detach().double()
+    s_w = module.weight_scale(bias.weight).detach().double().reshape(-1)
+    b = module.parameters_[f"bias_{key}"].detach().double()
+    expected = float((weights.double() * (torch.round(b / (s_x * s_w)) - b / (s_x * s_w)) * s_w).sum())
+    got = float(module.parameters_[f"activation_scale_{bias.activation}"].grad)
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-12)
