@@ -192,7 +192,8 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
         state = torch.load(config.checkpoint, weights_only=False)
         if state.get("fingerprint") != key:
             raise UserError(f"checkpoint {config.checkpoint} belongs to another model or other settings "
-                            f"(steps, lr, batch, seed, blocks, crop, freeze, ema) or an older version; delete it or choose another --checkpoint")
+                            f"(steps, lr, batch, seed, blocks, crop, freeze, ema) or an older version; delete it or "
+                            f"choose another --checkpoint")
         module.parameters_.load_state_dict(state["parameters"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -237,7 +238,8 @@ def train(module: QuantizedModel, data: list[Rows], teacher: Teacher, config: Tr
                 _save_checkpoint(config.checkpoint, {
                     "fingerprint": key, "step": done, "parameters": module.parameters_.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "rng": rng.bit_generator.state, "files": files.state_dict(), "freezer": freezer.state_dict() if freezer is not None else None,
+                    "rng": rng.bit_generator.state, "files": files.state_dict(),
+                    "freezer": freezer.state_dict() if freezer is not None else None,
                     "average": average.average if average is not None else None})
             if on_step is not None:
                 on_step(done, losses[-1])
