@@ -36,7 +36,8 @@ def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     pads = conv_pads(tuple(X.shape[2:]), list(W.shape[2:]), strides, dilations, pads, auto_pad)
     x, W = _pad(X, pads[:nd], pads[nd:]), W.to(X.dtype)
     bias = None if B is None else tensor(B).to(X.dtype)
-    if nd == 2 and group == X.shape[1] == W.shape[0] and W.shape[1] == 1:
+    depthwise = nd == 2 and group == X.shape[1] == W.shape[0] and W.shape[1] == 1
+    if depthwise and X.dtype in (torch.float32, torch.float64):  # the loops' types
         y = _DepthwiseConv2d.apply(x, W, tuple(strides), tuple(dilations))
         return y if bias is None else y + bias.reshape(1, -1, 1, 1)
     return _CONV[nd](x, W, bias, strides, 0, dilations, group)
